@@ -1,0 +1,74 @@
+//! Settings of one node's MQTT side, already validated.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use m2m_session::Limits;
+
+/// Who may connect without credentials.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Anonymous {
+    /// Only clients connecting from a loopback address.
+    #[default]
+    LoopbackOnly,
+    /// Everyone.
+    Allow,
+    /// No one.
+    Deny,
+}
+
+/// Settings of the MQTT listener and the sessions behind it.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// Address of the MQTT over TCP listener; port 0 picks a free port.
+    pub listen: SocketAddr,
+    /// Connections held at once; more are refused with CONNACK 0x89 (Server busy).
+    pub max_connections: usize,
+    /// How long a new connection may take to send CONNECT.
+    pub connect_timeout: Duration,
+    /// Highest keep-alive granted; a client asking more (or 0) gets Server Keep Alive (v5). 0: no cap.
+    pub max_keep_alive: u16,
+    /// Highest Session Expiry Interval granted, in seconds (`u32::MAX`: never expire).
+    pub max_session_expiry: u32,
+    /// Deliveries buffered between the router and one connection.
+    pub mailbox_capacity: usize,
+    /// How long a write to a client may block before the connection is dropped.
+    pub write_timeout: Duration,
+    /// Anonymous access policy.
+    pub anonymous: Anonymous,
+    /// Response Information returned to clients that request it (v5), e.g. a topic prefix.
+    pub response_information: Option<String>,
+    /// How often `$SYS` statistics are published; `None` disables them.
+    pub sys_interval: Option<Duration>,
+    /// Per-session limits.
+    pub limits: Limits,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            listen: SocketAddr::from(([0, 0, 0, 0], 1883)),
+            max_connections: 100_000,
+            connect_timeout: Duration::from_secs(10),
+            max_keep_alive: 0,
+            max_session_expiry: u32::MAX,
+            mailbox_capacity: 1024,
+            write_timeout: Duration::from_secs(30),
+            anonymous: Anonymous::LoopbackOnly,
+            response_information: None,
+            sys_interval: Some(Duration::from_secs(10)),
+            limits: Limits::default(),
+        }
+    }
+}
+
+impl Config {
+    /// Defaults for tests: a free loopback port, `$SYS` every second.
+    pub fn for_tests() -> Self {
+        Self {
+            listen: SocketAddr::from(([127, 0, 0, 1], 0)),
+            sys_interval: Some(Duration::from_secs(1)),
+            ..Self::default()
+        }
+    }
+}

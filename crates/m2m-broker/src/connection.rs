@@ -1,0 +1,626 @@
+//! One client connection: the CONNECT handshake, then the loop that moves packets between the socket,
+//! the session state machine and the router.
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Instant;
+
+use bytes::{Bytes, BytesMut};
+use m2m_codec::{
+    decode, encode, Auth, AuthProperties, ConnAck, ConnAckProperties, Connect, DecodeError, Disconnect,
+    DisconnectProperties, Packet, ProtocolVersion, QoS, ReasonCode,
+};
+use m2m_router::{ClientLink, Command, ConnectRequest, Disconnected, Metrics, PendingWill, RouterHandle, SessionKey};
+use m2m_session::{check_topic_name, Action, LinkParams, Message, Session};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::sync::{mpsc, oneshot};
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, trace};
+
+use crate::auth::{AuthExchange, AuthStep, Authenticator};
+use crate::config::{Anonymous, Config};
+use crate::error::ConnectionError;
+
+/// What every connection task shares.
+pub(crate) struct Shared {
+    pub(crate) config: Config,
+    pub(crate) router: RouterHandle,
+    pub(crate) metrics: Arc<Metrics>,
+    pub(crate) authenticator: Arc<dyn Authenticator>,
+    pub(crate) shutdown: CancellationToken,
+    pub(crate) conn_ids: AtomicU64,
+    /// Distinguishes assigned client ids of this node run from those of earlier runs.
+    pub(crate) id_prefix: String,
+}
+
+/// A framed MQTT stream: buffered reads, encoded writes.
+struct Conn<S> {
+    stream: S,
+    read_buf: BytesMut,
+    write_buf: BytesMut,
+    version: ProtocolVersion,
+    max_packet: usize,
+    peer: SocketAddr,
+    metrics: Arc<Metrics>,
+    write_timeout: std::time::Duration,
+}
+
+impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
+    /// Reads one packet; `Ok(None)` means the peer closed cleanly between packets.
+    ///
+    /// # Cancel safety
+    /// Safe in `select!`: partial input stays in `read_buf` for the next call.
+    async fn read_packet(&mut self) -> Result<Option<Packet>, ConnectionError> {
+        loop {
+            if let Some(p) = decode(&mut self.read_buf, self.version, self.max_packet)? {
+                return Ok(Some(p));
+            }
+            let n = self.stream.read_buf(&mut self.read_buf).await?;
+            if n == 0 {
+                return if self.read_buf.is_empty() { Ok(None) } else { Err(ConnectionError::ClosedMidPacket) };
+            }
+            Metrics::add(&self.metrics.bytes_received, n as u64);
+        }
+    }
+
+    /// Encodes a packet into the write buffer; [`Conn::flush`] sends it.
+    fn queue(&mut self, packet: &Packet) -> Result<(), ConnectionError> {
+        encode(packet, self.version, &mut self.write_buf)?;
+        Ok(())
+    }
+
+    /// Writes everything buffered.
+    ///
+    /// # Cancel safety
+    /// Not cancel safe: a cancelled flush may have written part of the buffer. Never used in `select!`.
+    async fn flush(&mut self) -> Result<(), ConnectionError> {
+        if self.write_buf.is_empty() {
+            return Ok(());
+        }
+        let n = self.write_buf.len();
+        match tokio::time::timeout(self.write_timeout, self.stream.write_all(&self.write_buf)).await {
+            Ok(result) => result?,
+            Err(_) => return Err(ConnectionError::WriteTimeout),
+        }
+        self.write_buf.clear();
+        if self.write_buf.capacity() > 1 << 20 {
+            self.write_buf = BytesMut::with_capacity(8 * 1024);
+        }
+        Metrics::add(&self.metrics.bytes_sent, n as u64);
+        Ok(())
+    }
+
+    /// Sends a packet now.
+    async fn send(&mut self, packet: &Packet) -> Result<(), ConnectionError> {
+        self.queue(packet)?;
+        self.flush().await
+    }
+}
+
+/// How the connection loop ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum End {
+    /// DISCONNECT from the client.
+    Disconnect { publish_will: bool },
+    /// The node is shutting down: no will.
+    Shutdown,
+    /// Anything else (socket closed, keep-alive, protocol error, take-over): the will goes out.
+    Abnormal,
+}
+
+/// Serves one accepted connection until it ends. Never panics the node: every error ends only this
+/// connection and is logged here, once.
+pub(crate) async fn serve<S: AsyncRead + AsyncWrite + Unpin>(stream: S, peer: SocketAddr, shared: Arc<Shared>) {
+    let mut conn = Conn {
+        stream,
+        read_buf: BytesMut::with_capacity(4 * 1024),
+        write_buf: BytesMut::with_capacity(4 * 1024),
+        version: ProtocolVersion::V311,
+        max_packet: shared.config.limits.max_packet_size as usize,
+        peer,
+        metrics: shared.metrics.clone(),
+        write_timeout: shared.config.write_timeout,
+    };
+    let connect = tokio::select! {
+        r = tokio::time::timeout(shared.config.connect_timeout, conn.read_packet()) => r,
+        () = shared.shutdown.cancelled() => return,
+    };
+    let connect = match connect {
+        Err(_) => {
+            debug!(%peer, "no CONNECT in time");
+            return;
+        }
+        Ok(Ok(Some(Packet::Connect(c)))) => c,
+        Ok(Ok(Some(other))) => {
+            debug!(%peer, packet = other.name(), "first packet is not CONNECT");
+            Metrics::add(&shared.metrics.protocol_errors, 1);
+            return;
+        }
+        Ok(Ok(None)) => return,
+        Ok(Err(ConnectionError::Decode(e))) => {
+            reject_undecodable_connect(&mut conn, &e).await;
+            debug!(%peer, error = %e, "bad CONNECT");
+            Metrics::add(&shared.metrics.protocol_errors, 1);
+            Metrics::add(&shared.metrics.connections_rejected, 1);
+            return;
+        }
+        Ok(Err(e)) => {
+            debug!(%peer, error = %e, "connection failed before CONNECT");
+            return;
+        }
+    };
+    conn.version = connect.protocol;
+    let client_id = connect.client_id.clone();
+    match run(&mut conn, *connect, &shared).await {
+        Ok(()) => {}
+        Err(e) => debug!(%peer, %client_id, error = %e, "connection ended with an error"),
+    }
+}
+
+/// Answers a CONNECT that could not be decoded, where the specification asks for a CONNACK.
+async fn reject_undecodable_connect<S: AsyncRead + AsyncWrite + Unpin>(conn: &mut Conn<S>, e: &DecodeError) {
+    if let DecodeError::UnsupportedProtocolVersion { level } = e {
+        // A 3.x client gets return code 1 in 3.1.1 form; anything newer gets the v5 form (MQTT-3.1.2-2).
+        let version = if *level > 5 { ProtocolVersion::V5 } else { ProtocolVersion::V311 };
+        conn.version = version;
+        let ack = ConnAck { reason_code: ReasonCode::UNSUPPORTED_PROTOCOL_VERSION, ..ConnAck::default() };
+        let _ = conn.send(&Packet::ConnAck(ack)).await;
+    }
+}
+
+/// Everything negotiated at CONNECT that the loop needs.
+struct Accepted {
+    key: SessionKey,
+    conn_id: u64,
+    session: Box<Session>,
+    mailbox: mpsc::Receiver<Delivery>,
+    kick: oneshot::Receiver<ReasonCode>,
+    will: Option<PendingWill>,
+    auth_method: Option<Arc<str>>,
+}
+
+use m2m_session::Delivery;
+
+async fn refuse<S: AsyncRead + AsyncWrite + Unpin>(
+    conn: &mut Conn<S>,
+    shared: &Shared,
+    reason: ReasonCode,
+    why: &str,
+) -> Result<(), ConnectionError> {
+    debug!(peer = %conn.peer, %reason, why, "CONNECT refused");
+    Metrics::add(&shared.metrics.connections_rejected, 1);
+    let mut ack = ConnAck { reason_code: reason, ..ConnAck::default() };
+    if conn.version.is_v5() {
+        ack.properties.reason_string = Some(Arc::from(why));
+    }
+    conn.send(&Packet::ConnAck(ack)).await
+}
+
+async fn run<S: AsyncRead + AsyncWrite + Unpin>(
+    conn: &mut Conn<S>,
+    connect: Connect,
+    shared: &Arc<Shared>,
+) -> Result<(), ConnectionError> {
+    let Some(accepted) = accept(conn, connect, shared).await? else { return Ok(()) };
+    Metrics::add(&shared.metrics.connections_current, 1);
+    Metrics::add(&shared.metrics.connections_total, 1);
+    let result = serve_session(conn, accepted, shared).await;
+    Metrics::dec(&shared.metrics.connections_current);
+    result
+}
+
+/// Validates CONNECT, authenticates, obtains the session from the router and sends CONNACK.
+/// `Ok(None)` when the connection was refused (CONNACK with an error already sent).
+async fn accept<S: AsyncRead + AsyncWrite + Unpin>(
+    conn: &mut Conn<S>,
+    connect: Connect,
+    shared: &Arc<Shared>,
+) -> Result<Option<Accepted>, ConnectionError> {
+    let config = &shared.config;
+    let v5 = connect.protocol.is_v5();
+    let now = Instant::now();
+    let props = &connect.properties;
+
+    if Metrics::get(&shared.metrics.connections_current) as usize >= config.max_connections {
+        refuse(conn, shared, ReasonCode::SERVER_BUSY, "too many connections").await?;
+        return Ok(None);
+    }
+
+    let mut client_id = connect.client_id.clone();
+    let mut assigned = None;
+    if client_id.is_empty() {
+        let allowed = match connect.protocol {
+            ProtocolVersion::V5 => true,
+            ProtocolVersion::V311 => connect.clean_start,
+            ProtocolVersion::V31 => false,
+        };
+        if !allowed {
+            refuse(conn, shared, ReasonCode::CLIENT_IDENTIFIER_NOT_VALID, "empty client identifier").await?;
+            return Ok(None);
+        }
+        let n = shared.conn_ids.fetch_add(1, Ordering::Relaxed);
+        client_id = Arc::from(format!("{}{n}", shared.id_prefix));
+        assigned = Some(client_id.clone());
+    }
+
+    // The will: validated now so a bad one refuses the connection instead of failing later.
+    let will = match &connect.will {
+        None => None,
+        Some(w) => {
+            let topic = match check_topic_name(&w.topic, &config.limits) {
+                Ok(t) => t,
+                Err(e) => {
+                    refuse(conn, shared, ReasonCode::TOPIC_NAME_INVALID, e.message).await?;
+                    return Ok(None);
+                }
+            };
+            if w.qos > config.limits.max_qos {
+                refuse(conn, shared, ReasonCode::QOS_NOT_SUPPORTED, "will QoS above the maximum").await?;
+                return Ok(None);
+            }
+            if w.retain && !config.limits.retain_available {
+                refuse(conn, shared, ReasonCode::RETAIN_NOT_SUPPORTED, "retain is not available").await?;
+                return Ok(None);
+            }
+            let delay = w.properties.will_delay_interval.unwrap_or(0);
+            Some(PendingWill { message: Message::from_will(topic, w, client_id.clone(), now), delay })
+        }
+    };
+
+    // Authentication: an enhanced method if the client names one, else the anonymous policy.
+    let mut ack_props = ConnAckProperties::default();
+    let auth_method = props.authentication_method.clone();
+    if let Some(method) = &auth_method {
+        let Some(mut exchange) = shared.authenticator.begin(method, &client_id) else {
+            refuse(conn, shared, ReasonCode::BAD_AUTHENTICATION_METHOD, "authentication method not supported")
+                .await?;
+            return Ok(None);
+        };
+        match authenticate(conn, &mut *exchange, method, props.authentication_data.clone()).await? {
+            Ok(data) => {
+                ack_props.authentication_method = Some(method.clone());
+                ack_props.authentication_data = data;
+            }
+            Err(reason) => {
+                refuse(conn, shared, reason, "authentication failed").await?;
+                return Ok(None);
+            }
+        }
+    } else {
+        let allowed = match config.anonymous {
+            Anonymous::Allow => true,
+            Anonymous::Deny => false,
+            Anonymous::LoopbackOnly => conn.peer.ip().is_loopback(),
+        };
+        if !allowed {
+            refuse(conn, shared, ReasonCode::NOT_AUTHORIZED, "anonymous access is not allowed from this address")
+                .await?;
+            return Ok(None);
+        }
+    }
+
+    // Session expiry and keep-alive, capped by the node's settings.
+    let requested_expiry = if v5 {
+        props.session_expiry_interval.unwrap_or(0)
+    } else if connect.clean_start {
+        0
+    } else {
+        u32::MAX
+    };
+    let expiry = requested_expiry.min(config.max_session_expiry);
+    if v5 && expiry != requested_expiry {
+        ack_props.session_expiry_interval = Some(expiry);
+    }
+    let mut keep_alive = connect.keep_alive;
+    if v5 && config.max_keep_alive > 0 && (keep_alive == 0 || keep_alive > config.max_keep_alive) {
+        keep_alive = config.max_keep_alive;
+        ack_props.server_keep_alive = Some(keep_alive);
+    }
+    let params = LinkParams {
+        version: connect.protocol,
+        keep_alive,
+        receive_maximum: props.receive_maximum.unwrap_or(u16::MAX),
+        max_packet_size: props.maximum_packet_size,
+        topic_alias_maximum: props.topic_alias_maximum.unwrap_or(0),
+        request_problem_information: props.request_problem_information.unwrap_or(true),
+    };
+
+    // The router hands over the session (waiting for a take-over if the id is online elsewhere).
+    let conn_id = shared.conn_ids.fetch_add(1, Ordering::Relaxed);
+    let (mailbox_tx, mailbox) = mpsc::channel(config.mailbox_capacity);
+    let (kick_tx, kick) = oneshot::channel();
+    let (reply_tx, reply_rx) = oneshot::channel();
+    let request = ConnectRequest {
+        client_id: client_id.clone(),
+        clean_start: connect.clean_start,
+        link: ClientLink { conn_id, mailbox: mailbox_tx, kick: kick_tx },
+        reply: reply_tx,
+    };
+    if shared.router.send(Command::Connect(request)).await.is_err() {
+        refuse(conn, shared, ReasonCode::SERVER_SHUTTING_DOWN, "node is shutting down").await?;
+        return Ok(None);
+    }
+    let reply = tokio::select! {
+        r = reply_rx => r,
+        () = shared.shutdown.cancelled() => return Ok(None),
+    };
+    let Ok(reply) = reply else {
+        // Another connection took the client id over while this one waited.
+        refuse(conn, shared, ReasonCode::SESSION_TAKEN_OVER, "client id taken over while connecting").await?;
+        return Ok(None);
+    };
+
+    if v5 {
+        let limits = &config.limits;
+        ack_props.assigned_client_identifier = assigned;
+        ack_props.receive_maximum = Some(limits.receive_maximum);
+        ack_props.maximum_packet_size = Some(limits.max_packet_size);
+        ack_props.topic_alias_maximum = Some(limits.topic_alias_maximum);
+        if limits.max_qos < QoS::ExactlyOnce {
+            ack_props.maximum_qos = Some(limits.max_qos);
+        }
+        if !limits.retain_available {
+            ack_props.retain_available = Some(false);
+        }
+        if props.request_response_information == Some(true) {
+            ack_props.response_information = config.response_information.as_deref().map(Arc::from);
+        }
+    }
+    let ack = ConnAck { session_present: reply.session_present, reason_code: ReasonCode::SUCCESS, properties: ack_props };
+    conn.queue(&Packet::ConnAck(ack))?;
+
+    let mut session = reply.session;
+    let mut actions = Vec::new();
+    session.attach(params, expiry, now, &mut actions);
+    let mut accepted =
+        Accepted { key: reply.key, conn_id, session, mailbox, kick, will, auth_method };
+    for action in actions {
+        if let Action::Send(p) = action {
+            queue_counted(conn, &p)?;
+        }
+    }
+    if let Err(e) = conn.flush().await {
+        // The session goes back to the router even if the client vanished right after CONNECT.
+        hand_back(&mut accepted, shared, End::Abnormal).await;
+        return Err(e);
+    }
+    debug!(%client_id, peer = %conn.peer, version = ?connect.protocol, clean_start = connect.clean_start,
+        session_present = reply.session_present, "client connected");
+    Ok(Some(accepted))
+}
+
+/// Runs an enhanced-authentication exchange (AUTH 0x18 round trips) until success or failure.
+async fn authenticate<S: AsyncRead + AsyncWrite + Unpin>(
+    conn: &mut Conn<S>,
+    exchange: &mut dyn AuthExchange,
+    method: &Arc<str>,
+    first: Option<Bytes>,
+) -> Result<Result<Option<Bytes>, ReasonCode>, ConnectionError> {
+    let mut data = first;
+    loop {
+        match exchange.step(data.as_deref()) {
+            AuthStep::Success(d) => return Ok(Ok(d)),
+            AuthStep::Fail => return Ok(Err(ReasonCode::NOT_AUTHORIZED)),
+            AuthStep::Continue(challenge) => {
+                let auth = Auth {
+                    reason_code: ReasonCode::CONTINUE_AUTHENTICATION,
+                    properties: AuthProperties {
+                        authentication_method: Some(method.clone()),
+                        authentication_data: Some(challenge),
+                        ..AuthProperties::default()
+                    },
+                };
+                conn.send(&Packet::Auth(auth)).await?;
+                match conn.read_packet().await? {
+                    Some(Packet::Auth(a))
+                        if a.reason_code == ReasonCode::CONTINUE_AUTHENTICATION
+                            && a.properties.authentication_method.as_ref() == Some(method) =>
+                    {
+                        data = a.properties.authentication_data;
+                    }
+                    _ => return Ok(Err(ReasonCode::PROTOCOL_ERROR)),
+                }
+            }
+        }
+    }
+}
+
+fn queue_counted<S: AsyncRead + AsyncWrite + Unpin>(conn: &mut Conn<S>, p: &Packet) -> Result<(), ConnectionError> {
+    if matches!(p, Packet::Publish(_)) {
+        Metrics::add(&conn.metrics.messages_sent, 1);
+    }
+    conn.queue(p)
+}
+
+async fn sleep_until_opt(at: Option<Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at.into()).await,
+        None => std::future::pending().await,
+    }
+}
+
+/// Deliveries taken from the mailbox per wake-up before the writes are flushed.
+const DELIVERY_BATCH: usize = 256;
+
+async fn serve_session<S: AsyncRead + AsyncWrite + Unpin>(
+    conn: &mut Conn<S>,
+    mut a: Accepted,
+    shared: &Arc<Shared>,
+) -> Result<(), ConnectionError> {
+    let mut actions = Vec::new();
+    let mut reauth: Option<Box<dyn AuthExchange>> = None;
+    let client_id = a.session.client_id().clone();
+    let end = loop {
+        let deadline = a.session.keep_alive_deadline();
+        let mut end = None;
+        let mut failure = None;
+        tokio::select! {
+            biased;
+            () = shared.shutdown.cancelled() => {
+                disconnect(conn, ReasonCode::SERVER_SHUTTING_DOWN, None);
+                end = Some(End::Shutdown);
+            }
+            reason = &mut a.kick => {
+                let reason = reason.unwrap_or(ReasonCode::SESSION_TAKEN_OVER);
+                disconnect(conn, reason, None);
+                end = Some(End::Abnormal);
+            }
+            read = conn.read_packet() => match read {
+                Ok(Some(packet)) => {
+                    if matches!(packet, Packet::Publish(_)) {
+                        Metrics::add(&shared.metrics.messages_received, 1);
+                    }
+                    trace!(%client_id, packet = packet.name(), "received");
+                    match a.session.handle_packet(packet, Instant::now(), &mut actions) {
+                        Ok(()) => {}
+                        Err(e) => {
+                            debug!(%client_id, peer = %conn.peer, reason = %e.reason, error = e.message, "protocol violation");
+                            Metrics::add(&shared.metrics.protocol_errors, 1);
+                            actions.clear();
+                            disconnect(conn, e.reason, Some(e.message));
+                            end = Some(End::Abnormal);
+                        }
+                    }
+                }
+                Ok(None) => end = Some(End::Abnormal),
+                Err(ConnectionError::Decode(e)) => {
+                    debug!(%client_id, peer = %conn.peer, error = %e, "undecodable packet");
+                    Metrics::add(&shared.metrics.protocol_errors, 1);
+                    disconnect(conn, e.reason_code(), None);
+                    end = Some(End::Abnormal);
+                }
+                Err(e) => failure = Some(e),
+            },
+            Some(d) = a.mailbox.recv() => {
+                let now = Instant::now();
+                a.session.deliver(d, now, &mut actions);
+                for _ in 1..DELIVERY_BATCH {
+                    match a.mailbox.try_recv() {
+                        Ok(d) => { a.session.deliver(d, now, &mut actions); }
+                        Err(_) => break,
+                    }
+                }
+            }
+            () = sleep_until_opt(deadline) => {
+                debug!(%client_id, peer = %conn.peer, "keep-alive timeout");
+                disconnect(conn, ReasonCode::KEEP_ALIVE_TIMEOUT, None);
+                end = Some(End::Abnormal);
+            }
+        }
+        for action in actions.drain(..) {
+            match action {
+                Action::Send(p) => {
+                    if let Err(e) = queue_counted(conn, &p) {
+                        failure = Some(e);
+                    }
+                }
+                Action::Publish(message) => {
+                    if message.topic.as_str().starts_with("$SYS") {
+                        trace!(%client_id, topic = %message.topic, "client publish to $SYS ignored");
+                        continue;
+                    }
+                    if shared.router.send(Command::Publish(message)).await.is_err() {
+                        end = Some(End::Shutdown);
+                    }
+                }
+                Action::Subscribe(requests) => {
+                    if shared.router.send(Command::Subscribe { key: a.key, requests }).await.is_err() {
+                        end = Some(End::Shutdown);
+                    }
+                }
+                Action::Unsubscribe(subscriptions) => {
+                    if shared.router.send(Command::Unsubscribe { key: a.key, subscriptions }).await.is_err() {
+                        end = Some(End::Shutdown);
+                    }
+                }
+                Action::Disconnect { publish_will } => end = Some(End::Disconnect { publish_will }),
+                Action::Auth(auth) => {
+                    if let Err(reason) = reauthenticate(conn, &mut a, &mut reauth, auth, shared) {
+                        disconnect(conn, reason, Some("re-authentication failed"));
+                        end = Some(End::Abnormal);
+                    }
+                }
+            }
+        }
+        if failure.is_none() {
+            if let Err(e) = conn.flush().await {
+                failure = Some(e);
+            }
+        }
+        if let Some(e) = failure {
+            hand_back(&mut a, shared, End::Abnormal).await;
+            return Err(e);
+        }
+        if let Some(end) = end {
+            break end;
+        }
+    };
+    debug!(%client_id, peer = %conn.peer, ?end, "client disconnected");
+    hand_back(&mut a, shared, end).await;
+    Ok(())
+}
+
+/// Queues a DISCONNECT for a v5 client; 3.1.1 has no server DISCONNECT, the socket just closes.
+fn disconnect<S: AsyncRead + AsyncWrite + Unpin>(conn: &mut Conn<S>, reason: ReasonCode, why: Option<&str>) {
+    if conn.version.is_v5() {
+        let properties = DisconnectProperties { reason_string: why.map(Arc::from), ..Default::default() };
+        let _ = conn.queue(&Packet::Disconnect(Disconnect { reason_code: reason, properties }));
+    }
+}
+
+/// Handles AUTH after CONNECT: re-authentication with the method used at CONNECT (MQTT 5.0 §4.12.1).
+fn reauthenticate<S: AsyncRead + AsyncWrite + Unpin>(
+    conn: &mut Conn<S>,
+    a: &mut Accepted,
+    exchange: &mut Option<Box<dyn AuthExchange>>,
+    auth: Auth,
+    shared: &Shared,
+) -> Result<(), ReasonCode> {
+    let Some(method) = a.auth_method.clone() else { return Err(ReasonCode::PROTOCOL_ERROR) };
+    if auth.properties.authentication_method.as_ref() != Some(&method) {
+        return Err(ReasonCode::PROTOCOL_ERROR);
+    }
+    match auth.reason_code {
+        ReasonCode::RE_AUTHENTICATE => {
+            *exchange = shared.authenticator.begin(&method, a.session.client_id());
+        }
+        ReasonCode::CONTINUE_AUTHENTICATION if exchange.is_some() => {}
+        _ => return Err(ReasonCode::PROTOCOL_ERROR),
+    }
+    let Some(ex) = exchange.as_mut() else { return Err(ReasonCode::NOT_AUTHORIZED) };
+    let (reason_code, data) = match ex.step(auth.properties.authentication_data.as_deref()) {
+        AuthStep::Success(data) => {
+            *exchange = None;
+            (ReasonCode::SUCCESS, data)
+        }
+        AuthStep::Continue(data) => (ReasonCode::CONTINUE_AUTHENTICATION, Some(data)),
+        AuthStep::Fail => return Err(ReasonCode::NOT_AUTHORIZED),
+    };
+    let properties =
+        AuthProperties { authentication_method: Some(method), authentication_data: data, ..Default::default() };
+    conn.queue(&Packet::Auth(Auth { reason_code, properties })).map_err(|_| ReasonCode::UNSPECIFIED_ERROR)
+}
+
+/// Returns the session to the router with whatever is still in the mailbox, and the will if due.
+async fn hand_back(a: &mut Accepted, shared: &Shared, end: End) {
+    let mut session = std::mem::replace(
+        &mut a.session,
+        Box::new(Session::new(Arc::from(""), Arc::new(shared.config.limits.clone()))),
+    );
+    session.detach();
+    a.mailbox.close();
+    let now = Instant::now();
+    let mut unused = Vec::new();
+    while let Ok(d) = a.mailbox.try_recv() {
+        if session.deliver(d, now, &mut unused) == m2m_session::DeliveryOutcome::Dropped {
+            Metrics::add(&shared.metrics.messages_dropped, 1);
+        }
+    }
+    let will = match end {
+        End::Abnormal | End::Disconnect { publish_will: true } => a.will.take(),
+        End::Disconnect { publish_will: false } | End::Shutdown => None,
+    };
+    let d = Disconnected { key: a.key, conn_id: a.conn_id, session, will };
+    let _ = shared.router.send(Command::Disconnected(d)).await;
+}

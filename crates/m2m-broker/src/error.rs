@@ -1,0 +1,36 @@
+//! Errors of the broker layer.
+
+use m2m_codec::{DecodeError, EncodeError};
+
+/// Why a node failed to start or stopped abnormally.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// The listener could not bind.
+    #[error("cannot listen on {addr}")]
+    Bind {
+        /// The address.
+        addr: std::net::SocketAddr,
+        /// The cause.
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// Why one connection ended abnormally. Logged once at the task boundary; never ends the node.
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum ConnectionError {
+    #[error("socket error")]
+    Io(#[from] std::io::Error),
+    #[error("undecodable packet")]
+    Decode(#[from] DecodeError),
+    #[error("cannot encode packet")]
+    Encode(#[from] EncodeError),
+    #[error("peer closed the connection in the middle of a packet")]
+    ClosedMidPacket,
+    #[error("write timed out (slow or dead reader)")]
+    WriteTimeout,
+}
+
+/// Result of the broker layer.
+pub type Result<T, E = Error> = std::result::Result<T, E>;

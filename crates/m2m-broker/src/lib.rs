@@ -1,0 +1,23 @@
+//! The network shell of an m2m node: the MQTT listener, one task per connection, the CONNECT
+//! handshake (client ids, wills, anonymous policy, enhanced authentication), and graceful shutdown.
+//!
+//! # Layout
+//! - [`Broker`]: `bind` then `run(shutdown)`; reports its bound address, so tests use port 0.
+//! - [`Config`]: the validated settings of the MQTT side.
+//! - [`Authenticator`]: the hook for MQTT 5 enhanced authentication methods.
+//!
+//! Protocol state lives in `m2m-session` (sans-IO) and routing in `m2m-router`; this crate only moves
+//! bytes and packets between them. An error ends one connection, never the node.
+
+mod auth;
+mod config;
+mod connection;
+mod error;
+mod server;
+
+pub use auth::{AuthExchange, AuthStep, Authenticator, NoEnhancedAuth};
+pub use config::{Anonymous, Config};
+pub use error::{Error, Result};
+pub use m2m_router::{Metrics, RouterHandle, RouterStats};
+pub use m2m_session::Limits;
+pub use server::Broker;

@@ -1,0 +1,121 @@
+//! The node's MQTT side: bind, accept, serve, shut down.
+
+use std::net::SocketAddr;
+use std::sync::atomic::AtomicU64;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use m2m_router::{Command, Metrics, Router, RouterConfig, RouterHandle};
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tracing::{debug, info, warn};
+
+use crate::auth::{Authenticator, NoEnhancedAuth};
+use crate::config::Config;
+use crate::connection::{serve, Shared};
+use crate::error::{Error, Result};
+
+/// A bound, not yet running node.
+pub struct Broker {
+    listener: TcpListener,
+    local_addr: SocketAddr,
+    router: Router,
+    shared: Shared,
+}
+
+impl std::fmt::Debug for Broker {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Broker").field("local_addr", &self.local_addr).finish_non_exhaustive()
+    }
+}
+
+impl Broker {
+    /// Binds the listener and builds the router; nothing runs until [`Broker::run`].
+    ///
+    /// # Errors
+    /// [`Error::Bind`] when the address cannot be bound.
+    pub async fn bind(config: &Config) -> Result<Self> {
+        let listener =
+            TcpListener::bind(config.listen).await.map_err(|source| Error::Bind { addr: config.listen, source })?;
+        let local_addr = listener.local_addr().map_err(|source| Error::Bind { addr: config.listen, source })?;
+        let metrics = Arc::new(Metrics::default());
+        let router_config = RouterConfig {
+            limits: Arc::new(config.limits.clone()),
+            sys_interval: config.sys_interval,
+            ..RouterConfig::default()
+        };
+        let (router, handle) = Router::new(router_config, metrics.clone());
+        let started = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
+        let shared = Shared {
+            config: config.clone(),
+            router: handle,
+            metrics,
+            authenticator: Arc::new(NoEnhancedAuth),
+            shutdown: CancellationToken::new(),
+            conn_ids: AtomicU64::new(1),
+            id_prefix: format!("m2m-{started:x}-"),
+        };
+        Ok(Self { listener, local_addr, router, shared })
+    }
+
+    /// Replaces the enhanced-authentication hook.
+    pub fn with_authenticator(mut self, authenticator: Arc<dyn Authenticator>) -> Self {
+        self.shared.authenticator = authenticator;
+        self
+    }
+
+    /// The address the MQTT listener is bound to.
+    pub fn local_addr(&self) -> SocketAddr {
+        self.local_addr
+    }
+
+    /// The node's counters.
+    pub fn metrics(&self) -> Arc<Metrics> {
+        self.shared.metrics.clone()
+    }
+
+    /// A handle to the router, for other parts of the node.
+    pub fn router(&self) -> RouterHandle {
+        self.shared.router.clone()
+    }
+
+    /// Accepts and serves connections until `shutdown` is cancelled, then closes every connection
+    /// (v5 clients get DISCONNECT 0x8B; no wills are sent; sessions are kept) and stops the router.
+    ///
+    /// # Errors
+    /// None yet after binding; accept errors are logged and retried.
+    pub async fn run(self, shutdown: CancellationToken) -> Result<()> {
+        let Self { listener, local_addr, router, shared } = self;
+        let shared = Arc::new(shared);
+        let router_task = tokio::spawn(router.run());
+        let connections = TaskTracker::new();
+        info!(%local_addr, "MQTT listener ready");
+        loop {
+            tokio::select! {
+                () = shutdown.cancelled() => break,
+                accepted = listener.accept() => match accepted {
+                    Ok((stream, peer)) => {
+                        let _ = stream.set_nodelay(true);
+                        connections.spawn(serve(stream, peer, shared.clone()));
+                    }
+                    Err(e) => {
+                        // Out of descriptors or similar: back off instead of spinning.
+                        warn!(error = %e, "accept failed");
+                        tokio::time::sleep(Duration::from_millis(100)).await;
+                    }
+                },
+            }
+        }
+        drop(listener);
+        shared.shutdown.cancel();
+        connections.close();
+        connections.wait().await;
+        let _ = shared.router.send(Command::Stop).await;
+        if let Err(e) = router_task.await {
+            warn!(error = %e, "router task failed");
+        }
+        debug!("node stopped");
+        Ok(())
+    }
+}

@@ -1,0 +1,46 @@
+//! Node-wide counters, shared by the router and every connection.
+//!
+//! Plain atomics with relaxed ordering: each counter is read on its own (for `$SYS` and metrics
+//! endpoints), so no ordering between them is promised.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+
+/// Counters and gauges of one node.
+#[derive(Debug, Default)]
+pub struct Metrics {
+    /// Clients connected now.
+    pub connections_current: AtomicU64,
+    /// Connections accepted since start (CONNACK success).
+    pub connections_total: AtomicU64,
+    /// Connections refused or closed for bad input, protocol errors or limits.
+    pub connections_rejected: AtomicU64,
+    /// PUBLISH packets received from clients.
+    pub messages_received: AtomicU64,
+    /// PUBLISH packets sent to clients.
+    pub messages_sent: AtomicU64,
+    /// Deliveries dropped: a full queue, an expired message, QoS 0 for an offline session.
+    pub messages_dropped: AtomicU64,
+    /// Bytes read from clients.
+    pub bytes_received: AtomicU64,
+    /// Bytes written to clients.
+    pub bytes_sent: AtomicU64,
+    /// Malformed packets and protocol violations seen.
+    pub protocol_errors: AtomicU64,
+}
+
+impl Metrics {
+    /// Adds `n` to a counter.
+    pub fn add(counter: &AtomicU64, n: u64) {
+        counter.fetch_add(n, Ordering::Relaxed);
+    }
+
+    /// Subtracts one from a gauge.
+    pub fn dec(counter: &AtomicU64) {
+        counter.fetch_sub(1, Ordering::Relaxed);
+    }
+
+    /// Reads a counter.
+    pub fn get(counter: &AtomicU64) -> u64 {
+        counter.load(Ordering::Relaxed)
+    }
+}

@@ -1,0 +1,698 @@
+//! The router task: the one owner of subscriptions, retained messages, sessions and wills.
+
+use std::collections::{BTreeMap, HashMap};
+use std::ops::ControlFlow;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use m2m_codec::{QoS, ReasonCode, RetainHandling};
+use m2m_session::{Delivery, Limits, Message, Session, SubscribeRequest, SubscriptionEntry};
+use m2m_topic::{SharedGroupId, Subscription, SubscriptionTrie, TopicName, TopicTree};
+use tokio::sync::{mpsc, oneshot};
+use tracing::{debug, trace};
+
+use crate::metrics::Metrics;
+
+/// Identifies a session inside the router; stable for the session's life.
+pub type SessionKey = u64;
+
+/// Router settings.
+#[derive(Debug, Clone)]
+pub struct RouterConfig {
+    /// Session limits shared by every session.
+    pub limits: Arc<Limits>,
+    /// How often `$SYS/broker/...` statistics are published; `None` disables them.
+    pub sys_interval: Option<Duration>,
+    /// Capacity of the router's command channel.
+    pub channel_capacity: usize,
+    /// Text published on `$SYS/broker/version`.
+    pub version: String,
+}
+
+impl Default for RouterConfig {
+    fn default() -> Self {
+        Self {
+            limits: Arc::new(Limits::default()),
+            sys_interval: Some(Duration::from_secs(10)),
+            channel_capacity: 4096,
+            version: concat!("m2m ", env!("CARGO_PKG_VERSION")).to_string(),
+        }
+    }
+}
+
+/// A will to publish when the connection ends without a clean DISCONNECT.
+#[derive(Debug, Clone)]
+pub struct PendingWill {
+    /// The message the will turns into.
+    pub message: Message,
+    /// Will Delay Interval in seconds.
+    pub delay: u32,
+}
+
+/// A client's request to connect, sent by its connection task.
+#[derive(Debug)]
+pub struct ConnectRequest {
+    /// Client identifier (already assigned if the client sent none).
+    pub client_id: Arc<str>,
+    /// Clean Start / Clean Session.
+    pub clean_start: bool,
+    /// How the router reaches the connection.
+    pub link: ClientLink,
+    /// The router's answer.
+    pub reply: oneshot::Sender<ConnectReply>,
+}
+
+/// How the router reaches one connection.
+#[derive(Debug)]
+pub struct ClientLink {
+    /// Unique id of the connection, to tell its later messages from a successor's.
+    pub conn_id: u64,
+    /// Where the router sends deliveries while the client is online.
+    pub mailbox: mpsc::Sender<Delivery>,
+    /// Fired by the router to close the connection (session take-over).
+    pub kick: oneshot::Sender<ReasonCode>,
+}
+
+/// The router's answer to a [`ConnectRequest`].
+#[derive(Debug)]
+pub struct ConnectReply {
+    /// Key of the session, for later commands.
+    pub key: SessionKey,
+    /// The session, now owned by the connection until it disconnects.
+    pub session: Box<Session>,
+    /// Whether an existing session was resumed.
+    pub session_present: bool,
+}
+
+/// A connection ended; its session goes back to the router.
+#[derive(Debug)]
+pub struct Disconnected {
+    /// Key of the session.
+    pub key: SessionKey,
+    /// The connection that ended.
+    pub conn_id: u64,
+    /// The session, detached, with anything the connection had not sent yet.
+    pub session: Box<Session>,
+    /// The will to publish, if the connection ended without a clean DISCONNECT.
+    pub will: Option<PendingWill>,
+}
+
+/// Commands to the router.
+#[derive(Debug)]
+pub enum Command {
+    /// A client connects.
+    Connect(ConnectRequest),
+    /// Route a message to subscribers and the retained store.
+    Publish(Message),
+    /// Add subscriptions of a session, then send it matching retained messages.
+    Subscribe {
+        /// The session.
+        key: SessionKey,
+        /// The subscriptions, as the session accepted them.
+        requests: Vec<SubscribeRequest>,
+    },
+    /// Remove subscriptions of a session.
+    Unsubscribe {
+        /// The session.
+        key: SessionKey,
+        /// The subscriptions to remove.
+        subscriptions: Vec<Subscription>,
+    },
+    /// A connection ended.
+    Disconnected(Disconnected),
+    /// Reports counts for `$SYS` and the API.
+    Stats(oneshot::Sender<RouterStats>),
+    /// Stops the router after the commands before it; sent by the node once its connections ended.
+    Stop,
+}
+
+/// Counts the router owns.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct RouterStats {
+    /// Sessions known (online and offline).
+    pub sessions: usize,
+    /// Sessions with a client connected.
+    pub online: usize,
+    /// Subscriptions in the trie.
+    pub subscriptions: usize,
+    /// Retained messages.
+    pub retained: usize,
+}
+
+/// A cheap, cloneable sender of commands to the router.
+#[derive(Debug, Clone)]
+pub struct RouterHandle {
+    tx: mpsc::Sender<Command>,
+}
+
+/// The router has stopped; the node is shutting down.
+#[derive(Debug, Clone, Copy, thiserror::Error)]
+#[error("router has stopped")]
+pub struct RouterGone;
+
+impl RouterHandle {
+    /// Sends a command, waiting while the channel is full (back-pressure on the caller).
+    ///
+    /// # Errors
+    /// [`RouterGone`] when the router has stopped.
+    ///
+    /// # Cancel safety
+    /// Cancel safe: a cancelled call sent nothing.
+    pub async fn send(&self, cmd: Command) -> Result<(), RouterGone> {
+        self.tx.send(cmd).await.map_err(|_| RouterGone)
+    }
+
+    /// Asks for the router's counts.
+    ///
+    /// # Errors
+    /// [`RouterGone`] when the router has stopped.
+    pub async fn stats(&self) -> Result<RouterStats, RouterGone> {
+        let (tx, rx) = oneshot::channel();
+        self.send(Command::Stats(tx)).await?;
+        rx.await.map_err(|_| RouterGone)
+    }
+}
+
+/// Where a client's session is.
+#[derive(Debug)]
+enum State {
+    /// A connection owns the session.
+    Online {
+        conn_id: u64,
+        mailbox: mpsc::Sender<Delivery>,
+        kick: Option<oneshot::Sender<ReasonCode>>,
+        /// Deliveries that found the mailbox closed (the connection is ending); handed to the session
+        /// when it comes back.
+        overflow: Vec<Delivery>,
+        /// A connect waiting for this connection to hand the session back (take-over).
+        successor: Option<ConnectRequest>,
+    },
+    /// No connection; the router holds the session until it expires.
+    Offline { session: Box<Session>, expires_at: Option<Instant> },
+}
+
+#[derive(Debug)]
+struct Client {
+    client_id: Arc<str>,
+    state: State,
+    /// A will waiting for its delay to pass.
+    will: Option<(Message, Instant)>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Timer {
+    Will,
+    Expiry,
+}
+
+/// Per-subscription data in the trie.
+#[derive(Debug, Clone)]
+struct SubData {
+    entry: SubscriptionEntry,
+}
+
+/// The router's state. Build with [`Router::new`], then run [`Router::run`] on a task.
+pub struct Router {
+    config: RouterConfig,
+    rx: mpsc::Receiver<Command>,
+    metrics: Arc<Metrics>,
+    clients: HashMap<SessionKey, Client>,
+    by_id: HashMap<Arc<str>, SessionKey>,
+    next_key: SessionKey,
+    trie: SubscriptionTrie<SessionKey, SubData>,
+    retained: TopicTree<Arc<Message>>,
+    /// Round-robin cursors of shared subscription groups.
+    shared_cursor: HashMap<SharedGroupId, usize>,
+    timers: BTreeMap<(Instant, u64), (SessionKey, Timer)>,
+    timer_seq: u64,
+    /// Reused per publish: matched sessions and what each gets.
+    scratch: Vec<(SessionKey, QoS, bool, Vec<u32>)>,
+    scratch_index: HashMap<SessionKey, usize>,
+    started: Instant,
+}
+
+impl std::fmt::Debug for Router {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Router").field("clients", &self.clients.len()).finish_non_exhaustive()
+    }
+}
+
+impl Router {
+    /// Creates the router and the handle to reach it.
+    pub fn new(config: RouterConfig, metrics: Arc<Metrics>) -> (Self, RouterHandle) {
+        let (tx, rx) = mpsc::channel(config.channel_capacity);
+        let router = Self {
+            config,
+            rx,
+            metrics,
+            clients: HashMap::new(),
+            by_id: HashMap::new(),
+            next_key: 1,
+            trie: SubscriptionTrie::new(),
+            retained: TopicTree::new(),
+            shared_cursor: HashMap::new(),
+            timers: BTreeMap::new(),
+            timer_seq: 0,
+            scratch: Vec::new(),
+            scratch_index: HashMap::new(),
+            started: Instant::now(),
+        };
+        (router, RouterHandle { tx })
+    }
+
+    /// Runs until every [`RouterHandle`] is dropped.
+    ///
+    /// Commands are handled one at a time in arrival order; timers (will delays, session expiry, `$SYS`)
+    /// fire between commands.
+    pub async fn run(mut self) {
+        let mut sys_tick = self.config.sys_interval.map(|every| {
+            let mut t = tokio::time::interval(every);
+            t.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            t
+        });
+        loop {
+            let next_timer = self.timers.keys().next().map(|(at, _)| *at);
+            tokio::select! {
+                cmd = self.rx.recv() => {
+                    let Some(cmd) = cmd else { break };
+                    if self.handle(cmd).is_break() {
+                        break;
+                    }
+                    // Drain what is already waiting before looking at timers again.
+                    let mut stop = false;
+                    for _ in 0..256 {
+                        match self.rx.try_recv() {
+                            Ok(cmd) => if self.handle(cmd).is_break() {
+                                stop = true;
+                                break;
+                            },
+                            Err(_) => break,
+                        }
+                    }
+                    if stop {
+                        break;
+                    }
+                }
+                () = sleep_until_opt(next_timer) => self.fire_timers(Instant::now()),
+                _ = tick_opt(&mut sys_tick) => self.publish_sys(Instant::now()),
+            }
+        }
+        debug!(sessions = self.clients.len(), "router stopped");
+    }
+
+    fn handle(&mut self, cmd: Command) -> ControlFlow<()> {
+        let now = Instant::now();
+        match cmd {
+            Command::Connect(req) => self.connect(req, now),
+            Command::Publish(message) => self.publish(message, now),
+            Command::Subscribe { key, requests } => self.subscribe(key, requests, now),
+            Command::Unsubscribe { key, subscriptions } => {
+                for sub in &subscriptions {
+                    self.trie.remove(sub, &key);
+                }
+            }
+            Command::Disconnected(d) => self.disconnected(d, now),
+            Command::Stats(reply) => {
+                let _ = reply.send(self.stats());
+            }
+            Command::Stop => return ControlFlow::Break(()),
+        }
+        ControlFlow::Continue(())
+    }
+
+    fn stats(&self) -> RouterStats {
+        RouterStats {
+            sessions: self.clients.len(),
+            online: self.clients.values().filter(|c| matches!(c.state, State::Online { .. })).count(),
+            subscriptions: self.trie.len(),
+            retained: self.retained.len(),
+        }
+    }
+
+    fn connect(&mut self, req: ConnectRequest, now: Instant) {
+        let Some(&key) = self.by_id.get(&req.client_id) else {
+            let key = self.next_key;
+            self.next_key += 1;
+            let (link, waiting) = split(req);
+            self.by_id.insert(waiting.client_id.clone(), key);
+            let session = Box::new(Session::new(waiting.client_id.clone(), self.config.limits.clone()));
+            let client = Client { client_id: waiting.client_id, state: online(link), will: None };
+            self.clients.insert(key, client);
+            let _ = waiting.reply.send(ConnectReply { key, session, session_present: false });
+            return;
+        };
+        let Some(client) = self.clients.get_mut(&key) else { return };
+        match &mut client.state {
+            State::Online { kick, successor, .. } => {
+                debug!(client_id = %req.client_id, "session taken over");
+                if let Some(kick) = kick.take() {
+                    let _ = kick.send(ReasonCode::SESSION_TAKEN_OVER);
+                }
+                // A third connect while a take-over is under way replaces the second, which is dropped
+                // (its reply channel closes, so its connection ends).
+                *successor = Some(req);
+            }
+            State::Offline { .. } => {
+                let (link, waiting) = split(req);
+                let State::Offline { session, .. } = std::mem::replace(&mut client.state, online(link)) else {
+                    return;
+                };
+                self.resume(key, session, waiting, now);
+            }
+        }
+    }
+
+    /// Hands a session (resumed or fresh) to a connecting client whose entry is already `Online`.
+    fn resume(&mut self, key: SessionKey, mut session: Box<Session>, req: Waiting, now: Instant) {
+        let Some(client) = self.clients.get_mut(&key) else { return };
+        let pending_will = client.will.take();
+        let session_present = !req.clean_start;
+        if req.clean_start {
+            // The old session ends: its will goes out now, if its delay was still running.
+            if let Some((will, _)) = pending_will {
+                self.publish(will, now);
+            }
+            self.drop_subscriptions(key, &session);
+            session = Box::new(Session::new(req.client_id.clone(), self.config.limits.clone()));
+        }
+        // Otherwise a will still waiting is cancelled: the client came back in time (MQTT-3.1.3-9).
+        if req.reply.send(ConnectReply { key, session, session_present }).is_err() {
+            trace!(client_id = %req.client_id, "connection went away before its CONNACK");
+        }
+    }
+
+    fn disconnected(&mut self, d: Disconnected, now: Instant) {
+        let Some(client) = self.clients.get_mut(&d.key) else { return };
+        let State::Online { conn_id, .. } = &client.state else { return };
+        if *conn_id != d.conn_id {
+            return;
+        }
+        let State::Online { overflow, successor, .. } =
+            std::mem::replace(&mut client.state, State::Offline { session: d.session, expires_at: None })
+        else {
+            return;
+        };
+        let State::Offline { session, .. } = &mut client.state else { return };
+        let mut unused = Vec::new();
+        for delivery in overflow {
+            if session.deliver(delivery, now, &mut unused) == m2m_session::DeliveryOutcome::Dropped {
+                Metrics::add(&self.metrics.messages_dropped, 1);
+            }
+        }
+        let expiry = session.expiry_interval;
+        let client_id = client.client_id.clone();
+
+        if let Some(req) = successor {
+            let (link, req) = split(req);
+            let State::Offline { session, .. } = std::mem::replace(&mut client.state, online(link)) else {
+                return;
+            };
+            let session_ends = req.clean_start || expiry == 0;
+            if let Some(will) = d.will {
+                if will.delay == 0 || session_ends {
+                    self.publish(will.message, now);
+                }
+            }
+            self.resume(d.key, session, req, now);
+            return;
+        }
+
+        if let Some(will) = d.will {
+            let delay = will.delay.min(expiry);
+            if delay == 0 {
+                self.publish(will.message, now);
+            } else if let Some(at) = now.checked_add(Duration::from_secs(u64::from(delay))) {
+                if let Some(client) = self.clients.get_mut(&d.key) {
+                    client.will = Some((will.message, at));
+                }
+                self.add_timer(at, d.key, Timer::Will);
+            }
+        }
+        if expiry == 0 {
+            self.end_session(d.key, now);
+        } else if expiry != u32::MAX {
+            if let Some(at) = now.checked_add(Duration::from_secs(u64::from(expiry))) {
+                if let Some(Client { state: State::Offline { expires_at, .. }, .. }) = self.clients.get_mut(&d.key) {
+                    *expires_at = Some(at);
+                }
+                self.add_timer(at, d.key, Timer::Expiry);
+            }
+        }
+        trace!(%client_id, expiry, "client disconnected");
+    }
+
+    /// Ends an offline session: its will (if still waiting) goes out, its subscriptions go away.
+    fn end_session(&mut self, key: SessionKey, now: Instant) {
+        let Some(client) = self.clients.remove(&key) else { return };
+        self.by_id.remove(&client.client_id);
+        if let Some((will, _)) = client.will {
+            self.publish(will, now);
+        }
+        if let State::Offline { session, .. } = client.state {
+            let dropped = session.queued() as u64;
+            Metrics::add(&self.metrics.messages_dropped, dropped);
+            self.drop_subscriptions(key, &session);
+        }
+        debug!(client_id = %client.client_id, "session ended");
+    }
+
+    fn drop_subscriptions(&mut self, key: SessionKey, session: &Session) {
+        for entry in session.subscriptions().values() {
+            self.trie.remove(&entry.subscription, &key);
+        }
+    }
+
+    fn add_timer(&mut self, at: Instant, key: SessionKey, timer: Timer) {
+        self.timer_seq += 1;
+        self.timers.insert((at, self.timer_seq), (key, timer));
+    }
+
+    fn fire_timers(&mut self, now: Instant) {
+        while let Some(entry) = self.timers.first_entry() {
+            if entry.key().0 > now {
+                break;
+            }
+            let ((at, _), (key, timer)) = entry.remove_entry();
+            let Some(client) = self.clients.get_mut(&key) else { continue };
+            match timer {
+                Timer::Will => {
+                    if client.will.as_ref().is_some_and(|(_, due)| *due == at) {
+                        if let Some((will, _)) = client.will.take() {
+                            self.publish(will, now);
+                        }
+                    }
+                }
+                Timer::Expiry => {
+                    if matches!(client.state, State::Offline { expires_at: Some(due), .. } if due == at) {
+                        self.end_session(key, now);
+                    }
+                }
+            }
+        }
+    }
+
+    fn subscribe(&mut self, key: SessionKey, requests: Vec<SubscribeRequest>, now: Instant) {
+        if !self.clients.contains_key(&key) {
+            return;
+        }
+        let mut retained = Vec::new();
+        for req in requests {
+            let entry = &req.entry;
+            self.trie.insert(&entry.subscription, key, SubData { entry: entry.clone() });
+            let Subscription::Plain(filter) = &entry.subscription else {
+                // Retained messages are not sent to shared subscriptions (MQTT 5.0 §4.8.2).
+                continue;
+            };
+            let send = match entry.options.retain_handling {
+                RetainHandling::SendAtSubscribe => true,
+                RetainHandling::SendIfNew => req.is_new,
+                RetainHandling::DoNotSend => false,
+            };
+            if !send {
+                continue;
+            }
+            let ids: Vec<u32> = entry.id.into_iter().collect();
+            let qos = entry.options.qos;
+            self.retained.match_filter(filter, |_, message| {
+                if !message.is_expired(now) {
+                    retained.push(Delivery {
+                        message: message.clone(),
+                        qos: message.qos.min(qos),
+                        retain: true,
+                        subscription_ids: ids.clone(),
+                    });
+                }
+            });
+        }
+        for delivery in retained {
+            self.deliver(key, delivery, now);
+        }
+    }
+
+    fn publish(&mut self, message: Message, now: Instant) {
+        let message = Arc::new(message);
+        if message.retain {
+            if message.payload.is_empty() {
+                self.retained.remove(&message.topic);
+            } else {
+                self.retained.insert(&message.topic, message.clone());
+            }
+        }
+        self.route(message, now);
+    }
+
+    /// Fans a message out: one copy per session, at the highest QoS of its matching subscriptions, with
+    /// every subscription identifier (MQTT 5.0 §3.3.4); one member per shared group.
+    fn route(&mut self, message: Arc<Message>, now: Instant) {
+        let mut scratch = std::mem::take(&mut self.scratch);
+        let mut index = std::mem::take(&mut self.scratch_index);
+        scratch.clear();
+        index.clear();
+        let publisher_key = message.publisher.as_ref().and_then(|id| self.by_id.get(id)).copied();
+        // Both visitors below merge into the same scratch space; the RefCell lets them share it.
+        let state = std::cell::RefCell::new((scratch, index));
+        let merge = |key: SessionKey, data: &SubData| {
+            let options = &data.entry.options;
+            if options.no_local && Some(key) == publisher_key {
+                return;
+            }
+            let qos = message.qos.min(options.qos);
+            let retain = message.retain && options.retain_as_published;
+            let (scratch, index) = &mut *state.borrow_mut();
+            match index.get(&key) {
+                Some(&i) => {
+                    let slot = &mut scratch[i];
+                    slot.1 = slot.1.max(qos);
+                    slot.2 |= retain;
+                    slot.3.extend(data.entry.id);
+                }
+                None => {
+                    index.insert(key, scratch.len());
+                    scratch.push((key, qos, retain, data.entry.id.into_iter().collect()));
+                }
+            }
+        };
+        let clients = &self.clients;
+        let cursors = &mut self.shared_cursor;
+        self.trie.match_topic(
+            &message.topic,
+            |key, data| merge(*key, data),
+            |group, members| {
+                if members.is_empty() {
+                    return;
+                }
+                if !cursors.contains_key(group) {
+                    cursors.insert(group.clone(), 0);
+                }
+                let Some(cursor) = cursors.get_mut(group) else { return };
+                // Prefer an online member, starting from the cursor.
+                let n = members.len();
+                let start = *cursor % n;
+                let pick = (0..n)
+                    .map(|i| (start + i) % n)
+                    .find(|&i| matches!(clients.get(&members[i].0).map(|c| &c.state), Some(State::Online { .. })))
+                    .unwrap_or(start);
+                *cursor = pick + 1;
+                let (key, data) = &members[pick];
+                merge(*key, data);
+            },
+        );
+        let (mut scratch, index) = state.into_inner();
+        for (key, qos, retain, ids) in scratch.drain(..) {
+            let delivery = Delivery { message: message.clone(), qos, retain, subscription_ids: ids };
+            self.deliver(key, delivery, now);
+        }
+        self.scratch = scratch;
+        self.scratch_index = index;
+    }
+
+    fn deliver(&mut self, key: SessionKey, delivery: Delivery, now: Instant) {
+        let Some(client) = self.clients.get_mut(&key) else { return };
+        let dropped = match &mut client.state {
+            State::Online { mailbox, overflow, .. } => match mailbox.try_send(delivery) {
+                Ok(()) => false,
+                Err(mpsc::error::TrySendError::Full(_)) => true,
+                Err(mpsc::error::TrySendError::Closed(d)) => {
+                    if overflow.len() < self.config.limits.max_queued {
+                        overflow.push(d);
+                        false
+                    } else {
+                        true
+                    }
+                }
+            },
+            State::Offline { session, .. } => {
+                session.deliver(delivery, now, &mut Vec::new()) == m2m_session::DeliveryOutcome::Dropped
+            }
+        };
+        if dropped {
+            Metrics::add(&self.metrics.messages_dropped, 1);
+            trace!(client_id = %client.client_id, "delivery dropped: queue full");
+        }
+    }
+
+    fn publish_sys(&mut self, now: Instant) {
+        let stats = self.stats();
+        let m = &self.metrics;
+        let uptime = now.duration_since(self.started).as_secs();
+        let values: [(&str, String); 14] = [
+            ("version", self.config.version.clone()),
+            ("uptime", format!("{uptime} seconds")),
+            ("clients/connected", Metrics::get(&m.connections_current).to_string()),
+            ("clients/total", stats.sessions.to_string()),
+            ("clients/disconnected", (stats.sessions - stats.online).to_string()),
+            ("clients/accepted", Metrics::get(&m.connections_total).to_string()),
+            ("clients/rejected", Metrics::get(&m.connections_rejected).to_string()),
+            ("messages/received", Metrics::get(&m.messages_received).to_string()),
+            ("messages/sent", Metrics::get(&m.messages_sent).to_string()),
+            ("messages/dropped", Metrics::get(&m.messages_dropped).to_string()),
+            ("subscriptions/count", stats.subscriptions.to_string()),
+            ("retained messages/count", stats.retained.to_string()),
+            ("bytes/received", Metrics::get(&m.bytes_received).to_string()),
+            ("bytes/sent", Metrics::get(&m.bytes_sent).to_string()),
+        ];
+        for (suffix, value) in values {
+            let Ok(topic) = TopicName::try_from(format!("$SYS/broker/{suffix}").as_str()) else { continue };
+            self.publish(Message::new(topic, value.into_bytes(), QoS::AtMostOnce, true), now);
+        }
+    }
+}
+
+fn online(link: ClientLink) -> State {
+    State::Online {
+        conn_id: link.conn_id,
+        mailbox: link.mailbox,
+        kick: Some(link.kick),
+        overflow: Vec::new(),
+        successor: None,
+    }
+}
+
+/// What a connect request still needs once its link is installed.
+#[derive(Debug)]
+struct Waiting {
+    client_id: Arc<str>,
+    clean_start: bool,
+    reply: oneshot::Sender<ConnectReply>,
+}
+
+fn split(req: ConnectRequest) -> (ClientLink, Waiting) {
+    let ConnectRequest { client_id, clean_start, link, reply } = req;
+    (link, Waiting { client_id, clean_start, reply })
+}
+
+async fn sleep_until_opt(at: Option<Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at.into()).await,
+        None => std::future::pending().await,
+    }
+}
+
+async fn tick_opt(interval: &mut Option<tokio::time::Interval>) {
+    match interval {
+        Some(i) => {
+            i.tick().await;
+        }
+        None => std::future::pending().await,
+    }
+}

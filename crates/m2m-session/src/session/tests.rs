@@ -1,0 +1,304 @@
+use super::*;
+use bytes::Bytes;
+use m2m_codec::{Disconnect, DisconnectProperties, PublishProperties};
+
+fn pid(n: u16) -> PacketId {
+    PacketId::new(n).unwrap()
+}
+
+fn v5_params() -> LinkParams {
+    LinkParams {
+        version: ProtocolVersion::V5,
+        keep_alive: 10,
+        receive_maximum: 2,
+        max_packet_size: None,
+        topic_alias_maximum: 0,
+        request_problem_information: true,
+    }
+}
+
+fn session(params: LinkParams) -> (Session, Instant) {
+    let now = Instant::now();
+    let mut s = Session::new(Arc::from("c1"), Arc::new(Limits::default()));
+    let mut out = Vec::new();
+    s.attach(params, 60, now, &mut out);
+    assert!(out.is_empty());
+    (s, now)
+}
+
+fn publish(topic: &str, qos: QoS, id: Option<u16>) -> Publish {
+    Publish {
+        dup: false,
+        qos,
+        retain: false,
+        topic: Arc::from(topic),
+        packet_id: id.map(pid),
+        properties: PublishProperties::default(),
+        payload: Bytes::from_static(b"x"),
+    }
+}
+
+fn delivery(topic: &str, qos: QoS) -> Delivery {
+    let name = TopicName::try_from(topic).unwrap();
+    Delivery {
+        message: Arc::new(Message::new(name, Bytes::from_static(b"hi"), qos, false)),
+        qos,
+        retain: false,
+        subscription_ids: vec![],
+    }
+}
+
+fn sent(out: &[Action]) -> Vec<&Packet> {
+    out.iter().filter_map(|a| if let Action::Send(p) = a { Some(p) } else { None }).collect()
+}
+
+fn routed(out: &[Action]) -> usize {
+    out.iter().filter(|a| matches!(a, Action::Publish(_))).count()
+}
+
+#[test]
+fn qos2_publish_is_routed_once_even_when_the_client_resends_it() {
+    let (mut s, now) = session(v5_params());
+    let mut out = Vec::new();
+    s.handle_packet(Packet::Publish(publish("a/b", QoS::ExactlyOnce, Some(7))), now, &mut out).unwrap();
+    let mut again = publish("a/b", QoS::ExactlyOnce, Some(7));
+    again.dup = true;
+    s.handle_packet(Packet::Publish(again), now, &mut out).unwrap();
+    assert_eq!(routed(&out), 1);
+    assert_eq!(sent(&out), vec![&Packet::PubRec(Ack::new(pid(7))), &Packet::PubRec(Ack::new(pid(7)))]);
+    out.clear();
+    s.handle_packet(Packet::PubRel(Ack::new(pid(7))), now, &mut out).unwrap();
+    assert_eq!(sent(&out), vec![&Packet::PubComp(Ack::new(pid(7)))]);
+    out.clear();
+    // After release the same id starts a new message.
+    s.handle_packet(Packet::Publish(publish("a/b", QoS::ExactlyOnce, Some(7))), now, &mut out).unwrap();
+    assert_eq!(routed(&out), 1);
+}
+
+#[test]
+fn pubrel_for_an_unknown_id_gets_pubcomp_packet_identifier_not_found() {
+    let (mut s, now) = session(v5_params());
+    let mut out = Vec::new();
+    s.handle_packet(Packet::PubRel(Ack::new(pid(9))), now, &mut out).unwrap();
+    let Packet::PubComp(comp) = sent(&out)[0] else { panic!("expected PUBCOMP") };
+    assert_eq!(comp.reason_code, ReasonCode::PACKET_IDENTIFIER_NOT_FOUND);
+}
+
+#[test]
+fn exceeding_our_receive_maximum_is_a_protocol_error_0x93() {
+    let now = Instant::now();
+    let limits = Limits { receive_maximum: 2, ..Limits::default() };
+    let mut s = Session::new(Arc::from("c"), Arc::new(limits));
+    let mut out = Vec::new();
+    s.attach(v5_params(), 0, now, &mut out);
+    for id in 1..=2 {
+        s.handle_packet(Packet::Publish(publish("t", QoS::ExactlyOnce, Some(id))), now, &mut out).unwrap();
+    }
+    let err = s.handle_packet(Packet::Publish(publish("t", QoS::ExactlyOnce, Some(3))), now, &mut out);
+    assert_eq!(err.unwrap_err().reason, ReasonCode::RECEIVE_MAXIMUM_EXCEEDED);
+}
+
+#[test]
+fn outgoing_window_follows_the_clients_receive_maximum_and_queues_the_rest() {
+    let (mut s, now) = session(v5_params());
+    let mut out = Vec::new();
+    for _ in 0..3 {
+        s.deliver(delivery("t", QoS::AtLeastOnce), now, &mut out);
+    }
+    assert_eq!(sent(&out).len(), 2);
+    assert_eq!((s.inflight(), s.queued()), (2, 1));
+    let first = match sent(&out)[0] {
+        Packet::Publish(p) => p.packet_id.unwrap(),
+        other => panic!("unexpected {other:?}"),
+    };
+    out.clear();
+    s.handle_packet(Packet::PubAck(Ack::new(first)), now, &mut out).unwrap();
+    assert_eq!(sent(&out).len(), 1, "the queued message goes out when a slot frees");
+    assert_eq!((s.inflight(), s.queued()), (2, 0));
+}
+
+#[test]
+fn unacknowledged_messages_are_resent_with_dup_in_order_on_reattach() {
+    let (mut s, now) = session(v5_params());
+    let mut out = Vec::new();
+    s.deliver(delivery("one", QoS::AtLeastOnce), now, &mut out);
+    s.deliver(delivery("two", QoS::ExactlyOnce), now, &mut out);
+    let two = match sent(&out)[1] {
+        Packet::Publish(p) => p.packet_id.unwrap(),
+        other => panic!("unexpected {other:?}"),
+    };
+    out.clear();
+    s.handle_packet(Packet::PubRec(Ack::new(two)), now, &mut out).unwrap();
+    assert_eq!(sent(&out), vec![&Packet::PubRel(Ack::new(two))]);
+    s.detach();
+    out.clear();
+    s.attach(v5_params(), 60, now, &mut out);
+    let packets = sent(&out);
+    assert_eq!(packets.len(), 2);
+    match packets[0] {
+        Packet::Publish(p) => assert!(p.dup && &*p.topic == "one"),
+        other => panic!("unexpected {other:?}"),
+    }
+    assert_eq!(packets[1], &Packet::PubRel(Ack::new(two)));
+}
+
+#[test]
+fn offline_sessions_queue_qos1_but_drop_qos0_and_respect_the_queue_limit() {
+    let now = Instant::now();
+    let limits = Limits { max_queued: 2, ..Limits::default() };
+    let mut s = Session::new(Arc::from("c"), Arc::new(limits));
+    let mut out = Vec::new();
+    assert_eq!(s.deliver(delivery("t", QoS::AtMostOnce), now, &mut out), DeliveryOutcome::Dropped);
+    assert_eq!(s.deliver(delivery("t", QoS::AtLeastOnce), now, &mut out), DeliveryOutcome::Queued);
+    assert_eq!(s.deliver(delivery("t", QoS::AtLeastOnce), now, &mut out), DeliveryOutcome::Queued);
+    assert_eq!(s.deliver(delivery("t", QoS::AtLeastOnce), now, &mut out), DeliveryOutcome::Dropped);
+    assert_eq!(s.dropped(), 2);
+    s.attach(v5_params(), 60, now, &mut out);
+    assert_eq!(sent(&out).len(), 2);
+}
+
+#[test]
+fn a_message_bigger_than_the_clients_maximum_packet_size_is_not_sent() {
+    let (mut s, now) = session(LinkParams { max_packet_size: Some(10), ..v5_params() });
+    let mut out = Vec::new();
+    let outcome = s.deliver(delivery("a/long/topic/name", QoS::AtLeastOnce), now, &mut out);
+    assert_eq!(outcome, DeliveryOutcome::Sent);
+    assert!(out.is_empty());
+    assert_eq!(s.inflight(), 0);
+}
+
+#[test]
+fn inbound_topic_alias_is_recorded_then_resolved() {
+    let (mut s, now) = session(v5_params());
+    let mut out = Vec::new();
+    let mut first = publish("sensors/1", QoS::AtMostOnce, None);
+    first.properties.topic_alias = Some(3);
+    s.handle_packet(Packet::Publish(first), now, &mut out).unwrap();
+    let mut second = publish("", QoS::AtMostOnce, None);
+    second.properties.topic_alias = Some(3);
+    s.handle_packet(Packet::Publish(second), now, &mut out).unwrap();
+    let topics: Vec<&str> =
+        out.iter().filter_map(|a| if let Action::Publish(m) = a { Some(m.topic.as_str()) } else { None }).collect();
+    assert_eq!(topics, ["sensors/1", "sensors/1"]);
+    let mut unknown = publish("", QoS::AtMostOnce, None);
+    unknown.properties.topic_alias = Some(4);
+    assert_eq!(s.handle_packet(Packet::Publish(unknown), now, &mut out).unwrap_err().reason, ReasonCode::PROTOCOL_ERROR);
+    let mut too_big = publish("x", QoS::AtMostOnce, None);
+    too_big.properties.topic_alias = Some(1000);
+    assert_eq!(
+        s.handle_packet(Packet::Publish(too_big), now, &mut out).unwrap_err().reason,
+        ReasonCode::TOPIC_ALIAS_INVALID
+    );
+}
+
+#[test]
+fn outbound_topic_alias_sends_the_topic_once_then_only_the_alias() {
+    let (mut s, now) = session(LinkParams { topic_alias_maximum: 5, ..v5_params() });
+    let mut out = Vec::new();
+    s.deliver(delivery("a/b", QoS::AtMostOnce), now, &mut out);
+    s.deliver(delivery("a/b", QoS::AtMostOnce), now, &mut out);
+    let p: Vec<(String, Option<u16>)> = sent(&out)
+        .into_iter()
+        .map(|p| match p {
+            Packet::Publish(p) => (p.topic.to_string(), p.properties.topic_alias),
+            other => panic!("unexpected {other:?}"),
+        })
+        .collect();
+    assert_eq!(p, vec![("a/b".to_string(), Some(1)), (String::new(), Some(1))]);
+}
+
+#[test]
+fn wildcards_in_a_published_topic_end_the_connection_with_0x90() {
+    let (mut s, now) = session(v5_params());
+    let err = s.handle_packet(Packet::Publish(publish("a/+", QoS::AtMostOnce, None)), now, &mut Vec::new());
+    assert_eq!(err.unwrap_err().reason, ReasonCode::TOPIC_NAME_INVALID);
+}
+
+#[test]
+fn subscribe_grants_qos_and_rejects_invalid_filters_per_filter() {
+    let (mut s, now) = session(v5_params());
+    let mut out = Vec::new();
+    let opts = |qos| SubscriptionOptions { qos, ..Default::default() };
+    let sub = Subscribe {
+        packet_id: pid(1),
+        subscription_identifier: Some(5),
+        user_properties: vec![],
+        filters: vec![(Arc::from("a/#"), opts(QoS::ExactlyOnce)), (Arc::from("a/#/b"), opts(QoS::AtMostOnce))],
+    };
+    s.handle_packet(Packet::Subscribe(sub), now, &mut out).unwrap();
+    let Action::Subscribe(reqs) = &out[0] else { panic!("expected Subscribe first, got {out:?}") };
+    assert_eq!(reqs.len(), 1);
+    assert!(reqs[0].is_new);
+    assert_eq!(reqs[0].entry.id, Some(5));
+    let Action::Send(Packet::SubAck(ack)) = &out[1] else { panic!("expected SUBACK") };
+    assert_eq!(ack.reason_codes, vec![ReasonCode::GRANTED_QOS_2, ReasonCode::TOPIC_FILTER_INVALID]);
+}
+
+#[test]
+fn shared_subscription_with_no_local_is_a_protocol_error() {
+    let (mut s, now) = session(v5_params());
+    let options = SubscriptionOptions { no_local: true, ..Default::default() };
+    let sub = Subscribe {
+        packet_id: pid(1),
+        subscription_identifier: None,
+        user_properties: vec![],
+        filters: vec![(Arc::from("$share/g/a"), options)],
+    };
+    let err = s.handle_packet(Packet::Subscribe(sub), now, &mut Vec::new()).unwrap_err();
+    assert_eq!(err.reason, ReasonCode::PROTOCOL_ERROR);
+}
+
+#[test]
+fn unsubscribe_reports_which_filters_existed() {
+    let (mut s, now) = session(v5_params());
+    let mut out = Vec::new();
+    let sub = Subscribe {
+        packet_id: pid(1),
+        subscription_identifier: None,
+        user_properties: vec![],
+        filters: vec![(Arc::from("a"), SubscriptionOptions::default())],
+    };
+    s.handle_packet(Packet::Subscribe(sub), now, &mut out).unwrap();
+    out.clear();
+    let unsub = Unsubscribe { packet_id: pid(2), user_properties: vec![], filters: vec![Arc::from("a"), Arc::from("b")] };
+    s.handle_packet(Packet::Unsubscribe(unsub), now, &mut out).unwrap();
+    assert!(matches!(&out[0], Action::Unsubscribe(v) if v.len() == 1));
+    let Action::Send(Packet::UnsubAck(ack)) = &out[1] else { panic!("expected UNSUBACK") };
+    assert_eq!(ack.reason_codes, vec![ReasonCode::SUCCESS, ReasonCode::NO_SUBSCRIPTION_EXISTED]);
+}
+
+#[test]
+fn keep_alive_deadline_is_one_and_a_half_times_the_interval_after_the_last_packet() {
+    let (mut s, now) = session(v5_params());
+    assert_eq!(s.keep_alive_deadline(), Some(now + Duration::from_secs(15)));
+    let later = now + Duration::from_secs(4);
+    s.handle_packet(Packet::PingReq, later, &mut Vec::new()).unwrap();
+    assert_eq!(s.keep_alive_deadline(), Some(later + Duration::from_secs(15)));
+}
+
+#[test]
+fn disconnect_may_not_raise_session_expiry_from_zero() {
+    let now = Instant::now();
+    let mut s = Session::new(Arc::from("c"), Arc::new(Limits::default()));
+    s.attach(v5_params(), 0, now, &mut Vec::new());
+    let d = Disconnect {
+        reason_code: ReasonCode::NORMAL_DISCONNECTION,
+        properties: DisconnectProperties { session_expiry_interval: Some(30), ..Default::default() },
+    };
+    let err = s.handle_packet(Packet::Disconnect(d), now, &mut Vec::new()).unwrap_err();
+    assert_eq!(err.reason, ReasonCode::PROTOCOL_ERROR);
+}
+
+#[test]
+fn expired_messages_are_dropped_and_the_remaining_interval_is_forwarded() {
+    let (mut s, now) = session(v5_params());
+    let mut d = delivery("t", QoS::AtMostOnce);
+    Arc::make_mut(&mut d.message).expires_at = Some(now + Duration::from_millis(2500));
+    let mut out = Vec::new();
+    s.deliver(d.clone(), now + Duration::from_secs(1), &mut out);
+    match sent(&out)[0] {
+        Packet::Publish(p) => assert_eq!(p.properties.message_expiry_interval, Some(2)),
+        other => panic!("unexpected {other:?}"),
+    }
+    assert_eq!(s.deliver(d, now + Duration::from_secs(3), &mut out), DeliveryOutcome::Dropped);
+}

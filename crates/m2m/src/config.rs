@@ -1,0 +1,322 @@
+//! The node's configuration: embedded defaults, then a TOML file, then `M2M_*` environment variables,
+//! then command-line flags; validated into the library types before anything starts.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::{bail, Context};
+use m2m_broker::{Anonymous, Limits};
+use m2m_codec::QoS;
+use serde::{Deserialize, Serialize};
+
+/// The whole file, as written by a user. Unknown keys are refused.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub(crate) struct FileConfig {
+    pub(crate) node: NodeSection,
+    pub(crate) mqtt: MqttSection,
+    pub(crate) log: LogSection,
+}
+
+/// `[node]`
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub(crate) struct NodeSection {
+    /// Where the node keeps its data.
+    pub(crate) data_dir: PathBuf,
+}
+
+/// `[mqtt]`
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub(crate) struct MqttSection {
+    pub(crate) listen: SocketAddr,
+    pub(crate) anonymous: String,
+    pub(crate) max_connections: usize,
+    pub(crate) connect_timeout_secs: u64,
+    pub(crate) max_keep_alive: u16,
+    pub(crate) max_session_expiry: u32,
+    pub(crate) max_packet_size: u32,
+    pub(crate) receive_maximum: u16,
+    pub(crate) topic_alias_maximum: u16,
+    pub(crate) max_inflight: u16,
+    pub(crate) max_queued: usize,
+    pub(crate) queue_qos0_offline: bool,
+    pub(crate) max_subscriptions: usize,
+    pub(crate) max_topic_levels: usize,
+    pub(crate) max_topic_len: usize,
+    pub(crate) max_qos: u8,
+    pub(crate) retain_available: bool,
+    pub(crate) mailbox_capacity: usize,
+    pub(crate) write_timeout_secs: u64,
+    pub(crate) sys_interval_secs: u64,
+    pub(crate) response_information: String,
+}
+
+/// `[log]`
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub(crate) struct LogSection {
+    /// `error`, `warn`, `info`, `debug`, `trace`, or a full filter such as `m2m_broker=debug`.
+    pub(crate) level: String,
+    /// `text` or `json`.
+    pub(crate) format: String,
+}
+
+impl Default for FileConfig {
+    fn default() -> Self {
+        Self { node: NodeSection::default(), mqtt: MqttSection::default(), log: LogSection::default() }
+    }
+}
+
+impl Default for NodeSection {
+    fn default() -> Self {
+        Self { data_dir: PathBuf::from("./m2m-data") }
+    }
+}
+
+impl Default for LogSection {
+    fn default() -> Self {
+        Self { level: "info".into(), format: "text".into() }
+    }
+}
+
+impl Default for MqttSection {
+    fn default() -> Self {
+        let b = m2m_broker::Config::default();
+        let l = &b.limits;
+        Self {
+            listen: b.listen,
+            anonymous: "loopback".into(),
+            max_connections: b.max_connections,
+            connect_timeout_secs: b.connect_timeout.as_secs(),
+            max_keep_alive: b.max_keep_alive,
+            max_session_expiry: b.max_session_expiry,
+            max_packet_size: l.max_packet_size,
+            receive_maximum: l.receive_maximum,
+            topic_alias_maximum: l.topic_alias_maximum,
+            max_inflight: l.max_inflight,
+            max_queued: l.max_queued,
+            queue_qos0_offline: l.queue_qos0_offline,
+            max_subscriptions: l.max_subscriptions,
+            max_topic_levels: l.max_topic_levels,
+            max_topic_len: l.max_topic_len,
+            max_qos: l.max_qos as u8,
+            retain_available: l.retain_available,
+            mailbox_capacity: b.mailbox_capacity,
+            write_timeout_secs: b.write_timeout.as_secs(),
+            sys_interval_secs: b.sys_interval.map_or(0, |d| d.as_secs()),
+            response_information: String::new(),
+        }
+    }
+}
+
+const SECTIONS: [&str; 3] = ["node", "mqtt", "log"];
+
+/// `M2M_*` variables that are flags of the command line, not settings.
+const NOT_SETTINGS: [&str; 1] = ["CONFIG"];
+
+/// Loads the configuration: defaults, then `file`, then `M2M_<SECTION>_<KEY>` variables from `env`,
+/// then `overrides` (`section.key = value` pairs from flags).
+///
+/// # Errors
+/// A message naming the file, variable or key that is wrong.
+pub(crate) fn load(
+    file: Option<&std::path::Path>,
+    env: impl IntoIterator<Item = (String, String)>,
+    overrides: &[(&str, toml::Value)],
+) -> anyhow::Result<FileConfig> {
+    let mut table = toml::Table::try_from(FileConfig::default()).context("default configuration")?;
+    if let Some(path) = file {
+        let text =
+            std::fs::read_to_string(path).with_context(|| format!("cannot read config file {}", path.display()))?;
+        let from_file: toml::Table =
+            text.parse().with_context(|| format!("config file {} is not valid TOML", path.display()))?;
+        merge(&mut table, from_file);
+    }
+    for (name, value) in env {
+        let Some(rest) = name.strip_prefix("M2M_") else { continue };
+        if NOT_SETTINGS.contains(&rest) {
+            continue;
+        }
+        let rest = rest.to_ascii_lowercase();
+        let Some((section, key)) = SECTIONS
+            .iter()
+            .find_map(|s| rest.strip_prefix(s).and_then(|k| k.strip_prefix('_')).map(|k| (*s, k)))
+        else {
+            bail!("unknown setting in environment variable {name}: expected M2M_<NODE|MQTT|LOG>_<KEY>");
+        };
+        set(&mut table, section, key, env_value(&value), &format!("environment variable {name}"))?;
+    }
+    for (path, value) in overrides {
+        let (section, key) = path.split_once('.').context("override key without a section")?;
+        set(&mut table, section, key, value.clone(), &format!("flag for {path}"))?;
+    }
+    let config: FileConfig = toml::Value::Table(table).try_into().context("invalid configuration")?;
+    config.validate()?;
+    Ok(config)
+}
+
+fn merge(into: &mut toml::Table, from: toml::Table) {
+    for (k, v) in from {
+        match (into.get_mut(&k), v) {
+            (Some(toml::Value::Table(a)), toml::Value::Table(b)) => merge(a, b),
+            (_, v) => {
+                into.insert(k, v);
+            }
+        }
+    }
+}
+
+fn set(table: &mut toml::Table, section: &str, key: &str, value: toml::Value, source: &str) -> anyhow::Result<()> {
+    let Some(toml::Value::Table(s)) = table.get_mut(section) else {
+        bail!("{source}: unknown section `{section}`");
+    };
+    if !s.contains_key(key) {
+        bail!("{source}: unknown key `{section}.{key}`");
+    }
+    // Keep the type of the default so that "1883" from the environment fits a number field.
+    let value = match (s.get(key), value) {
+        (Some(toml::Value::String(_)), v @ (toml::Value::Integer(_) | toml::Value::Boolean(_))) => {
+            toml::Value::String(v.to_string())
+        }
+        (_, v) => v,
+    };
+    s.insert(key.to_string(), value);
+    Ok(())
+}
+
+fn env_value(raw: &str) -> toml::Value {
+    if let Ok(i) = raw.parse::<i64>() {
+        toml::Value::Integer(i)
+    } else if let Ok(b) = raw.parse::<bool>() {
+        toml::Value::Boolean(b)
+    } else {
+        toml::Value::String(raw.to_string())
+    }
+}
+
+impl FileConfig {
+    fn validate(&self) -> anyhow::Result<()> {
+        let m = &self.mqtt;
+        let checks: [(bool, &str, &str); 9] = [
+            (m.receive_maximum == 0, "mqtt.receive_maximum", "must be at least 1"),
+            (m.max_inflight == 0, "mqtt.max_inflight", "must be at least 1"),
+            (m.max_packet_size < 128, "mqtt.max_packet_size", "must be at least 128 bytes"),
+            (m.max_packet_size > 268_435_460, "mqtt.max_packet_size", "must be at most 268435460 (MQTT's limit)"),
+            (m.max_qos > 2, "mqtt.max_qos", "must be 0, 1 or 2"),
+            (m.max_connections == 0, "mqtt.max_connections", "must be at least 1"),
+            (m.mailbox_capacity == 0, "mqtt.mailbox_capacity", "must be at least 1"),
+            (m.max_topic_levels == 0 || m.max_topic_len == 0, "mqtt.max_topic_levels", "limits must be at least 1"),
+            (m.connect_timeout_secs == 0, "mqtt.connect_timeout_secs", "must be at least 1"),
+        ];
+        for (bad, key, why) in checks {
+            if bad {
+                bail!("invalid value for {key}: {why}");
+            }
+        }
+        self.anonymous()?;
+        if !matches!(self.log.format.as_str(), "text" | "json") {
+            bail!("invalid value for log.format: {:?} (expected \"text\" or \"json\")", self.log.format);
+        }
+        Ok(())
+    }
+
+    fn anonymous(&self) -> anyhow::Result<Anonymous> {
+        Ok(match self.mqtt.anonymous.as_str() {
+            "loopback" => Anonymous::LoopbackOnly,
+            "allow" => Anonymous::Allow,
+            "deny" => Anonymous::Deny,
+            other => bail!("invalid value for mqtt.anonymous: {other:?} (expected \"loopback\", \"allow\" or \"deny\")"),
+        })
+    }
+
+    /// The broker settings this configuration describes.
+    pub(crate) fn broker(&self) -> anyhow::Result<m2m_broker::Config> {
+        let m = &self.mqtt;
+        let max_qos = QoS::from_u8(m.max_qos).context("invalid value for mqtt.max_qos")?;
+        Ok(m2m_broker::Config {
+            listen: m.listen,
+            max_connections: m.max_connections,
+            connect_timeout: Duration::from_secs(m.connect_timeout_secs),
+            max_keep_alive: m.max_keep_alive,
+            max_session_expiry: m.max_session_expiry,
+            mailbox_capacity: m.mailbox_capacity,
+            write_timeout: Duration::from_secs(m.write_timeout_secs.max(1)),
+            anonymous: self.anonymous()?,
+            response_information: Some(m.response_information.clone()).filter(|s| !s.is_empty()),
+            sys_interval: Some(Duration::from_secs(m.sys_interval_secs)).filter(|d| !d.is_zero()),
+            limits: Limits {
+                receive_maximum: m.receive_maximum,
+                max_packet_size: m.max_packet_size,
+                topic_alias_maximum: m.topic_alias_maximum,
+                max_inflight: m.max_inflight,
+                max_queued: m.max_queued,
+                queue_qos0_offline: m.queue_qos0_offline,
+                max_subscriptions: m.max_subscriptions,
+                max_topic_levels: m.max_topic_levels,
+                max_topic_len: m.max_topic_len,
+                max_qos,
+                retain_available: m.retain_available,
+            },
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn env(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
+        pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
+    }
+
+    #[test]
+    fn defaults_need_no_file_and_listen_on_1883() {
+        let c = load(None, env(&[]), &[]).unwrap();
+        assert_eq!(c.mqtt.listen, "0.0.0.0:1883".parse().unwrap());
+        assert_eq!(c.node.data_dir, PathBuf::from("./m2m-data"));
+        c.broker().unwrap();
+    }
+
+    #[test]
+    fn file_then_environment_then_flags_override_in_that_order() {
+        let dir = std::env::temp_dir().join(format!("m2m-config-test-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("m2m.toml");
+        std::fs::write(&path, "[mqtt]\nmax_queued = 5\nmax_inflight = 7\nlisten = \"127.0.0.1:1\"\n").unwrap();
+        let c = load(
+            Some(&path),
+            env(&[("M2M_MQTT_MAX_INFLIGHT", "9"), ("M2M_MQTT_LISTEN", "127.0.0.1:2"), ("PATH", "/bin")]),
+            &[("mqtt.listen", toml::Value::String("127.0.0.1:3".into()))],
+        )
+        .unwrap();
+        assert_eq!((c.mqtt.max_queued, c.mqtt.max_inflight), (5, 9));
+        assert_eq!(c.mqtt.listen, "127.0.0.1:3".parse().unwrap());
+        std::fs::remove_dir_all(dir).unwrap();
+    }
+
+    #[test]
+    fn an_unknown_key_in_the_file_is_refused_by_name() {
+        let dir = std::env::temp_dir().join(format!("m2m-config-bad-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("m2m.toml");
+        std::fs::write(&path, "[mqtt]\nmax_queue = 5\n").unwrap();
+        let err = format!("{:#}", load(Some(&path), env(&[]), &[]).unwrap_err());
+        assert!(err.contains("max_queue"), "{err}");
+        std::fs::remove_dir_all(dir).unwrap();
+    }
+
+    #[test]
+    fn invalid_values_name_the_key() {
+        let err = format!("{:#}", load(None, env(&[("M2M_MQTT_RECEIVE_MAXIMUM", "0")]), &[]).unwrap_err());
+        assert!(err.contains("mqtt.receive_maximum"), "{err}");
+        let err = format!("{:#}", load(None, env(&[("M2M_MQTT_LISTEN", "not-an-address")]), &[]).unwrap_err());
+        assert!(err.contains("listen"), "{err}");
+        let err = format!("{:#}", load(None, env(&[("M2M_MQTT_NOPE", "1")]), &[]).unwrap_err());
+        assert!(err.contains("M2M_MQTT_NOPE"), "{err}");
+        let err = format!("{:#}", load(None, env(&[("M2M_MQTT_ANONYMOUS", "maybe")]), &[]).unwrap_err());
+        assert!(err.contains("mqtt.anonymous"), "{err}");
+    }
+}

@@ -1,0 +1,126 @@
+//! `m2m`: the one binary of the m2m fabric. `m2m node` runs a node; other subcommands are tools.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+use tokio_util::sync::CancellationToken;
+use tracing::info;
+
+mod config;
+
+/// An edge-first machine-to-machine messaging and data fabric.
+#[derive(Debug, Parser)]
+#[command(name = "m2m", version, about)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Run a node: an MQTT 3.1.1/5.0 broker. Needs no configuration.
+    Node(NodeArgs),
+}
+
+#[derive(Debug, clap::Args)]
+struct NodeArgs {
+    /// TOML configuration file; settings can also come from M2M_<SECTION>_<KEY> variables.
+    #[arg(long, env = "M2M_CONFIG")]
+    config: Option<PathBuf>,
+    /// MQTT listen address (overrides mqtt.listen).
+    #[arg(long)]
+    listen: Option<String>,
+    /// Data directory (overrides node.data_dir).
+    #[arg(long)]
+    data_dir: Option<PathBuf>,
+    /// Log filter (overrides log.level), e.g. `debug` or `m2m_broker=trace`.
+    #[arg(long)]
+    log_level: Option<String>,
+    /// Print the effective configuration as TOML and exit.
+    #[arg(long)]
+    print_config: bool,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Node(args) => run_node(args),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) => {
+            eprintln!("error: {err:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run_node(args: NodeArgs) -> anyhow::Result<()> {
+    let mut overrides = Vec::new();
+    if let Some(listen) = &args.listen {
+        overrides.push(("mqtt.listen", toml::Value::String(listen.clone())));
+    }
+    if let Some(dir) = &args.data_dir {
+        overrides.push(("node.data_dir", toml::Value::String(dir.display().to_string())));
+    }
+    if let Some(level) = &args.log_level {
+        overrides.push(("log.level", toml::Value::String(level.clone())));
+    }
+    let file = config::load(args.config.as_deref(), std::env::vars(), &overrides)?;
+    if args.print_config {
+        print!("{}", toml::to_string_pretty(&file).context("cannot print the configuration")?);
+        return Ok(());
+    }
+    init_logging(&file.log);
+    let broker_config = file.broker()?;
+    std::fs::create_dir_all(&file.node.data_dir)
+        .with_context(|| format!("cannot create data directory {}", file.node.data_dir.display()))?;
+    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().context("cannot start runtime")?;
+    runtime.block_on(async move {
+        let broker = m2m_broker::Broker::bind(&broker_config).await?;
+        info!(mqtt = %broker.local_addr(), data_dir = %file.node.data_dir.display(), "m2m node starting");
+        let shutdown = CancellationToken::new();
+        tokio::spawn(stop_on_signal(shutdown.clone()));
+        broker.run(shutdown).await?;
+        info!("m2m node stopped");
+        Ok(())
+    })
+}
+
+fn init_logging(log: &config::LogSection) {
+    use tracing_subscriber::EnvFilter;
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(&log.level));
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    if log.format == "json" {
+        builder.json().init();
+    } else {
+        builder.init();
+    }
+}
+
+/// Cancels `shutdown` on SIGINT or SIGTERM.
+async fn stop_on_signal(shutdown: CancellationToken) {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(s) => s,
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot listen for SIGTERM");
+                let _ = ctrl_c.await;
+                shutdown.cancel();
+                return;
+            }
+        };
+        tokio::select! {
+            _ = ctrl_c => {}
+            _ = term.recv() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = ctrl_c.await;
+    info!("shutting down");
+    shutdown.cancel();
+}
