@@ -1,0 +1,18 @@
+#!/usr/bin/env bash
+# Runs every check and every test: formatting, clippy (-D warnings), and the whole workspace's tests.
+# Installs what the tests need when it is missing (the mosquitto-clients Debian package).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+if ! command -v mosquitto_pub >/dev/null 2>&1 || ! command -v mosquitto_sub >/dev/null 2>&1; then
+  echo "installing mosquitto-clients (needed by the interoperability tests)" >&2
+  if [ "$(id -u)" -eq 0 ]; then
+    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq mosquitto-clients
+  else
+    sudo apt-get update -qq && sudo DEBIAN_FRONTEND=noninteractive apt-get install -y -qq mosquitto-clients
+  fi
+fi
+
+cargo fmt --all --check
+cargo clippy --workspace --all-targets --locked -- -D warnings
+cargo test --workspace --locked
