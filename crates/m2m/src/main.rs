@@ -8,6 +8,7 @@ use clap::{Parser, Subcommand};
 use tokio_util::sync::CancellationToken;
 use tracing::info;
 
+mod bench;
 mod config;
 
 /// An edge-first machine-to-machine messaging and data fabric.
@@ -22,6 +23,9 @@ struct Cli {
 enum Command {
     /// Run a node: an MQTT 3.1.1/5.0 broker. Needs no configuration.
     Node(NodeArgs),
+    /// Load and latency against a running broker (this node or any other).
+    #[command(subcommand)]
+    Bench(bench::Scenario),
 }
 
 #[derive(Debug, clap::Args)]
@@ -47,6 +51,7 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Node(args) => run_node(args),
+        Command::Bench(scenario) => bench::run(scenario),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -1,0 +1,477 @@
+//! `m2m bench`: load and latency against any MQTT broker (this node or another), over MQTT 3.1.1 so
+//! that every broker is measured the same way.
+//!
+//! Scenarios: `fan-in` (N publishers → 1 subscriber), `fan-out` (1 publisher → N subscribers),
+//! `latency` (a fixed rate, one-way latency percentiles), `conns` (idle connections, resident memory of
+//! the broker process). Every scenario is bounded in time and count and stops by itself.
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context};
+use bytes::{BufMut, Bytes, BytesMut};
+use m2m_codec::{
+    decode, encode, Ack, Connect, ConnectProperties, Packet, PacketId, ProtocolVersion, Publish,
+    PublishProperties, QoS, ReasonCode, Subscribe, SubscriptionOptions,
+};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
+use tokio::net::TcpStream;
+use tokio::sync::Semaphore;
+
+/// Arguments shared by every scenario.
+#[derive(Debug, Clone, clap::Args)]
+pub(crate) struct Common {
+    /// Broker address.
+    #[arg(long, default_value = "127.0.0.1:1883")]
+    addr: SocketAddr,
+    /// Payload size in bytes (at least 8 for latency).
+    #[arg(long, default_value_t = 64)]
+    payload: usize,
+    /// QoS of publishes and subscriptions (0, 1 or 2; 2 is measured as 1 by the publisher window).
+    #[arg(long, default_value_t = 0)]
+    qos: u8,
+    /// Seconds measured, after one second of warm-up.
+    #[arg(long, default_value_t = 5)]
+    duration: u64,
+    /// Label printed in the result line (e.g. the broker's name).
+    #[arg(long, default_value = "broker")]
+    label: String,
+    /// Inflight window of a QoS 1 publisher.
+    #[arg(long, default_value_t = 256)]
+    window: usize,
+}
+
+/// The scenarios.
+#[derive(Debug, clap::Subcommand)]
+pub(crate) enum Scenario {
+    /// N publishers → 1 subscriber: messages per second received.
+    FanIn {
+        #[command(flatten)]
+        common: Common,
+        /// Publishers.
+        #[arg(long, default_value_t = 4)]
+        publishers: usize,
+    },
+    /// 1 publisher → N subscribers: deliveries per second.
+    FanOut {
+        #[command(flatten)]
+        common: Common,
+        /// Subscribers.
+        #[arg(long, default_value_t = 50)]
+        subscribers: usize,
+    },
+    /// One publisher at a fixed rate, one subscriber: latency percentiles.
+    Latency {
+        #[command(flatten)]
+        common: Common,
+        /// Messages per second.
+        #[arg(long, default_value_t = 1000)]
+        rate: u64,
+    },
+    /// Opens idle connections and reports the broker's resident memory per connection.
+    Conns {
+        /// Broker address.
+        #[arg(long, default_value = "127.0.0.1:1883")]
+        addr: SocketAddr,
+        /// Connections to open.
+        #[arg(long, default_value_t = 10_000)]
+        count: usize,
+        /// Process id of the broker, to read its resident memory from /proc.
+        #[arg(long)]
+        pid: u32,
+        /// Label printed in the result line.
+        #[arg(long, default_value = "broker")]
+        label: String,
+    },
+}
+
+/// Runs a scenario and prints one result line.
+pub(crate) fn run(scenario: Scenario) -> anyhow::Result<()> {
+    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().context("cannot start runtime")?;
+    let line = runtime.block_on(async move {
+        match scenario {
+            Scenario::FanIn { common, publishers } => throughput(&common, publishers, 1).await,
+            Scenario::FanOut { common, subscribers } => throughput(&common, 1, subscribers).await,
+            Scenario::Latency { common, rate } => latency(&common, rate).await,
+            Scenario::Conns { addr, count, pid, label } => conns(addr, count, pid, &label).await,
+        }
+    })?;
+    println!("{line}");
+    Ok(())
+}
+
+fn qos_of(common: &Common) -> anyhow::Result<QoS> {
+    match QoS::from_u8(common.qos) {
+        Some(q) => Ok(q),
+        None => bail!("--qos must be 0, 1 or 2"),
+    }
+}
+
+/// A bench client connection: 3.1.1, clean session.
+async fn connect(addr: SocketAddr, client_id: &str, keep_alive: u16) -> anyhow::Result<(OwnedReadHalf, OwnedWriteHalf)> {
+    let stream = TcpStream::connect(addr).await.with_context(|| format!("cannot connect to {addr}"))?;
+    stream.set_nodelay(true)?;
+    let (mut read, mut write) = stream.into_split();
+    let connect = Connect {
+        protocol: ProtocolVersion::V311,
+        clean_start: true,
+        keep_alive,
+        client_id: Arc::from(client_id),
+        will: None,
+        username: None,
+        password: None,
+        properties: ConnectProperties::default(),
+    };
+    write_packet(&mut write, &Packet::Connect(Box::new(connect))).await?;
+    let mut buf = BytesMut::new();
+    match read_packet(&mut read, &mut buf).await? {
+        Packet::ConnAck(ack) if ack.reason_code == ReasonCode::SUCCESS => Ok((read, write)),
+        Packet::ConnAck(ack) => bail!("connection refused: {}", ack.reason_code),
+        other => bail!("expected CONNACK, got {}", other.name()),
+    }
+}
+
+async fn write_packet(write: &mut OwnedWriteHalf, packet: &Packet) -> anyhow::Result<()> {
+    let mut out = BytesMut::new();
+    encode(packet, ProtocolVersion::V311, &mut out)?;
+    write.write_all(&out).await?;
+    Ok(())
+}
+
+async fn read_packet(read: &mut OwnedReadHalf, buf: &mut BytesMut) -> anyhow::Result<Packet> {
+    loop {
+        if let Some(p) = decode(buf, ProtocolVersion::V311, usize::MAX)? {
+            return Ok(p);
+        }
+        if read.read_buf(buf).await? == 0 {
+            bail!("broker closed the connection");
+        }
+    }
+}
+
+fn pid(n: u16) -> PacketId {
+    PacketId::new(n.max(1)).unwrap_or(PacketId::MIN)
+}
+
+/// Subscribes and then counts PUBLISHes (acknowledging QoS 1/2), recording latency when `latencies`
+/// is given (the payload starts with the send time in nanoseconds since `epoch`).
+async fn subscriber(
+    addr: SocketAddr,
+    id: String,
+    topic: &'static str,
+    qos: QoS,
+    received: Arc<AtomicU64>,
+    latencies: Option<(Instant, Arc<std::sync::Mutex<Vec<u64>>>)>,
+    ready: Arc<Semaphore>,
+) -> anyhow::Result<()> {
+    let (mut read, mut write) = connect(addr, &id, 0).await?;
+    let options = SubscriptionOptions { qos, ..Default::default() };
+    let sub = Subscribe {
+        packet_id: pid(1),
+        subscription_identifier: None,
+        user_properties: vec![],
+        filters: vec![(Arc::from(topic), options)],
+    };
+    write_packet(&mut write, &Packet::Subscribe(sub)).await?;
+    let mut buf = BytesMut::with_capacity(64 * 1024);
+    loop {
+        if let Packet::SubAck(_) = read_packet(&mut read, &mut buf).await? {
+            break;
+        }
+    }
+    ready.add_permits(1);
+    let mut acks = BytesMut::new();
+    let mut local = Vec::new();
+    loop {
+        let mut n = 0;
+        while let Some(p) = decode(&mut buf, ProtocolVersion::V311, usize::MAX)? {
+            match p {
+                Packet::Publish(p) => {
+                    n += 1;
+                    if let Some((epoch, _)) = &latencies {
+                        if p.payload.len() >= 8 {
+                            let mut sent = [0u8; 8];
+                            sent.copy_from_slice(&p.payload[..8]);
+                            let now = epoch.elapsed().as_nanos() as u64;
+                            local.push(now.saturating_sub(u64::from_be_bytes(sent)));
+                        }
+                    }
+                    match (p.qos, p.packet_id) {
+                        (QoS::AtLeastOnce, Some(id)) => encode(&Packet::PubAck(Ack::new(id)), ProtocolVersion::V311, &mut acks)?,
+                        (QoS::ExactlyOnce, Some(id)) => encode(&Packet::PubRec(Ack::new(id)), ProtocolVersion::V311, &mut acks)?,
+                        _ => {}
+                    }
+                }
+                Packet::PubRel(a) => encode(&Packet::PubComp(Ack::new(a.packet_id)), ProtocolVersion::V311, &mut acks)?,
+                _ => {}
+            }
+        }
+        if n > 0 {
+            received.fetch_add(n, Ordering::Relaxed);
+        }
+        if let Some((_, all)) = &latencies {
+            if !local.is_empty() {
+                all.lock().map_err(|_| anyhow::anyhow!("latency lock poisoned"))?.append(&mut local);
+            }
+        }
+        if !acks.is_empty() {
+            write.write_all(&acks).await?;
+            acks.clear();
+        }
+        if read.read_buf(&mut buf).await? == 0 {
+            return Ok(());
+        }
+    }
+}
+
+/// Publishes as fast as the broker accepts until `stop`: QoS 0 in batches of pre-encoded frames,
+/// QoS 1/2 with a bounded window of unacknowledged messages.
+async fn publisher(
+    addr: SocketAddr,
+    id: String,
+    topic: &'static str,
+    qos: QoS,
+    payload: Bytes,
+    window: usize,
+    stop: Arc<AtomicBool>,
+    sent: Arc<AtomicU64>,
+) -> anyhow::Result<()> {
+    let (mut read, mut write) = connect(addr, &id, 0).await?;
+    let publish = |packet_id| Publish {
+        dup: false,
+        qos,
+        retain: false,
+        topic: Arc::from(topic),
+        packet_id,
+        properties: PublishProperties::default(),
+        payload: payload.clone(),
+    };
+    if qos == QoS::AtMostOnce {
+        let mut batch = BytesMut::new();
+        const BATCH: u64 = 64;
+        for _ in 0..BATCH {
+            encode(&Packet::Publish(publish(None)), ProtocolVersion::V311, &mut batch)?;
+        }
+        let batch = batch.freeze();
+        while !stop.load(Ordering::Relaxed) {
+            write.write_all(&batch).await?;
+            sent.fetch_add(BATCH, Ordering::Relaxed);
+        }
+        return Ok(());
+    }
+    let permits = Arc::new(Semaphore::new(window));
+    let acks = permits.clone();
+    let reader = tokio::spawn(async move {
+        let mut buf = BytesMut::with_capacity(64 * 1024);
+        let mut out = BytesMut::new();
+        loop {
+            while let Some(p) = decode(&mut buf, ProtocolVersion::V311, usize::MAX)? {
+                match p {
+                    Packet::PubAck(_) | Packet::PubComp(_) => acks.add_permits(1),
+                    Packet::PubRec(a) => encode(&Packet::PubRel(Ack::new(a.packet_id)), ProtocolVersion::V311, &mut out)?,
+                    _ => {}
+                }
+            }
+            if !out.is_empty() {
+                return Ok::<_, anyhow::Error>(out.split().freeze());
+            }
+            if read.read_buf(&mut buf).await? == 0 {
+                return Ok(Bytes::new());
+            }
+        }
+    });
+    // QoS 2 needs PUBREL on the write half; keep the bench to QoS 1 semantics for the window.
+    if qos == QoS::ExactlyOnce {
+        reader.abort();
+        bail!("the publisher measures QoS 0 and 1; use --qos 1");
+    }
+    let mut next: u16 = 0;
+    let mut out = BytesMut::new();
+    while !stop.load(Ordering::Relaxed) {
+        let Ok(permit) = tokio::time::timeout(Duration::from_millis(200), permits.acquire()).await else { continue };
+        permit.context("window closed")?.forget();
+        let mut n = 1;
+        next = next.wrapping_add(1).max(1);
+        encode(&Packet::Publish(publish(Some(pid(next)))), ProtocolVersion::V311, &mut out)?;
+        while n < 64 {
+            let Ok(p) = permits.try_acquire() else { break };
+            p.forget();
+            next = next.wrapping_add(1).max(1);
+            encode(&Packet::Publish(publish(Some(pid(next)))), ProtocolVersion::V311, &mut out)?;
+            n += 1;
+        }
+        write.write_all(&out).await?;
+        out.clear();
+        sent.fetch_add(n, Ordering::Relaxed);
+    }
+    reader.abort();
+    Ok(())
+}
+
+async fn throughput(common: &Common, publishers: usize, subscribers: usize) -> anyhow::Result<String> {
+    let qos = qos_of(common)?;
+    let topic = "bench/throughput";
+    let received = Arc::new(AtomicU64::new(0));
+    let sent = Arc::new(AtomicU64::new(0));
+    let stop = Arc::new(AtomicBool::new(false));
+    let ready = Arc::new(Semaphore::new(0));
+    let mut tasks = Vec::new();
+    for i in 0..subscribers {
+        let fut = subscriber(common.addr, format!("bench-sub-{i}"), topic, qos, received.clone(), None, ready.clone());
+        tasks.push(tokio::spawn(fut));
+    }
+    let ready_all = ready.acquire_many(subscribers as u32);
+    tokio::time::timeout(Duration::from_secs(30), ready_all).await.context("subscribers did not subscribe")??.forget();
+    let payload = Bytes::from(vec![b'x'; common.payload]);
+    let mut pubs = Vec::new();
+    for i in 0..publishers {
+        let fut = publisher(
+            common.addr,
+            format!("bench-pub-{i}"),
+            topic,
+            qos,
+            payload.clone(),
+            common.window,
+            stop.clone(),
+            sent.clone(),
+        );
+        pubs.push(tokio::spawn(fut));
+    }
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let (r0, s0, t0) = (received.load(Ordering::Relaxed), sent.load(Ordering::Relaxed), Instant::now());
+    tokio::time::sleep(Duration::from_secs(common.duration)).await;
+    let (r1, s1, t1) = (received.load(Ordering::Relaxed), sent.load(Ordering::Relaxed), Instant::now());
+    stop.store(true, Ordering::Relaxed);
+    for p in pubs {
+        match tokio::time::timeout(Duration::from_secs(5), p).await {
+            Ok(Ok(Ok(()))) => {}
+            Ok(Ok(Err(e))) => bail!("publisher failed: {e:#}"),
+            Ok(Err(e)) => bail!("publisher panicked: {e}"),
+            Err(_) => {}
+        }
+    }
+    for t in &tasks {
+        t.abort();
+    }
+    let secs = t1.duration_since(t0).as_secs_f64();
+    let recv_rate = (r1 - r0) as f64 / secs;
+    let send_rate = (s1 - s0) as f64 / secs;
+    Ok(format!(
+        "{label}: {publishers} pub -> {subscribers} sub, qos {q}, {size} B: received {recv_rate:.0} msg/s, published {send_rate:.0} msg/s",
+        label = common.label,
+        q = common.qos,
+        size = common.payload,
+    ))
+}
+
+async fn latency(common: &Common, rate: u64) -> anyhow::Result<String> {
+    let qos = qos_of(common)?;
+    if common.payload < 8 {
+        bail!("--payload must be at least 8 bytes for latency");
+    }
+    if rate == 0 || rate > 100_000 {
+        bail!("--rate must be between 1 and 100000");
+    }
+    let topic = "bench/latency";
+    let epoch = Instant::now();
+    let samples = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let received = Arc::new(AtomicU64::new(0));
+    let ready = Arc::new(Semaphore::new(0));
+    let sub = tokio::spawn(subscriber(
+        common.addr,
+        "bench-lat-sub".into(),
+        topic,
+        qos,
+        received.clone(),
+        Some((epoch, samples.clone())),
+        ready.clone(),
+    ));
+    tokio::time::timeout(Duration::from_secs(10), ready.acquire()).await.context("subscriber did not subscribe")??.forget();
+    let (mut read, mut write) = connect(common.addr, "bench-lat-pub", 0).await?;
+    // Drain acknowledgements so the socket never fills.
+    let drain = tokio::spawn(async move {
+        let mut buf = BytesMut::new();
+        while read.read_buf(&mut buf).await.map(|n| n > 0).unwrap_or(false) {
+            buf.clear();
+        }
+    });
+    let total = rate * (common.duration + 1);
+    let warmup = rate;
+    let interval = Duration::from_nanos(1_000_000_000 / rate);
+    let mut ticker = tokio::time::interval(interval);
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
+    let mut out = BytesMut::new();
+    for i in 0..total {
+        ticker.tick().await;
+        if i == warmup {
+            samples.lock().map_err(|_| anyhow::anyhow!("latency lock poisoned"))?.clear();
+        }
+        let mut payload = BytesMut::with_capacity(common.payload);
+        payload.put_u64(epoch.elapsed().as_nanos() as u64);
+        payload.resize(common.payload, b'x');
+        let id = if qos == QoS::AtMostOnce { None } else { Some(pid((i % 65_535) as u16 + 1)) };
+        let publish = Publish {
+            dup: false,
+            qos: qos.min(QoS::AtLeastOnce),
+            retain: false,
+            topic: Arc::from(topic),
+            packet_id: id,
+            properties: PublishProperties::default(),
+            payload: payload.freeze(),
+        };
+        encode(&Packet::Publish(publish), ProtocolVersion::V311, &mut out)?;
+        write.write_all(&out).await?;
+        out.clear();
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    sub.abort();
+    drain.abort();
+    let mut s = std::mem::take(&mut *samples.lock().map_err(|_| anyhow::anyhow!("latency lock poisoned"))?);
+    if s.is_empty() {
+        bail!("no messages received");
+    }
+    s.sort_unstable();
+    let pct = |p: f64| s[((s.len() as f64 * p) as usize).min(s.len() - 1)] as f64 / 1000.0;
+    let expected = total - warmup;
+    Ok(format!(
+        "{label}: latency at {rate} msg/s, qos {q}, {size} B: p50 {p50:.0} µs, p99 {p99:.0} µs, p99.9 {p999:.0} µs, max {max:.0} µs ({got}/{expected} received)",
+        label = common.label,
+        q = common.qos,
+        size = common.payload,
+        p50 = pct(0.50),
+        p99 = pct(0.99),
+        p999 = pct(0.999),
+        max = pct(1.0),
+        got = s.len(),
+    ))
+}
+
+/// Resident memory of a process in KiB, from /proc.
+fn rss_kib(pid: u32) -> anyhow::Result<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).with_context(|| format!("no process {pid}"))?;
+    let line = status.lines().find(|l| l.starts_with("VmRSS:")).context("no VmRSS line")?;
+    line.split_whitespace().nth(1).context("bad VmRSS line")?.parse().context("bad VmRSS value")
+}
+
+async fn conns(addr: SocketAddr, count: usize, pid: u32, label: &str) -> anyhow::Result<String> {
+    let before = rss_kib(pid)?;
+    let mut held = Vec::with_capacity(count);
+    let started = Instant::now();
+    for i in 0..count {
+        if started.elapsed() > Duration::from_secs(120) {
+            bail!("only {i} of {count} connections opened in 120 s");
+        }
+        let conn = connect(addr, &format!("bench-idle-{i}"), 0).await.with_context(|| format!("connection {i}"))?;
+        held.push(conn);
+    }
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let after = rss_kib(pid)?;
+    let per = (after.saturating_sub(before) as f64 * 1024.0) / count as f64;
+    drop(held);
+    Ok(format!(
+        "{label}: {count} idle connections: RSS {before} KiB -> {after} KiB, {per:.0} bytes per connection"
+    ))
+}
