@@ -11,7 +11,9 @@ use m2m_codec::{
     decode, encode, Auth, AuthProperties, ConnAck, ConnAckProperties, Connect, DecodeError, Disconnect,
     DisconnectProperties, Packet, ProtocolVersion, QoS, ReasonCode,
 };
-use m2m_router::{ClientLink, Command, ConnectRequest, Disconnected, Metrics, PendingWill, RouterHandle, SessionKey};
+use m2m_router::{
+    ClientLink, Command, ConnectRequest, Disconnected, LinkFlow, Metrics, PendingWill, RouterHandle, SessionKey,
+};
 use m2m_session::{check_topic_name, Action, LinkParams, Message, Session};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::sync::{mpsc, oneshot};
@@ -176,6 +178,7 @@ struct Accepted {
     session: Box<Session>,
     mailbox: mpsc::Receiver<Delivery>,
     kick: oneshot::Receiver<ReasonCode>,
+    flow: Arc<LinkFlow>,
     will: Option<PendingWill>,
     auth_method: Option<Arc<str>>,
 }
@@ -330,11 +333,12 @@ async fn accept<S: AsyncRead + AsyncWrite + Unpin>(
     let conn_id = shared.conn_ids.fetch_add(1, Ordering::Relaxed);
     let (mailbox_tx, mailbox) = mpsc::channel(config.mailbox_capacity);
     let (kick_tx, kick) = oneshot::channel();
+    let flow = Arc::new(LinkFlow::default());
     let (reply_tx, reply_rx) = oneshot::channel();
     let request = ConnectRequest {
         client_id: client_id.clone(),
         clean_start: connect.clean_start,
-        link: ClientLink { conn_id, mailbox: mailbox_tx, kick: kick_tx },
+        link: ClientLink { conn_id, mailbox: mailbox_tx, kick: kick_tx, flow: flow.clone() },
         reply: reply_tx,
     };
     if shared.router.send(Command::Connect(request)).await.is_err() {
@@ -374,7 +378,7 @@ async fn accept<S: AsyncRead + AsyncWrite + Unpin>(
     let mut actions = Vec::new();
     session.attach(params, expiry, now, &mut actions);
     let mut accepted =
-        Accepted { key: reply.key, conn_id, session, mailbox, kick, will, auth_method };
+        Accepted { key: reply.key, conn_id, session, mailbox, kick, flow, will, auth_method };
     for action in actions {
         if let Action::Send(p) = action {
             queue_counted(conn, &p)?;
@@ -443,6 +447,10 @@ async fn sleep_until_opt(at: Option<Instant>) {
 /// Deliveries taken from the mailbox per wake-up before the writes are flushed.
 const DELIVERY_BATCH: usize = 256;
 
+/// How long a throttled publisher is held before one more of its packets is read anyway. Bounds the
+/// stall when subscribers throttle each other in a cycle (each waiting on the other's acknowledgements).
+const MAX_THROTTLE: std::time::Duration = std::time::Duration::from_secs(1);
+
 async fn serve_session<S: AsyncRead + AsyncWrite + Unpin>(
     conn: &mut Conn<S>,
     mut a: Accepted,
@@ -451,10 +459,27 @@ async fn serve_session<S: AsyncRead + AsyncWrite + Unpin>(
     let mut actions = Vec::new();
     let mut reauth: Option<Box<dyn AuthExchange>> = None;
     let client_id = a.session.client_id().clone();
+    let max_queued = shared.config.limits.max_queued;
+    let drain_below = (shared.config.mailbox_capacity / 2).max(1);
+    let mut blocked_since: Option<Instant> = None;
     let end = loop {
         let deadline = a.session.keep_alive_deadline();
         let mut end = None;
         let mut failure = None;
+        // Back-pressure: a publisher whose subscribers are congested is not read from (see LinkFlow).
+        let can_read = match (a.flow.is_blocked(), blocked_since) {
+            (false, _) => {
+                blocked_since = None;
+                true
+            }
+            (true, None) => {
+                blocked_since = Some(Instant::now());
+                false
+            }
+            (true, Some(since)) => since.elapsed() >= MAX_THROTTLE,
+        };
+        let throttle_until = blocked_since.map(|since| since + MAX_THROTTLE);
+        let has_room = a.session.queued() < max_queued;
         tokio::select! {
             biased;
             () = shared.shutdown.cancelled() => {
@@ -466,8 +491,13 @@ async fn serve_session<S: AsyncRead + AsyncWrite + Unpin>(
                 disconnect(conn, reason, None);
                 end = Some(End::Abnormal);
             }
-            read = conn.read_packet() => match read {
+            () = a.flow.unblocked.notified(), if !can_read => {}
+            () = sleep_until_opt(throttle_until), if !can_read => {}
+            read = conn.read_packet(), if can_read => match read {
                 Ok(Some(packet)) => {
+                    if blocked_since.is_some() {
+                        blocked_since = Some(Instant::now());
+                    }
                     if matches!(packet, Packet::Publish(_)) {
                         Metrics::add(&shared.metrics.messages_received, 1);
                     }
@@ -492,10 +522,13 @@ async fn serve_session<S: AsyncRead + AsyncWrite + Unpin>(
                 }
                 Err(e) => failure = Some(e),
             },
-            Some(d) = a.mailbox.recv() => {
+            Some(d) = a.mailbox.recv(), if has_room => {
                 let now = Instant::now();
                 a.session.deliver(d, now, &mut actions);
                 for _ in 1..DELIVERY_BATCH {
+                    if a.session.queued() >= max_queued {
+                        break;
+                    }
                     match a.mailbox.try_recv() {
                         Ok(d) => { a.session.deliver(d, now, &mut actions); }
                         Err(_) => break,
@@ -520,7 +553,7 @@ async fn serve_session<S: AsyncRead + AsyncWrite + Unpin>(
                         trace!(%client_id, topic = %message.topic, "client publish to $SYS ignored");
                         continue;
                     }
-                    if shared.router.send(Command::Publish(message)).await.is_err() {
+                    if shared.router.send(Command::Publish { message, from: Some(a.key) }).await.is_err() {
                         end = Some(End::Shutdown);
                     }
                 }
@@ -542,6 +575,13 @@ async fn serve_session<S: AsyncRead + AsyncWrite + Unpin>(
                     }
                 }
             }
+        }
+        if a.flow.wants_drain.load(std::sync::atomic::Ordering::Acquire)
+            && a.mailbox.len() < drain_below
+            && a.flow.wants_drain.swap(false, std::sync::atomic::Ordering::AcqRel)
+            && shared.router.send(Command::Drained { key: a.key }).await.is_err()
+        {
+            end = Some(End::Shutdown);
         }
         if failure.is_none() {
             if let Err(e) = conn.flush().await {

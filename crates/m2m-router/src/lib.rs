@@ -10,14 +10,16 @@
 //! [`Command::Disconnected`]; the router queues into absent sessions, fires will-delay and
 //! session-expiry timers, and publishes `$SYS/broker/...` statistics. It does no network IO.
 //!
-//! A full mailbox is never waited on: QoS 0 and QoS 1/2 deliveries to a connection that cannot keep up
-//! are dropped and counted (`messages_dropped`), so one slow subscriber cannot stall the others.
+//! A full mailbox is never waited on. A QoS 0 delivery to a connection that cannot keep up is dropped
+//! and counted (`messages_dropped`); a QoS 1/2 delivery waits in that session's overflow (at most
+//! `max_queued`) and the publisher is throttled through its [`LinkFlow`] until the subscriber catches
+//! up, so one slow subscriber slows only those who publish to it.
 
 mod metrics;
 mod router;
 
 pub use metrics::Metrics;
 pub use router::{
-    ClientLink, Command, ConnectReply, ConnectRequest, Disconnected, PendingWill, Router, RouterConfig,
+    ClientLink, Command, ConnectReply, ConnectRequest, Disconnected, LinkFlow, PendingWill, Router, RouterConfig,
     RouterGone, RouterHandle, RouterStats, SessionKey,
 };

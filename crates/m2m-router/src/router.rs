@@ -1,14 +1,15 @@
 //! The router task: the one owner of subscriptions, retained messages, sessions and wills.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::ops::ControlFlow;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use m2m_codec::{QoS, ReasonCode, RetainHandling};
 use m2m_session::{Delivery, Limits, Message, Session, SubscribeRequest, SubscriptionEntry};
 use m2m_topic::{SharedGroupId, Subscription, SubscriptionTrie, TopicName, TopicTree};
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{mpsc, oneshot, Notify};
 use tracing::{debug, trace};
 
 use crate::metrics::Metrics;
@@ -62,6 +63,36 @@ pub struct ConnectRequest {
     pub reply: oneshot::Sender<ConnectReply>,
 }
 
+/// Flow control between the router and one connection, shared by both.
+///
+/// Back-pressure for QoS 1/2 (DESIGN §3): when a subscriber's mailbox is full, the router keeps the
+/// delivery in that subscriber's overflow and throttles the publisher: `blocked` counts the congested
+/// subscribers it waits for, and the publisher's connection stops reading PUBLISHes until it is zero.
+/// The subscriber's connection sees `wants_drain` and tells the router when its mailbox has room.
+#[derive(Debug, Default)]
+pub struct LinkFlow {
+    /// Congested subscribers this connection (as a publisher) waits for.
+    pub blocked: AtomicUsize,
+    /// Signalled when `blocked` goes down.
+    pub unblocked: Notify,
+    /// Set when the router holds overflow for this connection (as a subscriber) and wants to hear
+    /// [`Command::Drained`] once the mailbox has room.
+    pub wants_drain: AtomicBool,
+}
+
+impl LinkFlow {
+    /// Whether the connection must hold back further PUBLISHes.
+    pub fn is_blocked(&self) -> bool {
+        self.blocked.load(Ordering::Acquire) > 0
+    }
+
+    fn release(&self) {
+        // Saturating: a waiter is released at most once per registration.
+        let _ = self.blocked.fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| n.checked_sub(1));
+        self.unblocked.notify_one();
+    }
+}
+
 /// How the router reaches one connection.
 #[derive(Debug)]
 pub struct ClientLink {
@@ -71,6 +102,8 @@ pub struct ClientLink {
     pub mailbox: mpsc::Sender<Delivery>,
     /// Fired by the router to close the connection (session take-over).
     pub kick: oneshot::Sender<ReasonCode>,
+    /// Flow control shared with the connection.
+    pub flow: Arc<LinkFlow>,
 }
 
 /// The router's answer to a [`ConnectRequest`].
@@ -103,7 +136,17 @@ pub enum Command {
     /// A client connects.
     Connect(ConnectRequest),
     /// Route a message to subscribers and the retained store.
-    Publish(Message),
+    Publish {
+        /// The message.
+        message: Message,
+        /// The publishing session, throttled if a subscriber is congested; `None` for the node's own.
+        from: Option<SessionKey>,
+    },
+    /// A connection's mailbox has room again after the router set [`LinkFlow::wants_drain`].
+    Drained {
+        /// The session.
+        key: SessionKey,
+    },
     /// Add subscriptions of a session, then send it matching retained messages.
     Subscribe {
         /// The session.
@@ -181,9 +224,13 @@ enum State {
         conn_id: u64,
         mailbox: mpsc::Sender<Delivery>,
         kick: Option<oneshot::Sender<ReasonCode>>,
-        /// Deliveries that found the mailbox closed (the connection is ending); handed to the session
-        /// when it comes back.
-        overflow: Vec<Delivery>,
+        flow: Arc<LinkFlow>,
+        /// QoS 1/2 deliveries that found the mailbox full (or closed: the connection is ending), in
+        /// order; at most `max_queued`. Moved to the mailbox on [`Command::Drained`], or to the session
+        /// when the connection ends.
+        overflow: VecDeque<Delivery>,
+        /// Publishers throttled until `overflow` is empty.
+        waiters: Vec<Arc<LinkFlow>>,
         /// A connect waiting for this connection to hand the session back (take-over).
         successor: Option<ConnectRequest>,
     },
@@ -304,7 +351,8 @@ impl Router {
         let now = Instant::now();
         match cmd {
             Command::Connect(req) => self.connect(req, now),
-            Command::Publish(message) => self.publish(message, now),
+            Command::Publish { message, from } => self.publish(message, from, now),
+            Command::Drained { key } => self.drained(key),
             Command::Subscribe { key, requests } => self.subscribe(key, requests, now),
             Command::Unsubscribe { key, subscriptions } => {
                 for sub in &subscriptions {
@@ -370,7 +418,7 @@ impl Router {
         if req.clean_start {
             // The old session ends: its will goes out now, if its delay was still running.
             if let Some((will, _)) = pending_will {
-                self.publish(will, now);
+                self.publish(will, None, now);
             }
             self.drop_subscriptions(key, &session);
             session = Box::new(Session::new(req.client_id.clone(), self.config.limits.clone()));
@@ -387,11 +435,14 @@ impl Router {
         if *conn_id != d.conn_id {
             return;
         }
-        let State::Online { overflow, successor, .. } =
+        let State::Online { overflow, successor, waiters, .. } =
             std::mem::replace(&mut client.state, State::Offline { session: d.session, expires_at: None })
         else {
             return;
         };
+        for waiter in waiters {
+            waiter.release();
+        }
         let State::Offline { session, .. } = &mut client.state else { return };
         let mut unused = Vec::new();
         for delivery in overflow {
@@ -410,7 +461,7 @@ impl Router {
             let session_ends = req.clean_start || expiry == 0;
             if let Some(will) = d.will {
                 if will.delay == 0 || session_ends {
-                    self.publish(will.message, now);
+                    self.publish(will.message, None, now);
                 }
             }
             self.resume(d.key, session, req, now);
@@ -420,7 +471,7 @@ impl Router {
         if let Some(will) = d.will {
             let delay = will.delay.min(expiry);
             if delay == 0 {
-                self.publish(will.message, now);
+                self.publish(will.message, None, now);
             } else if let Some(at) = now.checked_add(Duration::from_secs(u64::from(delay))) {
                 if let Some(client) = self.clients.get_mut(&d.key) {
                     client.will = Some((will.message, at));
@@ -446,7 +497,7 @@ impl Router {
         let Some(client) = self.clients.remove(&key) else { return };
         self.by_id.remove(&client.client_id);
         if let Some((will, _)) = client.will {
-            self.publish(will, now);
+            self.publish(will, None, now);
         }
         if let State::Offline { session, .. } = client.state {
             let dropped = session.queued() as u64;
@@ -478,7 +529,7 @@ impl Router {
                 Timer::Will => {
                     if client.will.as_ref().is_some_and(|(_, due)| *due == at) {
                         if let Some((will, _)) = client.will.take() {
-                            self.publish(will, now);
+                            self.publish(will, None, now);
                         }
                     }
                 }
@@ -529,7 +580,7 @@ impl Router {
         }
     }
 
-    fn publish(&mut self, message: Message, now: Instant) {
+    fn publish(&mut self, message: Message, from: Option<SessionKey>, now: Instant) {
         let message = Arc::new(message);
         if message.retain {
             if message.payload.is_empty() {
@@ -538,17 +589,18 @@ impl Router {
                 self.retained.insert(&message.topic, message.clone());
             }
         }
-        self.route(message, now);
+        self.route(message, from, now);
     }
 
     /// Fans a message out: one copy per session, at the highest QoS of its matching subscriptions, with
     /// every subscription identifier (MQTT 5.0 §3.3.4); one member per shared group.
-    fn route(&mut self, message: Arc<Message>, now: Instant) {
+    fn route(&mut self, message: Arc<Message>, from: Option<SessionKey>, now: Instant) {
         let mut scratch = std::mem::take(&mut self.scratch);
         let mut index = std::mem::take(&mut self.scratch_index);
         scratch.clear();
         index.clear();
-        let publisher_key = message.publisher.as_ref().and_then(|id| self.by_id.get(id)).copied();
+        let publisher_key =
+            from.or_else(|| message.publisher.as_ref().and_then(|id| self.by_id.get(id)).copied());
         // Both visitors below merge into the same scratch space; the RefCell lets them share it.
         let state = std::cell::RefCell::new((scratch, index));
         let merge = |key: SessionKey, data: &SubData| {
@@ -598,29 +650,57 @@ impl Router {
             },
         );
         let (mut scratch, index) = state.into_inner();
+        let publisher_flow = match from.and_then(|k| self.clients.get(&k)) {
+            Some(Client { state: State::Online { flow, .. }, .. }) => Some(flow.clone()),
+            _ => None,
+        };
         for (key, qos, retain, ids) in scratch.drain(..) {
             let delivery = Delivery { message: message.clone(), qos, retain, subscription_ids: ids };
-            self.deliver(key, delivery, now);
+            // A publisher is never throttled by its own subscriptions: it could not read the
+            // acknowledgements that would unblock it.
+            let throttle = publisher_flow.as_ref().filter(|_| Some(key) != from);
+            self.deliver_from(key, delivery, throttle, now);
         }
         self.scratch = scratch;
         self.scratch_index = index;
     }
 
     fn deliver(&mut self, key: SessionKey, delivery: Delivery, now: Instant) {
+        self.deliver_from(key, delivery, None, now);
+    }
+
+    /// Puts one delivery into a session. For an online client with a full mailbox, QoS 0 is dropped
+    /// and QoS 1/2 waits in the overflow while `publisher` (if any) is throttled.
+    fn deliver_from(&mut self, key: SessionKey, delivery: Delivery, publisher: Option<&Arc<LinkFlow>>, now: Instant) {
         let Some(client) = self.clients.get_mut(&key) else { return };
+        let max_queued = self.config.limits.max_queued;
         let dropped = match &mut client.state {
-            State::Online { mailbox, overflow, .. } => match mailbox.try_send(delivery) {
-                Ok(()) => false,
-                Err(mpsc::error::TrySendError::Full(_)) => true,
-                Err(mpsc::error::TrySendError::Closed(d)) => {
-                    if overflow.len() < self.config.limits.max_queued {
-                        overflow.push(d);
+            State::Online { mailbox, overflow, flow, waiters, .. } => {
+                let delivery = if overflow.is_empty() {
+                    match mailbox.try_send(delivery) {
+                        Ok(()) => None,
+                        Err(mpsc::error::TrySendError::Full(d) | mpsc::error::TrySendError::Closed(d)) => Some(d),
+                    }
+                } else {
+                    Some(delivery)
+                };
+                match delivery {
+                    None => false,
+                    Some(d) if d.qos == QoS::AtMostOnce && !mailbox.is_closed() => true,
+                    Some(_) if overflow.len() >= max_queued => true,
+                    Some(d) => {
+                        overflow.push_back(d);
+                        flow.wants_drain.store(true, Ordering::Release);
+                        if let Some(p) = publisher {
+                            if !waiters.iter().any(|w| Arc::ptr_eq(w, p)) {
+                                p.blocked.fetch_add(1, Ordering::AcqRel);
+                                waiters.push(p.clone());
+                            }
+                        }
                         false
-                    } else {
-                        true
                     }
                 }
-            },
+            }
             State::Offline { session, .. } => {
                 session.deliver(delivery, now, &mut Vec::new()) == m2m_session::DeliveryOutcome::Dropped
             }
@@ -628,6 +708,29 @@ impl Router {
         if dropped {
             Metrics::add(&self.metrics.messages_dropped, 1);
             trace!(client_id = %client.client_id, "delivery dropped: queue full");
+        }
+    }
+
+    /// Moves overflow into a mailbox that has room again; releases throttled publishers once it is empty.
+    fn drained(&mut self, key: SessionKey) {
+        let Some(Client { state: State::Online { mailbox, overflow, flow, waiters, .. }, .. }) =
+            self.clients.get_mut(&key)
+        else {
+            return;
+        };
+        while let Some(d) = overflow.pop_front() {
+            if let Err(e) = mailbox.try_send(d) {
+                let (mpsc::error::TrySendError::Full(d) | mpsc::error::TrySendError::Closed(d)) = e;
+                overflow.push_front(d);
+                break;
+            }
+        }
+        if overflow.is_empty() {
+            for waiter in waiters.drain(..) {
+                waiter.release();
+            }
+        } else {
+            flow.wants_drain.store(true, Ordering::Release);
         }
     }
 
@@ -653,7 +756,7 @@ impl Router {
         ];
         for (suffix, value) in values {
             let Ok(topic) = TopicName::try_from(format!("$SYS/broker/{suffix}").as_str()) else { continue };
-            self.publish(Message::new(topic, value.into_bytes(), QoS::AtMostOnce, true), now);
+            self.publish(Message::new(topic, value.into_bytes(), QoS::AtMostOnce, true), None, now);
         }
     }
 }
@@ -663,7 +766,9 @@ fn online(link: ClientLink) -> State {
         conn_id: link.conn_id,
         mailbox: link.mailbox,
         kick: Some(link.kick),
-        overflow: Vec::new(),
+        flow: link.flow,
+        overflow: VecDeque::new(),
+        waiters: Vec::new(),
         successor: None,
     }
 }
