@@ -36,10 +36,18 @@ pub(crate) struct Shared {
     pub(crate) id_prefix: String,
 }
 
+/// Smallest read reservation: what an idle connection holds.
+const MIN_READ: usize = 256;
+/// Largest read reservation, and the write-buffer capacity kept between flushes.
+const MAX_READ: usize = 64 * 1024;
+
 /// A framed MQTT stream: buffered reads, encoded writes.
 struct Conn<S> {
     stream: S,
     read_buf: BytesMut,
+    /// Bytes reserved for the next read: doubles while reads fill the buffer, halves when they do not,
+    /// so a busy connection reads in large chunks and an idle one holds only a small buffer.
+    read_hint: usize,
     write_buf: BytesMut,
     version: ProtocolVersion,
     max_packet: usize,
@@ -58,10 +66,25 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
             if let Some(p) = decode(&mut self.read_buf, self.version, self.max_packet)? {
                 return Ok(Some(p));
             }
+            if self.read_buf.is_empty() && self.read_buf.capacity() > 4 * self.read_hint {
+                // Give a burst's buffer back while the connection waits.
+                self.read_buf = BytesMut::new();
+            }
+            if self.read_buf.capacity() - self.read_buf.len() < self.read_hint {
+                self.read_buf.reserve(self.read_hint);
+            }
+            let spare = self.read_buf.capacity() - self.read_buf.len();
             let n = self.stream.read_buf(&mut self.read_buf).await?;
             if n == 0 {
                 return if self.read_buf.is_empty() { Ok(None) } else { Err(ConnectionError::ClosedMidPacket) };
             }
+            self.read_hint = if n >= spare {
+                (self.read_hint * 2).min(MAX_READ)
+            } else if n < self.read_hint / 4 {
+                (self.read_hint / 2).max(MIN_READ)
+            } else {
+                self.read_hint
+            };
             Metrics::add(&self.metrics.bytes_received, n as u64);
         }
     }
@@ -86,8 +109,8 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
             Err(_) => return Err(ConnectionError::WriteTimeout),
         }
         self.write_buf.clear();
-        if self.write_buf.capacity() > 1 << 20 {
-            self.write_buf = BytesMut::with_capacity(8 * 1024);
+        if self.write_buf.capacity() > MAX_READ {
+            self.write_buf = BytesMut::new();
         }
         Metrics::add(&self.metrics.bytes_sent, n as u64);
         Ok(())
@@ -116,18 +139,22 @@ enum End {
 pub(crate) async fn serve<S: AsyncRead + AsyncWrite + Unpin>(stream: S, peer: SocketAddr, shared: Arc<Shared>) {
     let mut conn = Conn {
         stream,
-        read_buf: BytesMut::with_capacity(4 * 1024),
-        write_buf: BytesMut::with_capacity(4 * 1024),
+        read_buf: BytesMut::new(),
+        read_hint: MIN_READ,
+        write_buf: BytesMut::new(),
         version: ProtocolVersion::V311,
         max_packet: shared.config.limits.max_packet_size as usize,
         peer,
         metrics: shared.metrics.clone(),
         write_timeout: shared.config.write_timeout,
     };
-    let connect = tokio::select! {
-        r = tokio::time::timeout(shared.config.connect_timeout, conn.read_packet()) => r,
-        () = shared.shutdown.cancelled() => return,
-    };
+    let first = Box::pin(async {
+        tokio::select! {
+            r = tokio::time::timeout(shared.config.connect_timeout, conn.read_packet()) => Some(r),
+            () = shared.shutdown.cancelled() => None,
+        }
+    });
+    let Some(connect) = first.await else { return };
     let connect = match connect {
         Err(_) => {
             debug!(%peer, "no CONNECT in time");
@@ -154,7 +181,7 @@ pub(crate) async fn serve<S: AsyncRead + AsyncWrite + Unpin>(stream: S, peer: So
     };
     conn.version = connect.protocol;
     let client_id = connect.client_id.clone();
-    match run(&mut conn, *connect, &shared).await {
+    match Box::pin(run(&mut conn, *connect, &shared)).await {
         Ok(()) => {}
         Err(e) => debug!(%peer, %client_id, error = %e, "connection ended with an error"),
     }
@@ -205,10 +232,12 @@ async fn run<S: AsyncRead + AsyncWrite + Unpin>(
     connect: Connect,
     shared: &Arc<Shared>,
 ) -> Result<(), ConnectionError> {
-    let Some(accepted) = accept(conn, connect, shared).await? else { return Ok(()) };
+    // Each phase is boxed so the task only holds the state of the phase it is in: the handshake's
+    // large locals are freed before the connection settles into its (mostly idle) life.
+    let Some(accepted) = Box::pin(accept(conn, connect, shared)).await? else { return Ok(()) };
     Metrics::add(&shared.metrics.connections_current, 1);
     Metrics::add(&shared.metrics.connections_total, 1);
-    let result = serve_session(conn, accepted, shared).await;
+    let result = Box::pin(serve_session(conn, accepted, shared)).await;
     Metrics::dec(&shared.metrics.connections_current);
     result
 }
@@ -437,6 +466,13 @@ fn queue_counted<S: AsyncRead + AsyncWrite + Unpin>(conn: &mut Conn<S>, p: &Pack
     conn.queue(p)
 }
 
+fn earliest(a: Option<Instant>, b: Option<Instant>) -> Option<Instant> {
+    match (a, b) {
+        (Some(a), Some(b)) => Some(a.min(b)),
+        (a, b) => a.or(b),
+    }
+}
+
 async fn sleep_until_opt(at: Option<Instant>) {
     match at {
         Some(at) => tokio::time::sleep_until(at.into()).await,
@@ -492,7 +528,6 @@ async fn serve_session<S: AsyncRead + AsyncWrite + Unpin>(
                 end = Some(End::Abnormal);
             }
             () = a.flow.unblocked.notified(), if !can_read => {}
-            () = sleep_until_opt(throttle_until), if !can_read => {}
             read = conn.read_packet(), if can_read => match read {
                 Ok(Some(packet)) => {
                     if blocked_since.is_some() {
@@ -535,10 +570,13 @@ async fn serve_session<S: AsyncRead + AsyncWrite + Unpin>(
                     }
                 }
             }
-            () = sleep_until_opt(deadline) => {
-                debug!(%client_id, peer = %conn.peer, "keep-alive timeout");
-                disconnect(conn, ReasonCode::KEEP_ALIVE_TIMEOUT, None);
-                end = Some(End::Abnormal);
+            () = sleep_until_opt(earliest(deadline, throttle_until.filter(|_| !can_read))) => {
+                // One timer serves both the keep-alive and the throttle limit; only the first ends.
+                if deadline.is_some_and(|d| d <= Instant::now()) {
+                    debug!(%client_id, peer = %conn.peer, "keep-alive timeout");
+                    disconnect(conn, ReasonCode::KEEP_ALIVE_TIMEOUT, None);
+                    end = Some(End::Abnormal);
+                }
             }
         }
         for action in actions.drain(..) {
@@ -567,7 +605,11 @@ async fn serve_session<S: AsyncRead + AsyncWrite + Unpin>(
                         end = Some(End::Shutdown);
                     }
                 }
-                Action::Disconnect { publish_will } => end = Some(End::Disconnect { publish_will }),
+                Action::Disconnect { publish_will } => {
+                    // A Session Expiry Interval on DISCONNECT is capped like the one on CONNECT.
+                    a.session.expiry_interval = a.session.expiry_interval.min(shared.config.max_session_expiry);
+                    end = Some(End::Disconnect { publish_will });
+                }
                 Action::Auth(auth) => {
                     if let Err(reason) = reauthenticate(conn, &mut a, &mut reauth, auth, shared) {
                         disconnect(conn, reason, Some("re-authentication failed"));
