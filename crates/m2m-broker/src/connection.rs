@@ -370,7 +370,7 @@ async fn accept<S: AsyncRead + AsyncWrite + Unpin>(
         link: ClientLink { conn_id, mailbox: mailbox_tx, kick: kick_tx, flow: flow.clone() },
         reply: reply_tx,
     };
-    if shared.router.send(Command::Connect(request)).await.is_err() {
+    if shared.router.send(Command::Connect(Box::new(request))).await.is_err() {
         refuse(conn, shared, ReasonCode::SERVER_SHUTTING_DOWN, "node is shutting down").await?;
         return Ok(None);
     }
@@ -415,7 +415,7 @@ async fn accept<S: AsyncRead + AsyncWrite + Unpin>(
     }
     if let Err(e) = conn.flush().await {
         // The session goes back to the router even if the client vanished right after CONNECT.
-        hand_back(&mut accepted, shared, End::Abnormal).await;
+        Box::pin(hand_back(&mut accepted, shared, End::Abnormal)).await;
         return Err(e);
     }
     debug!(%client_id, peer = %conn.peer, version = ?connect.protocol, clean_start = connect.clean_start,
@@ -498,6 +498,7 @@ async fn serve_session<S: AsyncRead + AsyncWrite + Unpin>(
     let max_queued = shared.config.limits.max_queued;
     let drain_below = (shared.config.mailbox_capacity / 2).max(1);
     let mut blocked_since: Option<Instant> = None;
+    let mut to_router = Vec::new();
     let end = loop {
         let deadline = a.session.keep_alive_deadline();
         let mut end = None;
@@ -591,19 +592,13 @@ async fn serve_session<S: AsyncRead + AsyncWrite + Unpin>(
                         trace!(%client_id, topic = %message.topic, "client publish to $SYS ignored");
                         continue;
                     }
-                    if shared.router.send(Command::Publish { message, from: Some(a.key) }).await.is_err() {
-                        end = Some(End::Shutdown);
-                    }
+                    to_router.push(Command::Publish { message: Arc::new(message), from: Some(a.key) });
                 }
                 Action::Subscribe(requests) => {
-                    if shared.router.send(Command::Subscribe { key: a.key, requests }).await.is_err() {
-                        end = Some(End::Shutdown);
-                    }
+                    to_router.push(Command::Subscribe { key: a.key, requests });
                 }
                 Action::Unsubscribe(subscriptions) => {
-                    if shared.router.send(Command::Unsubscribe { key: a.key, subscriptions }).await.is_err() {
-                        end = Some(End::Shutdown);
-                    }
+                    to_router.push(Command::Unsubscribe { key: a.key, subscriptions });
                 }
                 Action::Disconnect { publish_will } => {
                     // A Session Expiry Interval on DISCONNECT is capped like the one on CONNECT.
@@ -621,9 +616,16 @@ async fn serve_session<S: AsyncRead + AsyncWrite + Unpin>(
         if a.flow.wants_drain.load(std::sync::atomic::Ordering::Acquire)
             && a.mailbox.len() < drain_below
             && a.flow.wants_drain.swap(false, std::sync::atomic::Ordering::AcqRel)
-            && shared.router.send(Command::Drained { key: a.key }).await.is_err()
         {
-            end = Some(End::Shutdown);
+            to_router.push(Command::Drained { key: a.key });
+        }
+        // One await point for every command to the router keeps the task's state small. The router
+        // sees them before the acknowledgements below are written (SUBACK after the subscription).
+        for cmd in to_router.drain(..) {
+            if shared.router.send(cmd).await.is_err() {
+                end = Some(End::Shutdown);
+                break;
+            }
         }
         if failure.is_none() {
             if let Err(e) = conn.flush().await {
@@ -631,7 +633,7 @@ async fn serve_session<S: AsyncRead + AsyncWrite + Unpin>(
             }
         }
         if let Some(e) = failure {
-            hand_back(&mut a, shared, End::Abnormal).await;
+            Box::pin(hand_back(&mut a, shared, End::Abnormal)).await;
             return Err(e);
         }
         if let Some(end) = end {
@@ -639,7 +641,7 @@ async fn serve_session<S: AsyncRead + AsyncWrite + Unpin>(
         }
     };
     debug!(%client_id, peer = %conn.peer, ?end, "client disconnected");
-    hand_back(&mut a, shared, end).await;
+    Box::pin(hand_back(&mut a, shared, end)).await;
     Ok(())
 }
 
@@ -704,5 +706,5 @@ async fn hand_back(a: &mut Accepted, shared: &Shared, end: End) {
         End::Disconnect { publish_will: false } | End::Shutdown => None,
     };
     let d = Disconnected { key: a.key, conn_id: a.conn_id, session, will };
-    let _ = shared.router.send(Command::Disconnected(d)).await;
+    let _ = shared.router.send(Command::Disconnected(Box::new(d))).await;
 }

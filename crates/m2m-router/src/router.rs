@@ -134,11 +134,11 @@ pub struct Disconnected {
 #[derive(Debug)]
 pub enum Command {
     /// A client connects.
-    Connect(ConnectRequest),
+    Connect(Box<ConnectRequest>),
     /// Route a message to subscribers and the retained store.
     Publish {
         /// The message.
-        message: Message,
+        message: Arc<Message>,
         /// The publishing session, throttled if a subscriber is congested; `None` for the node's own.
         from: Option<SessionKey>,
     },
@@ -162,7 +162,7 @@ pub enum Command {
         subscriptions: Vec<Subscription>,
     },
     /// A connection ended.
-    Disconnected(Disconnected),
+    Disconnected(Box<Disconnected>),
     /// Reports counts for `$SYS` and the API.
     Stats(oneshot::Sender<RouterStats>),
     /// Stops the router after the commands before it; sent by the node once its connections ended.
@@ -350,7 +350,7 @@ impl Router {
     fn handle(&mut self, cmd: Command) -> ControlFlow<()> {
         let now = Instant::now();
         match cmd {
-            Command::Connect(req) => self.connect(req, now),
+            Command::Connect(req) => self.connect(*req, now),
             Command::Publish { message, from } => self.publish(message, from, now),
             Command::Drained { key } => self.drained(key),
             Command::Subscribe { key, requests } => self.subscribe(key, requests, now),
@@ -359,7 +359,7 @@ impl Router {
                     self.trie.remove(sub, &key);
                 }
             }
-            Command::Disconnected(d) => self.disconnected(d, now),
+            Command::Disconnected(d) => self.disconnected(*d, now),
             Command::Stats(reply) => {
                 let _ = reply.send(self.stats());
             }
@@ -405,20 +405,22 @@ impl Router {
                 let State::Offline { session, .. } = std::mem::replace(&mut client.state, online(link)) else {
                     return;
                 };
-                self.resume(key, session, waiting, now);
+                let fresh = waiting.clean_start;
+                self.resume(key, session, waiting, fresh, now);
             }
         }
     }
 
-    /// Hands a session (resumed or fresh) to a connecting client whose entry is already `Online`.
-    fn resume(&mut self, key: SessionKey, mut session: Box<Session>, req: Waiting, now: Instant) {
+    /// Hands a session to a connecting client whose entry is already `Online`: the old one, or a new one
+    /// when `fresh` (Clean Start, or the old session ended with the connection it was taken from).
+    fn resume(&mut self, key: SessionKey, mut session: Box<Session>, req: Waiting, fresh: bool, now: Instant) {
         let Some(client) = self.clients.get_mut(&key) else { return };
         let pending_will = client.will.take();
-        let session_present = !req.clean_start;
-        if req.clean_start {
+        let session_present = !fresh;
+        if fresh {
             // The old session ends: its will goes out now, if its delay was still running.
             if let Some((will, _)) = pending_will {
-                self.publish(will, None, now);
+                self.publish(Arc::new(will), None, now);
             }
             self.drop_subscriptions(key, &session);
             session = Box::new(Session::new(req.client_id.clone(), self.config.limits.clone()));
@@ -461,17 +463,19 @@ impl Router {
             let session_ends = req.clean_start || expiry == 0;
             if let Some(will) = d.will {
                 if will.delay == 0 || session_ends {
-                    self.publish(will.message, None, now);
+                    self.publish(Arc::new(will.message), None, now);
                 }
             }
-            self.resume(d.key, session, req, now);
+            // With a Session Expiry Interval of 0 the old session ended with its connection, so even
+            // a client asking to resume it starts afresh (MQTT 5.0 §3.1.2.11.2).
+            self.resume(d.key, session, req, session_ends, now);
             return;
         }
 
         if let Some(will) = d.will {
             let delay = will.delay.min(expiry);
             if delay == 0 {
-                self.publish(will.message, None, now);
+                self.publish(Arc::new(will.message), None, now);
             } else if let Some(at) = now.checked_add(Duration::from_secs(u64::from(delay))) {
                 if let Some(client) = self.clients.get_mut(&d.key) {
                     client.will = Some((will.message, at));
@@ -497,7 +501,7 @@ impl Router {
         let Some(client) = self.clients.remove(&key) else { return };
         self.by_id.remove(&client.client_id);
         if let Some((will, _)) = client.will {
-            self.publish(will, None, now);
+            self.publish(Arc::new(will), None, now);
         }
         if let State::Offline { session, .. } = client.state {
             let dropped = session.queued() as u64;
@@ -529,7 +533,7 @@ impl Router {
                 Timer::Will => {
                     if client.will.as_ref().is_some_and(|(_, due)| *due == at) {
                         if let Some((will, _)) = client.will.take() {
-                            self.publish(will, None, now);
+                            self.publish(Arc::new(will), None, now);
                         }
                     }
                 }
@@ -580,8 +584,7 @@ impl Router {
         }
     }
 
-    fn publish(&mut self, message: Message, from: Option<SessionKey>, now: Instant) {
-        let message = Arc::new(message);
+    fn publish(&mut self, message: Arc<Message>, from: Option<SessionKey>, now: Instant) {
         if message.retain {
             if message.payload.is_empty() {
                 self.retained.remove(&message.topic);
@@ -756,7 +759,7 @@ impl Router {
         ];
         for (suffix, value) in values {
             let Ok(topic) = TopicName::try_from(format!("$SYS/broker/{suffix}").as_str()) else { continue };
-            self.publish(Message::new(topic, value.into_bytes(), QoS::AtMostOnce, true), None, now);
+            self.publish(Arc::new(Message::new(topic, value.into_bytes(), QoS::AtMostOnce, true)), None, now);
         }
     }
 }
