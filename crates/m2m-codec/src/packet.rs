@@ -309,7 +309,7 @@ pub struct Ack {
 impl Ack {
     /// A successful acknowledgement without properties.
     pub fn new(packet_id: PacketId) -> Self {
-        Self { packet_id, reason_code: ReasonCode::Success, properties: AckProperties::default() }
+        Self { packet_id, reason_code: ReasonCode::SUCCESS, properties: AckProperties::default() }
     }
 }
 
