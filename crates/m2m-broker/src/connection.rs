@@ -12,11 +12,12 @@ use m2m_codec::{
     DisconnectProperties, Packet, ProtocolVersion, QoS, ReasonCode,
 };
 use m2m_router::{
-    ClientLink, Command, ConnectRequest, Disconnected, LinkFlow, Metrics, PendingWill, RouterHandle, SessionKey,
+    ClientLink, Command, ConnectRequest, Disconnected, LinkFlow, Mailbox, Metrics, PendingWill, RouterHandle,
+    SessionKey,
 };
 use m2m_session::{check_topic_name, Action, LinkParams, Message, Session};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::oneshot;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, trace};
 
@@ -76,7 +77,11 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
             let spare = self.read_buf.capacity() - self.read_buf.len();
             let n = self.stream.read_buf(&mut self.read_buf).await?;
             if n == 0 {
-                return if self.read_buf.is_empty() { Ok(None) } else { Err(ConnectionError::ClosedMidPacket) };
+                return if self.read_buf.is_empty() {
+                    Ok(None)
+                } else {
+                    Err(ConnectionError::ClosedMidPacket)
+                };
             }
             self.read_hint = if n >= spare {
                 (self.read_hint * 2).min(MAX_READ)
@@ -136,7 +141,11 @@ enum End {
 
 /// Serves one accepted connection until it ends. Never panics the node: every error ends only this
 /// connection and is logged here, once.
-pub(crate) async fn serve<S: AsyncRead + AsyncWrite + Unpin>(stream: S, peer: SocketAddr, shared: Arc<Shared>) {
+pub(crate) async fn serve<S: AsyncRead + AsyncWrite + Unpin>(
+    stream: S,
+    peer: SocketAddr,
+    shared: Arc<Shared>,
+) {
     let mut conn = Conn {
         stream,
         read_buf: BytesMut::new(),
@@ -148,43 +157,42 @@ pub(crate) async fn serve<S: AsyncRead + AsyncWrite + Unpin>(stream: S, peer: So
         metrics: shared.metrics.clone(),
         write_timeout: shared.config.write_timeout,
     };
-    let first = Box::pin(async {
-        tokio::select! {
-            r = tokio::time::timeout(shared.config.connect_timeout, conn.read_packet()) => Some(r),
-            () = shared.shutdown.cancelled() => None,
-        }
-    });
-    let Some(connect) = first.await else { return };
-    let connect = match connect {
-        Err(_) => {
-            debug!(%peer, "no CONNECT in time");
-            return;
-        }
-        Ok(Ok(Some(Packet::Connect(c)))) => c,
-        Ok(Ok(Some(other))) => {
-            debug!(%peer, packet = other.name(), "first packet is not CONNECT");
-            Metrics::add(&shared.metrics.protocol_errors, 1);
-            return;
-        }
-        Ok(Ok(None)) => return,
-        Ok(Err(ConnectionError::Decode(e))) => {
-            reject_undecodable_connect(&mut conn, &e).await;
-            debug!(%peer, error = %e, "bad CONNECT");
-            Metrics::add(&shared.metrics.protocol_errors, 1);
-            Metrics::add(&shared.metrics.connections_rejected, 1);
-            return;
-        }
-        Ok(Err(e)) => {
-            debug!(%peer, error = %e, "connection failed before CONNECT");
-            return;
-        }
-    };
+    let Some(connect) = Box::pin(read_connect(&mut conn, &shared)).await else { return };
     conn.version = connect.protocol;
     let client_id = connect.client_id.clone();
-    match Box::pin(run(&mut conn, *connect, &shared)).await {
+    match Box::pin(run(&mut conn, connect, &shared)).await {
         Ok(()) => {}
         Err(e) => debug!(%peer, %client_id, error = %e, "connection ended with an error"),
     }
+}
+
+/// Waits for the first packet, which must be CONNECT; `None` when the connection ends instead.
+async fn read_connect<S: AsyncRead + AsyncWrite + Unpin>(
+    conn: &mut Conn<S>,
+    shared: &Shared,
+) -> Option<Box<Connect>> {
+    let peer = conn.peer;
+    let first = tokio::select! {
+        r = tokio::time::timeout(shared.config.connect_timeout, conn.read_packet()) => r,
+        () = shared.shutdown.cancelled() => return None,
+    };
+    match first {
+        Err(_) => debug!(%peer, "no CONNECT in time"),
+        Ok(Ok(Some(Packet::Connect(c)))) => return Some(c),
+        Ok(Ok(Some(other))) => {
+            debug!(%peer, packet = other.name(), "first packet is not CONNECT");
+            Metrics::add(&shared.metrics.protocol_errors, 1);
+        }
+        Ok(Ok(None)) => {}
+        Ok(Err(ConnectionError::Decode(e))) => {
+            reject_undecodable_connect(conn, &e).await;
+            debug!(%peer, error = %e, "bad CONNECT");
+            Metrics::add(&shared.metrics.protocol_errors, 1);
+            Metrics::add(&shared.metrics.connections_rejected, 1);
+        }
+        Ok(Err(e)) => debug!(%peer, error = %e, "connection failed before CONNECT"),
+    }
+    None
 }
 
 /// Answers a CONNECT that could not be decoded, where the specification asks for a CONNACK.
@@ -203,14 +211,12 @@ struct Accepted {
     key: SessionKey,
     conn_id: u64,
     session: Box<Session>,
-    mailbox: mpsc::Receiver<Delivery>,
+    mailbox: Arc<Mailbox>,
     kick: oneshot::Receiver<ReasonCode>,
     flow: Arc<LinkFlow>,
-    will: Option<PendingWill>,
+    will: Option<Box<PendingWill>>,
     auth_method: Option<Arc<str>>,
 }
-
-use m2m_session::Delivery;
 
 async fn refuse<S: AsyncRead + AsyncWrite + Unpin>(
     conn: &mut Conn<S>,
@@ -229,7 +235,7 @@ async fn refuse<S: AsyncRead + AsyncWrite + Unpin>(
 
 async fn run<S: AsyncRead + AsyncWrite + Unpin>(
     conn: &mut Conn<S>,
-    connect: Connect,
+    connect: Box<Connect>,
     shared: &Arc<Shared>,
 ) -> Result<(), ConnectionError> {
     // Each phase is boxed so the task only holds the state of the phase it is in: the handshake's
@@ -246,9 +252,9 @@ async fn run<S: AsyncRead + AsyncWrite + Unpin>(
 /// `Ok(None)` when the connection was refused (CONNACK with an error already sent).
 async fn accept<S: AsyncRead + AsyncWrite + Unpin>(
     conn: &mut Conn<S>,
-    connect: Connect,
+    connect: Box<Connect>,
     shared: &Arc<Shared>,
-) -> Result<Option<Accepted>, ConnectionError> {
+) -> Result<Option<Box<Accepted>>, ConnectionError> {
     let config = &shared.config;
     let v5 = connect.protocol.is_v5();
     let now = Instant::now();
@@ -296,7 +302,10 @@ async fn accept<S: AsyncRead + AsyncWrite + Unpin>(
                 return Ok(None);
             }
             let delay = w.properties.will_delay_interval.unwrap_or(0);
-            Some(PendingWill { message: Message::from_will(topic, w, client_id.clone(), now), delay })
+            Some(Box::new(PendingWill {
+                message: Message::from_will(topic, w, client_id.clone(), now),
+                delay,
+            }))
         }
     };
 
@@ -305,8 +314,13 @@ async fn accept<S: AsyncRead + AsyncWrite + Unpin>(
     let auth_method = props.authentication_method.clone();
     if let Some(method) = &auth_method {
         let Some(mut exchange) = shared.authenticator.begin(method, &client_id) else {
-            refuse(conn, shared, ReasonCode::BAD_AUTHENTICATION_METHOD, "authentication method not supported")
-                .await?;
+            refuse(
+                conn,
+                shared,
+                ReasonCode::BAD_AUTHENTICATION_METHOD,
+                "authentication method not supported",
+            )
+            .await?;
             return Ok(None);
         };
         match authenticate(conn, &mut *exchange, method, props.authentication_data.clone()).await? {
@@ -326,8 +340,13 @@ async fn accept<S: AsyncRead + AsyncWrite + Unpin>(
             Anonymous::LoopbackOnly => conn.peer.ip().is_loopback(),
         };
         if !allowed {
-            refuse(conn, shared, ReasonCode::NOT_AUTHORIZED, "anonymous access is not allowed from this address")
-                .await?;
+            refuse(
+                conn,
+                shared,
+                ReasonCode::NOT_AUTHORIZED,
+                "anonymous access is not allowed from this address",
+            )
+            .await?;
             return Ok(None);
         }
     }
@@ -360,14 +379,14 @@ async fn accept<S: AsyncRead + AsyncWrite + Unpin>(
 
     // The router hands over the session (waiting for a take-over if the id is online elsewhere).
     let conn_id = shared.conn_ids.fetch_add(1, Ordering::Relaxed);
-    let (mailbox_tx, mailbox) = mpsc::channel(config.mailbox_capacity);
+    let mailbox = Arc::new(Mailbox::new(config.mailbox_capacity));
     let (kick_tx, kick) = oneshot::channel();
     let flow = Arc::new(LinkFlow::default());
     let (reply_tx, reply_rx) = oneshot::channel();
     let request = ConnectRequest {
         client_id: client_id.clone(),
         clean_start: connect.clean_start,
-        link: ClientLink { conn_id, mailbox: mailbox_tx, kick: kick_tx, flow: flow.clone() },
+        link: ClientLink { conn_id, mailbox: mailbox.clone(), kick: kick_tx, flow: flow.clone() },
         reply: reply_tx,
     };
     if shared.router.send(Command::Connect(Box::new(request))).await.is_err() {
@@ -400,14 +419,18 @@ async fn accept<S: AsyncRead + AsyncWrite + Unpin>(
             ack_props.response_information = config.response_information.as_deref().map(Arc::from);
         }
     }
-    let ack = ConnAck { session_present: reply.session_present, reason_code: ReasonCode::SUCCESS, properties: ack_props };
+    let ack = ConnAck {
+        session_present: reply.session_present,
+        reason_code: ReasonCode::SUCCESS,
+        properties: ack_props,
+    };
     conn.queue(&Packet::ConnAck(ack))?;
 
     let mut session = reply.session;
     let mut actions = Vec::new();
     session.attach(params, expiry, now, &mut actions);
     let mut accepted =
-        Accepted { key: reply.key, conn_id, session, mailbox, kick, flow, will, auth_method };
+        Box::new(Accepted { key: reply.key, conn_id, session, mailbox, kick, flow, will, auth_method });
     for action in actions {
         if let Action::Send(p) = action {
             queue_counted(conn, &p)?;
@@ -459,7 +482,10 @@ async fn authenticate<S: AsyncRead + AsyncWrite + Unpin>(
     }
 }
 
-fn queue_counted<S: AsyncRead + AsyncWrite + Unpin>(conn: &mut Conn<S>, p: &Packet) -> Result<(), ConnectionError> {
+fn queue_counted<S: AsyncRead + AsyncWrite + Unpin>(
+    conn: &mut Conn<S>,
+    p: &Packet,
+) -> Result<(), ConnectionError> {
     if matches!(p, Packet::Publish(_)) {
         Metrics::add(&conn.metrics.messages_sent, 1);
     }
@@ -489,7 +515,7 @@ const MAX_THROTTLE: std::time::Duration = std::time::Duration::from_secs(1);
 
 async fn serve_session<S: AsyncRead + AsyncWrite + Unpin>(
     conn: &mut Conn<S>,
-    mut a: Accepted,
+    mut a: Box<Accepted>,
     shared: &Arc<Shared>,
 ) -> Result<(), ConnectionError> {
     let mut actions = Vec::new();
@@ -558,17 +584,11 @@ async fn serve_session<S: AsyncRead + AsyncWrite + Unpin>(
                 }
                 Err(e) => failure = Some(e),
             },
-            Some(d) = a.mailbox.recv(), if has_room => {
+            () = a.mailbox.ready(), if has_room => {
                 let now = Instant::now();
-                a.session.deliver(d, now, &mut actions);
-                for _ in 1..DELIVERY_BATCH {
-                    if a.session.queued() >= max_queued {
-                        break;
-                    }
-                    match a.mailbox.try_recv() {
-                        Ok(d) => { a.session.deliver(d, now, &mut actions); }
-                        Err(_) => break,
-                    }
+                let room = max_queued.saturating_sub(a.session.queued()).min(DELIVERY_BATCH);
+                for d in a.mailbox.take(room) {
+                    a.session.deliver(d, now, &mut actions);
                 }
             }
             () = sleep_until_opt(earliest(deadline, throttle_until.filter(|_| !can_read))) => {
@@ -602,7 +622,8 @@ async fn serve_session<S: AsyncRead + AsyncWrite + Unpin>(
                 }
                 Action::Disconnect { publish_will } => {
                     // A Session Expiry Interval on DISCONNECT is capped like the one on CONNECT.
-                    a.session.expiry_interval = a.session.expiry_interval.min(shared.config.max_session_expiry);
+                    a.session.expiry_interval =
+                        a.session.expiry_interval.min(shared.config.max_session_expiry);
                     end = Some(End::Disconnect { publish_will });
                 }
                 Action::Auth(auth) => {
@@ -681,8 +702,11 @@ fn reauthenticate<S: AsyncRead + AsyncWrite + Unpin>(
         AuthStep::Continue(data) => (ReasonCode::CONTINUE_AUTHENTICATION, Some(data)),
         AuthStep::Fail => return Err(ReasonCode::NOT_AUTHORIZED),
     };
-    let properties =
-        AuthProperties { authentication_method: Some(method), authentication_data: data, ..Default::default() };
+    let properties = AuthProperties {
+        authentication_method: Some(method),
+        authentication_data: data,
+        ..Default::default()
+    };
     conn.queue(&Packet::Auth(Auth { reason_code, properties })).map_err(|_| ReasonCode::UNSPECIFIED_ERROR)
 }
 
@@ -693,16 +717,15 @@ async fn hand_back(a: &mut Accepted, shared: &Shared, end: End) {
         Box::new(Session::new(Arc::from(""), Arc::new(shared.config.limits.clone()))),
     );
     session.detach();
-    a.mailbox.close();
     let now = Instant::now();
     let mut unused = Vec::new();
-    while let Ok(d) = a.mailbox.try_recv() {
+    for d in a.mailbox.close() {
         if session.deliver(d, now, &mut unused) == m2m_session::DeliveryOutcome::Dropped {
             Metrics::add(&shared.metrics.messages_dropped, 1);
         }
     }
     let will = match end {
-        End::Abnormal | End::Disconnect { publish_will: true } => a.will.take(),
+        End::Abnormal | End::Disconnect { publish_will: true } => a.will.take().map(|w| *w),
         End::Disconnect { publish_will: false } | End::Shutdown => None,
     };
     let d = Disconnected { key: a.key, conn_id: a.conn_id, session, will };

@@ -15,11 +15,13 @@
 //! `max_queued`) and the publisher is throttled through its [`LinkFlow`] until the subscriber catches
 //! up, so one slow subscriber slows only those who publish to it.
 
+mod mailbox;
 mod metrics;
 mod router;
 
+pub use mailbox::{Mailbox, PushError};
 pub use metrics::Metrics;
 pub use router::{
-    ClientLink, Command, ConnectReply, ConnectRequest, Disconnected, LinkFlow, PendingWill, Router, RouterConfig,
-    RouterGone, RouterHandle, RouterStats, SessionKey,
+    ClientLink, Command, ConnectReply, ConnectRequest, Disconnected, LinkFlow, PendingWill, Router,
+    RouterConfig, RouterGone, RouterHandle, RouterStats, SessionKey,
 };

@@ -12,6 +12,7 @@ use m2m_topic::{SharedGroupId, Subscription, SubscriptionTrie, TopicName, TopicT
 use tokio::sync::{mpsc, oneshot, Notify};
 use tracing::{debug, trace};
 
+use crate::mailbox::{Mailbox, PushError};
 use crate::metrics::Metrics;
 
 /// Identifies a session inside the router; stable for the session's life.
@@ -99,7 +100,7 @@ pub struct ClientLink {
     /// Unique id of the connection, to tell its later messages from a successor's.
     pub conn_id: u64,
     /// Where the router sends deliveries while the client is online.
-    pub mailbox: mpsc::Sender<Delivery>,
+    pub mailbox: Arc<Mailbox>,
     /// Fired by the router to close the connection (session take-over).
     pub kick: oneshot::Sender<ReasonCode>,
     /// Flow control shared with the connection.
@@ -222,7 +223,7 @@ enum State {
     /// A connection owns the session.
     Online {
         conn_id: u64,
-        mailbox: mpsc::Sender<Delivery>,
+        mailbox: Arc<Mailbox>,
         kick: Option<oneshot::Sender<ReasonCode>>,
         flow: Arc<LinkFlow>,
         /// QoS 1/2 deliveries that found the mailbox full (or closed: the connection is ending), in
@@ -402,7 +403,8 @@ impl Router {
             }
             State::Offline { .. } => {
                 let (link, waiting) = split(req);
-                let State::Offline { session, .. } = std::mem::replace(&mut client.state, online(link)) else {
+                let State::Offline { session, .. } = std::mem::replace(&mut client.state, online(link))
+                else {
                     return;
                 };
                 let fresh = waiting.clean_start;
@@ -413,7 +415,14 @@ impl Router {
 
     /// Hands a session to a connecting client whose entry is already `Online`: the old one, or a new one
     /// when `fresh` (Clean Start, or the old session ended with the connection it was taken from).
-    fn resume(&mut self, key: SessionKey, mut session: Box<Session>, req: Waiting, fresh: bool, now: Instant) {
+    fn resume(
+        &mut self,
+        key: SessionKey,
+        mut session: Box<Session>,
+        req: Waiting,
+        fresh: bool,
+        now: Instant,
+    ) {
         let Some(client) = self.clients.get_mut(&key) else { return };
         let pending_will = client.will.take();
         let session_present = !fresh;
@@ -487,7 +496,9 @@ impl Router {
             self.end_session(d.key, now);
         } else if expiry != u32::MAX {
             if let Some(at) = now.checked_add(Duration::from_secs(u64::from(expiry))) {
-                if let Some(Client { state: State::Offline { expires_at, .. }, .. }) = self.clients.get_mut(&d.key) {
+                if let Some(Client { state: State::Offline { expires_at, .. }, .. }) =
+                    self.clients.get_mut(&d.key)
+                {
                     *expires_at = Some(at);
                 }
                 self.add_timer(at, d.key, Timer::Expiry);
@@ -645,7 +656,9 @@ impl Router {
                 let start = *cursor % n;
                 let pick = (0..n)
                     .map(|i| (start + i) % n)
-                    .find(|&i| matches!(clients.get(&members[i].0).map(|c| &c.state), Some(State::Online { .. })))
+                    .find(|&i| {
+                        matches!(clients.get(&members[i].0).map(|c| &c.state), Some(State::Online { .. }))
+                    })
                     .unwrap_or(start);
                 *cursor = pick + 1;
                 let (key, data) = &members[pick];
@@ -674,15 +687,21 @@ impl Router {
 
     /// Puts one delivery into a session. For an online client with a full mailbox, QoS 0 is dropped
     /// and QoS 1/2 waits in the overflow while `publisher` (if any) is throttled.
-    fn deliver_from(&mut self, key: SessionKey, delivery: Delivery, publisher: Option<&Arc<LinkFlow>>, now: Instant) {
+    fn deliver_from(
+        &mut self,
+        key: SessionKey,
+        delivery: Delivery,
+        publisher: Option<&Arc<LinkFlow>>,
+        now: Instant,
+    ) {
         let Some(client) = self.clients.get_mut(&key) else { return };
         let max_queued = self.config.limits.max_queued;
         let dropped = match &mut client.state {
             State::Online { mailbox, overflow, flow, waiters, .. } => {
                 let delivery = if overflow.is_empty() {
-                    match mailbox.try_send(delivery) {
+                    match mailbox.try_push(delivery) {
                         Ok(()) => None,
-                        Err(mpsc::error::TrySendError::Full(d) | mpsc::error::TrySendError::Closed(d)) => Some(d),
+                        Err(PushError::Full(d) | PushError::Closed(d)) => Some(d),
                     }
                 } else {
                     Some(delivery)
@@ -722,8 +741,8 @@ impl Router {
             return;
         };
         while let Some(d) = overflow.pop_front() {
-            if let Err(e) = mailbox.try_send(d) {
-                let (mpsc::error::TrySendError::Full(d) | mpsc::error::TrySendError::Closed(d)) = e;
+            if let Err(e) = mailbox.try_push(d) {
+                let (PushError::Full(d) | PushError::Closed(d)) = e;
                 overflow.push_front(d);
                 break;
             }

@@ -1,0 +1,171 @@
+//! The queue of deliveries from the router to one connection.
+
+use std::collections::VecDeque;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Mutex, MutexGuard, PoisonError};
+
+use m2m_session::Delivery;
+use tokio::sync::Notify;
+
+/// A bounded queue with one producer (the router) and one consumer (the connection).
+///
+/// Lighter than a channel for a connection that is mostly idle: an empty mailbox holds no buffer, and
+/// the consumer takes a whole batch with one lock.
+#[derive(Debug)]
+pub struct Mailbox {
+    /// A std mutex: held only to push one delivery or to take a batch, never across an `.await`.
+    queue: Mutex<VecDeque<Delivery>>,
+    capacity: usize,
+    ready: Notify,
+    closed: AtomicBool,
+}
+
+/// Why [`Mailbox::try_push`] gave the delivery back.
+#[derive(Debug)]
+pub enum PushError {
+    /// The mailbox holds `capacity` deliveries.
+    Full(Delivery),
+    /// The connection is ending.
+    Closed(Delivery),
+}
+
+impl Mailbox {
+    /// An empty mailbox holding at most `capacity` deliveries.
+    pub fn new(capacity: usize) -> Self {
+        Self {
+            queue: Mutex::new(VecDeque::new()),
+            capacity: capacity.max(1),
+            ready: Notify::new(),
+            closed: AtomicBool::new(false),
+        }
+    }
+
+    fn lock(&self) -> MutexGuard<'_, VecDeque<Delivery>> {
+        // A panic while holding the lock cannot leave the queue half-changed (push and take are
+        // single calls), so a poisoned lock is still usable.
+        self.queue.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Adds a delivery unless the mailbox is full or closed.
+    ///
+    /// # Errors
+    /// The delivery back, with the reason.
+    pub fn try_push(&self, delivery: Delivery) -> Result<(), PushError> {
+        if self.closed.load(Ordering::Acquire) {
+            return Err(PushError::Closed(delivery));
+        }
+        let mut queue = self.lock();
+        if queue.len() >= self.capacity {
+            return Err(PushError::Full(delivery));
+        }
+        let was_empty = queue.is_empty();
+        queue.push_back(delivery);
+        drop(queue);
+        if was_empty {
+            self.ready.notify_one();
+        }
+        Ok(())
+    }
+
+    /// Waits until the mailbox may hold a delivery.
+    ///
+    /// # Cancel safety
+    /// Cancel safe: a wake-up that is not awaited stays stored for the next call.
+    pub async fn ready(&self) {
+        if !self.lock().is_empty() {
+            return;
+        }
+        self.ready.notified().await;
+    }
+
+    /// Takes up to `max` deliveries, oldest first.
+    pub fn take(&self, max: usize) -> VecDeque<Delivery> {
+        let mut queue = self.lock();
+        if queue.len() <= max {
+            std::mem::take(&mut *queue)
+        } else {
+            queue.drain(..max).collect()
+        }
+    }
+
+    /// Deliveries waiting.
+    pub fn len(&self) -> usize {
+        self.lock().len()
+    }
+
+    /// Whether no delivery is waiting.
+    pub fn is_empty(&self) -> bool {
+        self.lock().is_empty()
+    }
+
+    /// Whether the connection has closed the mailbox.
+    pub fn is_closed(&self) -> bool {
+        self.closed.load(Ordering::Acquire)
+    }
+
+    /// Closes the mailbox and takes what is left; later pushes fail with [`PushError::Closed`].
+    pub fn close(&self) -> VecDeque<Delivery> {
+        self.closed.store(true, Ordering::Release);
+        std::mem::take(&mut *self.lock())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use bytes::Bytes;
+    use m2m_codec::QoS;
+    use m2m_session::Message;
+    use m2m_topic::TopicName;
+
+    use super::*;
+
+    fn delivery(n: u8) -> Delivery {
+        let message =
+            Message::new(TopicName::try_from("t").unwrap(), Bytes::from(vec![n]), QoS::AtLeastOnce, false);
+        Delivery {
+            message: Arc::new(message),
+            qos: QoS::AtLeastOnce,
+            retain: false,
+            subscription_ids: vec![],
+        }
+    }
+
+    #[test]
+    fn a_full_mailbox_gives_the_delivery_back_and_keeps_order() {
+        let m = Mailbox::new(2);
+        m.try_push(delivery(1)).unwrap();
+        m.try_push(delivery(2)).unwrap();
+        assert!(matches!(m.try_push(delivery(3)), Err(PushError::Full(d)) if d.message.payload[0] == 3));
+        let first = m.take(1);
+        assert_eq!(first[0].message.payload[0], 1);
+        let rest = m.take(10);
+        assert_eq!(rest.iter().map(|d| d.message.payload[0]).collect::<Vec<_>>(), [2]);
+        assert!(m.is_empty());
+    }
+
+    #[test]
+    fn a_closed_mailbox_refuses_pushes_and_returns_what_was_left() {
+        let m = Mailbox::new(4);
+        m.try_push(delivery(1)).unwrap();
+        assert_eq!(m.close().len(), 1);
+        assert!(m.is_closed());
+        assert!(matches!(m.try_push(delivery(2)), Err(PushError::Closed(_))));
+    }
+
+    #[tokio::test]
+    async fn ready_wakes_for_a_push_made_before_or_while_waiting() {
+        let m = Arc::new(Mailbox::new(4));
+        m.try_push(delivery(1)).unwrap();
+        tokio::time::timeout(std::time::Duration::from_secs(1), m.ready()).await.unwrap();
+        m.take(10);
+        let waiter = tokio::spawn({
+            let m = m.clone();
+            async move { m.ready().await }
+        });
+        tokio::task::yield_now().await;
+        m.try_push(delivery(2)).unwrap();
+        tokio::time::timeout(std::time::Duration::from_secs(1), waiter).await.unwrap().unwrap();
+    }
+}
