@@ -36,9 +36,11 @@ impl Broker {
     /// # Errors
     /// [`Error::Bind`] when the address cannot be bound.
     pub async fn bind(config: &Config) -> Result<Self> {
-        let listener =
-            TcpListener::bind(config.listen).await.map_err(|source| Error::Bind { addr: config.listen, source })?;
-        let local_addr = listener.local_addr().map_err(|source| Error::Bind { addr: config.listen, source })?;
+        let listener = TcpListener::bind(config.listen)
+            .await
+            .map_err(|source| Error::Bind { addr: config.listen, source })?;
+        let local_addr =
+            listener.local_addr().map_err(|source| Error::Bind { addr: config.listen, source })?;
         let metrics = Arc::new(Metrics::default());
         let router_config = RouterConfig {
             limits: Arc::new(config.limits.clone()),

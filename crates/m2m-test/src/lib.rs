@@ -125,7 +125,9 @@ impl RawClient {
     pub async fn recv(&mut self) -> Option<Packet> {
         within(async {
             loop {
-                if let Some(p) = decode(&mut self.buf, self.version, usize::MAX).expect("node sent a bad packet") {
+                if let Some(p) =
+                    decode(&mut self.buf, self.version, usize::MAX).expect("node sent a bad packet")
+                {
                     return Some(p);
                 }
                 match self.stream.read_buf(&mut self.buf).await {

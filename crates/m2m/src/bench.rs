@@ -90,7 +90,8 @@ pub(crate) enum Scenario {
 
 /// Runs a scenario and prints one result line.
 pub(crate) fn run(scenario: Scenario) -> anyhow::Result<()> {
-    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().context("cannot start runtime")?;
+    let runtime =
+        tokio::runtime::Builder::new_multi_thread().enable_all().build().context("cannot start runtime")?;
     let line = runtime.block_on(async move {
         match scenario {
             Scenario::FanIn { common, publishers } => throughput(&common, publishers, 1).await,
@@ -111,7 +112,11 @@ fn qos_of(common: &Common) -> anyhow::Result<QoS> {
 }
 
 /// A bench client connection: 3.1.1, clean session.
-async fn connect(addr: SocketAddr, client_id: &str, keep_alive: u16) -> anyhow::Result<(OwnedReadHalf, OwnedWriteHalf)> {
+async fn connect(
+    addr: SocketAddr,
+    client_id: &str,
+    keep_alive: u16,
+) -> anyhow::Result<(OwnedReadHalf, OwnedWriteHalf)> {
     let stream = TcpStream::connect(addr).await.with_context(|| format!("cannot connect to {addr}"))?;
     stream.set_nodelay(true)?;
     let (mut read, mut write) = stream.into_split();
@@ -200,12 +205,18 @@ async fn subscriber(
                         }
                     }
                     match (p.qos, p.packet_id) {
-                        (QoS::AtLeastOnce, Some(id)) => encode(&Packet::PubAck(Ack::new(id)), ProtocolVersion::V311, &mut acks)?,
-                        (QoS::ExactlyOnce, Some(id)) => encode(&Packet::PubRec(Ack::new(id)), ProtocolVersion::V311, &mut acks)?,
+                        (QoS::AtLeastOnce, Some(id)) => {
+                            encode(&Packet::PubAck(Ack::new(id)), ProtocolVersion::V311, &mut acks)?
+                        }
+                        (QoS::ExactlyOnce, Some(id)) => {
+                            encode(&Packet::PubRec(Ack::new(id)), ProtocolVersion::V311, &mut acks)?
+                        }
                         _ => {}
                     }
                 }
-                Packet::PubRel(a) => encode(&Packet::PubComp(Ack::new(a.packet_id)), ProtocolVersion::V311, &mut acks)?,
+                Packet::PubRel(a) => {
+                    encode(&Packet::PubComp(Ack::new(a.packet_id)), ProtocolVersion::V311, &mut acks)?
+                }
                 _ => {}
             }
         }
@@ -271,7 +282,9 @@ async fn publisher(
             while let Some(p) = decode(&mut buf, ProtocolVersion::V311, usize::MAX)? {
                 match p {
                     Packet::PubAck(_) | Packet::PubComp(_) => acks.add_permits(1),
-                    Packet::PubRec(a) => encode(&Packet::PubRel(Ack::new(a.packet_id)), ProtocolVersion::V311, &mut out)?,
+                    Packet::PubRec(a) => {
+                        encode(&Packet::PubRel(Ack::new(a.packet_id)), ProtocolVersion::V311, &mut out)?
+                    }
                     _ => {}
                 }
             }
@@ -291,7 +304,9 @@ async fn publisher(
     let mut next: u16 = 0;
     let mut out = BytesMut::new();
     while !stop.load(Ordering::Relaxed) {
-        let Ok(permit) = tokio::time::timeout(Duration::from_millis(200), permits.acquire()).await else { continue };
+        let Ok(permit) = tokio::time::timeout(Duration::from_millis(200), permits.acquire()).await else {
+            continue;
+        };
         permit.context("window closed")?.forget();
         let mut n = 1;
         next = next.wrapping_add(1).max(1);
@@ -320,11 +335,22 @@ async fn throughput(common: &Common, publishers: usize, subscribers: usize) -> a
     let ready = Arc::new(Semaphore::new(0));
     let mut tasks = Vec::new();
     for i in 0..subscribers {
-        let fut = subscriber(common.addr, format!("bench-sub-{i}"), topic, qos, received.clone(), None, ready.clone());
+        let fut = subscriber(
+            common.addr,
+            format!("bench-sub-{i}"),
+            topic,
+            qos,
+            received.clone(),
+            None,
+            ready.clone(),
+        );
         tasks.push(tokio::spawn(fut));
     }
     let ready_all = ready.acquire_many(subscribers as u32);
-    tokio::time::timeout(Duration::from_secs(30), ready_all).await.context("subscribers did not subscribe")??.forget();
+    tokio::time::timeout(Duration::from_secs(30), ready_all)
+        .await
+        .context("subscribers did not subscribe")??
+        .forget();
     let payload = Bytes::from(vec![b'x'; common.payload]);
     let mut pubs = Vec::new();
     for i in 0..publishers {
@@ -389,7 +415,10 @@ async fn latency(common: &Common, rate: u64) -> anyhow::Result<String> {
         Some((epoch, samples.clone())),
         ready.clone(),
     ));
-    tokio::time::timeout(Duration::from_secs(10), ready.acquire()).await.context("subscriber did not subscribe")??.forget();
+    tokio::time::timeout(Duration::from_secs(10), ready.acquire())
+        .await
+        .context("subscriber did not subscribe")??
+        .forget();
     let (mut read, mut write) = connect(common.addr, "bench-lat-pub", 0).await?;
     // Drain acknowledgements so the socket never fills.
     let drain = tokio::spawn(async move {
@@ -451,7 +480,8 @@ async fn latency(common: &Common, rate: u64) -> anyhow::Result<String> {
 
 /// Resident memory of a process in KiB, from /proc.
 fn rss_kib(pid: u32) -> anyhow::Result<u64> {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).with_context(|| format!("no process {pid}"))?;
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .with_context(|| format!("no process {pid}"))?;
     let line = status.lines().find(|l| l.starts_with("VmRSS:")).context("no VmRSS line")?;
     line.split_whitespace().nth(1).context("bad VmRSS line")?.parse().context("bad VmRSS value")
 }
@@ -464,7 +494,8 @@ async fn conns(addr: SocketAddr, count: usize, pid: u32, label: &str) -> anyhow:
         if started.elapsed() > Duration::from_secs(120) {
             bail!("only {i} of {count} connections opened in 120 s");
         }
-        let conn = connect(addr, &format!("bench-idle-{i}"), 0).await.with_context(|| format!("connection {i}"))?;
+        let conn =
+            connect(addr, &format!("bench-idle-{i}"), 0).await.with_context(|| format!("connection {i}"))?;
         held.push(conn);
     }
     tokio::time::sleep(Duration::from_secs(2)).await;

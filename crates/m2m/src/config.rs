@@ -129,8 +129,8 @@ pub(crate) fn load(
 ) -> anyhow::Result<FileConfig> {
     let mut table = toml::Table::try_from(FileConfig::default()).context("default configuration")?;
     if let Some(path) = file {
-        let text =
-            std::fs::read_to_string(path).with_context(|| format!("cannot read config file {}", path.display()))?;
+        let text = std::fs::read_to_string(path)
+            .with_context(|| format!("cannot read config file {}", path.display()))?;
         let from_file: toml::Table =
             text.parse().with_context(|| format!("config file {} is not valid TOML", path.display()))?;
         merge(&mut table, from_file);
@@ -169,7 +169,13 @@ fn merge(into: &mut toml::Table, from: toml::Table) {
     }
 }
 
-fn set(table: &mut toml::Table, section: &str, key: &str, value: toml::Value, source: &str) -> anyhow::Result<()> {
+fn set(
+    table: &mut toml::Table,
+    section: &str,
+    key: &str,
+    value: toml::Value,
+    source: &str,
+) -> anyhow::Result<()> {
     let Some(toml::Value::Table(s)) = table.get_mut(section) else {
         bail!("{source}: unknown section `{section}`");
     };
@@ -204,11 +210,19 @@ impl FileConfig {
             (m.receive_maximum == 0, "mqtt.receive_maximum", "must be at least 1"),
             (m.max_inflight == 0, "mqtt.max_inflight", "must be at least 1"),
             (m.max_packet_size < 128, "mqtt.max_packet_size", "must be at least 128 bytes"),
-            (m.max_packet_size > 268_435_460, "mqtt.max_packet_size", "must be at most 268435460 (MQTT's limit)"),
+            (
+                m.max_packet_size > 268_435_460,
+                "mqtt.max_packet_size",
+                "must be at most 268435460 (MQTT's limit)",
+            ),
             (m.max_qos > 2, "mqtt.max_qos", "must be 0, 1 or 2"),
             (m.max_connections == 0, "mqtt.max_connections", "must be at least 1"),
             (m.mailbox_capacity == 0, "mqtt.mailbox_capacity", "must be at least 1"),
-            (m.max_topic_levels == 0 || m.max_topic_len == 0, "mqtt.max_topic_levels", "limits must be at least 1"),
+            (
+                m.max_topic_levels == 0 || m.max_topic_len == 0,
+                "mqtt.max_topic_levels",
+                "limits must be at least 1",
+            ),
             (m.connect_timeout_secs == 0, "mqtt.connect_timeout_secs", "must be at least 1"),
         ];
         for (bad, key, why) in checks {
@@ -228,7 +242,9 @@ impl FileConfig {
             "loopback" => Anonymous::LoopbackOnly,
             "allow" => Anonymous::Allow,
             "deny" => Anonymous::Deny,
-            other => bail!("invalid value for mqtt.anonymous: {other:?} (expected \"loopback\", \"allow\" or \"deny\")"),
+            other => bail!(
+                "invalid value for mqtt.anonymous: {other:?} (expected \"loopback\", \"allow\" or \"deny\")"
+            ),
         })
     }
 
@@ -285,7 +301,8 @@ mod tests {
         let dir = std::env::temp_dir().join(format!("m2m-config-test-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
         let path = dir.join("m2m.toml");
-        std::fs::write(&path, "[mqtt]\nmax_queued = 5\nmax_inflight = 7\nlisten = \"127.0.0.1:1\"\n").unwrap();
+        std::fs::write(&path, "[mqtt]\nmax_queued = 5\nmax_inflight = 7\nlisten = \"127.0.0.1:1\"\n")
+            .unwrap();
         let c = load(
             Some(&path),
             env(&[("M2M_MQTT_MAX_INFLIGHT", "9"), ("M2M_MQTT_LISTEN", "127.0.0.1:2"), ("PATH", "/bin")]),
@@ -312,7 +329,8 @@ mod tests {
     fn invalid_values_name_the_key() {
         let err = format!("{:#}", load(None, env(&[("M2M_MQTT_RECEIVE_MAXIMUM", "0")]), &[]).unwrap_err());
         assert!(err.contains("mqtt.receive_maximum"), "{err}");
-        let err = format!("{:#}", load(None, env(&[("M2M_MQTT_LISTEN", "not-an-address")]), &[]).unwrap_err());
+        let err =
+            format!("{:#}", load(None, env(&[("M2M_MQTT_LISTEN", "not-an-address")]), &[]).unwrap_err());
         assert!(err.contains("listen"), "{err}");
         let err = format!("{:#}", load(None, env(&[("M2M_MQTT_NOPE", "1")]), &[]).unwrap_err());
         assert!(err.contains("M2M_MQTT_NOPE"), "{err}");

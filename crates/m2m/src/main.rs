@@ -82,7 +82,8 @@ fn run_node(args: NodeArgs) -> anyhow::Result<()> {
     let broker_config = file.broker()?;
     std::fs::create_dir_all(&file.node.data_dir)
         .with_context(|| format!("cannot create data directory {}", file.node.data_dir.display()))?;
-    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().context("cannot start runtime")?;
+    let runtime =
+        tokio::runtime::Builder::new_multi_thread().enable_all().build().context("cannot start runtime")?;
     runtime.block_on(async move {
         let broker = m2m_broker::Broker::bind(&broker_config).await?;
         info!(mqtt = %broker.local_addr(), data_dir = %file.node.data_dir.display(), "m2m node starting");
