@@ -1,0 +1,239 @@
+//! The built `m2m` binary, run as a child process: configuration output and errors, and a node that
+//! serves MQTT and stops cleanly on SIGTERM.
+//!
+//! Every child is killed if the test ends early (`kill_on_drop`) and every wait has a deadline.
+
+use std::net::{SocketAddr, TcpListener};
+use std::path::PathBuf;
+use std::process::{Output, Stdio};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use m2m_codec::{ConnAck, Connect, ConnectProperties, Disconnect, Packet, ProtocolVersion, ReasonCode};
+use m2m_test::{within, RawClient};
+use rumqttc::{AsyncClient, Event, MqttOptions, Packet as RPacket, QoS};
+use tokio::process::{Child, Command};
+
+/// How long a command that should exit promptly may run.
+const EXIT_LIMIT: Duration = Duration::from_secs(10);
+
+/// The binary with no `M2M_*` variables inherited from the environment running the tests.
+fn m2m(args: &[&str]) -> Command {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_m2m"));
+    for (name, _) in std::env::vars() {
+        if name.starts_with("M2M_") {
+            cmd.env_remove(name);
+        }
+    }
+    cmd.env_remove("RUST_LOG").args(args).stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped());
+    cmd.kill_on_drop(true);
+    cmd
+}
+
+/// Runs a command to completion, failing the test if it takes longer than [`EXIT_LIMIT`].
+async fn run(mut cmd: Command) -> Output {
+    let child = cmd.spawn().expect("start m2m");
+    match tokio::time::timeout(EXIT_LIMIT, child.wait_with_output()).await {
+        Ok(output) => output.expect("wait for m2m"),
+        Err(_) => panic!("m2m did not exit within {EXIT_LIMIT:?}; killed"),
+    }
+}
+
+fn text(bytes: &[u8]) -> String {
+    String::from_utf8_lossy(bytes).into_owned()
+}
+
+/// A fresh directory under the system temp dir, removed on drop.
+struct TempDir(PathBuf);
+
+impl TempDir {
+    fn new(name: &str) -> Self {
+        let nanos =
+            std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).expect("clock").as_nanos();
+        let dir = std::env::temp_dir().join(format!("m2m-cli-{name}-{}-{nanos}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("create temp dir");
+        Self(dir)
+    }
+
+    fn path(&self) -> &str {
+        self.0.to_str().expect("UTF-8 temp path")
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+#[tokio::test]
+async fn print_config_shows_the_defaults_as_toml() {
+    let output = run(m2m(&["node", "--print-config"])).await;
+    let stdout = text(&output.stdout);
+    assert!(output.status.success(), "exit {}: {}", output.status, text(&output.stderr));
+    assert!(stdout.contains(r#"listen = "0.0.0.0:1883""#), "{stdout}");
+    let table: toml::Table = stdout.parse().expect("the output is TOML");
+    assert_eq!(table["mqtt"]["listen"].as_str(), Some("0.0.0.0:1883"));
+    assert_eq!(table["mqtt"]["receive_maximum"].as_integer(), Some(1024));
+}
+
+#[tokio::test]
+async fn print_config_reflects_flags_and_the_environment() {
+    let mut cmd = m2m(&["node", "--print-config", "--listen", "127.0.0.1:1999"]);
+    cmd.env("M2M_MQTT_MAX_QUEUED", "42");
+    let output = run(cmd).await;
+    assert!(output.status.success(), "exit {}: {}", output.status, text(&output.stderr));
+    let table: toml::Table = text(&output.stdout).parse().expect("the output is TOML");
+    assert_eq!(table["mqtt"]["listen"].as_str(), Some("127.0.0.1:1999"));
+    assert_eq!(table["mqtt"]["max_queued"].as_integer(), Some(42));
+}
+
+#[tokio::test]
+async fn an_unknown_key_in_the_config_file_is_an_error_naming_the_key() {
+    let dir = TempDir::new("bad-key");
+    let file = dir.0.join("m2m.toml");
+    std::fs::write(&file, "[mqtt]\nmax_queue_lenght = 5\n").expect("write config");
+    let output = run(m2m(&["node", "--config", file.to_str().expect("UTF-8 path"), "--print-config"])).await;
+    let stderr = text(&output.stderr);
+    assert!(!output.status.success(), "a misspelt key must not be ignored; stdout: {}", text(&output.stdout));
+    assert!(stderr.contains("max_queue_lenght"), "stderr does not name the key: {stderr}");
+}
+
+#[tokio::test]
+async fn receive_maximum_0_from_the_environment_is_an_error_naming_the_setting() {
+    let dir = TempDir::new("bad-env");
+    // Not --print-config: the node must refuse to start (a node that started anyway is killed at the
+    // deadline and fails the test).
+    let mut cmd = m2m(&["node", "--listen", "127.0.0.1:0", "--data-dir", dir.path()]);
+    cmd.env("M2M_MQTT_RECEIVE_MAXIMUM", "0");
+    let output = run(cmd).await;
+    let stderr = text(&output.stderr);
+    assert!(!output.status.success(), "receive maximum 0 is a protocol error in MQTT 5 and must be refused");
+    assert!(stderr.contains("mqtt.receive_maximum"), "stderr does not name the setting: {stderr}");
+}
+
+/// A port that was free a moment ago (the node does not report the port it bound yet).
+fn free_port() -> u16 {
+    let listener = TcpListener::bind("127.0.0.1:0").expect("bind a probe listener");
+    listener.local_addr().expect("probe address").port()
+}
+
+/// Waits until the node accepts TCP connections, failing early if it exits.
+async fn wait_until_listening(node: &mut Child, addr: SocketAddr) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        if tokio::net::TcpStream::connect(addr).await.is_ok() {
+            return;
+        }
+        if let Some(status) = node.try_wait().expect("try_wait") {
+            panic!("the node exited with {status} before listening on {addr}");
+        }
+        assert!(Instant::now() < deadline, "the node did not listen on {addr} within 10 s");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// A `rumqttc` subscriber and a publisher exchange one QoS 1 message through the node.
+async fn round_trip(addr: SocketAddr) {
+    let connect = |id: &str| {
+        let mut options = MqttOptions::new(id, addr.ip().to_string(), addr.port());
+        options.set_keep_alive(Duration::from_secs(30));
+        AsyncClient::new(options, 16)
+    };
+    let (sub, mut sub_loop) = connect("cli-sub");
+    within(async {
+        loop {
+            match sub_loop.poll().await.expect("subscriber connection") {
+                Event::Incoming(RPacket::ConnAck(_)) => {
+                    sub.subscribe("cli/+/temp", QoS::AtLeastOnce).await.expect("subscribe");
+                }
+                Event::Incoming(RPacket::SubAck(_)) => break,
+                _ => {}
+            }
+        }
+    })
+    .await;
+    let (publisher, mut pub_loop) = connect("cli-pub");
+    within(async {
+        loop {
+            match pub_loop.poll().await.expect("publisher connection") {
+                Event::Incoming(RPacket::ConnAck(_)) => {
+                    publisher
+                        .publish("cli/boiler/temp", QoS::AtLeastOnce, false, &b"81.5"[..])
+                        .await
+                        .expect("publish");
+                }
+                Event::Incoming(RPacket::PubAck(_)) => break,
+                _ => {}
+            }
+        }
+    })
+    .await;
+    let got = within(async {
+        loop {
+            if let Event::Incoming(RPacket::Publish(p)) =
+                sub_loop.poll().await.expect("subscriber connection")
+            {
+                return p;
+            }
+        }
+    })
+    .await;
+    assert_eq!((got.topic.as_str(), &got.payload[..]), ("cli/boiler/temp", &b"81.5"[..]));
+}
+
+#[tokio::test]
+async fn a_node_serves_mqtt_and_stops_cleanly_on_sigterm() {
+    let dir = TempDir::new("node");
+    let data_dir = dir.0.join("data");
+    let port = free_port();
+    let addr = SocketAddr::from(([127, 0, 0, 1], port));
+    let listen = addr.to_string();
+    let args = [
+        "node",
+        "--listen",
+        &listen,
+        "--data-dir",
+        data_dir.to_str().expect("UTF-8 path"),
+        "--log-level",
+        "warn",
+    ];
+    let mut node = m2m(&args).spawn().expect("start the node");
+    wait_until_listening(&mut node, addr).await;
+    assert!(data_dir.is_dir(), "the node creates its data directory");
+
+    round_trip(addr).await;
+
+    let mut raw = RawClient::connect(addr, ProtocolVersion::V5).await;
+    raw.send(&Packet::Connect(Box::new(Connect {
+        protocol: ProtocolVersion::V5,
+        clean_start: true,
+        keep_alive: 30,
+        client_id: Arc::from("watching-shutdown"),
+        will: None,
+        username: None,
+        password: None,
+        properties: ConnectProperties::default(),
+    })))
+    .await;
+    match raw.recv().await {
+        Some(Packet::ConnAck(ConnAck { reason_code: ReasonCode::SUCCESS, .. })) => {}
+        other => panic!("expected a successful CONNACK, got {other:?}"),
+    }
+
+    let pid = node.id().expect("the node is running").to_string();
+    let kill = std::process::Command::new("kill").args(["-TERM", &pid]).status().expect("run kill");
+    assert!(kill.success(), "kill -TERM {pid} failed");
+
+    match &raw.until_closed().await[..] {
+        [Packet::Disconnect(Disconnect { reason_code, .. })] => {
+            assert_eq!(*reason_code, ReasonCode::SERVER_SHUTTING_DOWN, "v5 clients are told why (0x8B)");
+        }
+        other => panic!("expected DISCONNECT 0x8B then close, got {other:?}"),
+    }
+    let output = match tokio::time::timeout(Duration::from_secs(5), node.wait_with_output()).await {
+        Ok(output) => output.expect("wait for the node"),
+        Err(_) => panic!("the node did not exit within 5 s of SIGTERM; killed"),
+    };
+    assert_eq!(output.status.code(), Some(0), "clean exit after SIGTERM; stderr: {}", text(&output.stderr));
+}
