@@ -240,7 +240,8 @@ async fn subscriber(
 
 /// Publishes as fast as the broker accepts until `stop`: QoS 0 in batches of pre-encoded frames,
 /// QoS 1/2 with a bounded window of unacknowledged messages.
-async fn publisher(
+/// What one publisher sends, and where it reports.
+struct PublisherSpec {
     addr: SocketAddr,
     id: String,
     topic: &'static str,
@@ -249,7 +250,10 @@ async fn publisher(
     window: usize,
     stop: Arc<AtomicBool>,
     sent: Arc<AtomicU64>,
-) -> anyhow::Result<()> {
+}
+
+async fn publisher(spec: PublisherSpec) -> anyhow::Result<()> {
+    let PublisherSpec { addr, id, topic, qos, payload, window, stop, sent } = spec;
     let (mut read, mut write) = connect(addr, &id, 0).await?;
     let publish = |packet_id| Publish {
         dup: false,
@@ -354,16 +358,16 @@ async fn throughput(common: &Common, publishers: usize, subscribers: usize) -> a
     let payload = Bytes::from(vec![b'x'; common.payload]);
     let mut pubs = Vec::new();
     for i in 0..publishers {
-        let fut = publisher(
-            common.addr,
-            format!("bench-pub-{i}"),
+        let fut = publisher(PublisherSpec {
+            addr: common.addr,
+            id: format!("bench-pub-{i}"),
             topic,
             qos,
-            payload.clone(),
-            common.window,
-            stop.clone(),
-            sent.clone(),
-        );
+            payload: payload.clone(),
+            window: common.window,
+            stop: stop.clone(),
+            sent: sent.clone(),
+        });
         pubs.push(tokio::spawn(fut));
     }
     tokio::time::sleep(Duration::from_secs(1)).await;

@@ -11,7 +11,7 @@ use m2m_codec::QoS;
 use serde::{Deserialize, Serialize};
 
 /// The whole file, as written by a user. Unknown keys are refused.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields, default)]
 pub(crate) struct FileConfig {
     pub(crate) node: NodeSection,
@@ -62,12 +62,6 @@ pub(crate) struct LogSection {
     pub(crate) level: String,
     /// `text` or `json`.
     pub(crate) format: String,
-}
-
-impl Default for FileConfig {
-    fn default() -> Self {
-        Self { node: NodeSection::default(), mqtt: MqttSection::default(), log: LogSection::default() }
-    }
 }
 
 impl Default for NodeSection {
