@@ -348,7 +348,9 @@ impl Router {
         debug!(sessions = self.clients.len(), "router stopped");
     }
 
-    fn handle(&mut self, cmd: Command) -> ControlFlow<()> {
+    /// Handles one command, as [`Router::run`] does for each it receives. For embedding the router in
+    /// another loop and for benchmarks; `Break` means [`Command::Stop`].
+    pub fn handle(&mut self, cmd: Command) -> ControlFlow<()> {
         let now = Instant::now();
         match cmd {
             Command::Connect(req) => self.connect(*req, now),
