@@ -15,6 +15,9 @@ use tracing::{debug, trace};
 use crate::mailbox::{Mailbox, PushError};
 use crate::metrics::Metrics;
 
+/// How often the router sweeps expired retained messages.
+const HOUSEKEEPING: Duration = Duration::from_secs(10);
+
 /// Identifies a session inside the router; stable for the session's life.
 pub type SessionKey = u64;
 
@@ -313,6 +316,8 @@ impl Router {
     /// Commands are handled one at a time in arrival order; timers (will delays, session expiry, `$SYS`)
     /// fire between commands.
     pub async fn run(mut self) {
+        let mut housekeeping = tokio::time::interval(HOUSEKEEPING);
+        housekeeping.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut sys_tick = self.config.sys_interval.map(|every| {
             let mut t = tokio::time::interval(every);
             t.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -343,6 +348,7 @@ impl Router {
                 }
                 () = sleep_until_opt(next_timer) => self.fire_timers(Instant::now()),
                 _ = tick_opt(&mut sys_tick) => self.publish_sys(Instant::now()),
+                _ = housekeeping.tick() => self.sweep_expired_retained(Instant::now()),
             }
         }
         debug!(sessions = self.clients.len(), "router stopped");
@@ -735,6 +741,12 @@ impl Router {
         }
     }
 
+    /// Drops retained messages whose Message Expiry Interval has passed (MQTT 5.0 §3.3.2.3.3); they are
+    /// already skipped when sent, this returns their memory.
+    fn sweep_expired_retained(&mut self, now: Instant) {
+        self.retained.retain(|_, message| !message.is_expired(now));
+    }
+
     /// Moves overflow into a mailbox that has room again; releases throttled publishers once it is empty.
     fn drained(&mut self, key: SessionKey) {
         let Some(Client { state: State::Online { mailbox, overflow, flow, waiters, .. }, .. }) =
@@ -825,3 +837,7 @@ async fn tick_opt(interval: &mut Option<tokio::time::Interval>) {
         None => std::future::pending().await,
     }
 }
+
+#[cfg(test)]
+#[path = "router_tests.rs"]
+mod tests;
