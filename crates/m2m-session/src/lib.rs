@@ -15,6 +15,6 @@ mod session;
 
 pub use message::{expiry_deadline, Delivery, Message};
 pub use session::{
-    check_topic_name, Action, DeliveryOutcome, LinkParams, Limits, ProtocolError, Session, SubscribeRequest,
+    check_topic_name, Action, DeliveryOutcome, Limits, LinkParams, ProtocolError, Session, SubscribeRequest,
     SubscriptionEntry,
 };

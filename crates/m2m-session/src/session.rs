@@ -5,8 +5,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use m2m_codec::{
-    encoded_len, Ack, Auth, Packet, PacketId, ProtocolVersion, Publish, PublishProperties, QoS,
-    ReasonCode, SubAck, Subscribe, SubscriptionOptions, UnsubAck, Unsubscribe,
+    encoded_len, Ack, AckProperties, Auth, Packet, PacketId, ProtocolVersion, Publish, PublishProperties,
+    QoS, ReasonCode, SubAck, Subscribe, SubscriptionOptions, UnsubAck, Unsubscribe,
 };
 use m2m_topic::{parse_subscription, Subscription, TopicName};
 
@@ -313,9 +313,10 @@ impl Session {
         match packet {
             Packet::Publish(p) => self.handle_publish(p, now, out),
             Packet::PubAck(ack) => {
-                let found = self.outgoing.iter().position(
-                    |o| o.id == ack.packet_id && matches!(&o.state, OutState::AwaitAck(d) if d.qos == QoS::AtLeastOnce),
-                );
+                let found = self.outgoing.iter().position(|o| {
+                    o.id == ack.packet_id
+                        && matches!(&o.state, OutState::AwaitAck(d) if d.qos == QoS::AtLeastOnce)
+                });
                 if let Some(i) = found {
                     self.outgoing.remove(i);
                     self.pump(now, out);
@@ -384,7 +385,9 @@ impl Session {
                     }
                     self.expiry_interval = expiry;
                 }
-                out.push(Action::Disconnect { publish_will: d.reason_code == ReasonCode::DISCONNECT_WITH_WILL });
+                out.push(Action::Disconnect {
+                    publish_will: d.reason_code == ReasonCode::DISCONNECT_WITH_WILL,
+                });
                 Ok(())
             }
             Packet::Auth(a) => {
@@ -392,9 +395,9 @@ impl Session {
                 Ok(())
             }
             Packet::Connect(_) => Err(ProtocolError::new(ReasonCode::PROTOCOL_ERROR, "second CONNECT")),
-            Packet::ConnAck(_) | Packet::SubAck(_) | Packet::UnsubAck(_) | Packet::PingResp => {
-                Err(ProtocolError::new(ReasonCode::PROTOCOL_ERROR, "server-to-client packet sent by a client"))
-            }
+            Packet::ConnAck(_) | Packet::SubAck(_) | Packet::UnsubAck(_) | Packet::PingResp => Err(
+                ProtocolError::new(ReasonCode::PROTOCOL_ERROR, "server-to-client packet sent by a client"),
+            ),
         }
     }
 
@@ -402,7 +405,12 @@ impl Session {
         self.link.as_ref().map_or(ProtocolVersion::V311, |l| l.params.version)
     }
 
-    fn handle_publish(&mut self, p: Publish, now: Instant, out: &mut Vec<Action>) -> Result<(), ProtocolError> {
+    fn handle_publish(
+        &mut self,
+        p: Publish,
+        now: Instant,
+        out: &mut Vec<Action>,
+    ) -> Result<(), ProtocolError> {
         if p.qos > self.limits.max_qos {
             return Err(ProtocolError::new(ReasonCode::QOS_NOT_SUPPORTED, "QoS above the maximum"));
         }
@@ -426,6 +434,7 @@ impl Session {
             }
             let mut ack = Ack::new(p.packet_id.ok_or_else(missing_id)?);
             ack.reason_code = ReasonCode::PAYLOAD_FORMAT_INVALID;
+            ack.properties = problem(&[ack.reason_code]);
             let packet = if p.qos == QoS::AtLeastOnce { Packet::PubAck(ack) } else { Packet::PubRec(ack) };
             self.send(out, packet);
             return Ok(());
@@ -474,7 +483,10 @@ impl Session {
         match (p.properties.topic_alias, link) {
             (Some(alias), Some(link)) => {
                 if alias == 0 || alias > alias_max {
-                    return Err(ProtocolError::new(ReasonCode::TOPIC_ALIAS_INVALID, "topic alias out of range"));
+                    return Err(ProtocolError::new(
+                        ReasonCode::TOPIC_ALIAS_INVALID,
+                        "topic alias out of range",
+                    ));
                 }
                 if p.topic.is_empty() {
                     link.inbound_aliases
@@ -499,7 +511,11 @@ impl Session {
             let subscription = match check_filter(&filter, &self.limits) {
                 Ok(sub) => sub,
                 Err(()) => {
-                    codes.push(if v5 { ReasonCode::TOPIC_FILTER_INVALID } else { ReasonCode::UNSPECIFIED_ERROR });
+                    codes.push(if v5 {
+                        ReasonCode::TOPIC_FILTER_INVALID
+                    } else {
+                        ReasonCode::UNSPECIFIED_ERROR
+                    });
                     continue;
                 }
             };
@@ -523,7 +539,7 @@ impl Session {
         if !requests.is_empty() {
             out.push(Action::Subscribe(requests));
         }
-        let ack = SubAck { packet_id: s.packet_id, properties: Default::default(), reason_codes: codes };
+        let ack = SubAck { packet_id: s.packet_id, properties: problem(&codes), reason_codes: codes };
         self.send(out, Packet::SubAck(ack));
         Ok(())
     }
@@ -538,7 +554,9 @@ impl Session {
                     removed.push(entry.subscription);
                     codes.push(ReasonCode::SUCCESS);
                 }
-                None if check_filter(filter, &self.limits).is_err() => codes.push(ReasonCode::TOPIC_FILTER_INVALID),
+                None if check_filter(filter, &self.limits).is_err() => {
+                    codes.push(ReasonCode::TOPIC_FILTER_INVALID)
+                }
                 None => codes.push(ReasonCode::NO_SUBSCRIPTION_EXISTED),
             }
         }
@@ -548,7 +566,7 @@ impl Session {
         if !v5 {
             codes.clear();
         }
-        let ack = UnsubAck { packet_id: u.packet_id, properties: Default::default(), reason_codes: codes };
+        let ack = UnsubAck { packet_id: u.packet_id, properties: problem(&codes), reason_codes: codes };
         self.send(out, Packet::UnsubAck(ack));
     }
 
@@ -639,7 +657,13 @@ impl Session {
     }
 
     /// Builds the PUBLISH for one delivery; `None` when it exceeds the client's Maximum Packet Size.
-    fn build_publish(&mut self, d: &Delivery, id: Option<PacketId>, dup: bool, now: Instant) -> Option<Packet> {
+    fn build_publish(
+        &mut self,
+        d: &Delivery,
+        id: Option<PacketId>,
+        dup: bool,
+        now: Instant,
+    ) -> Option<Packet> {
         let link = self.link.as_mut()?;
         let m = &d.message;
         let v5 = link.params.version.is_v5();
@@ -708,6 +732,13 @@ impl Session {
     pub fn take_queue(&mut self) -> VecDeque<Delivery> {
         std::mem::take(&mut self.queue)
     }
+}
+
+/// A Reason String naming the first failure among `codes`, if any; [`Session::send`] strips it for a
+/// client that asked for no problem information.
+fn problem(codes: &[ReasonCode]) -> AckProperties {
+    let reason_string = codes.iter().find(|c| c.is_error()).map(|c| Arc::from(c.description()));
+    AckProperties { reason_string, ..AckProperties::default() }
 }
 
 fn missing_id() -> ProtocolError {

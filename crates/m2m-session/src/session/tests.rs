@@ -177,12 +177,17 @@ fn inbound_topic_alias_is_recorded_then_resolved() {
     let mut second = publish("", QoS::AtMostOnce, None);
     second.properties.topic_alias = Some(3);
     s.handle_packet(Packet::Publish(second), now, &mut out).unwrap();
-    let topics: Vec<&str> =
-        out.iter().filter_map(|a| if let Action::Publish(m) = a { Some(m.topic.as_str()) } else { None }).collect();
+    let topics: Vec<&str> = out
+        .iter()
+        .filter_map(|a| if let Action::Publish(m) = a { Some(m.topic.as_str()) } else { None })
+        .collect();
     assert_eq!(topics, ["sensors/1", "sensors/1"]);
     let mut unknown = publish("", QoS::AtMostOnce, None);
     unknown.properties.topic_alias = Some(4);
-    assert_eq!(s.handle_packet(Packet::Publish(unknown), now, &mut out).unwrap_err().reason, ReasonCode::PROTOCOL_ERROR);
+    assert_eq!(
+        s.handle_packet(Packet::Publish(unknown), now, &mut out).unwrap_err().reason,
+        ReasonCode::PROTOCOL_ERROR
+    );
     let mut too_big = publish("x", QoS::AtMostOnce, None);
     too_big.properties.topic_alias = Some(1000);
     assert_eq!(
@@ -223,7 +228,10 @@ fn subscribe_grants_qos_and_rejects_invalid_filters_per_filter() {
         packet_id: pid(1),
         subscription_identifier: Some(5),
         user_properties: vec![],
-        filters: vec![(Arc::from("a/#"), opts(QoS::ExactlyOnce)), (Arc::from("a/#/b"), opts(QoS::AtMostOnce))],
+        filters: vec![
+            (Arc::from("a/#"), opts(QoS::ExactlyOnce)),
+            (Arc::from("a/#/b"), opts(QoS::AtMostOnce)),
+        ],
     };
     s.handle_packet(Packet::Subscribe(sub), now, &mut out).unwrap();
     let Action::Subscribe(reqs) = &out[0] else { panic!("expected Subscribe first, got {out:?}") };
@@ -260,7 +268,11 @@ fn unsubscribe_reports_which_filters_existed() {
     };
     s.handle_packet(Packet::Subscribe(sub), now, &mut out).unwrap();
     out.clear();
-    let unsub = Unsubscribe { packet_id: pid(2), user_properties: vec![], filters: vec![Arc::from("a"), Arc::from("b")] };
+    let unsub = Unsubscribe {
+        packet_id: pid(2),
+        user_properties: vec![],
+        filters: vec![Arc::from("a"), Arc::from("b")],
+    };
     s.handle_packet(Packet::Unsubscribe(unsub), now, &mut out).unwrap();
     assert!(matches!(&out[0], Action::Unsubscribe(v) if v.len() == 1));
     let Action::Send(Packet::UnsubAck(ack)) = &out[1] else { panic!("expected UNSUBACK") };
@@ -301,4 +313,24 @@ fn expired_messages_are_dropped_and_the_remaining_interval_is_forwarded() {
         other => panic!("unexpected {other:?}"),
     }
     assert_eq!(s.deliver(d, now + Duration::from_secs(3), &mut out), DeliveryOutcome::Dropped);
+}
+
+#[test]
+fn refused_filters_get_a_reason_string_unless_the_client_declined_problem_information() {
+    for (asked, expected) in [(true, Some("Topic Filter invalid")), (false, None)] {
+        let (mut s, now) = session(LinkParams { request_problem_information: asked, ..v5_params() });
+        let mut out = Vec::new();
+        let sub = Subscribe {
+            packet_id: pid(1),
+            subscription_identifier: None,
+            user_properties: vec![],
+            filters: vec![(Arc::from("a/#/b"), SubscriptionOptions::default())],
+        };
+        s.handle_packet(Packet::Subscribe(sub), now, &mut out).unwrap();
+        let Some(Action::Send(Packet::SubAck(ack))) = out.last() else {
+            panic!("expected SUBACK, got {out:?}")
+        };
+        assert_eq!(ack.reason_codes, vec![ReasonCode::TOPIC_FILTER_INVALID]);
+        assert_eq!(ack.properties.reason_string.as_deref(), expected, "request problem information {asked}");
+    }
 }
