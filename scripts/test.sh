@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Runs every check and every test: formatting, clippy (-D warnings), and the whole workspace's tests.
+# Runs every check and every test: formatting, clippy (-D warnings), rustdoc (-D warnings), and the
+# whole workspace's tests.
 # Installs what the tests need when it is missing (the mosquitto-clients Debian package).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -15,4 +16,5 @@ fi
 
 cargo fmt --all --check
 cargo clippy --workspace --all-targets --locked -- -D warnings
+RUSTDOCFLAGS="-D warnings" cargo doc --workspace --no-deps --locked
 cargo test --workspace --locked

@@ -30,7 +30,7 @@ enum Command {
 
 #[derive(Debug, clap::Args)]
 struct NodeArgs {
-    /// TOML configuration file; settings can also come from M2M_<SECTION>_<KEY> variables.
+    /// TOML configuration file; settings can also come from `M2M_<SECTION>_<KEY>` variables.
     #[arg(long, env = "M2M_CONFIG")]
     config: Option<PathBuf>,
     /// MQTT listen address (overrides mqtt.listen).
