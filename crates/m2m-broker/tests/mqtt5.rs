@@ -1762,6 +1762,18 @@ async fn request_problem_information_zero_strips_reason_strings_but_not_publish_
     broker.stop().await;
 }
 
+#[tokio::test]
+async fn reason_string_is_left_out_when_it_would_exceed_the_clients_maximum_packet_size() {
+    let broker = TestBroker::start().await;
+    let mut connect = v5_connect("tiny");
+    connect.properties.maximum_packet_size = Some(16);
+    let mut tiny = raw_connect_ok(broker.addr, connect).await;
+    let ack = raw_subscribe(&mut tiny, 1, &[("bad/#/filter", codec::QoS::AtLeastOnce)]).await;
+    assert_eq!(ack.reason_codes, [ReasonCode::TOPIC_FILTER_INVALID]);
+    assert_eq!(ack.properties, codec::AckProperties::default());
+    broker.stop().await;
+}
+
 // ---------------------------------------------------------------------------------------------------
 // Enhanced authentication
 // ---------------------------------------------------------------------------------------------------
@@ -1933,6 +1945,8 @@ async fn wildcards_at_the_first_level_do_not_match_sys_topics() {
     sub.subscribe_with_id("#", QoS::AtMostOnce, 1).await;
     sub.subscribe_with_id("+/#", QoS::AtMostOnce, 2).await;
     sub.subscribe_with_id("+/broker/uptime", QoS::AtMostOnce, 3).await;
+    sub.subscribe_with_id("$share/g/#", QoS::AtMostOnce, 5).await;
+    sub.subscribe_with_id("$share/g/+/broker/uptime", QoS::AtMostOnce, 6).await;
     sub.subscribe_with_id("$SYS/broker/uptime", QoS::AtMostOnce, 4).await;
     // The retained uptime (sent on subscribe) and the next live one match only the `$SYS` filter.
     for _ in 0..2 {

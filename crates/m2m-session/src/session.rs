@@ -712,17 +712,24 @@ impl Session {
     }
 
     /// Queues a packet, stripping reason strings and user properties from acknowledgements when the
-    /// client asked for no problem information (MQTT-3.1.2-29).
+    /// client asked for no problem information (MQTT-3.1.2-29), or when they would take the packet over
+    /// the client's Maximum Packet Size (MQTT-3.4.2-2, MQTT-3.9.2-1, MQTT-3.11.2-1).
     fn send(&self, out: &mut Vec<Action>, mut packet: Packet) {
-        let quiet = self.link.as_ref().is_some_and(|l| !l.params.request_problem_information);
-        if quiet {
-            match &mut packet {
-                Packet::PubAck(a) | Packet::PubRec(a) | Packet::PubRel(a) | Packet::PubComp(a) => {
-                    a.properties = Default::default();
+        if let Some(link) = &self.link {
+            let too_large = |p: &Packet| {
+                link.params
+                    .max_packet_size
+                    .is_some_and(|max| encoded_len(p, link.params.version) > max as usize)
+            };
+            if !link.params.request_problem_information || too_large(&packet) {
+                match &mut packet {
+                    Packet::PubAck(a) | Packet::PubRec(a) | Packet::PubRel(a) | Packet::PubComp(a) => {
+                        a.properties = AckProperties::default();
+                    }
+                    Packet::SubAck(a) => a.properties = AckProperties::default(),
+                    Packet::UnsubAck(a) => a.properties = AckProperties::default(),
+                    _ => {}
                 }
-                Packet::SubAck(a) => a.properties = Default::default(),
-                Packet::UnsubAck(a) => a.properties = Default::default(),
-                _ => {}
             }
         }
         out.push(Action::Send(packet));

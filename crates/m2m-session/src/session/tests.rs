@@ -334,3 +334,25 @@ fn refused_filters_get_a_reason_string_unless_the_client_declined_problem_inform
         assert_eq!(ack.properties.reason_string.as_deref(), expected, "request problem information {asked}");
     }
 }
+
+#[test]
+fn reason_string_is_left_out_when_it_would_exceed_the_clients_maximum_packet_size() {
+    let filters = || vec![(Arc::from("a/#/b"), SubscriptionOptions::default())];
+    // A SUBACK with one code is 6 bytes; "Topic Filter invalid" adds 23 more.
+    for (max, expected) in [(64, Some("Topic Filter invalid")), (16, None)] {
+        let (mut s, now) = session(LinkParams { max_packet_size: Some(max), ..v5_params() });
+        let mut out = Vec::new();
+        let sub = Subscribe {
+            packet_id: pid(1),
+            subscription_identifier: None,
+            user_properties: vec![],
+            filters: filters(),
+        };
+        s.handle_packet(Packet::Subscribe(sub), now, &mut out).unwrap();
+        let Some(Action::Send(Packet::SubAck(ack))) = out.last() else {
+            panic!("expected SUBACK, got {out:?}")
+        };
+        assert_eq!(ack.reason_codes, vec![ReasonCode::TOPIC_FILTER_INVALID]);
+        assert_eq!(ack.properties.reason_string.as_deref(), expected, "maximum packet size {max}");
+    }
+}
