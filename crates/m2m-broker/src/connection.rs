@@ -8,8 +8,8 @@ use std::time::Instant;
 
 use bytes::{Bytes, BytesMut};
 use m2m_codec::{
-    decode, encode, Auth, AuthProperties, ConnAck, ConnAckProperties, Connect, DecodeError, Disconnect,
-    DisconnectProperties, Packet, ProtocolVersion, QoS, ReasonCode,
+    decode, encode, encoded_len, Auth, AuthProperties, ConnAck, ConnAckProperties, Connect, DecodeError,
+    Disconnect, DisconnectProperties, Packet, ProtocolVersion, QoS, ReasonCode,
 };
 use m2m_router::{
     ClientLink, Command, ConnectRequest, Disconnected, LinkFlow, Mailbox, Metrics, PendingWill, RouterHandle,
@@ -52,6 +52,8 @@ struct Conn<S> {
     write_buf: BytesMut,
     version: ProtocolVersion,
     max_packet: usize,
+    /// The client's Maximum Packet Size, once CONNECT has set one.
+    client_max_packet: Option<u32>,
     peer: SocketAddr,
     metrics: Arc<Metrics>,
     write_timeout: std::time::Duration,
@@ -153,6 +155,7 @@ pub(crate) async fn serve<S: AsyncRead + AsyncWrite + Unpin>(
         write_buf: BytesMut::new(),
         version: ProtocolVersion::V311,
         max_packet: shared.config.limits.max_packet_size as usize,
+        client_max_packet: None,
         peer,
         metrics: shared.metrics.clone(),
         write_timeout: shared.config.write_timeout,
@@ -376,6 +379,7 @@ async fn accept<S: AsyncRead + AsyncWrite + Unpin>(
         topic_alias_maximum: props.topic_alias_maximum.unwrap_or(0),
         request_problem_information: props.request_problem_information.unwrap_or(true),
     };
+    conn.client_max_packet = props.maximum_packet_size;
 
     // The router hands over the session (waiting for a take-over if the id is online elsewhere).
     let conn_id = shared.conn_ids.fetch_add(1, Ordering::Relaxed);
@@ -667,10 +671,15 @@ async fn serve_session<S: AsyncRead + AsyncWrite + Unpin>(
 }
 
 /// Queues a DISCONNECT for a v5 client; 3.1.1 has no server DISCONNECT, the socket just closes.
+/// The Reason String is left out if it would exceed the client's Maximum Packet Size (MQTT-3.14.2-3).
 fn disconnect<S: AsyncRead + AsyncWrite + Unpin>(conn: &mut Conn<S>, reason: ReasonCode, why: Option<&str>) {
     if conn.version.is_v5() {
         let properties = DisconnectProperties { reason_string: why.map(Arc::from), ..Default::default() };
-        let _ = conn.queue(&Packet::Disconnect(Disconnect { reason_code: reason, properties }));
+        let mut packet = Packet::Disconnect(Disconnect { reason_code: reason, properties });
+        if conn.client_max_packet.is_some_and(|max| encoded_len(&packet, conn.version) > max as usize) {
+            packet = Packet::Disconnect(Disconnect { reason_code: reason, ..Disconnect::default() });
+        }
+        let _ = conn.queue(&packet);
     }
 }
 

@@ -1774,6 +1774,29 @@ async fn reason_string_is_left_out_when_it_would_exceed_the_clients_maximum_pack
     broker.stop().await;
 }
 
+#[tokio::test]
+async fn disconnect_reason_string_is_left_out_when_it_would_exceed_the_clients_maximum_packet_size() {
+    let broker = TestBroker::start().await;
+    for (max, has_reason_string) in [(256, true), (16, false)] {
+        let mut connect = v5_connect("c");
+        connect.properties.maximum_packet_size = Some(max);
+        let mut client = raw_connect_ok(broker.addr, connect).await;
+        client.send(&aliased("", 3, 1, b"x")).await;
+        match client.recv().await {
+            Some(Packet::Disconnect(d)) => {
+                assert_eq!(d.reason_code, ReasonCode::PROTOCOL_ERROR);
+                assert_eq!(
+                    d.properties.reason_string.is_some(),
+                    has_reason_string,
+                    "maximum packet size {max}"
+                );
+            }
+            other => panic!("expected DISCONNECT, got {other:?}"),
+        }
+    }
+    broker.stop().await;
+}
+
 // ---------------------------------------------------------------------------------------------------
 // Enhanced authentication
 // ---------------------------------------------------------------------------------------------------
