@@ -879,6 +879,23 @@ async fn no_local_on_a_shared_subscription_is_a_protocol_error() {
     broker.stop().await;
 }
 
+#[tokio::test]
+async fn malformed_shared_subscription_filters_are_refused_with_0x8f() {
+    let broker = TestBroker::start().await;
+    let mut client = raw_connect_ok(broker.addr, v5_connect("c")).await;
+    let filters = [
+        ("$share/g/ok", codec::QoS::ExactlyOnce),
+        ("$share/g", codec::QoS::AtLeastOnce),
+        ("$share//t", codec::QoS::AtLeastOnce),
+        ("$share/g+/t", codec::QoS::AtLeastOnce),
+        ("$share/g/a/#/b", codec::QoS::AtLeastOnce),
+    ];
+    let ack = raw_subscribe(&mut client, 1, &filters).await;
+    let invalid = ReasonCode::TOPIC_FILTER_INVALID;
+    assert_eq!(ack.reason_codes, [ReasonCode::GRANTED_QOS_2, invalid, invalid, invalid, invalid]);
+    broker.stop().await;
+}
+
 // ---------------------------------------------------------------------------------------------------
 // Wills
 // ---------------------------------------------------------------------------------------------------
@@ -1261,6 +1278,21 @@ async fn messages_unacknowledged_on_the_old_connection_are_resent_on_the_one_tha
     expect_disconnect(&mut old, ReasonCode::SESSION_TAKEN_OVER).await;
     let again = expect_raw_publish(new.recv().await);
     assert_eq!(again, codec::Publish { dup: true, ..first });
+    broker.stop().await;
+}
+
+#[tokio::test]
+async fn take_over_with_clean_start_discards_the_old_session() {
+    let broker = TestBroker::start().await;
+    let mut old = raw_connect_ok(broker.addr, persistent_connect("twin", true)).await;
+    raw_subscribe(&mut old, 1, &[("takeover/t", codec::QoS::AtLeastOnce)]).await;
+    let mut new = Client::connect_with(broker.addr, "twin", persistent(60, true)).await;
+    assert!(!new.connack.session_present);
+    expect_disconnect(&mut old, ReasonCode::SESSION_TAKEN_OVER).await;
+    new.subscribe("sync/#", QoS::AtLeastOnce).await;
+    let mut publisher = Client::connect(broker.addr, "pub").await;
+    publisher.publish("takeover/t", QoS::AtLeastOnce, false, b"old subscription").await;
+    assert_next_is_sentinel(&mut publisher, &mut new, "sync/sentinel").await;
     broker.stop().await;
 }
 
@@ -1685,6 +1717,17 @@ async fn publish_properties_are_forwarded_and_user_property_order_is_kept() {
     assert!((299..=300).contains(&expiry), "expiry {expiry}");
     assert_eq!(got.topic_alias, None);
     assert!(got.subscription_identifiers.is_empty());
+    broker.stop().await;
+}
+
+#[tokio::test]
+async fn subscription_identifier_in_a_publish_from_a_client_is_a_protocol_error() {
+    let broker = TestBroker::start().await;
+    let mut publisher = raw_connect_ok(broker.addr, v5_connect("pub")).await;
+    let mut p = raw_publish("sid/t", codec::QoS::AtLeastOnce, Some(1), b"x");
+    p.properties.subscription_identifiers = vec![1];
+    publisher.send(&Packet::Publish(p)).await;
+    expect_disconnect(&mut publisher, ReasonCode::PROTOCOL_ERROR).await;
     broker.stop().await;
 }
 
