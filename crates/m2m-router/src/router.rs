@@ -236,7 +236,7 @@ enum State {
         /// Publishers throttled until `overflow` is empty.
         waiters: Vec<Arc<LinkFlow>>,
         /// A connect waiting for this connection to hand the session back (take-over).
-        successor: Option<ConnectRequest>,
+        successor: Option<Box<ConnectRequest>>,
     },
     /// No connection; the router holds the session until it expires.
     Offline { session: Box<Session>, expires_at: Option<Instant> },
@@ -247,7 +247,7 @@ struct Client {
     client_id: Arc<str>,
     state: State,
     /// A will waiting for its delay to pass.
-    will: Option<(Message, Instant)>,
+    will: Option<(Arc<Message>, Instant)>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -407,7 +407,7 @@ impl Router {
                 }
                 // A third connect while a take-over is under way replaces the second, which is dropped
                 // (its reply channel closes, so its connection ends).
-                *successor = Some(req);
+                *successor = Some(Box::new(req));
             }
             State::Offline { .. } => {
                 let (link, waiting) = split(req);
@@ -437,7 +437,7 @@ impl Router {
         if fresh {
             // The old session ends: its will goes out now, if its delay was still running.
             if let Some((will, _)) = pending_will {
-                self.publish(Arc::new(will), None, now);
+                self.publish(will, None, now);
             }
             self.drop_subscriptions(key, &session);
             session = Box::new(Session::new(req.client_id.clone(), self.config.limits.clone()));
@@ -473,7 +473,7 @@ impl Router {
         let client_id = client.client_id.clone();
 
         if let Some(req) = successor {
-            let (link, req) = split(req);
+            let (link, req) = split(*req);
             let State::Offline { session, .. } = std::mem::replace(&mut client.state, online(link)) else {
                 return;
             };
@@ -495,7 +495,7 @@ impl Router {
                 self.publish(Arc::new(will.message), None, now);
             } else if let Some(at) = now.checked_add(Duration::from_secs(u64::from(delay))) {
                 if let Some(client) = self.clients.get_mut(&d.key) {
-                    client.will = Some((will.message, at));
+                    client.will = Some((Arc::new(will.message), at));
                 }
                 self.add_timer(at, d.key, Timer::Will);
             }
@@ -520,7 +520,7 @@ impl Router {
         let Some(client) = self.clients.remove(&key) else { return };
         self.by_id.remove(&client.client_id);
         if let Some((will, _)) = client.will {
-            self.publish(Arc::new(will), None, now);
+            self.publish(will, None, now);
         }
         if let State::Offline { session, .. } = client.state {
             let dropped = session.queued() as u64;
@@ -552,7 +552,7 @@ impl Router {
                 Timer::Will => {
                     if client.will.as_ref().is_some_and(|(_, due)| *due == at) {
                         if let Some((will, _)) = client.will.take() {
-                            self.publish(Arc::new(will), None, now);
+                            self.publish(will, None, now);
                         }
                     }
                 }
