@@ -19,7 +19,7 @@ use m2m_session::{check_topic_name, Action, LinkParams, Message, Session};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::sync::oneshot;
 use tokio_util::sync::CancellationToken;
-use tracing::{debug, trace};
+use tracing::{debug, info, trace};
 
 use crate::auth::{AuthExchange, AuthStep, Authenticator};
 use crate::config::{Anonymous, Config};
@@ -183,13 +183,13 @@ async fn read_connect<S: AsyncRead + AsyncWrite + Unpin>(
         Err(_) => debug!(%peer, "no CONNECT in time"),
         Ok(Ok(Some(Packet::Connect(c)))) => return Some(c),
         Ok(Ok(Some(other))) => {
-            debug!(%peer, packet = other.name(), "first packet is not CONNECT");
+            info!(%peer, packet = other.name(), "first packet is not CONNECT");
             Metrics::add(&shared.metrics.protocol_errors, 1);
         }
         Ok(Ok(None)) => {}
         Ok(Err(ConnectionError::Decode(e))) => {
             reject_undecodable_connect(conn, &e).await;
-            debug!(%peer, error = %e, "bad CONNECT");
+            info!(%peer, error = %e, "bad CONNECT");
             Metrics::add(&shared.metrics.protocol_errors, 1);
             Metrics::add(&shared.metrics.connections_rejected, 1);
         }
@@ -227,7 +227,7 @@ async fn refuse<S: AsyncRead + AsyncWrite + Unpin>(
     reason: ReasonCode,
     why: &str,
 ) -> Result<(), ConnectionError> {
-    debug!(peer = %conn.peer, %reason, why, "CONNECT refused");
+    info!(peer = %conn.peer, %reason, why, "CONNECT refused");
     Metrics::add(&shared.metrics.connections_rejected, 1);
     let mut ack = ConnAck { reason_code: reason, ..ConnAck::default() };
     if conn.version.is_v5() {
@@ -571,7 +571,7 @@ async fn serve_session<S: AsyncRead + AsyncWrite + Unpin>(
                     match a.session.handle_packet(packet, Instant::now(), &mut actions) {
                         Ok(()) => {}
                         Err(e) => {
-                            debug!(%client_id, peer = %conn.peer, reason = %e.reason, error = e.message, "protocol violation");
+                            info!(%client_id, peer = %conn.peer, reason = %e.reason, error = e.message, "protocol violation");
                             Metrics::add(&shared.metrics.protocol_errors, 1);
                             actions.clear();
                             disconnect(conn, e.reason, Some(e.message));
@@ -581,7 +581,7 @@ async fn serve_session<S: AsyncRead + AsyncWrite + Unpin>(
                 }
                 Ok(None) => end = Some(End::Abnormal),
                 Err(ConnectionError::Decode(e)) => {
-                    debug!(%client_id, peer = %conn.peer, error = %e, "undecodable packet");
+                    info!(%client_id, peer = %conn.peer, error = %e, "undecodable packet");
                     Metrics::add(&shared.metrics.protocol_errors, 1);
                     disconnect(conn, e.reason_code(), None);
                     end = Some(End::Abnormal);
