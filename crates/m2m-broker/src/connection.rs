@@ -41,6 +41,8 @@ pub(crate) struct Shared {
 const MIN_READ: usize = 256;
 /// Largest read reservation, and the write-buffer capacity kept between flushes.
 const MAX_READ: usize = 64 * 1024;
+/// How long a connection the node ended keeps draining the client's input (see [`Conn::linger`]).
+const LINGER: std::time::Duration = std::time::Duration::from_secs(2);
 
 /// A framed MQTT stream: buffered reads, encoded writes.
 struct Conn<S> {
@@ -127,6 +129,32 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
     async fn send(&mut self, packet: &Packet) -> Result<(), ConnectionError> {
         self.queue(packet)?;
         self.flush().await
+    }
+
+    /// Closes our side of a connection the node ended, then reads and discards whatever the client
+    /// still sends until it closes too, [`LINGER`] passes or the node shuts down. A socket closed while
+    /// the peer keeps writing (PUBREL for our PUBRECs, say) is reset by the kernel, and the client fails
+    /// before it reads the DISCONNECT and its reason code (MQTT 5.0 §4.13).
+    ///
+    /// # Cancel safety
+    /// Not cancel safe, and never used in `select!`: it is the last thing a connection does.
+    async fn linger(&mut self, shutdown: &CancellationToken) {
+        let drain = async {
+            if self.stream.shutdown().await.is_err() {
+                return;
+            }
+            loop {
+                self.read_buf.clear();
+                match self.stream.read_buf(&mut self.read_buf).await {
+                    Ok(0) | Err(_) => return,
+                    Ok(_) => {}
+                }
+            }
+        };
+        tokio::select! {
+            _ = tokio::time::timeout(LINGER, drain) => {}
+            () = shutdown.cancelled() => {}
+        }
     }
 }
 
@@ -246,9 +274,12 @@ async fn run<S: AsyncRead + AsyncWrite + Unpin>(
     let Some(accepted) = Box::pin(accept(conn, connect, shared)).await? else { return Ok(()) };
     Metrics::add(&shared.metrics.connections_current, 1);
     Metrics::add(&shared.metrics.connections_total, 1);
-    let result = Box::pin(serve_session(conn, accepted, shared)).await;
+    let end = Box::pin(serve_session(conn, accepted, shared)).await;
     Metrics::dec(&shared.metrics.connections_current);
-    result
+    if matches!(end, Ok(End::Abnormal)) {
+        conn.linger(&shared.shutdown).await;
+    }
+    end.map(|_| ())
 }
 
 /// Validates CONNECT, authenticates, obtains the session from the router and sends CONNACK.
@@ -521,7 +552,7 @@ async fn serve_session<S: AsyncRead + AsyncWrite + Unpin>(
     conn: &mut Conn<S>,
     mut a: Box<Accepted>,
     shared: &Arc<Shared>,
-) -> Result<(), ConnectionError> {
+) -> Result<End, ConnectionError> {
     let mut actions = Vec::new();
     let mut reauth: Option<Box<dyn AuthExchange>> = None;
     let client_id = a.session.client_id().clone();
@@ -667,7 +698,7 @@ async fn serve_session<S: AsyncRead + AsyncWrite + Unpin>(
     };
     debug!(%client_id, peer = %conn.peer, ?end, "client disconnected");
     Box::pin(hand_back(&mut a, shared, end)).await;
-    Ok(())
+    Ok(end)
 }
 
 /// Queues a DISCONNECT for a v5 client; 3.1.1 has no server DISCONNECT, the socket just closes.

@@ -1518,6 +1518,27 @@ async fn exceeding_our_receive_maximum_with_unreleased_qos2_gets_disconnect_0x93
 }
 
 #[tokio::test]
+async fn disconnect_0x93_reaches_a_client_that_keeps_releasing_after_the_node_closed() {
+    let mut config = Config::for_tests();
+    config.limits.receive_maximum = 2;
+    let broker = TestBroker::start_with(config).await;
+    let mut client = raw_connect_ok(broker.addr, v5_connect("eager")).await;
+
+    // Three unreleased publishes in a row, before reading anything: the third is one too many.
+    for id in 1..=3 {
+        client.send(&Packet::Publish(raw_publish("rm/t", codec::QoS::ExactlyOnce, Some(id), b"x"))).await;
+    }
+    // The client answers each PUBREC with PUBREL while the node has already closed its side; these
+    // writes must not reset the connection before the DISCONNECT is read.
+    for id in 1..=2 {
+        assert_eq!(client.recv().await, Some(Packet::PubRec(codec::Ack::new(pid(id)))));
+        client.send(&Packet::PubRel(codec::Ack::new(pid(id)))).await;
+    }
+    expect_disconnect(&mut client, ReasonCode::RECEIVE_MAXIMUM_EXCEEDED).await;
+    broker.stop().await;
+}
+
+#[tokio::test]
 async fn outgoing_window_honours_the_clients_receive_maximum() {
     let broker = TestBroker::start().await;
     let mut connect = v5_connect("slow");
