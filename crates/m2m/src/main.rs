@@ -82,8 +82,13 @@ fn run_node(args: NodeArgs) -> anyhow::Result<()> {
     let broker_config = file.broker()?;
     std::fs::create_dir_all(&file.node.data_dir)
         .with_context(|| format!("cannot create data directory {}", file.node.data_dir.display()))?;
-    let runtime =
-        tokio::runtime::Builder::new_multi_thread().enable_all().build().context("cannot start runtime")?;
+    let mut builder = tokio::runtime::Builder::new_multi_thread();
+    builder.enable_all();
+    // Without the LIFO slot, tasks woken by one poll of the socket driver run in the order their bytes
+    // arrived, so a SUBSCRIBE that reached the node before another client's PUBLISH is handled first.
+    #[cfg(tokio_unstable)]
+    builder.disable_lifo_slot();
+    let runtime = builder.build().context("cannot start runtime")?;
     runtime.block_on(async move {
         let broker = m2m_broker::Broker::bind(&broker_config).await?;
         info!(mqtt = %broker.local_addr(), data_dir = %file.node.data_dir.display(), "m2m node starting");
