@@ -1015,42 +1015,34 @@ async fn delayed_will_is_published_at_once_when_the_client_returns_with_clean_st
     broker.stop().await;
 }
 
-#[tokio::test]
-async fn will_delay_holds_the_will_back_until_the_delay_has_passed() {
+/// Drops a connection with the given will delay and session expiry, and checks that the will is
+/// published about one second later (whichever of the two is 1 s decides).
+async fn assert_will_published_after_one_second(will_delay: u32, session_expiry: u32, what: &str) {
     let broker = TestBroker::start().await;
     let mut watcher = Client::connect(broker.addr, "watcher").await;
     watcher.subscribe("wills/#", QoS::AtLeastOnce).await;
     let flaky = Client::connect_with(broker.addr, "flaky", |o| {
-        o.set_last_will(will("wills/flaky", b"gone", Some(1)));
-        o.set_session_expiry_interval(Some(60));
+        o.set_last_will(will("wills/flaky", b"gone", Some(will_delay)));
+        o.set_session_expiry_interval(Some(session_expiry));
     })
     .await;
     let dropped_at = Instant::now();
     drop(flaky);
     expect_publish(&mut watcher, "wills/flaky", b"gone").await;
     let waited = dropped_at.elapsed();
-    assert!(waited >= Duration::from_millis(900), "will sent after {waited:?}, before its 1 s delay");
+    assert!(waited >= Duration::from_millis(900), "will sent after {waited:?}, before {what}");
     assert!(waited <= Duration::from_millis(2500), "will sent after {waited:?}");
     broker.stop().await;
 }
 
 #[tokio::test]
+async fn will_delay_holds_the_will_back_until_the_delay_has_passed() {
+    assert_will_published_after_one_second(1, 60, "its 1 s delay").await;
+}
+
+#[tokio::test]
 async fn will_is_published_when_the_session_expires_before_the_will_delay() {
-    let broker = TestBroker::start().await;
-    let mut watcher = Client::connect(broker.addr, "watcher").await;
-    watcher.subscribe("wills/#", QoS::AtLeastOnce).await;
-    let flaky = Client::connect_with(broker.addr, "flaky", |o| {
-        o.set_last_will(will("wills/flaky", b"gone", Some(30)));
-        o.set_session_expiry_interval(Some(1));
-    })
-    .await;
-    let dropped_at = Instant::now();
-    drop(flaky);
-    expect_publish(&mut watcher, "wills/flaky", b"gone").await;
-    let waited = dropped_at.elapsed();
-    assert!(waited >= Duration::from_millis(900), "will sent after {waited:?}, before the session ended");
-    assert!(waited <= Duration::from_millis(2500), "will sent after {waited:?}");
-    broker.stop().await;
+    assert_will_published_after_one_second(30, 1, "the session ended").await;
 }
 
 #[tokio::test]
