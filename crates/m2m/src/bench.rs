@@ -27,7 +27,7 @@ pub(crate) struct Common {
     /// Broker address.
     #[arg(long, default_value = "127.0.0.1:1883")]
     addr: SocketAddr,
-    /// Payload size in bytes (at least 8 for latency).
+    /// Payload size in bytes (at least 16 for latency).
     #[arg(long, default_value_t = 64)]
     payload: usize,
     /// QoS of publishes and subscriptions (0, 1 or 2; 2 is measured as 1 by the publisher window).
@@ -161,15 +161,24 @@ fn pid(n: u16) -> PacketId {
     PacketId::new(n.max(1)).unwrap_or(PacketId::MIN)
 }
 
+/// Where a latency subscriber records: one-way latencies in nanoseconds, of messages whose sequence
+/// number is at least `from_seq` (the payload starts with the send time in nanoseconds since `epoch`,
+/// then the sequence number).
+struct LatencySink {
+    epoch: Instant,
+    from_seq: u64,
+    samples: Arc<std::sync::Mutex<Vec<u64>>>,
+}
+
 /// Subscribes and then counts PUBLISHes (acknowledging QoS 1/2), recording latency when `latencies`
-/// is given (the payload starts with the send time in nanoseconds since `epoch`).
+/// is given.
 async fn subscriber(
     addr: SocketAddr,
     id: String,
     topic: &'static str,
     qos: QoS,
     received: Arc<AtomicU64>,
-    latencies: Option<(Instant, Arc<std::sync::Mutex<Vec<u64>>>)>,
+    latencies: Option<LatencySink>,
     ready: Arc<Semaphore>,
 ) -> anyhow::Result<()> {
     let (mut read, mut write) = connect(addr, &id, 0).await?;
@@ -196,12 +205,14 @@ async fn subscriber(
             match p {
                 Packet::Publish(p) => {
                     n += 1;
-                    if let Some((epoch, _)) = &latencies {
-                        if p.payload.len() >= 8 {
-                            let mut sent = [0u8; 8];
-                            sent.copy_from_slice(&p.payload[..8]);
-                            let now = epoch.elapsed().as_nanos() as u64;
-                            local.push(now.saturating_sub(u64::from_be_bytes(sent)));
+                    if let Some(sink) = &latencies {
+                        if let (Some(sent), Some(seq)) = (p.payload.get(..8), p.payload.get(8..16)) {
+                            let sent = u64::from_be_bytes(sent.try_into().unwrap_or_default());
+                            let seq = u64::from_be_bytes(seq.try_into().unwrap_or_default());
+                            if seq >= sink.from_seq {
+                                let now = sink.epoch.elapsed().as_nanos() as u64;
+                                local.push(now.saturating_sub(sent));
+                            }
                         }
                     }
                     match (p.qos, p.packet_id) {
@@ -223,9 +234,9 @@ async fn subscriber(
         if n > 0 {
             received.fetch_add(n, Ordering::Relaxed);
         }
-        if let Some((_, all)) = &latencies {
+        if let Some(sink) = &latencies {
             if !local.is_empty() {
-                all.lock().map_err(|_| anyhow::anyhow!("latency lock poisoned"))?.append(&mut local);
+                sink.samples.lock().map_err(|_| anyhow::anyhow!("latency lock poisoned"))?.append(&mut local);
             }
         }
         if !acks.is_empty() {
@@ -399,8 +410,8 @@ async fn throughput(common: &Common, publishers: usize, subscribers: usize) -> a
 
 async fn latency(common: &Common, rate: u64) -> anyhow::Result<String> {
     let qos = qos_of(common)?;
-    if common.payload < 8 {
-        bail!("--payload must be at least 8 bytes for latency");
+    if common.payload < 16 {
+        bail!("--payload must be at least 16 bytes for latency");
     }
     if rate == 0 || rate > 100_000 {
         bail!("--rate must be between 1 and 100000");
@@ -416,7 +427,7 @@ async fn latency(common: &Common, rate: u64) -> anyhow::Result<String> {
         topic,
         qos,
         received.clone(),
-        Some((epoch, samples.clone())),
+        Some(LatencySink { epoch, from_seq: rate, samples: samples.clone() }),
         ready.clone(),
     ));
     tokio::time::timeout(Duration::from_secs(10), ready.acquire())
@@ -439,11 +450,9 @@ async fn latency(common: &Common, rate: u64) -> anyhow::Result<String> {
     let mut out = BytesMut::new();
     for i in 0..total {
         ticker.tick().await;
-        if i == warmup {
-            samples.lock().map_err(|_| anyhow::anyhow!("latency lock poisoned"))?.clear();
-        }
         let mut payload = BytesMut::with_capacity(common.payload);
         payload.put_u64(epoch.elapsed().as_nanos() as u64);
+        payload.put_u64(i);
         payload.resize(common.payload, b'x');
         let id = if qos == QoS::AtMostOnce { None } else { Some(pid((i % 65_535) as u16 + 1)) };
         let publish = Publish {
