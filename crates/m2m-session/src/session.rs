@@ -74,20 +74,6 @@ pub struct LinkParams {
     pub request_problem_information: bool,
 }
 
-impl LinkParams {
-    /// Parameters of a 3.1.1 connection with the given keep-alive.
-    pub fn v311(keep_alive: u16) -> Self {
-        Self {
-            version: ProtocolVersion::V311,
-            keep_alive,
-            receive_maximum: u16::MAX,
-            max_packet_size: None,
-            topic_alias_maximum: 0,
-            request_problem_information: true,
-        }
-    }
-}
-
 /// Per-connection state: reset every time the client connects.
 #[derive(Debug)]
 struct Link {
@@ -245,11 +231,6 @@ impl Session {
     /// Deliveries dropped so far because the queue was full or the message expired.
     pub fn dropped(&self) -> u64 {
         self.dropped
-    }
-
-    /// Whether a client is attached.
-    pub fn is_connected(&self) -> bool {
-        self.link.is_some()
     }
 
     /// Attaches a new connection: resends unacknowledged messages (PUBLISH with DUP, PUBREL) in their
@@ -592,11 +573,6 @@ impl Session {
         DeliveryOutcome::Sent
     }
 
-    /// Whether the inflight window has room for another QoS 1/2 message.
-    pub fn has_window(&self) -> bool {
-        self.link.is_some() && self.outgoing.len() < self.window()
-    }
-
     fn window(&self) -> usize {
         let client = self.link.as_ref().map_or(u16::MAX, |l| l.params.receive_maximum);
         usize::from(client.min(self.limits.max_inflight))
@@ -733,11 +709,6 @@ impl Session {
             }
         }
         out.push(Action::Send(packet));
-    }
-
-    /// Takes every queued delivery out (for a session that ends while messages wait).
-    pub fn take_queue(&mut self) -> VecDeque<Delivery> {
-        std::mem::take(&mut self.queue)
     }
 }
 
