@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use m2m_codec::{QoS, ReasonCode, RetainHandling};
 use m2m_session::{Delivery, Limits, Message, Session, SubscribeRequest, SubscriptionEntry};
-use m2m_topic::{SharedGroupId, Subscription, SubscriptionTrie, TopicName, TopicTree};
+use m2m_topic::{Match, SharedGroupId, Subscription, SubscriptionTrie, TopicName, TopicTree};
 use tokio::sync::{mpsc, oneshot, Notify};
 use tracing::{debug, trace};
 
@@ -623,16 +623,13 @@ impl Router {
         index.clear();
         let publisher_key =
             from.or_else(|| message.publisher.as_ref().and_then(|id| self.by_id.get(id)).copied());
-        // Both visitors below merge into the same scratch space; the RefCell lets them share it.
-        let state = std::cell::RefCell::new((scratch, index));
-        let merge = |key: SessionKey, data: &SubData| {
+        let mut merge = |key: SessionKey, data: &SubData| {
             let options = &data.entry.options;
             if options.no_local && Some(key) == publisher_key {
                 return;
             }
             let qos = message.qos.min(options.qos);
             let retain = message.retain && options.retain_as_published;
-            let (scratch, index) = &mut *state.borrow_mut();
             match index.get(&key) {
                 Some(&i) => {
                     let slot = &mut scratch[i];
@@ -648,10 +645,9 @@ impl Router {
         };
         let clients = &self.clients;
         let cursors = &mut self.shared_cursor;
-        self.trie.match_topic(
-            &message.topic,
-            |key, data| merge(*key, data),
-            |group, members| {
+        self.trie.for_each_match(&message.topic, |m| match m {
+            Match::Plain(key, data) => merge(*key, data),
+            Match::Shared(group, members) => {
                 if members.is_empty() {
                     return;
                 }
@@ -671,9 +667,8 @@ impl Router {
                 *cursor = pick + 1;
                 let (key, data) = &members[pick];
                 merge(*key, data);
-            },
-        );
-        let (mut scratch, index) = state.into_inner();
+            }
+        });
         let publisher_flow = match from.and_then(|k| self.clients.get(&k)) {
             Some(Client { state: State::Online { flow, .. }, .. }) => Some(flow.clone()),
             _ => None,
