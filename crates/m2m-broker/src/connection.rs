@@ -464,7 +464,7 @@ async fn accept<S: AsyncRead + AsyncWrite + Unpin>(
     let mut session = reply.session;
     let mut actions = Vec::new();
     session.attach(params, expiry, now, &mut actions);
-    let mut accepted =
+    let accepted =
         Box::new(Accepted { key: reply.key, conn_id, session, mailbox, kick, flow, will, auth_method });
     for action in actions {
         if let Action::Send(p) = action {
@@ -473,7 +473,7 @@ async fn accept<S: AsyncRead + AsyncWrite + Unpin>(
     }
     if let Err(e) = conn.flush().await {
         // The session goes back to the router even if the client vanished right after CONNECT.
-        Box::pin(hand_back(&mut accepted, shared, End::Abnormal)).await;
+        Box::pin(hand_back(accepted, shared, End::Abnormal)).await;
         return Err(e);
     }
     debug!(%client_id, peer = %conn.peer, version = ?connect.protocol, clean_start = connect.clean_start,
@@ -689,7 +689,7 @@ async fn serve_session<S: AsyncRead + AsyncWrite + Unpin>(
             }
         }
         if let Some(e) = failure {
-            Box::pin(hand_back(&mut a, shared, End::Abnormal)).await;
+            Box::pin(hand_back(a, shared, End::Abnormal)).await;
             return Err(e);
         }
         if let Some(end) = end {
@@ -697,7 +697,7 @@ async fn serve_session<S: AsyncRead + AsyncWrite + Unpin>(
         }
     };
     debug!(%client_id, peer = %conn.peer, ?end, "client disconnected");
-    Box::pin(hand_back(&mut a, shared, end)).await;
+    Box::pin(hand_back(a, shared, end)).await;
     Ok(end)
 }
 
@@ -751,23 +751,20 @@ fn reauthenticate<S: AsyncRead + AsyncWrite + Unpin>(
 }
 
 /// Returns the session to the router with whatever is still in the mailbox, and the will if due.
-async fn hand_back(a: &mut Accepted, shared: &Shared, end: End) {
-    let mut session = std::mem::replace(
-        &mut a.session,
-        Box::new(Session::new(Arc::from(""), Arc::new(shared.config.limits.clone()))),
-    );
+async fn hand_back(a: Box<Accepted>, shared: &Shared, end: End) {
+    let Accepted { key, conn_id, mut session, mailbox, will, .. } = *a;
     session.detach();
     let now = Instant::now();
     let mut unused = Vec::new();
-    for d in a.mailbox.close() {
+    for d in mailbox.close() {
         if session.deliver(d, now, &mut unused) == m2m_session::DeliveryOutcome::Dropped {
             Metrics::add(&shared.metrics.messages_dropped, 1);
         }
     }
     let will = match end {
-        End::Abnormal | End::Disconnect { publish_will: true } => a.will.take().map(|w| *w),
+        End::Abnormal | End::Disconnect { publish_will: true } => will.map(|w| *w),
         End::Disconnect { publish_will: false } | End::Shutdown => None,
     };
-    let d = Disconnected { key: a.key, conn_id: a.conn_id, session, will };
+    let d = Disconnected { key, conn_id, session, will };
     let _ = shared.router.send(Command::Disconnected(Box::new(d))).await;
 }
