@@ -651,7 +651,7 @@ impl Session {
         } else {
             PublishProperties::default()
         };
-        let mut publish = Publish {
+        let mut packet = Packet::Publish(Publish {
             dup,
             qos: d.qos,
             retain: d.retain,
@@ -659,17 +659,18 @@ impl Session {
             packet_id: id,
             properties,
             payload: m.payload.clone(),
-        };
-        let mut packet = Packet::Publish(publish.clone());
+        });
+        // Measured with the full topic, the largest form the packet can take.
         if let Some(max) = link.params.max_packet_size {
             if encoded_len(&packet, link.params.version) > max as usize {
                 return None;
             }
         }
+        let Packet::Publish(publish) = &mut packet else { return Some(packet) };
         if v5 && link.params.topic_alias_maximum > 0 {
             match link.outbound_aliases.get(&m.topic) {
                 Some(&alias) => {
-                    publish.topic = Arc::from("");
+                    publish.topic = EMPTY_TOPIC.clone();
                     publish.properties.topic_alias = Some(alias);
                 }
                 None => {
@@ -682,7 +683,6 @@ impl Session {
                     }
                 }
             }
-            packet = Packet::Publish(publish);
         }
         Some(packet)
     }
@@ -718,6 +718,9 @@ fn problem(codes: &[ReasonCode]) -> AckProperties {
     let reason_string = codes.iter().find(|c| c.is_error()).map(|c| Arc::from(c.description()));
     AckProperties { reason_string, ..AckProperties::default() }
 }
+
+/// The topic of a PUBLISH that carries only a topic alias; shared so that sending one allocates nothing.
+static EMPTY_TOPIC: std::sync::LazyLock<Arc<str>> = std::sync::LazyLock::new(|| Arc::from(""));
 
 fn missing_id() -> ProtocolError {
     ProtocolError::new(ReasonCode::MALFORMED_PACKET, "QoS > 0 PUBLISH without a packet identifier")
