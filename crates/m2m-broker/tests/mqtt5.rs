@@ -2088,3 +2088,164 @@ async fn rumqttc_sees_unsuback_reason_codes() {
     }
     broker.stop().await;
 }
+
+// ---------------------------------------------------------------------------------------------
+// Per-client limits and back-pressure
+// ---------------------------------------------------------------------------------------------
+
+#[tokio::test]
+async fn subscriptions_over_the_per_client_limit_get_suback_0x97() {
+    let mut config = Config::for_tests();
+    config.limits.max_subscriptions = 2;
+    let broker = TestBroker::start_with(config).await;
+    let mut client = raw_connect_ok(broker.addr, v5_connect("many")).await;
+    let q0 = codec::QoS::AtMostOnce;
+    let ack = raw_subscribe(&mut client, 1, &[("a", q0), ("b", q0), ("c", q0)]).await;
+    assert_eq!(
+        ack.reason_codes,
+        [ReasonCode::GRANTED_QOS_0, ReasonCode::GRANTED_QOS_0, ReasonCode::QUOTA_EXCEEDED]
+    );
+    // Subscribing again to a filter it holds is a replacement, not a new subscription.
+    let ack = raw_subscribe(&mut client, 2, &[("a", codec::QoS::AtLeastOnce)]).await;
+    assert_eq!(ack.reason_codes, [ReasonCode::GRANTED_QOS_1]);
+    broker.stop().await;
+}
+
+#[tokio::test]
+async fn topics_over_the_level_and_length_limits_are_refused() {
+    let mut config = Config::for_tests();
+    config.limits.max_topic_levels = 3;
+    config.limits.max_topic_len = 16;
+    let broker = TestBroker::start_with(config).await;
+    let mut client = raw_connect_ok(broker.addr, v5_connect("deep")).await;
+    let q0 = codec::QoS::AtMostOnce;
+    let ack =
+        raw_subscribe(&mut client, 1, &[("a/b/c", q0), ("a/b/c/d", q0), ("abcdefghijklmnopq", q0)]).await;
+    assert_eq!(
+        ack.reason_codes,
+        [ReasonCode::GRANTED_QOS_0, ReasonCode::TOPIC_FILTER_INVALID, ReasonCode::TOPIC_FILTER_INVALID]
+    );
+    client.send(&Packet::Publish(raw_publish("a/b/c/d", q0, None, b"x"))).await;
+    expect_disconnect(&mut client, ReasonCode::TOPIC_NAME_INVALID).await;
+    let mut long = raw_connect_ok(broker.addr, v5_connect("long")).await;
+    long.send(&Packet::Publish(raw_publish("abcdefghijklmnopq", q0, None, b"x"))).await;
+    expect_disconnect(&mut long, ReasonCode::TOPIC_NAME_INVALID).await;
+    broker.stop().await;
+}
+
+/// A node with very small per-connection buffers, so that one slow subscriber fills them quickly.
+fn tight_config() -> Config {
+    let mut config = Config::for_tests();
+    config.mailbox_capacity = 4;
+    config.limits.max_queued = 8;
+    config.limits.max_inflight = 2;
+    config
+}
+
+#[tokio::test]
+async fn a_slow_qos1_subscriber_throttles_its_publisher_and_loses_nothing() {
+    const N: u16 = 400;
+    let broker = TestBroker::start_with(tight_config()).await;
+    let mut sub = raw_connect_ok(broker.addr, v5_connect("slow")).await;
+    raw_subscribe(&mut sub, 1, &[("bp/t", codec::QoS::AtLeastOnce)]).await;
+    let mut publisher = raw_connect_ok(broker.addr, v5_connect("fast")).await;
+    for i in 1..=N {
+        let mut p = raw_publish("bp/t", codec::QoS::AtLeastOnce, Some(i), b"");
+        p.payload = Bytes::from(i.to_be_bytes().to_vec());
+        publisher.send(&Packet::Publish(p)).await;
+    }
+
+    // While the subscriber acknowledges nothing, the node stops reading the publisher: a PINGREQ
+    // queued behind the PUBLISHes gets no answer, and not every PUBLISH has been acknowledged.
+    publisher.send(&Packet::PingReq).await;
+    let mut acked = 0;
+    let deadline = tokio::time::Instant::now() + Duration::from_millis(500);
+    while let Ok(packet) = tokio::time::timeout_at(deadline, publisher.recv()).await {
+        assert!(matches!(packet, Some(Packet::PubAck(_))), "expected only PUBACKs, got {packet:?}");
+        acked += 1;
+    }
+    assert!(acked < N, "all {N} PUBLISHes acknowledged while the subscriber read nothing");
+
+    // Once the subscriber acknowledges, every message arrives, in order, and every PUBLISH is acked.
+    let mut next = 1u16;
+    while next <= N {
+        let p = expect_raw_publish(sub.recv().await);
+        let id = p.packet_id.expect("QoS 1 has a packet id");
+        if p.dup {
+            sub.send(&Packet::PubAck(codec::Ack::new(id))).await;
+            continue;
+        }
+        assert_eq!(p.payload[..], next.to_be_bytes(), "messages out of order or lost");
+        sub.send(&Packet::PubAck(codec::Ack::new(id))).await;
+        next += 1;
+    }
+    while acked < N {
+        assert!(matches!(publisher.recv().await, Some(Packet::PubAck(_))));
+        acked += 1;
+    }
+    assert_eq!(publisher.recv().await, Some(Packet::PingResp), "the publisher is read again");
+    assert_eq!(m2m_broker::Metrics::get(&broker.metrics.messages_dropped), 0);
+    broker.stop().await;
+}
+
+#[tokio::test]
+async fn qos0_to_a_congested_subscriber_is_dropped_and_counted_without_slowing_the_publisher() {
+    const N: u16 = 200;
+    let broker = TestBroker::start_with(tight_config()).await;
+    let mut sub = raw_connect_ok(broker.addr, v5_connect("slow")).await;
+    raw_subscribe(&mut sub, 1, &[("bp/q0", codec::QoS::AtMostOnce)]).await;
+    let mut publisher = raw_connect_ok(broker.addr, v5_connect("fast")).await;
+    // A large payload fills the subscriber's socket buffers quickly, so its connection backs up.
+    let payload = Bytes::from(vec![b'x'; 64 * 1024]);
+    for _ in 0..N {
+        let mut p = raw_publish("bp/q0", codec::QoS::AtMostOnce, None, b"");
+        p.payload = payload.clone();
+        publisher.send(&Packet::Publish(p)).await;
+    }
+    // The publisher is never throttled for QoS 0: a round trip on its connection completes at once.
+    publisher.send(&Packet::PingReq).await;
+    assert_eq!(publisher.recv().await, Some(Packet::PingResp));
+    within(async {
+        while m2m_broker::Metrics::get(&broker.metrics.messages_dropped) == 0 {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    })
+    .await;
+    let mut received = 0;
+    while let Ok(Some(Packet::Publish(_))) =
+        tokio::time::timeout(Duration::from_millis(500), sub.recv()).await
+    {
+        received += 1;
+    }
+    let dropped = m2m_broker::Metrics::get(&broker.metrics.messages_dropped);
+    assert_eq!(received + dropped, u64::from(N), "every message is either delivered or counted as dropped");
+    broker.stop().await;
+}
+
+#[tokio::test]
+async fn a_client_that_stops_reading_is_disconnected_after_the_write_timeout() {
+    let mut config = tight_config();
+    config.write_timeout = Duration::from_secs(1);
+    let broker = TestBroker::start_with(config).await;
+    let mut sub = raw_connect_ok(broker.addr, v5_connect("stuck")).await;
+    raw_subscribe(&mut sub, 1, &[("wt/t", codec::QoS::AtMostOnce)]).await;
+    let mut publisher = raw_connect_ok(broker.addr, v5_connect("fast")).await;
+    let payload = Bytes::from(vec![b'x'; 64 * 1024]);
+    let started = Instant::now();
+    // Keep publishing until the stuck subscriber's session is gone; it never reads its socket.
+    within(async {
+        loop {
+            let mut p = raw_publish("wt/t", codec::QoS::AtMostOnce, None, b"");
+            p.payload = payload.clone();
+            publisher.send(&Packet::Publish(p)).await;
+            if broker.router.stats().await.expect("router stats").online == 1 {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    })
+    .await;
+    assert!(started.elapsed() >= Duration::from_millis(900), "disconnected before the write timeout");
+    drop(sub);
+    broker.stop().await;
+}

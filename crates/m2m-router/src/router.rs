@@ -230,7 +230,7 @@ enum State {
         kick: Option<oneshot::Sender<ReasonCode>>,
         flow: Arc<LinkFlow>,
         /// QoS 1/2 deliveries that found the mailbox full (or closed: the connection is ending), in
-        /// order; at most `max_queued`. Moved to the mailbox on [`Command::Drained`], or to the session
+        /// order; at most `max_queued` plus the command channel's capacity. Moved to the mailbox on [`Command::Drained`], or to the session
         /// when the connection ends.
         overflow: VecDeque<Delivery>,
         /// Publishers throttled until `overflow` is empty.
@@ -698,7 +698,10 @@ impl Router {
         now: Instant,
     ) {
         let Some(client) = self.clients.get_mut(&key) else { return };
-        let max_queued = self.config.limits.max_queued;
+        // A publisher learns it is throttled only when the router reaches its first congested delivery;
+        // what it sent before that is already in the command channel. Room for that backlog keeps
+        // acknowledged QoS 1/2 messages from being dropped while the throttle takes hold.
+        let max_overflow = self.config.limits.max_queued + self.config.channel_capacity;
         let dropped = match &mut client.state {
             State::Online { mailbox, overflow, flow, waiters, .. } => {
                 let delivery = if overflow.is_empty() {
@@ -712,7 +715,7 @@ impl Router {
                 match delivery {
                     None => false,
                     Some(d) if d.qos == QoS::AtMostOnce && !mailbox.is_closed() => true,
-                    Some(_) if overflow.len() >= max_queued => true,
+                    Some(_) if overflow.len() >= max_overflow => true,
                     Some(d) => {
                         overflow.push_back(d);
                         flow.wants_drain.store(true, Ordering::Release);
