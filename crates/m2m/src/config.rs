@@ -330,5 +330,7 @@ mod tests {
         assert!(err.contains("M2M_MQTT_NOPE"), "{err}");
         let err = format!("{:#}", load(None, env(&[("M2M_MQTT_ANONYMOUS", "maybe")]), &[]).unwrap_err());
         assert!(err.contains("mqtt.anonymous"), "{err}");
+        let err = format!("{:#}", load(None, env(&[("M2M_MQTT_MAX_TOPIC_LEN", "0")]), &[]).unwrap_err());
+        assert!(err.contains("mqtt.max_topic_len"), "{err}");
     }
 }
