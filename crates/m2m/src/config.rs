@@ -200,7 +200,7 @@ fn env_value(raw: &str) -> toml::Value {
 impl FileConfig {
     fn validate(&self) -> anyhow::Result<()> {
         let m = &self.mqtt;
-        let checks: [(bool, &str, &str); 9] = [
+        let checks: [(bool, &str, &str); 10] = [
             (m.receive_maximum == 0, "mqtt.receive_maximum", "must be at least 1"),
             (m.max_inflight == 0, "mqtt.max_inflight", "must be at least 1"),
             (m.max_packet_size < 128, "mqtt.max_packet_size", "must be at least 128 bytes"),
@@ -212,11 +212,8 @@ impl FileConfig {
             (m.max_qos > 2, "mqtt.max_qos", "must be 0, 1 or 2"),
             (m.max_connections == 0, "mqtt.max_connections", "must be at least 1"),
             (m.mailbox_capacity == 0, "mqtt.mailbox_capacity", "must be at least 1"),
-            (
-                m.max_topic_levels == 0 || m.max_topic_len == 0,
-                "mqtt.max_topic_levels",
-                "limits must be at least 1",
-            ),
+            (m.max_topic_levels == 0, "mqtt.max_topic_levels", "must be at least 1"),
+            (m.max_topic_len == 0, "mqtt.max_topic_len", "must be at least 1"),
             (m.connect_timeout_secs == 0, "mqtt.connect_timeout_secs", "must be at least 1"),
         ];
         for (bad, key, why) in checks {
