@@ -129,6 +129,7 @@ mod tests {
             qos: QoS::AtLeastOnce,
             retain: false,
             subscription_ids: vec![],
+            stored: None,
         }
     }
 

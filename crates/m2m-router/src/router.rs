@@ -594,6 +594,7 @@ impl Router {
                         qos: message.qos.min(qos),
                         retain: true,
                         subscription_ids: ids.clone(),
+                        stored: None,
                     });
                 }
             });
@@ -674,7 +675,7 @@ impl Router {
             _ => None,
         };
         for (key, qos, retain, ids) in scratch.drain(..) {
-            let delivery = Delivery { message: message.clone(), qos, retain, subscription_ids: ids };
+            let delivery = Delivery { message: message.clone(), qos, retain, subscription_ids: ids, stored: None };
             // A publisher is never throttled by its own subscriptions: it could not read the
             // acknowledgements that would unblock it.
             let throttle = publisher_flow.as_ref().filter(|_| Some(key) != from);

@@ -97,4 +97,7 @@ pub struct Delivery {
     pub retain: bool,
     /// Identifiers of every matching subscription that had one.
     pub subscription_ids: Vec<u32>,
+    /// Its sequence number in the store, when it is kept there (QoS 1/2 to a session that outlives its
+    /// connection); the session reports what becomes of it by this number.
+    pub stored: Option<u64>,
 }

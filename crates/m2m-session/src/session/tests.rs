@@ -45,6 +45,7 @@ fn delivery(topic: &str, qos: QoS) -> Delivery {
         qos,
         retain: false,
         subscription_ids: vec![],
+        stored: None,
     }
 }
 
