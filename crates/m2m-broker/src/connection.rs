@@ -642,13 +642,19 @@ async fn serve_session<S: AsyncRead + AsyncWrite + Unpin>(
                         failure = Some(e);
                     }
                 }
-                Action::Publish(message) => {
+                Action::Publish { message, ack } => {
                     if message.topic.as_str().starts_with("$SYS") {
                         trace!(%client_id, topic = %message.topic, "client publish to $SYS ignored");
-                        continue;
+                    } else {
+                        to_router.push(Command::Publish { message: Arc::new(message), from: Some(a.key) });
                     }
-                    to_router.push(Command::Publish { message: Arc::new(message), from: Some(a.key) });
+                    if let Some(p) = ack {
+                        if let Err(e) = queue_counted(conn, &p) {
+                            failure = Some(e);
+                        }
+                    }
                 }
+                Action::Persist(_) => {}
                 Action::Subscribe(requests) => {
                     to_router.push(Command::Subscribe { key: a.key, requests });
                 }

@@ -112,8 +112,16 @@ pub struct SubscribeRequest {
 pub enum Action {
     /// Write this packet to the client.
     Send(Packet),
-    /// Route this message to subscribers (and the retained store).
-    Publish(Message),
+    /// Route this message to subscribers (and the retained store), then send `ack` (PUBACK for QoS 1,
+    /// PUBREC for QoS 2). With a store that syncs, the acknowledgement waits until the message is durable.
+    Publish {
+        /// The message.
+        message: Message,
+        /// The acknowledgement owed to the client once the message is routed.
+        ack: Option<Packet>,
+    },
+    /// Record this change in the store before sending the packets that follow.
+    Persist(Persist),
     /// Add these subscriptions to the router, then send retained messages as their options say.
     Subscribe(Vec<SubscribeRequest>),
     /// Remove these subscriptions from the router.
@@ -125,6 +133,37 @@ pub enum Action {
     },
     /// The client sent AUTH (re-authentication); the shell runs the authenticator.
     Auth(Auth),
+}
+
+/// A change to what the store keeps of a session, reported by sequence number (see
+/// [`Delivery::stored`]); only deliveries that are stored are reported.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Persist {
+    /// A stored delivery went out with this packet id (QoS 1/2, waiting for PUBACK or PUBREC).
+    Sent {
+        /// Sequence number in the store.
+        seq: u64,
+        /// Packet id it was sent with.
+        id: PacketId,
+    },
+    /// QoS 2: PUBREC received; PUBREL goes out next.
+    Released {
+        /// Sequence number in the store.
+        seq: u64,
+        /// Packet id of the exchange.
+        id: PacketId,
+    },
+    /// Completed (PUBACK, PUBCOMP, an error PUBREC) or discarded (expired, too large, queue full):
+    /// forget it.
+    Done {
+        /// Sequence number in the store.
+        seq: u64,
+    },
+    /// An incoming QoS 2 packet id was released by PUBREL; PUBCOMP goes out next.
+    IncomingReleased {
+        /// The packet id.
+        id: PacketId,
+    },
 }
 
 /// A protocol violation: the connection ends with this reason code.
@@ -158,8 +197,8 @@ pub enum DeliveryOutcome {
 enum OutState {
     /// QoS 1 waiting for PUBACK, or QoS 2 waiting for PUBREC.
     AwaitAck(Delivery),
-    /// QoS 2 PUBREL sent, waiting for PUBCOMP.
-    AwaitComp,
+    /// QoS 2 PUBREL sent, waiting for PUBCOMP; the delivery's sequence number in the store.
+    AwaitComp(Option<u64>),
 }
 
 #[derive(Debug, Clone)]
@@ -208,6 +247,37 @@ impl Session {
         }
     }
 
+    /// Rebuilds a session from the store after a restart: its subscriptions, the messages that were
+    /// in flight (`(packet id, PUBREL sent, delivery)`, resent on attach with DUP set, or as PUBREL),
+    /// those still queued, and the incoming QoS 2 packet ids not yet released. All in their original
+    /// order. The session is detached.
+    pub fn restore(
+        client_id: Arc<str>,
+        limits: Arc<Limits>,
+        expiry_interval: u32,
+        subscriptions: impl IntoIterator<Item = (Arc<str>, SubscriptionEntry)>,
+        inflight: impl IntoIterator<Item = (PacketId, bool, Delivery)>,
+        queued: impl IntoIterator<Item = Delivery>,
+        incoming_qos2: impl IntoIterator<Item = u16>,
+    ) -> Self {
+        let mut session = Self::new(client_id, limits);
+        session.expiry_interval = expiry_interval;
+        session.subscriptions = subscriptions.into_iter().collect();
+        for (id, released, d) in inflight {
+            session.next_id = session.next_id.max(id.get());
+            let state = if released { OutState::AwaitComp(d.stored) } else { OutState::AwaitAck(d) };
+            session.outgoing.push_back(Outgoing { id, state });
+        }
+        session.queue = queued.into_iter().collect();
+        session.incoming_qos2 = incoming_qos2.into_iter().collect();
+        session
+    }
+
+    /// Incoming QoS 2 packet ids received and not yet released.
+    pub fn incoming_qos2(&self) -> impl Iterator<Item = u16> + '_ {
+        self.incoming_qos2.iter().copied()
+    }
+
     /// The client identifier.
     pub fn client_id(&self) -> &Arc<str> {
         &self.client_id
@@ -252,7 +322,7 @@ impl Session {
                         out.push(Action::Send(p));
                     }
                 }
-                OutState::AwaitComp => out.push(Action::Send(Packet::PubRel(Ack::new(o.id)))),
+                OutState::AwaitComp(_) => out.push(Action::Send(Packet::PubRel(Ack::new(o.id)))),
             }
         }
         self.pump(now, out);
@@ -299,7 +369,9 @@ impl Session {
                         && matches!(&o.state, OutState::AwaitAck(d) if d.qos == QoS::AtLeastOnce)
                 });
                 if let Some(i) = found {
-                    self.outgoing.remove(i);
+                    if let Some(o) = self.outgoing.remove(i) {
+                        done(&o, out);
+                    }
                     self.pump(now, out);
                 }
                 Ok(())
@@ -309,14 +381,20 @@ impl Session {
                 match found.map(|i| (i, &self.outgoing[i].state)) {
                     Some((i, OutState::AwaitAck(d))) if d.qos == QoS::ExactlyOnce => {
                         if ack.reason_code.is_error() {
-                            self.outgoing.remove(i);
+                            if let Some(o) = self.outgoing.remove(i) {
+                                done(&o, out);
+                            }
                             self.pump(now, out);
                         } else {
-                            self.outgoing[i].state = OutState::AwaitComp;
+                            let stored = d.stored;
+                            self.outgoing[i].state = OutState::AwaitComp(stored);
+                            if let Some(seq) = stored {
+                                out.push(Action::Persist(Persist::Released { seq, id: ack.packet_id }));
+                            }
                             self.send(out, Packet::PubRel(Ack::new(ack.packet_id)));
                         }
                     }
-                    Some((_, OutState::AwaitComp)) => {
+                    Some((_, OutState::AwaitComp(_))) => {
                         self.send(out, Packet::PubRel(Ack::new(ack.packet_id)));
                     }
                     _ => {
@@ -329,7 +407,9 @@ impl Session {
             }
             Packet::PubRel(ack) => {
                 let mut comp = Ack::new(ack.packet_id);
-                if !self.incoming_qos2.remove(&ack.packet_id.get()) {
+                if self.incoming_qos2.remove(&ack.packet_id.get()) {
+                    out.push(Action::Persist(Persist::IncomingReleased { id: ack.packet_id }));
+                } else {
                     comp.reason_code = ReasonCode::PACKET_IDENTIFIER_NOT_FOUND;
                 }
                 self.send(out, Packet::PubComp(comp));
@@ -339,9 +419,11 @@ impl Session {
                 let found = self
                     .outgoing
                     .iter()
-                    .position(|o| o.id == ack.packet_id && matches!(o.state, OutState::AwaitComp));
+                    .position(|o| o.id == ack.packet_id && matches!(o.state, OutState::AwaitComp(_)));
                 if let Some(i) = found {
-                    self.outgoing.remove(i);
+                    if let Some(o) = self.outgoing.remove(i) {
+                        done(&o, out);
+                    }
                     self.pump(now, out);
                 }
                 Ok(())
@@ -432,11 +514,10 @@ impl Session {
             publisher: Some(self.client_id.clone()),
         };
         match p.qos {
-            QoS::AtMostOnce => out.push(Action::Publish(message)),
+            QoS::AtMostOnce => out.push(Action::Publish { message, ack: None }),
             QoS::AtLeastOnce => {
                 let id = p.packet_id.ok_or_else(missing_id)?;
-                out.push(Action::Publish(message));
-                out.push(Action::Send(Packet::PubAck(Ack::new(id))));
+                out.push(Action::Publish { message, ack: Some(Packet::PubAck(Ack::new(id))) });
             }
             QoS::ExactlyOnce => {
                 let id = p.packet_id.ok_or_else(missing_id)?;
@@ -448,9 +529,10 @@ impl Session {
                         ));
                     }
                     self.incoming_qos2.insert(id.get());
-                    out.push(Action::Publish(message));
+                    out.push(Action::Publish { message, ack: Some(Packet::PubRec(Ack::new(id))) });
+                } else {
+                    out.push(Action::Send(Packet::PubRec(Ack::new(id))));
                 }
-                out.push(Action::Send(Packet::PubRec(Ack::new(id))));
             }
         }
         Ok(())
@@ -552,13 +634,15 @@ impl Session {
     }
 
     /// Hands a delivery to the session: sent now if connected and the window allows, else queued.
+    ///
+    /// A stored delivery that is dropped is reported as [`Persist::Done`].
     pub fn deliver(&mut self, d: Delivery, now: Instant, out: &mut Vec<Action>) -> DeliveryOutcome {
         if d.message.is_expired(now) {
-            self.dropped += 1;
+            self.discard(&d, out);
             return DeliveryOutcome::Dropped;
         }
         if self.link.is_none() {
-            return self.enqueue(d);
+            return self.enqueue(d, out);
         }
         if d.qos == QoS::AtMostOnce {
             if let Some(p) = self.build_publish(&d, None, false, now) {
@@ -567,7 +651,7 @@ impl Session {
             return DeliveryOutcome::Sent;
         }
         if !self.queue.is_empty() || self.outgoing.len() >= self.window() {
-            return self.enqueue(d);
+            return self.enqueue(d, out);
         }
         self.send_qos(d, now, out);
         DeliveryOutcome::Sent
@@ -578,10 +662,10 @@ impl Session {
         usize::from(client.min(self.limits.max_inflight))
     }
 
-    fn enqueue(&mut self, d: Delivery) -> DeliveryOutcome {
+    fn enqueue(&mut self, d: Delivery, out: &mut Vec<Action>) -> DeliveryOutcome {
         let offline_qos0 = self.link.is_none() && d.qos == QoS::AtMostOnce && !self.limits.queue_qos0_offline;
         if offline_qos0 || self.queue.len() >= self.limits.max_queued {
-            self.dropped += 1;
+            self.discard(&d, out);
             return DeliveryOutcome::Dropped;
         }
         self.queue.push_back(d);
@@ -596,7 +680,7 @@ impl Session {
         while self.outgoing.len() < self.window() {
             let Some(d) = self.queue.pop_front() else { break };
             if d.message.is_expired(now) {
-                self.dropped += 1;
+                self.discard(&d, out);
                 continue;
             }
             if d.qos == QoS::AtMostOnce {
@@ -613,11 +697,22 @@ impl Session {
         let id = self.next_packet_id();
         match self.build_publish(&d, Some(id), false, now) {
             Some(p) => {
+                if let Some(seq) = d.stored {
+                    out.push(Action::Persist(Persist::Sent { seq, id }));
+                }
                 out.push(Action::Send(p));
                 self.outgoing.push_back(Outgoing { id, state: OutState::AwaitAck(d) });
             }
             // Too large for the client: discarded as if delivered (MQTT-3.1.2-25).
-            None => self.dropped += 1,
+            None => self.discard(&d, out),
+        }
+    }
+
+    /// Counts a dropped delivery and, if it is stored, reports it.
+    fn discard(&mut self, d: &Delivery, out: &mut Vec<Action>) {
+        self.dropped += 1;
+        if let Some(seq) = d.stored {
+            out.push(Action::Persist(Persist::Done { seq }));
         }
     }
 
@@ -709,6 +804,17 @@ impl Session {
             }
         }
         out.push(Action::Send(packet));
+    }
+}
+
+/// Reports a completed outgoing message to the store, if it is kept there.
+fn done(o: &Outgoing, out: &mut Vec<Action>) {
+    let stored = match &o.state {
+        OutState::AwaitAck(d) => d.stored,
+        OutState::AwaitComp(stored) => *stored,
+    };
+    if let Some(seq) = stored {
+        out.push(Action::Persist(Persist::Done { seq }));
     }
 }
 

@@ -50,11 +50,16 @@ fn delivery(topic: &str, qos: QoS) -> Delivery {
 }
 
 fn sent(out: &[Action]) -> Vec<&Packet> {
-    out.iter().filter_map(|a| if let Action::Send(p) = a { Some(p) } else { None }).collect()
+    out.iter()
+        .filter_map(|a| match a {
+            Action::Send(p) | Action::Publish { ack: Some(p), .. } => Some(p),
+            _ => None,
+        })
+        .collect()
 }
 
 fn routed(out: &[Action]) -> usize {
-    out.iter().filter(|a| matches!(a, Action::Publish(_))).count()
+    out.iter().filter(|a| matches!(a, Action::Publish { .. })).count()
 }
 
 #[test]
@@ -180,7 +185,9 @@ fn inbound_topic_alias_is_recorded_then_resolved() {
     s.handle_packet(Packet::Publish(second), now, &mut out).unwrap();
     let topics: Vec<&str> = out
         .iter()
-        .filter_map(|a| if let Action::Publish(m) = a { Some(m.topic.as_str()) } else { None })
+        .filter_map(
+            |a| if let Action::Publish { message: m, .. } = a { Some(m.topic.as_str()) } else { None },
+        )
         .collect();
     assert_eq!(topics, ["sensors/1", "sensors/1"]);
     let mut unknown = publish("", QoS::AtMostOnce, None);
@@ -356,4 +363,115 @@ fn reason_string_is_left_out_when_it_would_exceed_the_clients_maximum_packet_siz
         assert_eq!(ack.reason_codes, vec![ReasonCode::TOPIC_FILTER_INVALID]);
         assert_eq!(ack.properties.reason_string.as_deref(), expected, "maximum packet size {max}");
     }
+}
+
+fn stored(topic: &str, qos: QoS, seq: u64) -> Delivery {
+    Delivery { stored: Some(seq), ..delivery(topic, qos) }
+}
+
+fn persisted(out: &[Action]) -> Vec<Persist> {
+    out.iter().filter_map(|a| if let Action::Persist(p) = a { Some(*p) } else { None }).collect()
+}
+
+#[test]
+fn a_stored_qos2_delivery_reports_each_step_before_the_packet_it_allows() {
+    let (mut s, now) = session(v5_params());
+    let mut out = Vec::new();
+    s.deliver(stored("t", QoS::ExactlyOnce, 7), now, &mut out);
+    let id = match &out[..] {
+        [Action::Persist(Persist::Sent { seq: 7, id }), Action::Send(Packet::Publish(p))] => {
+            assert_eq!(p.packet_id, Some(*id));
+            *id
+        }
+        other => panic!("unexpected {other:?}"),
+    };
+    out.clear();
+    s.handle_packet(Packet::PubRec(Ack::new(id)), now, &mut out).unwrap();
+    assert!(matches!(
+        &out[..],
+        [Action::Persist(Persist::Released { seq: 7, .. }), Action::Send(Packet::PubRel(_))]
+    ));
+    out.clear();
+    s.handle_packet(Packet::PubComp(Ack::new(id)), now, &mut out).unwrap();
+    assert_eq!(persisted(&out), [Persist::Done { seq: 7 }]);
+}
+
+#[test]
+fn stored_deliveries_report_done_when_acknowledged_expired_or_dropped() {
+    let (mut s, now) = session(v5_params());
+    let mut out = Vec::new();
+    s.deliver(stored("a", QoS::AtLeastOnce, 1), now, &mut out);
+    let Some(Packet::Publish(p)) = sent(&out).first().copied().cloned() else { panic!("no publish") };
+    out.clear();
+    s.handle_packet(Packet::PubAck(Ack::new(p.packet_id.unwrap())), now, &mut out).unwrap();
+    assert_eq!(persisted(&out), [Persist::Done { seq: 1 }]);
+
+    let mut expired = stored("b", QoS::AtLeastOnce, 2);
+    let mut message = (*expired.message).clone();
+    message.expires_at = Some(now);
+    expired.message = Arc::new(message);
+    out.clear();
+    assert_eq!(s.deliver(expired, now, &mut out), DeliveryOutcome::Dropped);
+    assert_eq!(persisted(&out), [Persist::Done { seq: 2 }]);
+
+    // Not stored: nothing to report.
+    out.clear();
+    s.deliver(delivery("c", QoS::AtLeastOnce), now, &mut out);
+    assert!(persisted(&out).is_empty());
+}
+
+#[test]
+fn pubrel_reports_the_released_incoming_id_before_pubcomp() {
+    let (mut s, now) = session(v5_params());
+    let mut out = Vec::new();
+    s.handle_packet(Packet::Publish(publish("t", QoS::ExactlyOnce, Some(9))), now, &mut out).unwrap();
+    assert!(matches!(&out[..], [Action::Publish { ack: Some(Packet::PubRec(_)), .. }]));
+    out.clear();
+    s.handle_packet(Packet::PubRel(Ack::new(pid(9))), now, &mut out).unwrap();
+    assert!(matches!(
+        &out[..],
+        [Action::Persist(Persist::IncomingReleased { .. }), Action::Send(Packet::PubComp(c))]
+            if c.reason_code == ReasonCode::SUCCESS
+    ));
+}
+
+#[test]
+fn a_restored_session_resends_in_flight_messages_with_dup_and_keeps_exactly_once_state() {
+    let now = Instant::now();
+    let entry = SubscriptionEntry {
+        subscription: parse_subscription("a/#").unwrap(),
+        options: SubscriptionOptions { qos: QoS::ExactlyOnce, ..SubscriptionOptions::default() },
+        id: Some(3),
+    };
+    let mut s = Session::restore(
+        Arc::from("c1"),
+        Arc::new(Limits::default()),
+        300,
+        [(Arc::from("a/#"), entry)],
+        [
+            (pid(5), false, stored("one", QoS::AtLeastOnce, 1)),
+            (pid(6), true, stored("two", QoS::ExactlyOnce, 2)),
+        ],
+        [stored("three", QoS::AtLeastOnce, 3)],
+        [11],
+    );
+    assert_eq!(s.subscriptions().len(), 1);
+    assert_eq!((s.inflight(), s.queued()), (2, 1));
+    let mut out = Vec::new();
+    s.attach(LinkParams { receive_maximum: 10, ..v5_params() }, 300, now, &mut out);
+    let packets = sent(&out);
+    match packets[..] {
+        [Packet::Publish(one), Packet::PubRel(rel), Packet::Publish(three)] => {
+            assert!(one.dup && one.packet_id == Some(pid(5)));
+            assert_eq!(rel.packet_id, pid(6));
+            assert!(!three.dup);
+            assert!(three.packet_id.is_some_and(|id| id != pid(5) && id != pid(6)));
+        }
+        _ => panic!("unexpected {packets:?}"),
+    }
+    // The unreleased incoming id still deduplicates a resend.
+    out.clear();
+    s.handle_packet(Packet::Publish(publish("t", QoS::ExactlyOnce, Some(11))), now, &mut out).unwrap();
+    assert_eq!(routed(&out), 0);
+    assert!(matches!(sent(&out)[..], [Packet::PubRec(_)]));
 }
