@@ -1,0 +1,151 @@
+//! The fjall database and its keyspaces, opened as one unit so a failed database can be replaced.
+
+use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::path::Path;
+
+use fjall::{Database, Keyspace, KeyspaceCreateOptions, PersistMode};
+
+use crate::config::StoreConfig;
+use crate::error::StoreError;
+
+/// The store format this build writes and the highest it reads.
+pub(crate) const FORMAT_VERSION: u32 = 1;
+
+/// Key of the format version in the meta keyspace (u32 BE).
+pub(crate) const META_VERSION: &[u8] = b"version";
+/// Key of the last heartbeat in the meta keyspace (unix ms, u64 BE).
+pub(crate) const META_ALIVE_AT: &[u8] = b"alive_at";
+
+/// fjall's background threads (flushes and compactions). Two, so that a long compaction does not
+/// hold up the flush of a full memtable, which would stall writers.
+const WORKER_THREADS: usize = 2;
+
+/// The keyspaces of the store.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub(crate) enum Ks {
+    Meta,
+    Sessions,
+    Deliveries,
+    Flight,
+    Incoming,
+    Retained,
+    Wills,
+}
+
+impl Ks {
+    pub(crate) const ALL: [Ks; 7] =
+        [Ks::Meta, Ks::Sessions, Ks::Deliveries, Ks::Flight, Ks::Incoming, Ks::Retained, Ks::Wills];
+
+    pub(crate) fn name(self) -> &'static str {
+        match self {
+            Ks::Meta => "meta",
+            Ks::Sessions => "sessions",
+            Ks::Deliveries => "deliveries",
+            Ks::Flight => "flight",
+            Ks::Incoming => "incoming",
+            Ks::Retained => "retained",
+            Ks::Wills => "wills",
+        }
+    }
+
+    pub(crate) fn index(self) -> usize {
+        self as usize
+    }
+}
+
+/// An open database.
+pub(crate) struct Engine {
+    // Declared before `db` so they are dropped first: every keyspace handle holds the database's lock
+    // file, which must be released before the database can be opened again.
+    keyspaces: Vec<Keyspace>,
+    pub(crate) db: Database,
+}
+
+impl Engine {
+    /// Opens (or creates) the database in `config.path` and checks its format version.
+    ///
+    /// A panic inside the engine while it reads damaged files is caught and reported as
+    /// [`StoreError::Corrupt`].
+    pub(crate) fn open(config: &StoreConfig) -> Result<Self, StoreError> {
+        let path = config.path.as_path();
+        let engine = catch_corruption(path, || Self::open_unchecked(config))?;
+        engine.check_version(path)?;
+        Ok(engine)
+    }
+
+    fn open_unchecked(config: &StoreConfig) -> Result<Self, StoreError> {
+        let path = config.path.as_path();
+        let db = Database::builder(path)
+            .cache_size(config.cache_bytes)
+            .worker_threads(WORKER_THREADS)
+            .open()
+            .map_err(|e| StoreError::reading(e, path))?;
+        let memtable = config.memtable_bytes.max(64 * 1024);
+        let keyspaces = Ks::ALL
+            .iter()
+            .map(|ks| {
+                db.keyspace(ks.name(), || KeyspaceCreateOptions::default().max_memtable_size(memtable))
+                    .map_err(|e| StoreError::reading(e, path))
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(Self { keyspaces, db })
+    }
+
+    /// Refuses a store written by a newer format; stamps a new one with [`FORMAT_VERSION`].
+    fn check_version(&self, path: &Path) -> Result<(), StoreError> {
+        let meta = self.ks(Ks::Meta);
+        match meta.get(META_VERSION).map_err(|e| StoreError::reading(e, path))? {
+            None => {
+                meta.insert(META_VERSION, FORMAT_VERSION.to_be_bytes()).map_err(StoreError::writing)?;
+                self.db.persist(PersistMode::SyncAll).map_err(StoreError::writing)?;
+                Ok(())
+            }
+            Some(v) => {
+                let found =
+                    <[u8; 4]>::try_from(&v[..]).map(u32::from_be_bytes).map_err(|_| StoreError::Corrupt {
+                        path: meta.path().to_owned(),
+                        detail: format!(
+                            "keyspace meta: the format version record has {} bytes, not 4",
+                            v.len()
+                        ),
+                    })?;
+                if found > FORMAT_VERSION {
+                    return Err(StoreError::FutureVersion { found, supported: FORMAT_VERSION });
+                }
+                Ok(())
+            }
+        }
+    }
+
+    /// The keyspace `ks`.
+    pub(crate) fn ks(&self, ks: Ks) -> &Keyspace {
+        // `keyspaces` is built from `Ks::ALL` in order, so every index is present.
+        &self.keyspaces[ks.index()]
+    }
+
+    /// Writes the version record again and makes it durable: proof that the disk takes writes.
+    pub(crate) fn probe_write(&self) -> Result<(), StoreError> {
+        let mut batch = self.db.batch();
+        batch.insert(self.ks(Ks::Meta), META_VERSION, FORMAT_VERSION.to_be_bytes());
+        batch.commit().map_err(StoreError::writing)?;
+        self.db.persist(PersistMode::SyncData).map_err(StoreError::writing)
+    }
+}
+
+/// Runs `f`, turning a panic into [`StoreError::Corrupt`] for the store at `path`.
+pub(crate) fn catch_corruption<T>(
+    path: &Path,
+    f: impl FnOnce() -> Result<T, StoreError>,
+) -> Result<T, StoreError> {
+    catch_unwind(AssertUnwindSafe(f)).unwrap_or_else(|panic| {
+        let what = panic
+            .downcast_ref::<&str>()
+            .map(|s| (*s).to_owned())
+            .or_else(|| panic.downcast_ref::<String>().cloned())
+            .unwrap_or_else(|| "unknown panic".to_owned());
+        Err(StoreError::Corrupt {
+            path: path.to_owned(),
+            detail: format!("the storage engine failed to read it ({what})"),
+        })
+    })
+}

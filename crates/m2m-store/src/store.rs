@@ -1,0 +1,258 @@
+//! The store handle: opening, durability waits and health.
+
+use std::path::Path;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError, RwLock};
+use std::thread::JoinHandle;
+use std::time::{Instant, SystemTime};
+
+use crate::batch::Batch;
+use crate::committer;
+use crate::config::{StoreConfig, SyncMode};
+use crate::encoding::Clock;
+use crate::engine::{catch_corruption, Engine};
+use crate::error::StoreError;
+use crate::record::Recovered;
+use crate::recover::recover;
+use crate::unix_ms;
+
+/// A callback waiting for durability.
+pub(crate) type Waiter = Box<dyn FnOnce(Result<(), StoreError>) + Send>;
+
+/// What the writers and the committer thread share.
+pub(crate) struct Shared {
+    pub(crate) config: StoreConfig,
+    /// The open database; `None` while it is being replaced after a failure, or after shutdown.
+    /// Writers clone the `Arc` and release the lock at once, so the committer can swap it.
+    engine: RwLock<Option<Arc<Engine>>>,
+    /// `false` from a failed write or sync until the committer has reopened the database.
+    healthy: AtomicBool,
+    /// Batches committed so far: the committer skips the fsync when nothing was written since the last.
+    pub(crate) committed: AtomicU64,
+    /// fsyncs done by the committer.
+    pub(crate) syncs: AtomicU64,
+    /// Waiters for the next sync, and the stop flag. A `std` mutex: held only to push or take, never
+    /// across IO.
+    pub(crate) queue: Mutex<Queue>,
+    /// Wakes the committer.
+    pub(crate) wake: Condvar,
+}
+
+/// The committer's inbox.
+#[derive(Default)]
+pub(crate) struct Queue {
+    pub(crate) waiters: Vec<Waiter>,
+    pub(crate) stop: bool,
+}
+
+impl Shared {
+    /// The open database, if any.
+    pub(crate) fn engine(&self) -> Option<Arc<Engine>> {
+        self.engine.read().unwrap_or_else(PoisonError::into_inner).clone()
+    }
+
+    /// Puts `engine` in place (or takes the database out with `None`), returning the previous one.
+    pub(crate) fn set_engine(&self, engine: Option<Arc<Engine>>) -> Option<Arc<Engine>> {
+        std::mem::replace(&mut *self.engine.write().unwrap_or_else(PoisonError::into_inner), engine)
+    }
+
+    pub(crate) fn is_healthy(&self) -> bool {
+        self.healthy.load(Ordering::Acquire)
+    }
+
+    /// Records a failed write or sync: the store takes no writes until the committer has reopened it.
+    pub(crate) fn fault(&self, error: &StoreError) {
+        if self.healthy.swap(false, Ordering::AcqRel) {
+            tracing::error!(
+                path = %self.config.path.display(),
+                error = %error,
+                cause = ?std::error::Error::source(error),
+                "store write failed; refusing writes until the store can be reopened (is the disk full?)"
+            );
+        }
+    }
+
+    /// Marks the store healthy again after a reopen.
+    pub(crate) fn recovered(&self) {
+        if !self.healthy.swap(true, Ordering::AcqRel) {
+            tracing::warn!(path = %self.config.path.display(), "store recovered and accepts writes again");
+        }
+    }
+
+    pub(crate) fn lock_queue(&self) -> MutexGuard<'_, Queue> {
+        self.queue.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+}
+
+/// Stops the committer when the last [`Store`] goes away.
+struct Handle {
+    shared: Arc<Shared>,
+    committer: Option<JoinHandle<()>>,
+}
+
+impl Drop for Handle {
+    fn drop(&mut self) {
+        self.shared.lock_queue().stop = true;
+        self.shared.wake.notify_all();
+        if let Some(thread) = self.committer.take() {
+            // The last handle may be dropped by a durability callback, on the committer thread itself;
+            // it then finishes on its own after the callback returns.
+            if thread.thread().id() != std::thread::current().id() && thread.join().is_err() {
+                tracing::error!("store committer thread panicked");
+            }
+        }
+    }
+}
+
+/// The node's durable state: one fjall database in a directory.
+///
+/// Cheap to clone; all clones share one database and one committer thread, which stops (after making
+/// everything durable) when the last clone is dropped.
+#[derive(Clone)]
+pub struct Store {
+    handle: Arc<Handle>,
+}
+
+impl std::fmt::Debug for Store {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Store")
+            .field("path", &self.path())
+            .field("sync", &self.handle.shared.config.sync)
+            .field("healthy", &self.is_healthy())
+            .finish()
+    }
+}
+
+impl Store {
+    /// Opens the store in `config.path`, creating it if needed, and reads everything back.
+    ///
+    /// Expired messages and orphaned records are deleted on the way (see the crate docs).
+    ///
+    /// # Errors
+    /// [`StoreError::FutureVersion`] for a store written by a newer format, [`StoreError::Corrupt`]
+    /// for files that do not read back, [`StoreError::Locked`] if another process has it open,
+    /// [`StoreError::Io`] otherwise.
+    pub fn open(config: StoreConfig) -> Result<(Store, Recovered), StoreError> {
+        let engine = Engine::open(&config)?;
+        let clock = Clock { now: Instant::now(), wall_ms: unix_ms(SystemTime::now()) };
+        let recovered = catch_corruption(&config.path, || recover(&engine, clock))?;
+        tracing::info!(
+            path = %config.path.display(),
+            sessions = recovered.sessions.len(),
+            retained = recovered.retained.len(),
+            wills = recovered.wills.len(),
+            dropped_expired = recovered.dropped_expired,
+            "store opened"
+        );
+        let shared = Arc::new(Shared {
+            config,
+            engine: RwLock::new(Some(Arc::new(engine))),
+            healthy: AtomicBool::new(true),
+            committed: AtomicU64::new(0),
+            syncs: AtomicU64::new(0),
+            queue: Mutex::new(Queue::default()),
+            wake: Condvar::new(),
+        });
+        let committer = committer::spawn(shared.clone())?;
+        Ok((Store { handle: Arc::new(Handle { shared, committer: Some(committer) }) }, recovered))
+    }
+
+    fn shared(&self) -> &Arc<Shared> {
+        &self.handle.shared
+    }
+
+    /// A new, empty batch of writes.
+    pub fn batch(&self) -> Batch {
+        Batch::new(self.shared().clone())
+    }
+
+    /// Calls `f` once everything written (by any thread) before this call is durable, or with the
+    /// error if that failed.
+    ///
+    /// With [`SyncMode::Always`], `f` runs on the store's committer thread after the next fsync, which
+    /// all waiters queued meanwhile share; waiters are called in the order they were queued. `f` must
+    /// be quick (send on a channel, wake a task). With [`SyncMode::Batch`], `f` is called at once on
+    /// this thread with `Ok(())`. Either way an unhealthy store calls `f` at once with
+    /// [`StoreError::Unavailable`].
+    pub fn on_durable(&self, f: impl FnOnce(Result<(), StoreError>) + Send + 'static) {
+        let shared = self.shared();
+        if !shared.is_healthy() {
+            return f(Err(StoreError::Unavailable));
+        }
+        match shared.config.sync {
+            SyncMode::Batch(_) => f(Ok(())),
+            SyncMode::Always => {
+                shared.lock_queue().waiters.push(Box::new(f));
+                shared.wake.notify_one();
+            }
+        }
+    }
+
+    /// Waits until everything written before this call is durable; see [`Store::on_durable`].
+    ///
+    /// # Errors
+    /// The write or sync error, or [`StoreError::Unavailable`] if the store is unhealthy.
+    ///
+    /// # Cancel safety
+    /// Safe to drop: the writes stay committed and the sync still happens; only the wait is abandoned.
+    pub async fn durable(&self) -> Result<(), StoreError> {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        self.on_durable(move |result| {
+            // The receiver is gone only if the caller stopped waiting.
+            let _ = tx.send(result);
+        });
+        rx.await.unwrap_or(Err(StoreError::Unavailable))
+    }
+
+    /// Whether acknowledgements wait for durability: `true` for [`SyncMode::Always`].
+    pub fn waits_for_sync(&self) -> bool {
+        self.shared().config.sync == SyncMode::Always
+    }
+
+    /// `false` after a write or sync failed, until the store has recovered by itself.
+    pub fn is_healthy(&self) -> bool {
+        self.shared().is_healthy()
+    }
+
+    /// Bytes the whole database takes on disk (allocated blocks of every file in the directory).
+    pub fn disk_space(&self) -> u64 {
+        dir_size(self.path())
+    }
+
+    /// The data directory.
+    pub fn path(&self) -> &Path {
+        &self.shared().config.path
+    }
+
+    /// The number of fsyncs the committer has done: with group commit, far fewer than the number of
+    /// [`Store::on_durable`] waiters.
+    pub fn syncs(&self) -> u64 {
+        self.shared().syncs.load(std::sync::atomic::Ordering::Relaxed)
+    }
+}
+
+/// Bytes allocated on disk for the files under `path`.
+fn dir_size(path: &Path) -> u64 {
+    let Ok(entries) = std::fs::read_dir(path) else {
+        return 0;
+    };
+    entries
+        .filter_map(Result::ok)
+        .map(|entry| match entry.metadata() {
+            Ok(m) if m.is_dir() => dir_size(&entry.path()),
+            Ok(m) => allocated(&m),
+            Err(_) => 0,
+        })
+        .sum()
+}
+
+#[cfg(unix)]
+fn allocated(m: &std::fs::Metadata) -> u64 {
+    // Journals are preallocated sparse files: their length says nothing of the space they take.
+    std::os::unix::fs::MetadataExt::blocks(m) * 512
+}
+
+#[cfg(not(unix))]
+fn allocated(m: &std::fs::Metadata) -> u64 {
+    m.len()
+}
