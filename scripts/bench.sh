@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
 # Side-by-side benchmark: an m2m node and Mosquitto on loopback ports, measured by `m2m bench` in one run.
 # Usage: scripts/bench.sh [seconds-per-scenario] [idle-connections]
+# The m2m node runs with its defaults: a store on disk with `sync = "always"` (every QoS 1 message for
+# the persistent subscriber is fsync'd before its PUBACK). Mosquitto runs with `persistence false`.
 # Installs Mosquitto (Debian package) when missing. Every scenario is bounded in time; both brokers are
 # stopped on exit. Traffic stays on 127.0.0.1.
 set -euo pipefail
@@ -62,7 +64,7 @@ run() { # label port args...
 for target in "m2m $M2M_PORT" "mosquitto $MOSQ_PORT"; do
   set -- $target
   run "$1" "$2" fan-in --publishers 4 --qos 0 --payload 64
-  run "$1" "$2" fan-in --publishers 4 --qos 1 --payload 64
+  run "$1" "$2" fan-in --publishers 4 --qos 1 --persistent --payload 64
   run "$1" "$2" fan-out --subscribers 50 --qos 0 --payload 64
   run "$1" "$2" latency --rate 1000 --qos 0 --payload 64
 done

@@ -4,6 +4,7 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use m2m_session::Limits;
+use m2m_store::StoreConfig;
 
 /// Who may connect without credentials.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -42,6 +43,9 @@ pub struct Config {
     pub sys_interval: Option<Duration>,
     /// Per-session limits.
     pub limits: Limits,
+    /// Where sessions, queues, retained messages and wills are kept across restarts, and how
+    /// durably; `None` keeps everything in memory only.
+    pub store: Option<StoreConfig>,
 }
 
 impl Default for Config {
@@ -58,6 +62,7 @@ impl Default for Config {
             response_information: None,
             sys_interval: Some(Duration::from_secs(10)),
             limits: Limits::default(),
+            store: None,
         }
     }
 }

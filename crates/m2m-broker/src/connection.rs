@@ -12,10 +12,11 @@ use m2m_codec::{
     Disconnect, DisconnectProperties, Packet, ProtocolVersion, QoS, ReasonCode,
 };
 use m2m_router::{
-    ClientLink, Command, ConnectRequest, Disconnected, LinkFlow, Mailbox, Metrics, PendingWill, RouterHandle,
-    SessionKey,
+    apply_persist, session_record, ClientLink, Command, ConnectRequest, Disconnected, LinkFlow, Mailbox,
+    Metrics, PendingWill, RouterHandle, SessionKey,
 };
-use m2m_session::{check_topic_name, Action, LinkParams, Message, Session};
+use m2m_session::{check_topic_name, Action, LinkParams, Message, Persist, Session};
+use m2m_store::{Batch, Store, WillRecord};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::sync::oneshot;
 use tokio_util::sync::CancellationToken;
@@ -35,6 +36,8 @@ pub(crate) struct Shared {
     pub(crate) conn_ids: AtomicU64,
     /// Distinguishes assigned client ids of this node run from those of earlier runs.
     pub(crate) id_prefix: String,
+    /// The node's store, if it keeps state across restarts.
+    pub(crate) store: Option<Store>,
 }
 
 /// Smallest read reservation: what an idle connection holds.
@@ -421,6 +424,8 @@ async fn accept<S: AsyncRead + AsyncWrite + Unpin>(
     let request = ConnectRequest {
         client_id: client_id.clone(),
         clean_start: connect.clean_start,
+        expiry,
+        v5,
         link: ClientLink { conn_id, mailbox: mailbox.clone(), kick: kick_tx, flow: flow.clone() },
         reply: reply_tx,
     };
@@ -464,6 +469,16 @@ async fn accept<S: AsyncRead + AsyncWrite + Unpin>(
     let mut session = reply.session;
     let mut actions = Vec::new();
     session.attach(params, expiry, now, &mut actions);
+    if let (Some(store), Some(w)) = (&shared.store, &will) {
+        // Kept while the client is connected: if the node stops without a clean close, the will
+        // still goes out after the restart.
+        let record = WillRecord { message: w.message.clone(), delay: w.delay, publish_at: None };
+        let mut batch = store.batch();
+        batch.put_will(&client_id, &record, now);
+        if let Err(e) = batch.commit() {
+            debug!(%client_id, error = %e, "will not kept in the store");
+        }
+    }
     let accepted =
         Box::new(Accepted { key: reply.key, conn_id, session, mailbox, kick, flow, will, auth_method });
     for action in actions {
@@ -560,7 +575,13 @@ async fn serve_session<S: AsyncRead + AsyncWrite + Unpin>(
     let drain_below = (shared.config.mailbox_capacity / 2).max(1);
     let mut blocked_since: Option<Instant> = None;
     let mut to_router = Vec::new();
+    let store = shared.store.as_ref();
+    // With `sync = "always"`, acknowledgements wait until what they acknowledge is durable.
+    let acks_wait = store.is_some_and(Store::waits_for_sync);
+    let mut batch: Option<Batch> = None;
+    let mut after_sync: Vec<Packet> = Vec::new();
     let end = loop {
+        let mut must_sync = false;
         let deadline = a.session.keep_alive_deadline();
         let mut end = None;
         let mut failure = None;
@@ -599,7 +620,13 @@ async fn serve_session<S: AsyncRead + AsyncWrite + Unpin>(
                         Metrics::add(&shared.metrics.messages_received, 1);
                     }
                     trace!(%client_id, packet = packet.name(), "received");
-                    match a.session.handle_packet(packet, Instant::now(), &mut actions) {
+                    let refused = match &packet {
+                        Packet::Publish(p) if p.qos > QoS::AtMostOnce && store.is_some_and(|s| !s.is_healthy()) => {
+                            refuse_publish(conn, p)
+                        }
+                        _ => false,
+                    };
+                    match if refused { Ok(()) } else { a.session.handle_packet(packet, Instant::now(), &mut actions) } {
                         Ok(()) => {}
                         Err(e) => {
                             info!(%client_id, peer = %conn.peer, reason = %e.reason, error = e.message, "protocol violation");
@@ -619,11 +646,18 @@ async fn serve_session<S: AsyncRead + AsyncWrite + Unpin>(
                 }
                 Err(e) => failure = Some(e),
             },
-            () = a.mailbox.ready(), if has_room => {
-                let now = Instant::now();
-                let room = max_queued.saturating_sub(a.session.queued()).min(DELIVERY_BATCH);
-                for d in a.mailbox.take(room) {
-                    a.session.deliver(d, now, &mut actions);
+            () = a.mailbox.ready(has_room) => {
+                for p in a.mailbox.take_packets() {
+                    if let Err(e) = conn.queue(&p) {
+                        failure = Some(e);
+                    }
+                }
+                if has_room {
+                    let now = Instant::now();
+                    let room = max_queued.saturating_sub(a.session.queued()).min(DELIVERY_BATCH);
+                    for d in a.mailbox.take(room) {
+                        a.session.deliver(d, now, &mut actions);
+                    }
                 }
             }
             () = sleep_until_opt(earliest(deadline, throttle_until.filter(|_| !can_read))) => {
@@ -637,29 +671,52 @@ async fn serve_session<S: AsyncRead + AsyncWrite + Unpin>(
         }
         for action in actions.drain(..) {
             match action {
+                Action::Send(p @ (Packet::PubAck(_) | Packet::PubRec(_) | Packet::PubComp(_)))
+                    if acks_wait =>
+                {
+                    // In order with the acknowledgements the router sends once their messages are
+                    // durable; a PUBCOMP also waits for the released packet id to be forgotten.
+                    after_sync.push(p);
+                }
                 Action::Send(p) => {
                     if let Err(e) = queue_counted(conn, &p) {
                         failure = Some(e);
                     }
                 }
                 Action::Publish { message, ack } => {
+                    let (to_router_ack, direct_ack) = if acks_wait { (ack, None) } else { (None, ack) };
                     if message.topic.as_str().starts_with("$SYS") {
                         trace!(%client_id, topic = %message.topic, "client publish to $SYS ignored");
+                        after_sync.extend(to_router_ack);
                     } else {
-                        to_router.push(Command::Publish { message: Arc::new(message), from: Some(a.key) });
+                        to_router.push(Command::Publish {
+                            message: Arc::new(message),
+                            from: Some(a.key),
+                            ack: to_router_ack,
+                        });
                     }
-                    if let Some(p) = ack {
+                    if let Some(p) = direct_ack {
                         if let Err(e) = queue_counted(conn, &p) {
                             failure = Some(e);
                         }
                     }
                 }
-                Action::Persist(_) => {}
+                Action::Persist(op) => {
+                    if let (Some(store), true) = (store, a.session.expiry_interval > 0) {
+                        apply_persist(batch.get_or_insert_with(|| store.batch()), &client_id, op);
+                        // The packet that follows must not reach the client before the store knows
+                        // it was sent: a QoS 2 message resent under a new packet id after a crash
+                        // would be delivered twice.
+                        must_sync |= !matches!(op, Persist::Done { .. });
+                    }
+                }
                 Action::Subscribe(requests) => {
                     to_router.push(Command::Subscribe { key: a.key, requests });
+                    must_sync |= keep_session(store, &a.session, &mut batch);
                 }
                 Action::Unsubscribe(subscriptions) => {
                     to_router.push(Command::Unsubscribe { key: a.key, subscriptions });
+                    must_sync |= keep_session(store, &a.session, &mut batch);
                 }
                 Action::Disconnect { publish_will } => {
                     // A Session Expiry Interval on DISCONNECT is capped like the one on CONNECT.
@@ -680,6 +737,29 @@ async fn serve_session<S: AsyncRead + AsyncWrite + Unpin>(
             && a.flow.wants_drain.swap(false, std::sync::atomic::Ordering::AcqRel)
         {
             to_router.push(Command::Drained { key: a.key });
+        }
+        if let Some(b) = batch.take() {
+            if let Err(e) = b.commit() {
+                debug!(%client_id, error = %e, "session state not kept in the store");
+            }
+        }
+        if let (false, Some(store)) = (after_sync.is_empty(), store) {
+            let packets = std::mem::take(&mut after_sync);
+            let mailbox = a.mailbox.clone();
+            store.on_durable(move |_| {
+                for p in packets {
+                    mailbox.push_packet(p);
+                }
+            });
+        }
+        // SUBACK, and QoS 2 PUBLISH/PUBREL of a persistent session, go out once the store has them.
+        if must_sync && acks_wait {
+            if let Some(Err(e)) = match store {
+                Some(s) => Some(s.durable().await),
+                None => None,
+            } {
+                debug!(%client_id, error = %e, "store sync failed");
+            }
         }
         // One await point for every command to the router keeps the task's state small. The router
         // sees them before the acknowledgements below are written (SUBACK after the subscription).
@@ -705,6 +785,32 @@ async fn serve_session<S: AsyncRead + AsyncWrite + Unpin>(
     debug!(%client_id, peer = %conn.peer, ?end, "client disconnected");
     Box::pin(hand_back(a, shared, end)).await;
     Ok(end)
+}
+
+/// Writes the session's record (expiry, subscriptions) into the batch if it is kept in the store;
+/// `true` when it was, so that the SUBACK waits for it.
+fn keep_session(store: Option<&Store>, session: &Session, batch: &mut Option<Batch>) -> bool {
+    let Some(store) = store else { return false };
+    if session.expiry_interval == 0 {
+        return false;
+    }
+    let record = session_record(session, session.expiry_interval, None);
+    batch.get_or_insert_with(|| store.batch()).put_session(&record);
+    true
+}
+
+/// Answers a QoS 1/2 PUBLISH the node cannot keep because its store is failing (full disk): MQTT 5
+/// gets PUBACK/PUBREC 0x97 (Quota exceeded), 3.1.1 gets no acknowledgement and sends it again later.
+/// The message is not routed. Returns `true`: the packet is consumed.
+fn refuse_publish<S: AsyncRead + AsyncWrite + Unpin>(conn: &mut Conn<S>, p: &m2m_codec::Publish) -> bool {
+    Metrics::add(&conn.metrics.publishes_refused, 1);
+    if let (true, Some(id)) = (conn.version.is_v5(), p.packet_id) {
+        let mut ack = m2m_codec::Ack::new(id);
+        ack.reason_code = ReasonCode::QUOTA_EXCEEDED;
+        let packet = if p.qos == QoS::AtLeastOnce { Packet::PubAck(ack) } else { Packet::PubRec(ack) };
+        let _ = conn.queue(&packet);
+    }
+    true
 }
 
 /// Queues a DISCONNECT for a v5 client; 3.1.1 has no server DISCONNECT, the socket just closes.
@@ -761,10 +867,23 @@ async fn hand_back(a: Box<Accepted>, shared: &Shared, end: End) {
     let Accepted { key, conn_id, mut session, mailbox, will, .. } = *a;
     session.detach();
     let now = Instant::now();
-    let mut unused = Vec::new();
+    let mut reports = Vec::new();
     for d in mailbox.close() {
-        if session.deliver(d, now, &mut unused) == m2m_session::DeliveryOutcome::Dropped {
+        if session.deliver(d, now, &mut reports) == m2m_session::DeliveryOutcome::Dropped {
             Metrics::add(&shared.metrics.messages_dropped, 1);
+        }
+    }
+    if let (Some(store), true) = (&shared.store, session.expiry_interval > 0) {
+        let mut batch = store.batch();
+        for action in &reports {
+            if let Action::Persist(op) = action {
+                apply_persist(&mut batch, session.client_id(), *op);
+            }
+        }
+        if !batch.is_empty() {
+            if let Err(e) = batch.commit() {
+                debug!(client_id = %session.client_id(), error = %e, "dropped deliveries not removed from the store");
+            }
         }
     }
     let will = match end {

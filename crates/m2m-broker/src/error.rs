@@ -15,6 +15,9 @@ pub enum Error {
         #[source]
         source: std::io::Error,
     },
+    /// The store could not be opened (corrupt, from a newer version, locked, unreadable).
+    #[error("cannot open the store: {0}")]
+    Store(#[from] m2m_store::StoreError),
 }
 
 /// Why one connection ended abnormally. Logged once at the task boundary; never ends the node.

@@ -6,6 +6,7 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use m2m_router::{Command, Metrics, Router, RouterConfig, RouterHandle};
+use m2m_store::Store;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -33,8 +34,12 @@ impl std::fmt::Debug for Broker {
 impl Broker {
     /// Binds the listener and builds the router; nothing runs until [`Broker::run`].
     ///
+    /// With a store configured, the node's state is read from it first (sessions, queues, retained
+    /// messages, wills), before the listener accepts anyone.
+    ///
     /// # Errors
-    /// [`Error::Bind`] when the address cannot be bound.
+    /// [`Error::Bind`] when the address cannot be bound; [`Error::Store`] when the store cannot be
+    /// opened (the message names the file and what to do).
     pub async fn bind(config: &Config) -> Result<Self> {
         let listener = TcpListener::bind(config.listen)
             .await
@@ -47,7 +52,26 @@ impl Broker {
             sys_interval: config.sys_interval,
             ..RouterConfig::default()
         };
-        let (router, handle) = Router::new(router_config, metrics.clone());
+        let (router, handle, store) = match &config.store {
+            None => {
+                let (router, handle) = Router::new(router_config, metrics.clone());
+                (router, handle, None)
+            }
+            Some(store_config) => {
+                let started = std::time::Instant::now();
+                let store_config = store_config.clone();
+                let (store, recovered) =
+                    tokio::task::spawn_blocking(move || Store::open(store_config)).await.map_err(|e| {
+                        m2m_store::StoreError::Engine(format!("store opening task failed: {e}"))
+                    })??;
+                let sessions = recovered.sessions.len();
+                let (router, handle) =
+                    Router::with_store(router_config, metrics.clone(), store.clone(), recovered);
+                info!(path = %store.path().display(), sessions, elapsed_ms = started.elapsed().as_millis() as u64,
+                    "store opened");
+                (router, handle, Some(store))
+            }
+        };
         let started = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
         let shared = Shared {
             config: config.clone(),
@@ -57,6 +81,7 @@ impl Broker {
             shutdown: CancellationToken::new(),
             conn_ids: AtomicU64::new(1),
             id_prefix: format!("m2m-{started:x}-"),
+            store,
         };
         Ok(Self { listener, local_addr, router, shared })
     }

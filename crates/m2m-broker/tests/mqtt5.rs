@@ -18,7 +18,10 @@ use bytes::Bytes;
 use m2m_broker::{AuthExchange, AuthStep, Authenticator, Config};
 use m2m_codec as codec;
 use m2m_codec::{Packet, ProtocolVersion, ReasonCode};
-use m2m_test::{within, RawClient, TestBroker};
+use m2m_test::{
+    expect_disconnect, expect_raw_publish, persistent_connect, pid, raw_connect, raw_connect_ok, raw_publish,
+    raw_subscribe, raw_subscribe_with, v5_connect, within, RawClient, TestBroker,
+};
 use rumqttc::v5::mqttbytes::v5::{
     ConnAck, ConnectReturnCode, Filter, LastWill, LastWillProperties, Packet as In, PubAckReason, Publish,
     PublishProperties, RetainForwardRule, SubscribeProperties, SubscribeReasonCode, UnsubAckReason,
@@ -250,93 +253,6 @@ fn persistent(expiry: u32, clean_start: bool) -> impl FnOnce(&mut MqttOptions) {
 // RawClient helpers: exact packets in, exact packets out.
 // ---------------------------------------------------------------------------------------------------
 
-fn v5_connect(id: &str) -> codec::Connect {
-    codec::Connect {
-        protocol: ProtocolVersion::V5,
-        clean_start: true,
-        keep_alive: 60,
-        client_id: Arc::from(id),
-        will: None,
-        username: None,
-        password: None,
-        properties: codec::ConnectProperties::default(),
-    }
-}
-
-/// Connects a raw v5 client and returns it with the node's CONNACK (whatever its reason code).
-async fn raw_connect(addr: SocketAddr, connect: codec::Connect) -> (RawClient, codec::ConnAck) {
-    let mut client = RawClient::connect(addr, ProtocolVersion::V5).await;
-    client.send(&Packet::Connect(Box::new(connect))).await;
-    match client.recv().await {
-        Some(Packet::ConnAck(ack)) => (client, ack),
-        other => panic!("expected CONNACK, got {other:?}"),
-    }
-}
-
-/// Connects a raw v5 client that must be accepted.
-async fn raw_connect_ok(addr: SocketAddr, connect: codec::Connect) -> RawClient {
-    let (client, ack) = raw_connect(addr, connect).await;
-    assert_eq!(ack.reason_code, ReasonCode::SUCCESS, "CONNACK {ack:?}");
-    client
-}
-
-fn pid(n: u16) -> codec::PacketId {
-    codec::PacketId::new(n).expect("non-zero packet id")
-}
-
-fn raw_publish(topic: &str, qos: codec::QoS, id: Option<u16>, payload: &'static [u8]) -> codec::Publish {
-    codec::Publish {
-        dup: false,
-        qos,
-        retain: false,
-        topic: Arc::from(topic),
-        packet_id: id.map(pid),
-        properties: codec::PublishProperties::default(),
-        payload: Bytes::from_static(payload),
-    }
-}
-
-async fn raw_subscribe(client: &mut RawClient, id: u16, filters: &[(&str, codec::QoS)]) -> codec::SubAck {
-    let filters = filters
-        .iter()
-        .map(|(f, qos)| (Arc::from(*f), codec::SubscriptionOptions { qos: *qos, ..Default::default() }))
-        .collect();
-    raw_subscribe_with(
-        client,
-        codec::Subscribe {
-            packet_id: pid(id),
-            subscription_identifier: None,
-            user_properties: Vec::new(),
-            filters,
-        },
-    )
-    .await
-}
-
-async fn raw_subscribe_with(client: &mut RawClient, subscribe: codec::Subscribe) -> codec::SubAck {
-    client.send(&Packet::Subscribe(subscribe)).await;
-    match client.recv().await {
-        Some(Packet::SubAck(ack)) => ack,
-        other => panic!("expected SUBACK, got {other:?}"),
-    }
-}
-
-/// Expects a DISCONNECT with `reason` from the node, then the connection to close.
-async fn expect_disconnect(client: &mut RawClient, reason: ReasonCode) {
-    match client.recv().await {
-        Some(Packet::Disconnect(d)) => assert_eq!(d.reason_code, reason, "DISCONNECT {d:?}"),
-        other => panic!("expected DISCONNECT {reason}, got {other:?}"),
-    }
-    assert_eq!(client.recv().await, None, "connection still open after DISCONNECT");
-}
-
-fn expect_raw_publish(packet: Option<Packet>) -> codec::Publish {
-    match packet {
-        Some(Packet::Publish(p)) => p,
-        other => panic!("expected PUBLISH, got {other:?}"),
-    }
-}
-
 // ---------------------------------------------------------------------------------------------------
 // QoS 0, 1 and 2 end to end
 // ---------------------------------------------------------------------------------------------------
@@ -423,13 +339,6 @@ async fn delivery_qos_is_the_lower_of_the_published_and_the_subscribed_qos() {
     assert_eq!(expect_publish(&mut sub, "down/1", b"a").await.qos, QoS::AtLeastOnce);
     assert_eq!(expect_publish(&mut sub, "down/2", b"b").await.qos, QoS::AtMostOnce);
     broker.stop().await;
-}
-
-fn persistent_connect(id: &str, clean_start: bool) -> codec::Connect {
-    let mut c = v5_connect(id);
-    c.clean_start = clean_start;
-    c.properties.session_expiry_interval = Some(60);
-    c
 }
 
 #[tokio::test]

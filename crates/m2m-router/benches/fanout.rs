@@ -17,7 +17,8 @@ fn connect(router: &mut Router, id: &str) -> (u64, Arc<Mailbox>) {
     let (kick, _kick_rx) = oneshot::channel();
     let (reply, mut reply_rx) = oneshot::channel();
     let link = ClientLink { conn_id: 1, mailbox: mailbox.clone(), kick, flow: Arc::new(LinkFlow::default()) };
-    let req = ConnectRequest { client_id: Arc::from(id), clean_start: true, link, reply };
+    let req =
+        ConnectRequest { client_id: Arc::from(id), clean_start: true, expiry: 0, v5: false, link, reply };
     assert_eq!(router.handle(Command::Connect(Box::new(req))), ControlFlow::Continue(()));
     let key = reply_rx.try_recv().expect("router replies at once").key;
     (key, mailbox)
@@ -45,7 +46,11 @@ fn fanout(c: &mut Criterion) {
         group.throughput(Throughput::Elements(subscribers as u64));
         group.bench_function(format!("qos0_64b_to_{subscribers}"), |b| {
             b.iter(|| {
-                let _ = router.handle(Command::Publish { message: black_box(message.clone()), from: None });
+                let _ = router.handle(Command::Publish {
+                    message: black_box(message.clone()),
+                    from: None,
+                    ack: None,
+                });
                 for m in &mailboxes {
                     black_box(m.take(usize::MAX));
                 }

@@ -22,6 +22,6 @@ mod router;
 pub use mailbox::{Mailbox, PushError};
 pub use metrics::Metrics;
 pub use router::{
-    ClientLink, Command, ConnectReply, ConnectRequest, Disconnected, LinkFlow, PendingWill, Router,
-    RouterConfig, RouterGone, RouterHandle, RouterStats, SessionKey,
+    apply_persist, session_record, ClientLink, Command, ConnectReply, ConnectRequest, Disconnected, LinkFlow,
+    PendingWill, Router, RouterConfig, RouterGone, RouterHandle, RouterStats, SessionKey,
 };

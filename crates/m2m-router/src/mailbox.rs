@@ -4,6 +4,7 @@ use std::collections::VecDeque;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Mutex, MutexGuard, PoisonError};
 
+use m2m_codec::Packet;
 use m2m_session::Delivery;
 use tokio::sync::Notify;
 
@@ -11,10 +12,14 @@ use tokio::sync::Notify;
 ///
 /// Lighter than a channel for a connection that is mostly idle: an empty mailbox holds no buffer, and
 /// the consumer takes a whole batch with one lock.
+///
+/// Besides deliveries it carries packets that are ready to send as they are: acknowledgements that
+/// waited for the store to make a message durable. Those are few (bounded by the client's inflight
+/// window) and never refused for lack of room.
 #[derive(Debug)]
 pub struct Mailbox {
-    /// A std mutex: held only to push one delivery or to take a batch, never across an `.await`.
-    queue: Mutex<VecDeque<Delivery>>,
+    /// A std mutex: held only to push one item or to take a batch, never across an `.await`.
+    queue: Mutex<Queues>,
     capacity: usize,
     ready: Notify,
     closed: AtomicBool,
@@ -29,18 +34,24 @@ pub enum PushError {
     Closed(Delivery),
 }
 
+#[derive(Debug, Default)]
+struct Queues {
+    deliveries: VecDeque<Delivery>,
+    packets: Vec<Packet>,
+}
+
 impl Mailbox {
     /// An empty mailbox holding at most `capacity` deliveries.
     pub fn new(capacity: usize) -> Self {
         Self {
-            queue: Mutex::new(VecDeque::new()),
+            queue: Mutex::new(Queues::default()),
             capacity: capacity.max(1),
             ready: Notify::new(),
             closed: AtomicBool::new(false),
         }
     }
 
-    fn lock(&self) -> MutexGuard<'_, VecDeque<Delivery>> {
+    fn lock(&self) -> MutexGuard<'_, Queues> {
         // A panic while holding the lock cannot leave the queue half-changed (push and take are
         // single calls), so a poisoned lock is still usable.
         self.queue.lock().unwrap_or_else(PoisonError::into_inner)
@@ -55,11 +66,11 @@ impl Mailbox {
             return Err(PushError::Closed(delivery));
         }
         let mut queue = self.lock();
-        if queue.len() >= self.capacity {
+        if queue.deliveries.len() >= self.capacity {
             return Err(PushError::Full(delivery));
         }
-        let was_empty = queue.is_empty();
-        queue.push_back(delivery);
+        let was_empty = queue.deliveries.is_empty();
+        queue.deliveries.push_back(delivery);
         drop(queue);
         if was_empty {
             self.ready.notify_one();
@@ -67,35 +78,60 @@ impl Mailbox {
         Ok(())
     }
 
-    /// Waits until the mailbox may hold a delivery.
+    /// Adds a packet to send as it is, whatever the number of deliveries waiting; `false` when the
+    /// connection is ending (the client gets it again from its session on reconnect, if at all).
+    pub fn push_packet(&self, packet: Packet) -> bool {
+        if self.closed.load(Ordering::Acquire) {
+            return false;
+        }
+        self.lock().packets.push(packet);
+        self.ready.notify_one();
+        true
+    }
+
+    /// Waits until a packet waits, or a delivery does and `deliveries` (the consumer has room) is set.
     ///
     /// # Cancel safety
     /// Cancel safe: a wake-up that is not awaited stays stored for the next call.
-    pub async fn ready(&self) {
-        if !self.lock().is_empty() {
-            return;
+    pub async fn ready(&self, deliveries: bool) {
+        loop {
+            {
+                let queue = self.lock();
+                if !queue.packets.is_empty() || (deliveries && !queue.deliveries.is_empty()) {
+                    return;
+                }
+            }
+            self.ready.notified().await;
         }
-        self.ready.notified().await;
+    }
+
+    /// Takes the packets waiting, oldest first.
+    pub fn take_packets(&self) -> Vec<Packet> {
+        let mut queue = self.lock();
+        if queue.packets.is_empty() {
+            return Vec::new();
+        }
+        std::mem::take(&mut queue.packets)
     }
 
     /// Takes up to `max` deliveries, oldest first.
     pub fn take(&self, max: usize) -> VecDeque<Delivery> {
         let mut queue = self.lock();
-        if queue.len() <= max {
-            std::mem::take(&mut *queue)
+        if queue.deliveries.len() <= max {
+            std::mem::take(&mut queue.deliveries)
         } else {
-            queue.drain(..max).collect()
+            queue.deliveries.drain(..max).collect()
         }
     }
 
     /// Deliveries waiting.
     pub fn len(&self) -> usize {
-        self.lock().len()
+        self.lock().deliveries.len()
     }
 
     /// Whether no delivery is waiting.
     pub fn is_empty(&self) -> bool {
-        self.lock().is_empty()
+        self.lock().deliveries.is_empty()
     }
 
     /// Whether the connection has closed the mailbox.
@@ -106,7 +142,7 @@ impl Mailbox {
     /// Closes the mailbox and takes what is left; later pushes fail with [`PushError::Closed`].
     pub fn close(&self) -> VecDeque<Delivery> {
         self.closed.store(true, Ordering::Release);
-        std::mem::take(&mut *self.lock())
+        std::mem::take(&mut self.lock().deliveries)
     }
 }
 
@@ -159,14 +195,32 @@ mod tests {
     async fn ready_wakes_for_a_push_made_before_or_while_waiting() {
         let m = Arc::new(Mailbox::new(4));
         m.try_push(delivery(1)).unwrap();
-        tokio::time::timeout(std::time::Duration::from_secs(1), m.ready()).await.unwrap();
+        tokio::time::timeout(std::time::Duration::from_secs(1), m.ready(true)).await.unwrap();
         m.take(10);
         let waiter = tokio::spawn({
             let m = m.clone();
-            async move { m.ready().await }
+            async move { m.ready(true).await }
         });
         tokio::task::yield_now().await;
         m.try_push(delivery(2)).unwrap();
         tokio::time::timeout(std::time::Duration::from_secs(1), waiter).await.unwrap().unwrap();
+    }
+
+    #[tokio::test]
+    async fn packets_wake_the_consumer_even_when_it_has_no_room_for_deliveries() {
+        let m = Arc::new(Mailbox::new(1));
+        m.try_push(delivery(1)).unwrap();
+        let waiter = tokio::spawn({
+            let m = m.clone();
+            async move { m.ready(false).await }
+        });
+        tokio::task::yield_now().await;
+        assert!(!waiter.is_finished(), "a delivery alone must not wake a consumer without room");
+        assert!(m.push_packet(m2m_codec::Packet::PingResp));
+        tokio::time::timeout(std::time::Duration::from_secs(1), waiter).await.unwrap().unwrap();
+        assert_eq!(m.take_packets(), vec![m2m_codec::Packet::PingResp]);
+        assert_eq!(m.len(), 1, "deliveries are not refused for packets, nor taken with them");
+        m.close();
+        assert!(!m.push_packet(m2m_codec::Packet::PingResp));
     }
 }

@@ -26,6 +26,8 @@ pub struct Metrics {
     pub bytes_sent: AtomicU64,
     /// Malformed packets and protocol violations seen.
     pub protocol_errors: AtomicU64,
+    /// QoS 1/2 publishes refused because the store could not keep them (full disk, failed store).
+    pub publishes_refused: AtomicU64,
 }
 
 impl Metrics {

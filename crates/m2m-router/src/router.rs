@@ -4,19 +4,23 @@ use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::ops::ControlFlow;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
 
-use m2m_codec::{QoS, ReasonCode, RetainHandling};
-use m2m_session::{Delivery, Limits, Message, Session, SubscribeRequest, SubscriptionEntry};
+use m2m_codec::{Packet, PacketId, QoS, ReasonCode, RetainHandling};
+use m2m_session::{Action, Delivery, Limits, Message, Persist, Session, SubscribeRequest, SubscriptionEntry};
+use m2m_store::{unix_ms, Batch, Phase, Recovered, SessionRecord, Store, WillRecord};
 use m2m_topic::{Match, SharedGroupId, Subscription, SubscriptionTrie, TopicName, TopicTree};
 use tokio::sync::{mpsc, oneshot, Notify};
-use tracing::{debug, trace};
+use tracing::{debug, error, info, trace};
 
 use crate::mailbox::{Mailbox, PushError};
 use crate::metrics::Metrics;
 
 /// How often the router sweeps expired retained messages.
 const HOUSEKEEPING: Duration = Duration::from_secs(10);
+/// How often the router records in the store that the node is alive: after a crash, sessions that were
+/// online count as disconnected from the last record on (expiry, will delay).
+const HEARTBEAT: Duration = Duration::from_secs(1);
 
 /// Identifies a session inside the router; stable for the session's life.
 pub type SessionKey = u64;
@@ -61,6 +65,11 @@ pub struct ConnectRequest {
     pub client_id: Arc<str>,
     /// Clean Start / Clean Session.
     pub clean_start: bool,
+    /// Session Expiry Interval, as capped by the node: 0 ends the session with the connection,
+    /// `u32::MAX` never. A session with a non-zero expiry is kept in the store, if there is one.
+    pub expiry: u32,
+    /// Whether the client speaks MQTT 5 (an acknowledgement can carry a failure reason code).
+    pub v5: bool,
     /// How the router reaches the connection.
     pub link: ClientLink,
     /// The router's answer.
@@ -145,6 +154,9 @@ pub enum Command {
         message: Arc<Message>,
         /// The publishing session, throttled if a subscriber is congested; `None` for the node's own.
         from: Option<SessionKey>,
+        /// The acknowledgement (PUBACK, PUBREC) to put into the publisher's mailbox once the message
+        /// and its copies for persistent sessions are durable. `None` when the connection sends it.
+        ack: Option<Packet>,
     },
     /// A connection's mailbox has room again after the router set [`LinkFlow::wants_drain`].
     Drained {
@@ -248,6 +260,20 @@ struct Client {
     state: State,
     /// A will waiting for its delay to pass.
     will: Option<(Arc<Message>, Instant)>,
+    /// Session Expiry Interval: non-zero sessions are kept in the store.
+    expiry: u32,
+    /// Whether the connected client speaks MQTT 5.
+    v5: bool,
+}
+
+impl Client {
+    fn new(client_id: Arc<str>, state: State, expiry: u32, v5: bool) -> Self {
+        Self { client_id, state, will: None, expiry, v5 }
+    }
+
+    fn persistent(&self) -> bool {
+        self.expiry > 0
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -279,7 +305,13 @@ pub struct Router {
     /// Reused per publish: matched sessions and what each gets.
     scratch: Vec<(SessionKey, QoS, bool, Vec<u32>)>,
     scratch_index: HashMap<SessionKey, usize>,
+    /// Reused per publish: the deliveries of one message.
+    targets: Vec<(SessionKey, Delivery)>,
     started: Instant,
+    /// Where sessions, their queues, retained messages and wills are kept; `None`: memory only.
+    store: Option<Store>,
+    /// Sequence number of the next delivery kept in the store.
+    next_seq: u64,
 }
 
 impl std::fmt::Debug for Router {
@@ -306,9 +338,146 @@ impl Router {
             timer_seq: 0,
             scratch: Vec::new(),
             scratch_index: HashMap::new(),
+            targets: Vec::new(),
             started: Instant::now(),
+            store: None,
+            next_seq: 1,
         };
         (router, RouterHandle { tx })
+    }
+
+    /// Creates a router that keeps its state in `store`, starting from what the store held: sessions
+    /// (with their subscriptions, queues and messages in flight), retained messages and wills.
+    ///
+    /// Sessions whose expiry passed while the node was down end now; wills whose delay passed are
+    /// published now, the others wait for the rest of their delay. A session that was online when the
+    /// node stopped counts as disconnected from the node's last heartbeat.
+    pub fn with_store(
+        config: RouterConfig,
+        metrics: Arc<Metrics>,
+        store: Store,
+        recovered: Recovered,
+    ) -> (Self, RouterHandle) {
+        let (mut router, handle) = Self::new(config, metrics);
+        router.store = Some(store);
+        router.restore(recovered, Instant::now(), unix_ms(SystemTime::now()));
+        (router, handle)
+    }
+
+    fn restore(&mut self, recovered: Recovered, now: Instant, wall: u64) {
+        let Recovered { sessions, retained, wills, next_seq, alive_at, .. } = recovered;
+        self.next_seq = next_seq.max(1);
+        let alive = alive_at.unwrap_or(wall);
+        let at_instant = |ms: u64| now.checked_add(Duration::from_millis(ms.saturating_sub(wall)));
+        for message in retained {
+            let topic = message.topic.clone();
+            self.retained.insert(&topic, Arc::new(message));
+        }
+        let (mut restored, mut ended) = (0usize, 0usize);
+        let mut gone_at = HashMap::new();
+        for stored in sessions {
+            let record = stored.record;
+            let client_id = record.client_id.clone();
+            let left = record.disconnected_at.unwrap_or(alive);
+            let ends_at = (record.expiry_interval != u32::MAX)
+                .then(|| left.saturating_add(u64::from(record.expiry_interval) * 1000));
+            if record.expiry_interval == 0 || ends_at.is_some_and(|at| at <= wall) {
+                self.write(|b| b.remove_session(&client_id));
+                ended += 1;
+                continue;
+            }
+            let mut inflight = Vec::new();
+            let mut queued = Vec::new();
+            for d in stored.deliveries {
+                match d.flight.and_then(|(id, phase)| Some((PacketId::new(id)?, phase))) {
+                    Some((id, phase)) => inflight.push((id, phase == Phase::Released, d.delivery)),
+                    None => queued.push(d.delivery),
+                }
+            }
+            let session = Session::restore(
+                client_id.clone(),
+                self.config.limits.clone(),
+                record.expiry_interval,
+                record.subscriptions,
+                inflight,
+                queued,
+                stored.incoming,
+            );
+            let key = self.next_key;
+            self.next_key += 1;
+            for entry in session.subscriptions().values() {
+                self.trie.insert(&entry.subscription, key, SubData { entry: entry.clone() });
+            }
+            let expires_at = ends_at.and_then(at_instant);
+            if let Some(at) = expires_at {
+                self.add_timer(at, key, Timer::Expiry);
+            }
+            let state = State::Offline { session: Box::new(session), expires_at };
+            self.by_id.insert(client_id.clone(), key);
+            gone_at.insert(client_id.clone(), left);
+            self.clients.insert(key, Client::new(client_id, state, record.expiry_interval, false));
+            restored += 1;
+        }
+        let mut due = Vec::new();
+        for (client_id, will) in wills {
+            let key = self.by_id.get(&client_id).copied();
+            let delay = key.and_then(|k| self.clients.get(&k)).map_or(0, |c| will.delay.min(c.expiry));
+            let left = gone_at.get(&client_id).copied().unwrap_or(alive);
+            let publish_at = will.publish_at.unwrap_or(left.saturating_add(u64::from(delay) * 1000));
+            match (key, at_instant(publish_at)) {
+                (Some(key), Some(at)) if publish_at > wall => {
+                    if will.publish_at.is_none() {
+                        let record = WillRecord { publish_at: Some(publish_at), ..will.clone() };
+                        self.write(|b| b.put_will(&client_id, &record, now));
+                    }
+                    if let Some(client) = self.clients.get_mut(&key) {
+                        client.will = Some((Arc::new(will.message), at));
+                    }
+                    self.add_timer(at, key, Timer::Will);
+                }
+                _ => due.push((client_id, will.message)),
+            }
+        }
+        let wills_published = due.len();
+        for (client_id, message) in due {
+            self.write(|b| b.remove_will(&client_id));
+            self.publish(Arc::new(message), None, None, now);
+        }
+        info!(
+            sessions = restored,
+            expired = ended,
+            retained = self.retained.len(),
+            wills_published,
+            "state restored from the store"
+        );
+    }
+
+    /// Writes one batch to the store, if there is one. A failure is logged; the store reports itself
+    /// unhealthy and refuses acknowledgements until it recovers.
+    fn write(&self, f: impl FnOnce(&mut Batch)) {
+        let Some(store) = &self.store else { return };
+        let mut batch = store.batch();
+        f(&mut batch);
+        if batch.is_empty() {
+            return;
+        }
+        if let Err(e) = batch.commit() {
+            error!(error = %e, "store write failed");
+        }
+    }
+
+    /// Writes what an offline session reported about its stored deliveries (drops, mostly).
+    fn write_persist(&self, client_id: &str, actions: &[Action]) {
+        if actions.is_empty() {
+            return;
+        }
+        self.write(|b| {
+            for action in actions {
+                if let Action::Persist(op) = action {
+                    apply_persist(b, client_id, *op);
+                }
+            }
+        });
     }
 
     /// Runs until every [`RouterHandle`] is dropped.
@@ -320,6 +489,11 @@ impl Router {
         housekeeping.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut sys_tick = self.config.sys_interval.map(|every| {
             let mut t = tokio::time::interval(every);
+            t.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            t
+        });
+        let mut heartbeat = self.store.as_ref().map(|_| {
+            let mut t = tokio::time::interval(HEARTBEAT);
             t.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
             t
         });
@@ -349,6 +523,9 @@ impl Router {
                 () = sleep_until_opt(next_timer) => self.fire_timers(Instant::now()),
                 _ = tick_opt(&mut sys_tick) => self.publish_sys(Instant::now()),
                 _ = housekeeping.tick() => self.sweep_expired_retained(Instant::now()),
+                _ = tick_opt(&mut heartbeat) => {
+                    self.write(|b| b.set_alive(unix_ms(SystemTime::now())));
+                }
             }
         }
         debug!(sessions = self.clients.len(), "router stopped");
@@ -360,7 +537,7 @@ impl Router {
         let now = Instant::now();
         match cmd {
             Command::Connect(req) => self.connect(*req, now),
-            Command::Publish { message, from } => self.publish(message, from, now),
+            Command::Publish { message, from, ack } => self.publish(message, from, ack, now),
             Command::Drained { key } => self.drained(key),
             Command::Subscribe { key, requests } => self.subscribe(key, requests, now),
             Command::Unsubscribe { key, subscriptions } => {
@@ -393,7 +570,11 @@ impl Router {
             let (link, waiting) = split(req);
             self.by_id.insert(waiting.client_id.clone(), key);
             let session = Box::new(Session::new(waiting.client_id.clone(), self.config.limits.clone()));
-            let client = Client { client_id: waiting.client_id, state: online(link), will: None };
+            if waiting.expiry > 0 {
+                let record = session_record(&session, waiting.expiry, None);
+                self.write(|b| b.put_session(&record));
+            }
+            let client = Client::new(waiting.client_id, online(link), waiting.expiry, waiting.v5);
             self.clients.insert(key, client);
             let _ = waiting.reply.send(ConnectReply { key, session, session_present: false });
             return;
@@ -433,16 +614,28 @@ impl Router {
     ) {
         let Some(client) = self.clients.get_mut(&key) else { return };
         let pending_will = client.will.take();
+        client.expiry = req.expiry;
+        client.v5 = req.v5;
         let session_present = !fresh;
         if fresh {
             // The old session ends: its will goes out now, if its delay was still running.
+            self.write(|b| b.remove_session(&req.client_id));
             if let Some((will, _)) = pending_will {
-                self.publish(will, None, now);
+                self.publish(will, None, None, now);
             }
             self.drop_subscriptions(key, &session);
             session = Box::new(Session::new(req.client_id.clone(), self.config.limits.clone()));
+        } else if pending_will.is_some() {
+            // A will still waiting is cancelled: the client came back in time (MQTT-3.1.3-9).
+            self.write(|b| b.remove_will(&req.client_id));
         }
-        // Otherwise a will still waiting is cancelled: the client came back in time (MQTT-3.1.3-9).
+        // A session resumed with expiry 0 ends with this connection: the store forgets it now.
+        if req.expiry > 0 {
+            let record = session_record(&session, req.expiry, None);
+            self.write(|b| b.put_session(&record));
+        } else if !fresh {
+            self.write(|b| b.remove_session(&req.client_id));
+        }
         if req.reply.send(ConnectReply { key, session, session_present }).is_err() {
             trace!(client_id = %req.client_id, "connection went away before its CONNACK");
         }
@@ -463,24 +656,44 @@ impl Router {
             waiter.release();
         }
         let State::Offline { session, .. } = &mut client.state else { return };
-        let mut unused = Vec::new();
+        let mut reports = Vec::new();
         for delivery in overflow {
-            if session.deliver(delivery, now, &mut unused) == m2m_session::DeliveryOutcome::Dropped {
+            if session.deliver(delivery, now, &mut reports) == m2m_session::DeliveryOutcome::Dropped {
                 Metrics::add(&self.metrics.messages_dropped, 1);
             }
         }
         let expiry = session.expiry_interval;
+        client.expiry = expiry;
         let client_id = client.client_id.clone();
+        let record = (expiry > 0).then(|| session_record(session, expiry, Some(unix_ms(SystemTime::now()))));
+        if expiry > 0 {
+            self.write_persist(&client_id, &reports);
+        }
+        let will_delay = d.will.as_ref().map(|w| w.delay.min(expiry));
+        self.write(|b| {
+            if let Some(record) = &record {
+                b.put_session(record);
+            }
+            match (&d.will, will_delay) {
+                (Some(will), Some(delay)) if delay > 0 && successor.is_none() => {
+                    let at = unix_ms(SystemTime::now()).saturating_add(u64::from(delay) * 1000);
+                    let record = WillRecord { message: will.message.clone(), delay, publish_at: Some(at) };
+                    b.put_will(&client_id, &record, now);
+                }
+                _ => b.remove_will(&client_id),
+            }
+        });
 
         if let Some(req) = successor {
             let (link, req) = split(*req);
+            let Some(client) = self.clients.get_mut(&d.key) else { return };
             let State::Offline { session, .. } = std::mem::replace(&mut client.state, online(link)) else {
                 return;
             };
             let session_ends = req.clean_start || expiry == 0;
             if let Some(will) = d.will {
                 if will.delay == 0 || session_ends {
-                    self.publish(Arc::new(will.message), None, now);
+                    self.publish(Arc::new(will.message), None, None, now);
                 }
             }
             // With a Session Expiry Interval of 0 the old session ended with its connection, so even
@@ -492,7 +705,7 @@ impl Router {
         if let Some(will) = d.will {
             let delay = will.delay.min(expiry);
             if delay == 0 {
-                self.publish(Arc::new(will.message), None, now);
+                self.publish(Arc::new(will.message), None, None, now);
             } else if let Some(at) = now.checked_add(Duration::from_secs(u64::from(delay))) {
                 if let Some(client) = self.clients.get_mut(&d.key) {
                     client.will = Some((Arc::new(will.message), at));
@@ -519,8 +732,9 @@ impl Router {
     fn end_session(&mut self, key: SessionKey, now: Instant) {
         let Some(client) = self.clients.remove(&key) else { return };
         self.by_id.remove(&client.client_id);
+        self.write(|b| b.remove_session(&client.client_id));
         if let Some((will, _)) = client.will {
-            self.publish(will, None, now);
+            self.publish(will, None, None, now);
         }
         if let State::Offline { session, .. } = client.state {
             let dropped = session.queued() as u64;
@@ -552,7 +766,9 @@ impl Router {
                 Timer::Will => {
                     if client.will.as_ref().is_some_and(|(_, due)| *due == at) {
                         if let Some((will, _)) = client.will.take() {
-                            self.publish(will, None, now);
+                            let client_id = client.client_id.clone();
+                            self.write(|b| b.remove_will(&client_id));
+                            self.publish(will, None, None, now);
                         }
                     }
                 }
@@ -599,12 +815,71 @@ impl Router {
                 }
             });
         }
-        for delivery in retained {
+        let mut targets: Vec<(SessionKey, Delivery)> = retained.into_iter().map(|d| (key, d)).collect();
+        if let Err(e) = self.keep(&mut targets, |_| {}, now) {
+            // They are still sent now; only a restart before they are acknowledged would lose them.
+            debug!(error = %e, "retained messages for a new subscription not kept in the store");
+        }
+        for (key, delivery) in targets {
             self.deliver(key, delivery, now);
         }
     }
 
-    fn publish(&mut self, message: Arc<Message>, from: Option<SessionKey>, now: Instant) {
+    /// Routes a message, keeps it for persistent sessions (and as retained) in the store, then
+    /// acknowledges it to its publisher once that is durable.
+    ///
+    /// If the store refuses the write, a QoS 1/2 message is not routed at all: the publisher gets a
+    /// refusal (MQTT 5: 0x97 Quota exceeded; 3.1.1 has no negative acknowledgement, so none) and sends
+    /// it again later. QoS 0 messages are routed in any case.
+    fn publish(
+        &mut self,
+        message: Arc<Message>,
+        from: Option<SessionKey>,
+        ack: Option<Packet>,
+        now: Instant,
+    ) {
+        let mut targets = std::mem::take(&mut self.targets);
+        targets.clear();
+        self.route(&message, from, &mut targets);
+        let incoming = match (&ack, from.and_then(|k| self.clients.get(&k))) {
+            (Some(Packet::PubRec(a)), Some(c)) if c.persistent() => {
+                Some((c.client_id.clone(), a.packet_id.get()))
+            }
+            _ => None,
+        };
+        // The node's own `$SYS` topics are published afresh after a restart; they are not kept.
+        let keep_retained = message.retain && !message.topic.as_str().starts_with('$');
+        let kept = self.keep(
+            &mut targets,
+            |b| {
+                if keep_retained {
+                    if message.payload.is_empty() {
+                        b.remove_retained(message.topic.as_str());
+                    } else {
+                        b.put_retained(&message, now);
+                    }
+                }
+                if let Some((client_id, id)) = &incoming {
+                    b.put_incoming(client_id, *id);
+                }
+            },
+            now,
+        );
+        if let Err(e) = &kept {
+            if message.qos > QoS::AtMostOnce {
+                debug!(topic = %message.topic, error = %e, "publish refused: the store cannot keep it");
+                Metrics::add(&self.metrics.publishes_refused, 1);
+                targets.clear();
+                self.targets = targets;
+                if let Some(ack) = ack {
+                    self.acknowledge(from, ack, false);
+                }
+                return;
+            }
+            for (_, d) in &mut targets {
+                d.stored = None;
+            }
+        }
         if message.retain {
             if message.payload.is_empty() {
                 self.retained.remove(&message.topic);
@@ -612,12 +887,84 @@ impl Router {
                 self.retained.insert(&message.topic, message.clone());
             }
         }
-        self.route(message, from, now);
+        let publisher_flow = match from.and_then(|k| self.clients.get(&k)) {
+            Some(Client { state: State::Online { flow, .. }, .. }) => Some(flow.clone()),
+            _ => None,
+        };
+        for (key, delivery) in targets.drain(..) {
+            // A publisher is never throttled by its own subscriptions: it could not read the
+            // acknowledgements that would unblock it.
+            let throttle = publisher_flow.as_ref().filter(|_| Some(key) != from);
+            self.deliver_from(key, delivery, throttle, now);
+        }
+        self.targets = targets;
+        if let Some(ack) = ack {
+            self.acknowledge(from, ack, true);
+        }
+    }
+
+    /// Puts an acknowledgement into the publisher's mailbox once everything written so far is durable,
+    /// in the order the publishes came; `kept: false` (or a failed sync) turns it into a refusal.
+    fn acknowledge(&self, from: Option<SessionKey>, ack: Packet, kept: bool) {
+        let Some(Client { state: State::Online { mailbox, .. }, v5, .. }) =
+            from.and_then(|k| self.clients.get(&k))
+        else {
+            return;
+        };
+        let mailbox = mailbox.clone();
+        let v5 = *v5;
+        let send = move |ok: bool| {
+            if ok {
+                mailbox.push_packet(ack);
+            } else if v5 {
+                mailbox.push_packet(refused(ack));
+            }
+        };
+        match &self.store {
+            Some(store) => store.on_durable(move |r| send(kept && r.is_ok())),
+            None => send(kept),
+        }
+    }
+
+    /// Gives a sequence number to each delivery a persistent session keeps (QoS 1/2; QoS 0 only for an
+    /// offline session when the node queues QoS 0) and writes them, with `extra`, in one batch.
+    fn keep(
+        &mut self,
+        targets: &mut [(SessionKey, Delivery)],
+        extra: impl FnOnce(&mut Batch),
+        now: Instant,
+    ) -> Result<(), m2m_store::StoreError> {
+        let Some(store) = &self.store else { return Ok(()) };
+        let mut batch = store.batch();
+        extra(&mut batch);
+        for (key, d) in targets.iter_mut() {
+            let Some(client) = self.clients.get(key) else { continue };
+            if !client.persistent() {
+                continue;
+            }
+            let offline = matches!(client.state, State::Offline { .. });
+            if d.qos == QoS::AtMostOnce && !(offline && self.config.limits.queue_qos0_offline) {
+                continue;
+            }
+            let seq = self.next_seq;
+            self.next_seq += 1;
+            d.stored = Some(seq);
+            batch.put_delivery(&client.client_id, seq, d, now);
+        }
+        if batch.is_empty() {
+            return Ok(());
+        }
+        batch.commit()
     }
 
     /// Fans a message out: one copy per session, at the highest QoS of its matching subscriptions, with
     /// every subscription identifier (MQTT 5.0 §3.3.4); one member per shared group.
-    fn route(&mut self, message: Arc<Message>, from: Option<SessionKey>, now: Instant) {
+    fn route(
+        &mut self,
+        message: &Arc<Message>,
+        from: Option<SessionKey>,
+        targets: &mut Vec<(SessionKey, Delivery)>,
+    ) {
         let mut scratch = std::mem::take(&mut self.scratch);
         let mut index = std::mem::take(&mut self.scratch_index);
         scratch.clear();
@@ -670,16 +1017,10 @@ impl Router {
                 merge(*key, data);
             }
         });
-        let publisher_flow = match from.and_then(|k| self.clients.get(&k)) {
-            Some(Client { state: State::Online { flow, .. }, .. }) => Some(flow.clone()),
-            _ => None,
-        };
         for (key, qos, retain, ids) in scratch.drain(..) {
-            let delivery = Delivery { message: message.clone(), qos, retain, subscription_ids: ids, stored: None };
-            // A publisher is never throttled by its own subscriptions: it could not read the
-            // acknowledgements that would unblock it.
-            let throttle = publisher_flow.as_ref().filter(|_| Some(key) != from);
-            self.deliver_from(key, delivery, throttle, now);
+            let delivery =
+                Delivery { message: message.clone(), qos, retain, subscription_ids: ids, stored: None };
+            targets.push((key, delivery));
         }
         self.scratch = scratch;
         self.scratch_index = index;
@@ -703,6 +1044,7 @@ impl Router {
         // what it sent before that is already in the command channel. Room for that backlog keeps
         // acknowledged QoS 1/2 messages from being dropped while the throttle takes hold.
         let max_overflow = self.config.limits.max_queued + self.config.channel_capacity;
+        let mut reports = Vec::new();
         let dropped = match &mut client.state {
             State::Online { mailbox, overflow, flow, waiters, .. } => {
                 let delivery = if overflow.is_empty() {
@@ -716,7 +1058,12 @@ impl Router {
                 match delivery {
                     None => false,
                     Some(d) if d.qos == QoS::AtMostOnce && !mailbox.is_closed() => true,
-                    Some(_) if overflow.len() >= max_overflow => true,
+                    Some(d) if overflow.len() >= max_overflow => {
+                        if let Some(seq) = d.stored {
+                            reports.push(Action::Persist(Persist::Done { seq }));
+                        }
+                        true
+                    }
                     Some(d) => {
                         overflow.push_back(d);
                         flow.wants_drain.store(true, Ordering::Release);
@@ -731,12 +1078,16 @@ impl Router {
                 }
             }
             State::Offline { session, .. } => {
-                session.deliver(delivery, now, &mut Vec::new()) == m2m_session::DeliveryOutcome::Dropped
+                session.deliver(delivery, now, &mut reports) == m2m_session::DeliveryOutcome::Dropped
             }
         };
         if dropped {
             Metrics::add(&self.metrics.messages_dropped, 1);
             trace!(client_id = %client.client_id, "delivery dropped: queue full");
+        }
+        if !reports.is_empty() {
+            let client_id = client.client_id.clone();
+            self.write_persist(&client_id, &reports);
         }
     }
 
@@ -791,9 +1142,39 @@ impl Router {
         ];
         for (suffix, value) in values {
             let Ok(topic) = TopicName::try_from(format!("$SYS/broker/{suffix}").as_str()) else { continue };
-            self.publish(Arc::new(Message::new(topic, value.into_bytes(), QoS::AtMostOnce, true)), None, now);
+            let message = Message::new(topic, value.into_bytes(), QoS::AtMostOnce, true);
+            self.publish(Arc::new(message), None, None, now);
         }
     }
+}
+
+/// What the store keeps of a session: its expiry and subscriptions; `disconnected_at` (unix ms) is
+/// `None` while a client is connected.
+pub fn session_record(session: &Session, expiry: u32, disconnected_at: Option<u64>) -> SessionRecord {
+    SessionRecord {
+        client_id: session.client_id().clone(),
+        expiry_interval: expiry,
+        disconnected_at,
+        subscriptions: session.subscriptions().iter().map(|(f, e)| (f.clone(), e.clone())).collect(),
+    }
+}
+
+/// Applies one change a session reported about its stored deliveries to a batch.
+pub fn apply_persist(batch: &mut Batch, client_id: &str, op: Persist) {
+    match op {
+        Persist::Sent { seq, id } => batch.set_flight(client_id, seq, id.get(), Phase::Sent),
+        Persist::Released { seq, id } => batch.set_flight(client_id, seq, id.get(), Phase::Released),
+        Persist::Done { seq } => batch.remove_delivery(client_id, seq),
+        Persist::IncomingReleased { id } => batch.remove_incoming(client_id, id.get()),
+    }
+}
+
+/// The acknowledgement of a publish the node could not keep: MQTT 5 reason 0x97 Quota exceeded.
+fn refused(mut ack: Packet) -> Packet {
+    if let Packet::PubAck(a) | Packet::PubRec(a) = &mut ack {
+        a.reason_code = ReasonCode::QUOTA_EXCEEDED;
+    }
+    ack
 }
 
 fn online(link: ClientLink) -> State {
@@ -813,12 +1194,14 @@ fn online(link: ClientLink) -> State {
 struct Waiting {
     client_id: Arc<str>,
     clean_start: bool,
+    expiry: u32,
+    v5: bool,
     reply: oneshot::Sender<ConnectReply>,
 }
 
 fn split(req: ConnectRequest) -> (ClientLink, Waiting) {
-    let ConnectRequest { client_id, clean_start, link, reply } = req;
-    (link, Waiting { client_id, clean_start, reply })
+    let ConnectRequest { client_id, clean_start, expiry, v5, link, reply } = req;
+    (link, Waiting { client_id, clean_start, expiry, v5, reply })
 }
 
 async fn sleep_until_opt(at: Option<Instant>) {

@@ -5,7 +5,7 @@ fn retained(topic: &str, expires_at: Option<Instant>) -> Command {
     let mut m =
         Message::new(TopicName::try_from(topic).unwrap(), Bytes::from_static(b"v"), QoS::AtMostOnce, true);
     m.expires_at = expires_at;
-    Command::Publish { message: Arc::new(m), from: None }
+    Command::Publish { message: Arc::new(m), from: None, ack: None }
 }
 
 #[test]
@@ -26,6 +26,6 @@ fn an_empty_retained_payload_deletes_the_retained_message() {
     let (mut router, _handle) = Router::new(RouterConfig::default(), Arc::new(Metrics::default()));
     let _ = router.handle(retained("a/1", None));
     let empty = Message::new(TopicName::try_from("a/1").unwrap(), Bytes::new(), QoS::AtMostOnce, true);
-    let _ = router.handle(Command::Publish { message: Arc::new(empty), from: None });
+    let _ = router.handle(Command::Publish { message: Arc::new(empty), from: None, ack: None });
     assert_eq!(router.stats().retained, 0);
 }

@@ -5,12 +5,14 @@
 
 use std::future::IntoFuture;
 use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
+use bytes::Bytes;
 use bytes::BytesMut;
 use m2m_broker::{Authenticator, Broker, Config, Metrics, RouterHandle};
-use m2m_codec::{decode, encode, Packet, ProtocolVersion};
+use m2m_codec::{decode, encode, Packet, ProtocolVersion, ReasonCode};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::task::JoinHandle;
@@ -25,6 +27,46 @@ pub const STEP_LIMIT: Duration = Duration::from_secs(10);
 /// When the step times out.
 pub async fn within<F: IntoFuture>(f: F) -> F::Output {
     tokio::time::timeout(STEP_LIMIT, f).await.expect("step timed out")
+}
+
+/// A fresh directory under the system temp dir, removed on drop unless the test is failing (so
+/// that what it holds can be looked at).
+#[derive(Debug)]
+pub struct TempDir(PathBuf);
+
+impl TempDir {
+    /// Creates `<temp>/m2m-<name>-<pid>-<nanos>`.
+    ///
+    /// # Panics
+    /// When the directory cannot be created.
+    pub fn new(name: &str) -> Self {
+        let nanos =
+            std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_nanos());
+        let dir = std::env::temp_dir().join(format!("m2m-{name}-{}-{nanos}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("create temp dir");
+        Self(dir)
+    }
+
+    /// The directory.
+    pub fn path(&self) -> &Path {
+        &self.0
+    }
+
+    /// The directory as text, for command lines.
+    ///
+    /// # Panics
+    /// When the path is not UTF-8.
+    pub fn as_str(&self) -> &str {
+        self.0.to_str().expect("UTF-8 temp path")
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        if !std::thread::panicking() {
+            let _ = std::fs::remove_dir_all(&self.0);
+        }
+    }
 }
 
 /// A node running on `127.0.0.1:0` inside the test process.
@@ -147,4 +189,124 @@ impl RawClient {
         }
         packets
     }
+}
+
+// ---------------------------------------------------------------------------------------------------
+// Packets and exchanges for RawClient tests.
+// ---------------------------------------------------------------------------------------------------
+
+/// A v5 CONNECT with Clean Start and keep-alive 60.
+pub fn v5_connect(id: &str) -> m2m_codec::Connect {
+    m2m_codec::Connect {
+        protocol: ProtocolVersion::V5,
+        clean_start: true,
+        keep_alive: 60,
+        client_id: Arc::from(id),
+        will: None,
+        username: None,
+        password: None,
+        properties: m2m_codec::ConnectProperties::default(),
+    }
+}
+
+/// Connects a raw v5 client and returns it with the node's CONNACK (whatever its reason code).
+pub async fn raw_connect(addr: SocketAddr, connect: m2m_codec::Connect) -> (RawClient, m2m_codec::ConnAck) {
+    let mut client = RawClient::connect(addr, ProtocolVersion::V5).await;
+    client.send(&Packet::Connect(Box::new(connect))).await;
+    match client.recv().await {
+        Some(Packet::ConnAck(ack)) => (client, ack),
+        other => panic!("expected CONNACK, got {other:?}"),
+    }
+}
+
+/// Connects a raw v5 client that must be accepted.
+pub async fn raw_connect_ok(addr: SocketAddr, connect: m2m_codec::Connect) -> RawClient {
+    let (client, ack) = raw_connect(addr, connect).await;
+    assert_eq!(ack.reason_code, ReasonCode::SUCCESS, "CONNACK {ack:?}");
+    client
+}
+
+/// A packet id.
+pub fn pid(n: u16) -> m2m_codec::PacketId {
+    m2m_codec::PacketId::new(n).expect("non-zero packet id")
+}
+
+/// A PUBLISH without properties.
+pub fn raw_publish(
+    topic: &str,
+    qos: m2m_codec::QoS,
+    id: Option<u16>,
+    payload: &'static [u8],
+) -> m2m_codec::Publish {
+    m2m_codec::Publish {
+        dup: false,
+        qos,
+        retain: false,
+        topic: Arc::from(topic),
+        packet_id: id.map(pid),
+        properties: m2m_codec::PublishProperties::default(),
+        payload: Bytes::from_static(payload),
+    }
+}
+
+/// Subscribes to `filters` and returns the SUBACK.
+pub async fn raw_subscribe(
+    client: &mut RawClient,
+    id: u16,
+    filters: &[(&str, m2m_codec::QoS)],
+) -> m2m_codec::SubAck {
+    let filters = filters
+        .iter()
+        .map(|(f, qos)| (Arc::from(*f), m2m_codec::SubscriptionOptions { qos: *qos, ..Default::default() }))
+        .collect();
+    raw_subscribe_with(
+        client,
+        m2m_codec::Subscribe {
+            packet_id: pid(id),
+            subscription_identifier: None,
+            user_properties: Vec::new(),
+            filters,
+        },
+    )
+    .await
+}
+
+/// Sends a SUBSCRIBE and returns the SUBACK.
+pub async fn raw_subscribe_with(
+    client: &mut RawClient,
+    subscribe: m2m_codec::Subscribe,
+) -> m2m_codec::SubAck {
+    client.send(&Packet::Subscribe(subscribe)).await;
+    match client.recv().await {
+        Some(Packet::SubAck(ack)) => ack,
+        other => panic!("expected SUBACK, got {other:?}"),
+    }
+}
+
+/// Expects a DISCONNECT with `reason` from the node, then the connection to close.
+pub async fn expect_disconnect(client: &mut RawClient, reason: ReasonCode) {
+    match client.recv().await {
+        Some(Packet::Disconnect(d)) => assert_eq!(d.reason_code, reason, "DISCONNECT {d:?}"),
+        other => panic!("expected DISCONNECT {reason}, got {other:?}"),
+    }
+    assert_eq!(client.recv().await, None, "connection still open after DISCONNECT");
+}
+
+/// The PUBLISH a `recv` returned.
+///
+/// # Panics
+/// When it is anything else.
+pub fn expect_raw_publish(packet: Option<Packet>) -> m2m_codec::Publish {
+    match packet {
+        Some(Packet::Publish(p)) => p,
+        other => panic!("expected PUBLISH, got {other:?}"),
+    }
+}
+
+/// A v5 CONNECT with a Session Expiry Interval of 60 s.
+pub fn persistent_connect(id: &str, clean_start: bool) -> m2m_codec::Connect {
+    let mut c = v5_connect(id);
+    c.clean_start = clean_start;
+    c.properties.session_expiry_interval = Some(60);
+    c
 }

@@ -42,6 +42,10 @@ pub(crate) struct Common {
     /// Inflight window of a QoS 1 publisher.
     #[arg(long, default_value_t = 256)]
     window: usize,
+    /// Subscribers keep their session (3.1.1 Clean Session 0), so a node with a store writes every
+    /// QoS 1 message for them before acknowledging it.
+    #[arg(long)]
+    persistent: bool,
 }
 
 /// The scenarios.
@@ -111,18 +115,19 @@ fn qos_of(common: &Common) -> anyhow::Result<QoS> {
     }
 }
 
-/// A bench client connection: 3.1.1, clean session.
+/// A bench client connection: 3.1.1, with a clean session unless `keep_session`.
 async fn connect(
     addr: SocketAddr,
     client_id: &str,
     keep_alive: u16,
+    keep_session: bool,
 ) -> anyhow::Result<(OwnedReadHalf, OwnedWriteHalf)> {
     let stream = TcpStream::connect(addr).await.with_context(|| format!("cannot connect to {addr}"))?;
     stream.set_nodelay(true)?;
     let (mut read, mut write) = stream.into_split();
     let connect = Connect {
         protocol: ProtocolVersion::V311,
-        clean_start: true,
+        clean_start: !keep_session,
         keep_alive,
         client_id: Arc::from(client_id),
         will: None,
@@ -180,8 +185,9 @@ async fn subscriber(
     received: Arc<AtomicU64>,
     latencies: Option<LatencySink>,
     ready: Arc<Semaphore>,
+    keep_session: bool,
 ) -> anyhow::Result<()> {
-    let (mut read, mut write) = connect(addr, &id, 0).await?;
+    let (mut read, mut write) = connect(addr, &id, 0, keep_session).await?;
     let options = SubscriptionOptions { qos, ..Default::default() };
     let sub = Subscribe {
         packet_id: pid(1),
@@ -261,11 +267,13 @@ struct PublisherSpec {
     window: usize,
     stop: Arc<AtomicBool>,
     sent: Arc<AtomicU64>,
+    /// Acknowledgement latencies of QoS 1 publishes, in nanoseconds.
+    ack_latencies: Arc<std::sync::Mutex<Vec<u64>>>,
 }
 
 async fn publisher(spec: PublisherSpec) -> anyhow::Result<()> {
-    let PublisherSpec { addr, id, topic, qos, payload, window, stop, sent } = spec;
-    let (mut read, mut write) = connect(addr, &id, 0).await?;
+    let PublisherSpec { addr, id, topic, qos, payload, window, stop, sent, ack_latencies } = spec;
+    let (mut read, mut write) = connect(addr, &id, 0, false).await?;
     let publish = |packet_id| Publish {
         dup: false,
         qos,
@@ -290,13 +298,28 @@ async fn publisher(spec: PublisherSpec) -> anyhow::Result<()> {
     }
     let permits = Arc::new(Semaphore::new(window));
     let acks = permits.clone();
+    // Send time of each packet id, in nanoseconds since `epoch`.
+    let epoch = Instant::now();
+    let sent_at: Arc<Vec<AtomicU64>> = Arc::new((0..=u16::MAX).map(|_| AtomicU64::new(0)).collect());
+    let sent_at_reader = sent_at.clone();
     let reader = tokio::spawn(async move {
         let mut buf = BytesMut::with_capacity(64 * 1024);
         let mut out = BytesMut::new();
+        let mut latencies = Vec::new();
         loop {
             while let Some(p) = decode(&mut buf, ProtocolVersion::V311, usize::MAX)? {
                 match p {
-                    Packet::PubAck(_) | Packet::PubComp(_) => acks.add_permits(1),
+                    Packet::PubAck(a) => {
+                        let at = sent_at_reader[usize::from(a.packet_id.get())].load(Ordering::Relaxed);
+                        latencies.push((epoch.elapsed().as_nanos() as u64).saturating_sub(at));
+                        if latencies.len() >= 1024 {
+                            if let Ok(mut all) = ack_latencies.lock() {
+                                all.append(&mut latencies);
+                            }
+                        }
+                        acks.add_permits(1);
+                    }
+                    Packet::PubComp(_) => acks.add_permits(1),
                     Packet::PubRec(a) => {
                         encode(&Packet::PubRel(Ack::new(a.packet_id)), ProtocolVersion::V311, &mut out)?
                     }
@@ -324,12 +347,15 @@ async fn publisher(spec: PublisherSpec) -> anyhow::Result<()> {
         };
         permit.context("window closed")?.forget();
         let mut n = 1;
+        let now = epoch.elapsed().as_nanos() as u64;
         next = next.wrapping_add(1).max(1);
+        sent_at[usize::from(next)].store(now, Ordering::Relaxed);
         encode(&Packet::Publish(publish(Some(pid(next)))), ProtocolVersion::V311, &mut out)?;
         while n < 64 {
             let Ok(p) = permits.try_acquire() else { break };
             p.forget();
             next = next.wrapping_add(1).max(1);
+            sent_at[usize::from(next)].store(now, Ordering::Relaxed);
             encode(&Packet::Publish(publish(Some(pid(next)))), ProtocolVersion::V311, &mut out)?;
             n += 1;
         }
@@ -348,6 +374,7 @@ async fn throughput(common: &Common, publishers: usize, subscribers: usize) -> a
     let sent = Arc::new(AtomicU64::new(0));
     let stop = Arc::new(AtomicBool::new(false));
     let ready = Arc::new(Semaphore::new(0));
+    let ack_latencies = Arc::new(std::sync::Mutex::new(Vec::new()));
     let mut tasks = Vec::new();
     for i in 0..subscribers {
         let fut = subscriber(
@@ -358,6 +385,7 @@ async fn throughput(common: &Common, publishers: usize, subscribers: usize) -> a
             received.clone(),
             None,
             ready.clone(),
+            common.persistent,
         );
         tasks.push(tokio::spawn(fut));
     }
@@ -378,6 +406,7 @@ async fn throughput(common: &Common, publishers: usize, subscribers: usize) -> a
             window: common.window,
             stop: stop.clone(),
             sent: sent.clone(),
+            ack_latencies: ack_latencies.clone(),
         });
         pubs.push(tokio::spawn(fut));
     }
@@ -400,10 +429,19 @@ async fn throughput(common: &Common, publishers: usize, subscribers: usize) -> a
     let secs = t1.duration_since(t0).as_secs_f64();
     let recv_rate = (r1 - r0) as f64 / secs;
     let send_rate = (s1 - s0) as f64 / secs;
+    let mut acks = std::mem::take(&mut *ack_latencies.lock().map_err(|_| anyhow::anyhow!("lock poisoned"))?);
+    let ack_text = if acks.is_empty() {
+        String::new()
+    } else {
+        acks.sort_unstable();
+        let pct = |p: f64| acks[((acks.len() as f64 * p) as usize).min(acks.len() - 1)] as f64 / 1000.0;
+        format!(", ack latency p50 {:.0} µs p99 {:.0} µs max {:.0} µs", pct(0.5), pct(0.99), pct(1.0))
+    };
     Ok(format!(
-        "{label}: {publishers} pub -> {subscribers} sub, qos {q}, {size} B: received {recv_rate:.0} msg/s, published {send_rate:.0} msg/s",
+        "{label}: {publishers} pub -> {subscribers} sub, qos {q}{persistent}, {size} B: received {recv_rate:.0} msg/s, published {send_rate:.0} msg/s{ack_text}",
         label = common.label,
         q = common.qos,
+        persistent = if common.persistent { " persistent" } else { "" },
         size = common.payload,
     ))
 }
@@ -429,12 +467,13 @@ async fn latency(common: &Common, rate: u64) -> anyhow::Result<String> {
         received.clone(),
         Some(LatencySink { epoch, from_seq: rate, samples: samples.clone() }),
         ready.clone(),
+        common.persistent,
     ));
     tokio::time::timeout(Duration::from_secs(10), ready.acquire())
         .await
         .context("subscriber did not subscribe")??
         .forget();
-    let (mut read, mut write) = connect(common.addr, "bench-lat-pub", 0).await?;
+    let (mut read, mut write) = connect(common.addr, "bench-lat-pub", 0, false).await?;
     // Drain acknowledgements so the socket never fills.
     let drain = tokio::spawn(async move {
         let mut buf = BytesMut::new();
@@ -507,8 +546,9 @@ async fn conns(addr: SocketAddr, count: usize, pid: u32, label: &str) -> anyhow:
         if started.elapsed() > Duration::from_secs(120) {
             bail!("only {i} of {count} connections opened in 120 s");
         }
-        let conn =
-            connect(addr, &format!("bench-idle-{i}"), 0).await.with_context(|| format!("connection {i}"))?;
+        let conn = connect(addr, &format!("bench-idle-{i}"), 0, false)
+            .await
+            .with_context(|| format!("connection {i}"))?;
         held.push(conn);
     }
     tokio::time::sleep(Duration::from_secs(2)).await;

@@ -16,7 +16,25 @@ use serde::{Deserialize, Serialize};
 pub(crate) struct FileConfig {
     pub(crate) node: NodeSection,
     pub(crate) mqtt: MqttSection,
+    pub(crate) store: StoreSection,
     pub(crate) log: LogSection,
+}
+
+/// `[store]`
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub(crate) struct StoreSection {
+    /// `always` (fsync before acknowledging), `batch` (fsync every `sync_interval_ms`) or `none`
+    /// (memory only: nothing survives a restart).
+    pub(crate) sync: String,
+    /// Longest time between two syncs with `sync = "batch"`: what a power cut can lose.
+    pub(crate) sync_interval_ms: u64,
+}
+
+impl Default for StoreSection {
+    fn default() -> Self {
+        Self { sync: "always".into(), sync_interval_ms: 100 }
+    }
 }
 
 /// `[node]`
@@ -106,7 +124,7 @@ impl Default for MqttSection {
     }
 }
 
-const SECTIONS: [&str; 3] = ["node", "mqtt", "log"];
+const SECTIONS: [&str; 4] = ["node", "mqtt", "store", "log"];
 
 /// `M2M_*` variables that are flags of the command line, not settings.
 const NOT_SETTINGS: [&str; 1] = ["CONFIG"];
@@ -139,7 +157,7 @@ pub(crate) fn load(
             .iter()
             .find_map(|s| rest.strip_prefix(s).and_then(|k| k.strip_prefix('_')).map(|k| (*s, k)))
         else {
-            bail!("unknown setting in environment variable {name}: expected M2M_<NODE|MQTT|LOG>_<KEY>");
+            bail!("unknown setting in environment variable {name}: expected M2M_<NODE|MQTT|STORE|LOG>_<KEY>");
         };
         set(&mut table, section, key, env_value(&value), &format!("environment variable {name}"))?;
     }
@@ -222,6 +240,7 @@ impl FileConfig {
             }
         }
         self.anonymous()?;
+        self.store()?;
         if !matches!(self.log.format.as_str(), "text" | "json") {
             bail!("invalid value for log.format: {:?} (expected \"text\" or \"json\")", self.log.format);
         }
@@ -237,6 +256,25 @@ impl FileConfig {
                 "invalid value for mqtt.anonymous: {other:?} (expected \"loopback\", \"allow\" or \"deny\")"
             ),
         })
+    }
+
+    /// Where and how durably the node keeps its state; `None` for `sync = "none"`.
+    fn store(&self) -> anyhow::Result<Option<m2m_store::StoreConfig>> {
+        let s = &self.store;
+        let sync = match s.sync.as_str() {
+            "none" => return Ok(None),
+            "always" => m2m_store::SyncMode::Always,
+            "batch" if s.sync_interval_ms == 0 => {
+                bail!("invalid value for store.sync_interval_ms: must be at least 1")
+            }
+            "batch" => m2m_store::SyncMode::Batch(Duration::from_millis(s.sync_interval_ms)),
+            other => {
+                bail!("invalid value for store.sync: {other:?} (expected \"always\", \"batch\" or \"none\")")
+            }
+        };
+        let mut config = m2m_store::StoreConfig::new(self.node.data_dir.join("store"));
+        config.sync = sync;
+        Ok(Some(config))
     }
 
     /// The broker settings this configuration describes.
@@ -267,6 +305,7 @@ impl FileConfig {
                 max_qos,
                 retain_available: m.retain_available,
             },
+            store: self.store()?,
         })
     }
 }
@@ -329,5 +368,23 @@ mod tests {
         assert!(err.contains("mqtt.anonymous"), "{err}");
         let err = format!("{:#}", load(None, env(&[("M2M_MQTT_MAX_TOPIC_LEN", "0")]), &[]).unwrap_err());
         assert!(err.contains("mqtt.max_topic_len"), "{err}");
+        let err = format!("{:#}", load(None, env(&[("M2M_STORE_SYNC", "sometimes")]), &[]).unwrap_err());
+        assert!(err.contains("store.sync"), "{err}");
+    }
+
+    #[test]
+    fn the_store_syncs_before_acknowledging_by_default_and_can_be_turned_off() {
+        let c = load(None, env(&[]), &[]).unwrap();
+        let store = c.broker().unwrap().store.unwrap();
+        assert_eq!(store.sync, m2m_store::SyncMode::Always);
+        assert_eq!(store.path, PathBuf::from("./m2m-data").join("store"));
+        let c = load(None, env(&[("M2M_STORE_SYNC", "batch"), ("M2M_STORE_SYNC_INTERVAL_MS", "250")]), &[])
+            .unwrap();
+        assert_eq!(
+            c.broker().unwrap().store.unwrap().sync,
+            m2m_store::SyncMode::Batch(Duration::from_millis(250))
+        );
+        let c = load(None, env(&[("M2M_STORE_SYNC", "none")]), &[]).unwrap();
+        assert!(c.broker().unwrap().store.is_none());
     }
 }

@@ -3,68 +3,16 @@
 //!
 //! Every child is killed if the test ends early (`kill_on_drop`) and every wait has a deadline.
 
-use std::net::{SocketAddr, TcpListener};
-use std::path::PathBuf;
-use std::process::{Output, Stdio};
+use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use m2m_codec::{ConnAck, Connect, ConnectProperties, Disconnect, Packet, ProtocolVersion, ReasonCode};
-use m2m_test::{within, RawClient};
+use m2m_test::{within, RawClient, TempDir};
+
+mod common;
+use common::{free_port, m2m, run, text, wait_until_listening};
 use rumqttc::{AsyncClient, Event, MqttOptions, Packet as RPacket, QoS};
-use tokio::process::{Child, Command};
-
-/// How long a command that should exit promptly may run.
-const EXIT_LIMIT: Duration = Duration::from_secs(10);
-
-/// The binary with no `M2M_*` variables inherited from the environment running the tests.
-fn m2m(args: &[&str]) -> Command {
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_m2m"));
-    for (name, _) in std::env::vars() {
-        if name.starts_with("M2M_") {
-            cmd.env_remove(name);
-        }
-    }
-    cmd.env_remove("RUST_LOG").args(args).stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped());
-    cmd.kill_on_drop(true);
-    cmd
-}
-
-/// Runs a command to completion, failing the test if it takes longer than [`EXIT_LIMIT`].
-async fn run(mut cmd: Command) -> Output {
-    let child = cmd.spawn().expect("start m2m");
-    match tokio::time::timeout(EXIT_LIMIT, child.wait_with_output()).await {
-        Ok(output) => output.expect("wait for m2m"),
-        Err(_) => panic!("m2m did not exit within {EXIT_LIMIT:?}; killed"),
-    }
-}
-
-fn text(bytes: &[u8]) -> String {
-    String::from_utf8_lossy(bytes).into_owned()
-}
-
-/// A fresh directory under the system temp dir, removed on drop.
-struct TempDir(PathBuf);
-
-impl TempDir {
-    fn new(name: &str) -> Self {
-        let nanos =
-            std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).expect("clock").as_nanos();
-        let dir = std::env::temp_dir().join(format!("m2m-cli-{name}-{}-{nanos}", std::process::id()));
-        std::fs::create_dir_all(&dir).expect("create temp dir");
-        Self(dir)
-    }
-
-    fn path(&self) -> &str {
-        self.0.to_str().expect("UTF-8 temp path")
-    }
-}
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
 
 #[tokio::test]
 async fn print_config_shows_the_defaults_as_toml() {
@@ -91,7 +39,7 @@ async fn print_config_reflects_flags_and_the_environment() {
 #[tokio::test]
 async fn an_unknown_key_in_the_config_file_is_an_error_naming_the_key() {
     let dir = TempDir::new("bad-key");
-    let file = dir.0.join("m2m.toml");
+    let file = dir.path().join("m2m.toml");
     std::fs::write(&file, "[mqtt]\nmax_queue_lenght = 5\n").expect("write config");
     let output = run(m2m(&["node", "--config", file.to_str().expect("UTF-8 path"), "--print-config"])).await;
     let stderr = text(&output.stderr);
@@ -104,33 +52,12 @@ async fn receive_maximum_0_from_the_environment_is_an_error_naming_the_setting()
     let dir = TempDir::new("bad-env");
     // Not --print-config: the node must refuse to start (a node that started anyway is killed at the
     // deadline and fails the test).
-    let mut cmd = m2m(&["node", "--listen", "127.0.0.1:0", "--data-dir", dir.path()]);
+    let mut cmd = m2m(&["node", "--listen", "127.0.0.1:0", "--data-dir", dir.as_str()]);
     cmd.env("M2M_MQTT_RECEIVE_MAXIMUM", "0");
     let output = run(cmd).await;
     let stderr = text(&output.stderr);
     assert!(!output.status.success(), "receive maximum 0 is a protocol error in MQTT 5 and must be refused");
     assert!(stderr.contains("mqtt.receive_maximum"), "stderr does not name the setting: {stderr}");
-}
-
-/// A port that was free a moment ago (the node does not report the port it bound yet).
-fn free_port() -> u16 {
-    let listener = TcpListener::bind("127.0.0.1:0").expect("bind a probe listener");
-    listener.local_addr().expect("probe address").port()
-}
-
-/// Waits until the node accepts TCP connections, failing early if it exits.
-async fn wait_until_listening(node: &mut Child, addr: SocketAddr) {
-    let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
-        if tokio::net::TcpStream::connect(addr).await.is_ok() {
-            return;
-        }
-        if let Some(status) = node.try_wait().expect("try_wait") {
-            panic!("the node exited with {status} before listening on {addr}");
-        }
-        assert!(Instant::now() < deadline, "the node did not listen on {addr} within 10 s");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
 }
 
 /// A `rumqttc` subscriber and a publisher exchange one QoS 1 message through the node.
@@ -185,7 +112,7 @@ async fn round_trip(addr: SocketAddr) {
 #[tokio::test]
 async fn a_node_serves_mqtt_and_stops_cleanly_on_sigterm() {
     let dir = TempDir::new("node");
-    let data_dir = dir.0.join("data");
+    let data_dir = dir.path().join("data");
     let port = free_port();
     let addr = SocketAddr::from(([127, 0, 0, 1], port));
     let listen = addr.to_string();
