@@ -80,12 +80,20 @@ pub struct TestBroker {
     pub router: RouterHandle,
     shutdown: CancellationToken,
     task: JoinHandle<m2m_broker::Result<()>>,
+    /// The store's directory, for a node started by [`TestBroker::start`].
+    _dir: Option<TempDir>,
 }
 
 impl TestBroker {
-    /// Starts a node with [`Config::for_tests`].
+    /// Starts a node with [`Config::for_tests`] and, as a node runs by default, a store in a fresh
+    /// temporary directory that syncs before acknowledging.
     pub async fn start() -> Self {
-        Self::start_with(Config::for_tests()).await
+        let dir = TempDir::new("test-broker");
+        let mut config = Config::for_tests();
+        config.store = Some(m2m_store::StoreConfig::new(dir.path().join("store")));
+        let mut broker = Self::start_with(config).await;
+        broker._dir = Some(dir);
+        broker
     }
 
     /// Starts a node with the given configuration (its listen address should use port 0).
@@ -108,7 +116,7 @@ impl TestBroker {
         let (addr, metrics, router) = (broker.local_addr(), broker.metrics(), broker.router());
         let shutdown = CancellationToken::new();
         let task = tokio::spawn(broker.run(shutdown.clone()));
-        Self { addr, metrics, router, shutdown, task }
+        Self { addr, metrics, router, shutdown, task, _dir: None }
     }
 
     /// Stops the node; fails the test if it panicked or returned an error.
