@@ -128,7 +128,12 @@ fn for_each(
 ) -> Result<(), StoreError> {
     let keyspace = engine.ks(ks);
     for item in keyspace.iter() {
-        let (key, value) = item.into_inner().map_err(|e| StoreError::reading(e, keyspace.path()))?;
+        let (key, value) = item.into_inner().map_err(|e| match StoreError::reading(e, keyspace.path()) {
+            StoreError::Corrupt { path, detail } => {
+                StoreError::Corrupt { path, detail: format!("keyspace {}: {detail}", ks.name()) }
+            }
+            e => e,
+        })?;
         f(&key, &value).map_err(|Malformed(why)| StoreError::Corrupt {
             path: keyspace.path().to_owned(),
             detail: format!("keyspace {}, key {}: {why}", ks.name(), show_key(&key)),

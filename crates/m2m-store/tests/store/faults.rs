@@ -1,0 +1,153 @@
+//! A full disk: the store fails fast, then recovers by itself once there is room again.
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use m2m_codec::QoS;
+use m2m_store::{SessionRecord, Store, StoreConfig, StoreError};
+
+use crate::support::*;
+
+/// A tmpfs mounted for one test, unmounted on drop.
+struct Tmpfs {
+    path: PathBuf,
+    _dir: tempfile::TempDir,
+}
+
+impl Tmpfs {
+    fn mount(size: &str) -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().to_owned();
+        let out = Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
+            .arg(&path)
+            .output()
+            .expect("run mount(8)");
+        assert!(
+            out.status.success(),
+            "this test needs to mount a small tmpfs (run the tests as root): mount failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        Self { path, _dir: dir }
+    }
+}
+
+impl Drop for Tmpfs {
+    fn drop(&mut self) {
+        let out = Command::new("umount").arg(&self.path).output();
+        if !matches!(&out, Ok(o) if o.status.success()) {
+            // Lazily, if something still holds a file open.
+            let _ = Command::new("umount").arg("-l").arg(&self.path).output();
+        }
+    }
+}
+
+/// Writes zeros into `path` until the disk is full.
+fn fill_disk(path: &Path) {
+    let mut f = std::fs::File::create(path).unwrap();
+    let chunk = vec![0u8; 64 * 1024];
+    loop {
+        match f.write(&chunk) {
+            Ok(0) => break,
+            Ok(_) => {}
+            Err(e) if e.raw_os_error() == Some(28) => break, // ENOSPC
+            Err(e) => panic!("filling the disk: {e}"),
+        }
+    }
+    let _ = f.sync_all();
+}
+
+fn session(client: &str) -> SessionRecord {
+    SessionRecord {
+        client_id: client.into(),
+        expiry_interval: 60,
+        disconnected_at: None,
+        subscriptions: vec![],
+    }
+}
+
+/// A payload that does not compress, so the journal really grows.
+fn noise(seed: u64, len: usize) -> bytes::Bytes {
+    let mut x = seed | 1;
+    (0..len)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x as u8
+        })
+        .collect::<Vec<_>>()
+        .into()
+}
+
+fn put_big_delivery(store: &Store, seq: u64) -> Result<(), StoreError> {
+    let mut message = plain_message("fill/up", b"");
+    message.payload = noise(seq, 16 * 1024);
+    let mut batch = store.batch();
+    batch.put_delivery("c", seq, &delivery(message, QoS::AtLeastOnce, vec![]), Instant::now());
+    batch.commit()
+}
+
+#[test]
+fn a_full_disk_makes_the_store_unhealthy_until_there_is_room_again() {
+    let fs = Tmpfs::mount("8m");
+    let data = fs.path.join("store");
+    let filler = fs.path.join("filler");
+    let (store, _) = Store::open(StoreConfig::new(&data)).unwrap();
+
+    // Data made durable before the fault.
+    let mut batch = store.batch();
+    batch.put_session(&session("c"));
+    batch.commit().unwrap();
+    for seq in 1..=4 {
+        put_big_delivery(&store, seq).unwrap();
+    }
+    wait_durable(&store).unwrap();
+    assert!(store.is_healthy());
+
+    fill_disk(&filler);
+    // Small writes may still land in blocks the journal already has; keep writing until one fails.
+    let mut seq = 100;
+    let err = loop {
+        let started = Instant::now();
+        let result = put_big_delivery(&store, seq).and_then(|()| wait_durable(&store));
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "a write on a full disk took {:?}",
+            started.elapsed()
+        );
+        if let Err(e) = result {
+            break e;
+        }
+        seq += 1;
+        assert!(seq < 1000, "writes kept succeeding on a full disk");
+    };
+    println!("first error on a full disk: {err} ({err:?})");
+    assert!(!store.is_healthy());
+
+    // From now on commits fail fast, without writing.
+    let started = Instant::now();
+    let err = put_big_delivery(&store, 5000).unwrap_err();
+    assert!(matches!(err, StoreError::Unavailable), "{err:?}");
+    assert!(started.elapsed() < Duration::from_secs(1));
+    assert!(matches!(wait_durable(&store), Err(StoreError::Unavailable)));
+
+    std::fs::remove_file(&filler).unwrap();
+    wait_until(Duration::from_secs(20), "the store recovered", || store.is_healthy());
+
+    let mut batch = store.batch();
+    batch.put_session(&session("after"));
+    batch.commit().unwrap();
+    wait_durable(&store).unwrap();
+    assert!(store.syncs() >= 2);
+
+    drop(store);
+    let (_store, r) = Store::open(StoreConfig::new(&data)).unwrap();
+    let c = r.sessions.iter().find(|s| &*s.record.client_id == "c").expect("session from before the fault");
+    let seqs: Vec<_> = c.deliveries.iter().map(|d| d.seq).filter(|&s| s <= 4).collect();
+    assert_eq!(seqs, [1, 2, 3, 4]);
+    assert_eq!(c.deliveries[0].delivery.message.payload, noise(1, 16 * 1024));
+    assert!(r.sessions.iter().any(|s| &*s.record.client_id == "after"));
+}
