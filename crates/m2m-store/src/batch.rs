@@ -181,8 +181,8 @@ impl Batch {
     }
 }
 
-/// Waits while a keyspace the batch writes to has a backlog of memtables to flush, giving up with
-/// [`StoreError::Unavailable`] if the store fails meanwhile (e.g. the flush hit a full disk).
+/// Waits while a keyspace the batch writes to has a backlog of memtables to flush, giving up if the
+/// store fails meanwhile (e.g. the flush hit a full disk).
 fn wait_for_flushes(shared: &Shared, engine: &Engine, ops: &[Op]) -> Result<(), StoreError> {
     let mut seen = [false; Ks::ALL.len()];
     for op in ops {
@@ -192,10 +192,14 @@ fn wait_for_flushes(shared: &Shared, engine: &Engine, ops: &[Op]) -> Result<(), 
         }
         let keyspace = engine.ks(*ks);
         while keyspace.sealed_memtable_count() >= FLUSH_BACKLOG {
-            // A failed flush poisons the engine; `persist` reports that without writing anything.
-            if !shared.is_healthy() || engine.db.persist(PersistMode::Buffer).is_err() {
-                shared.fault(&StoreError::Unavailable);
+            if !shared.is_healthy() {
                 return Err(StoreError::Unavailable);
+            }
+            // A failed flush poisons the engine; `persist` reports that without writing anything.
+            if let Err(e) = engine.db.persist(PersistMode::Buffer) {
+                let e = StoreError::writing(e);
+                shared.fault(&e);
+                return Err(e);
             }
             std::thread::sleep(Duration::from_millis(10));
         }

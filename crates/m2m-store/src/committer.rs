@@ -50,6 +50,7 @@ impl Committer {
         };
         let mut next_tick = Instant::now() + interval;
         let mut next_reopen = Instant::now();
+        let mut was_healthy = true;
         loop {
             let (waiters, stop) = {
                 let mut queue = self.shared.lock_queue();
@@ -71,13 +72,19 @@ impl Committer {
                 next_tick = now + interval;
             }
 
-            if !self.shared.is_healthy() {
+            let healthy = self.shared.is_healthy();
+            if was_healthy && !healthy {
+                // A writer saw the failure: give the disk a moment before the first reopen.
+                next_reopen = now + TICK;
+            }
+            was_healthy = healthy;
+            if !healthy {
                 finish(waiters, &Err(StoreError::Unavailable));
                 if stop {
                     break;
                 }
                 if now >= next_reopen {
-                    self.reopen();
+                    was_healthy = self.reopen();
                     next_reopen = Instant::now() + TICK;
                 }
                 continue;
@@ -86,6 +93,7 @@ impl Committer {
             let result = if waiters.is_empty() && !ticked && !stop { Ok(()) } else { self.sync(ticked) };
             if let Err(e) = &result {
                 self.shared.fault(e);
+                was_healthy = false;
                 next_reopen = Instant::now() + TICK;
             }
             finish(waiters, &result);
@@ -123,7 +131,12 @@ impl Committer {
     /// next, so the newest file found now holds whatever the old ones did not make durable.
     fn fsync_journal(&mut self, engine: &Engine) -> Result<(), StoreError> {
         let dir = self.shared.config.path.as_path();
-        let Some(id) = newest_journal(dir)? else {
+        let newest = match &self.journal {
+            // A rotation creates `<id + 1>.jnl`: one `stat` notices it.
+            Some(j) => Some(successor(dir, j.id)),
+            None => newest_journal(dir)?,
+        };
+        let Some(id) = newest else {
             return engine.db.persist(PersistMode::SyncData).map_err(StoreError::writing);
         };
         let journal = match self.journal.take() {
@@ -142,8 +155,9 @@ impl Committer {
     }
 
     /// Replaces a failed database: drops it (the engine refuses writes once poisoned) and opens it
-    /// again, which replays its journal; healthy again once a probe write is durable.
-    fn reopen(&mut self) {
+    /// again, which replays its journal; healthy again once a probe write is durable. Returns whether
+    /// that worked.
+    fn reopen(&mut self) -> bool {
         self.journal = None;
         drop(self.shared.set_engine(None));
         // A writer that still holds the old database keeps its lock file; the open then fails with
@@ -155,8 +169,12 @@ impl Committer {
                 self.synced = self.shared.committed.load(Ordering::Acquire);
                 self.shared.set_engine(Some(Arc::new(engine)));
                 self.shared.recovered();
+                true
             }
-            Err(e) => tracing::debug!(error = %e, "store still unavailable"),
+            Err(e) => {
+                tracing::debug!(error = %e, "store still unavailable");
+                false
+            }
         }
     }
 
@@ -182,6 +200,14 @@ fn finish(waiters: Vec<Waiter>, result: &Result<(), StoreError>) {
             tracing::error!("a store durability callback panicked");
         }
     }
+}
+
+/// The id of the newest journal, starting from journal `id`.
+fn successor(dir: &Path, mut id: u64) -> u64 {
+    while dir.join(format!("{}.jnl", id + 1)).exists() {
+        id += 1;
+    }
+    id
 }
 
 /// The id of the newest journal file (`<id>.jnl`) in `dir`.

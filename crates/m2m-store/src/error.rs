@@ -75,7 +75,10 @@ impl StoreError {
     pub(crate) fn writing(e: fjall::Error) -> Self {
         match e {
             fjall::Error::Io(e) | fjall::Error::Storage(fjall::LsmError::Io(e)) => Self::Io(Arc::new(e)),
-            fjall::Error::Poisoned => Self::Unavailable,
+            fjall::Error::Poisoned => Self::Engine(
+                "the engine failed earlier (a write, sync, flush or compaction) and refuses writes"
+                    .to_owned(),
+            ),
             e => Self::Engine(format!("{e:?}")),
         }
     }

@@ -87,6 +87,14 @@ pub type Error = StoreError;
 /// A `Result` with this crate's [`Error`].
 pub type Result<T, E = StoreError> = std::result::Result<T, E>;
 
+// Handed across threads and tasks.
+const _: fn() = || {
+    fn send_sync<T: Send + Sync>() {}
+    send_sync::<Store>();
+    send_sync::<Batch>();
+    send_sync::<StoreError>();
+};
+
 /// `t` as milliseconds since the unix epoch; 0 for times before it.
 pub fn unix_ms(t: SystemTime) -> u64 {
     t.duration_since(SystemTime::UNIX_EPOCH).map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))

@@ -4,7 +4,7 @@ use std::path::Path;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError, RwLock};
 use std::thread::JoinHandle;
-use std::time::{Instant, SystemTime};
+use std::time::{Duration, Instant, SystemTime};
 
 use crate::batch::Batch;
 use crate::committer;
@@ -15,6 +15,9 @@ use crate::error::StoreError;
 use crate::record::Recovered;
 use crate::recover::recover;
 use crate::unix_ms;
+
+/// How often a store that keeps failing logs it at `error`.
+const FAULT_LOG_INTERVAL: Duration = Duration::from_secs(60);
 
 /// A callback waiting for durability.
 pub(crate) type Waiter = Box<dyn FnOnce(Result<(), StoreError>) + Send>;
@@ -31,6 +34,9 @@ pub(crate) struct Shared {
     pub(crate) committed: AtomicU64,
     /// fsyncs done by the committer.
     pub(crate) syncs: AtomicU64,
+    /// When a fault was last logged at `error`: a disk that stays full makes the store fail again
+    /// after each reopen, and the operator needs to hear of it once, not every second.
+    fault_logged_at: Mutex<Option<Instant>>,
     /// Waiters for the next sync, and the stop flag. A `std` mutex: held only to push or take, never
     /// across IO.
     pub(crate) queue: Mutex<Queue>,
@@ -62,11 +68,20 @@ impl Shared {
 
     /// Records a failed write or sync: the store takes no writes until the committer has reopened it.
     pub(crate) fn fault(&self, error: &StoreError) {
-        if self.healthy.swap(false, Ordering::AcqRel) {
+        if !self.healthy.swap(false, Ordering::AcqRel) {
+            return;
+        }
+        let path = self.config.path.display();
+        let cause = std::error::Error::source(error).map(ToString::to_string);
+        let mut logged_at = self.fault_logged_at.lock().unwrap_or_else(PoisonError::into_inner);
+        if logged_at.is_some_and(|at| at.elapsed() < FAULT_LOG_INTERVAL) {
+            tracing::debug!(%path, %error, ?cause, "store write failed again");
+        } else {
+            *logged_at = Some(Instant::now());
             tracing::error!(
-                path = %self.config.path.display(),
-                error = %error,
-                cause = ?std::error::Error::source(error),
+                %path,
+                %error,
+                ?cause,
                 "store write failed; refusing writes until the store can be reopened (is the disk full?)"
             );
         }
@@ -150,6 +165,7 @@ impl Store {
             healthy: AtomicBool::new(true),
             committed: AtomicU64::new(0),
             syncs: AtomicU64::new(0),
+            fault_logged_at: Mutex::new(None),
             queue: Mutex::new(Queue::default()),
             wake: Condvar::new(),
         });

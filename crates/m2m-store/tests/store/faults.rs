@@ -13,13 +13,21 @@ use crate::support::*;
 /// A tmpfs mounted for one test, unmounted on drop.
 struct Tmpfs {
     path: PathBuf,
-    _dir: tempfile::TempDir,
+    _dir: Option<tempfile::TempDir>,
 }
 
 impl Tmpfs {
+    /// Mounts a tmpfs of `size` on a new temporary directory.
     fn mount(size: &str) -> Self {
         let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().to_owned();
+        let mut fs = Self::mount_at(dir.path(), size);
+        fs._dir = Some(dir);
+        fs
+    }
+
+    /// Mounts a tmpfs of `size` on the existing directory `path`.
+    fn mount_at(path: &Path, size: &str) -> Self {
+        let path = path.to_owned();
         let out = Command::new("mount")
             .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
             .arg(&path)
@@ -30,7 +38,7 @@ impl Tmpfs {
             "this test needs to mount a small tmpfs (run the tests as root): mount failed: {}",
             String::from_utf8_lossy(&out.stderr)
         );
-        Self { path, _dir: dir }
+        Self { path, _dir: None }
     }
 }
 
@@ -95,7 +103,8 @@ fn a_full_disk_makes_the_store_unhealthy_until_there_is_room_again() {
     let fs = Tmpfs::mount("8m");
     let data = fs.path.join("store");
     let filler = fs.path.join("filler");
-    let (store, _) = Store::open(StoreConfig::new(&data)).unwrap();
+    let config = StoreConfig::new(&data);
+    let (store, _) = Store::open(config.clone()).unwrap();
 
     // Data made durable before the fault.
     let mut batch = store.batch();
@@ -144,10 +153,66 @@ fn a_full_disk_makes_the_store_unhealthy_until_there_is_room_again() {
     assert!(store.syncs() >= 2);
 
     drop(store);
-    let (_store, r) = Store::open(StoreConfig::new(&data)).unwrap();
+    let (_store, r) = Store::open(config).unwrap();
     let c = r.sessions.iter().find(|s| &*s.record.client_id == "c").expect("session from before the fault");
     let seqs: Vec<_> = c.deliveries.iter().map(|d| d.seq).filter(|&s| s <= 4).collect();
     assert_eq!(seqs, [1, 2, 3, 4]);
     assert_eq!(c.deliveries[0].delivery.message.payload, noise(1, 16 * 1024));
     assert!(r.sessions.iter().any(|s| &*s.record.client_id == "after"));
+}
+
+/// The engine flushes full memtables to table files in the background. When that fails (here the
+/// deliveries' table folder is on a full disk while the journal is not), commits must fail rather than
+/// wait forever for the flush, and the store must recover once there is room.
+#[test]
+fn a_failed_background_flush_fails_commits_instead_of_blocking_them() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("store");
+    let mut config = StoreConfig::new(&data);
+    config.memtable_bytes = 64 * 1024;
+    drop(Store::open(config.clone()).unwrap());
+    let tables = data.join("keyspaces/3/tables");
+    assert!(tables.is_dir(), "the deliveries keyspace is number 3 and has a tables folder");
+    let fs = Tmpfs::mount_at(&tables, "256k");
+    let filler = fs.path.join("filler");
+
+    let (store, _) = Store::open(config.clone()).unwrap();
+    let mut batch = store.batch();
+    batch.put_session(&session("c"));
+    batch.commit().unwrap();
+    for seq in 1..=2 {
+        put_big_delivery(&store, seq).unwrap();
+    }
+    wait_durable(&store).unwrap();
+
+    fill_disk(&filler);
+    let mut seq = 3;
+    let started = Instant::now();
+    let err = loop {
+        let t = Instant::now();
+        let result = put_big_delivery(&store, seq);
+        assert!(t.elapsed() < Duration::from_secs(10), "a commit took {:?}", t.elapsed());
+        if let Err(e) = result {
+            break e;
+        }
+        seq += 1;
+        assert!(started.elapsed() < Duration::from_secs(60), "commits kept succeeding with flushes failing");
+    };
+    println!("first error with flushes failing, after {} commits: {err} ({err:?})", seq - 3);
+    assert!(!store.is_healthy());
+    let t = Instant::now();
+    assert!(put_big_delivery(&store, 10_000).is_err());
+    assert!(t.elapsed() < Duration::from_secs(1));
+
+    std::fs::remove_file(&filler).unwrap();
+    wait_until(Duration::from_secs(30), "the store recovered", || store.is_healthy());
+    put_big_delivery(&store, 20_000).unwrap();
+    wait_durable(&store).unwrap();
+
+    drop(store);
+    let (store, r) = Store::open(config).unwrap();
+    let seqs: Vec<_> = r.sessions[0].deliveries.iter().map(|d| d.seq).collect();
+    assert!(seqs.starts_with(&[1, 2]) && seqs.ends_with(&[20_000]), "{seqs:?}");
+    drop(store);
+    drop(fs);
 }
