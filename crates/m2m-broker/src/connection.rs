@@ -101,6 +101,11 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
         }
     }
 
+    /// The next packet if it is already in the read buffer, without reading from the socket.
+    fn try_packet(&mut self) -> Result<Option<Packet>, ConnectionError> {
+        Ok(decode(&mut self.read_buf, self.version, self.max_packet)?)
+    }
+
     /// Encodes a packet into the write buffer; [`Conn::flush`] sends it.
     fn queue(&mut self, packet: &Packet) -> Result<(), ConnectionError> {
         encode(packet, self.version, &mut self.write_buf)?;
@@ -556,6 +561,9 @@ async fn sleep_until_opt(at: Option<Instant>) {
     }
 }
 
+/// Packets handled per wake-up when more are already buffered.
+const READ_BATCH: usize = 64;
+
 /// Deliveries taken from the mailbox per wake-up before the writes are flushed.
 const DELIVERY_BATCH: usize = 256;
 
@@ -611,41 +619,59 @@ async fn serve_session<S: AsyncRead + AsyncWrite + Unpin>(
                 end = Some(End::Abnormal);
             }
             () = a.flow.unblocked.notified(), if !can_read => {}
-            read = conn.read_packet(), if can_read => match read {
-                Ok(Some(packet)) => {
-                    if blocked_since.is_some() {
-                        blocked_since = Some(Instant::now());
-                    }
-                    if matches!(packet, Packet::Publish(_)) {
-                        Metrics::add(&shared.metrics.messages_received, 1);
-                    }
-                    trace!(%client_id, packet = packet.name(), "received");
-                    let refused = match &packet {
-                        Packet::Publish(p) if p.qos > QoS::AtMostOnce && store.is_some_and(|s| !s.is_healthy()) => {
-                            refuse_publish(conn, p)
+            read = conn.read_packet(), if can_read => {
+                // Every packet already buffered is handled before the writes and syncs below, so a
+                // burst of acknowledgements shares one store sync.
+                let mut read = read;
+                let mut budget = READ_BATCH;
+                loop {
+                    match read {
+                        Ok(Some(packet)) => {
+                            if blocked_since.is_some() {
+                                blocked_since = Some(Instant::now());
+                            }
+                            if matches!(packet, Packet::Publish(_)) {
+                                Metrics::add(&shared.metrics.messages_received, 1);
+                            }
+                            trace!(%client_id, packet = packet.name(), "received");
+                            let refused = match &packet {
+                                Packet::Publish(p) if p.qos > QoS::AtMostOnce && store.is_some_and(|s| !s.is_healthy()) => {
+                                    refuse_publish(conn, p)
+                                }
+                                _ => false,
+                            };
+                            // What earlier packets of this batch asked for still happens.
+                            let mark = actions.len();
+                            match if refused { Ok(()) } else { a.session.handle_packet(packet, Instant::now(), &mut actions) } {
+                                Ok(()) => {}
+                                Err(e) => {
+                                    info!(%client_id, peer = %conn.peer, reason = %e.reason, error = e.message, "protocol violation");
+                                    Metrics::add(&shared.metrics.protocol_errors, 1);
+                                    actions.truncate(mark);
+                                    disconnect(conn, e.reason, Some(e.message));
+                                    end = Some(End::Abnormal);
+                                }
+                            }
                         }
-                        _ => false,
-                    };
-                    match if refused { Ok(()) } else { a.session.handle_packet(packet, Instant::now(), &mut actions) } {
-                        Ok(()) => {}
-                        Err(e) => {
-                            info!(%client_id, peer = %conn.peer, reason = %e.reason, error = e.message, "protocol violation");
+                        Ok(None) => end = Some(End::Abnormal),
+                        Err(ConnectionError::Decode(e)) => {
+                            info!(%client_id, peer = %conn.peer, error = %e, "undecodable packet");
                             Metrics::add(&shared.metrics.protocol_errors, 1);
-                            actions.clear();
-                            disconnect(conn, e.reason, Some(e.message));
+                            disconnect(conn, e.reason_code(), None);
                             end = Some(End::Abnormal);
                         }
+                        Err(e) => failure = Some(e),
                     }
+                    budget -= 1;
+                    if end.is_some() || failure.is_some() || budget == 0 {
+                        break;
+                    }
+                    read = match conn.try_packet() {
+                        Ok(None) => break,
+                        other => other,
+                    };
                 }
-                Ok(None) => end = Some(End::Abnormal),
-                Err(ConnectionError::Decode(e)) => {
-                    info!(%client_id, peer = %conn.peer, error = %e, "undecodable packet");
-                    Metrics::add(&shared.metrics.protocol_errors, 1);
-                    disconnect(conn, e.reason_code(), None);
-                    end = Some(End::Abnormal);
-                }
-                Err(e) => failure = Some(e),
-            },
+            }
             () = a.mailbox.ready(has_room) => {
                 for p in a.mailbox.take_packets() {
                     if let Err(e) = conn.queue(&p) {
@@ -704,10 +730,11 @@ async fn serve_session<S: AsyncRead + AsyncWrite + Unpin>(
                 Action::Persist(op) => {
                     if let (Some(store), true) = (store, a.session.expiry_interval > 0) {
                         apply_persist(batch.get_or_insert_with(|| store.batch()), &client_id, op);
-                        // The packet that follows must not reach the client before the store knows
-                        // it was sent: a QoS 2 message resent under a new packet id after a crash
-                        // would be delivered twice.
-                        must_sync |= !matches!(op, Persist::Done { .. });
+                        // A QoS 2 PUBLISH (or PUBREL) must not reach the client before the store knows
+                        // it was sent: resent under a new packet id after a crash, the message would
+                        // be delivered twice. QoS 1 allows a duplicate, so it does not wait.
+                        must_sync |=
+                            matches!(op, Persist::Sent { exactly_once: true, .. } | Persist::Released { .. });
                     }
                 }
                 Action::Subscribe(requests) => {

@@ -1162,7 +1162,7 @@ pub fn session_record(session: &Session, expiry: u32, disconnected_at: Option<u6
 /// Applies one change a session reported about its stored deliveries to a batch.
 pub fn apply_persist(batch: &mut Batch, client_id: &str, op: Persist) {
     match op {
-        Persist::Sent { seq, id } => batch.set_flight(client_id, seq, id.get(), Phase::Sent),
+        Persist::Sent { seq, id, .. } => batch.set_flight(client_id, seq, id.get(), Phase::Sent),
         Persist::Released { seq, id } => batch.set_flight(client_id, seq, id.get(), Phase::Released),
         Persist::Done { seq } => batch.remove_delivery(client_id, seq),
         Persist::IncomingReleased { id } => batch.remove_incoming(client_id, id.get()),

@@ -145,6 +145,8 @@ pub enum Persist {
         seq: u64,
         /// Packet id it was sent with.
         id: PacketId,
+        /// QoS 2: the client deduplicates by packet id, so the store must know it before it is sent.
+        exactly_once: bool,
     },
     /// QoS 2: PUBREC received; PUBREL goes out next.
     Released {
@@ -698,7 +700,8 @@ impl Session {
         match self.build_publish(&d, Some(id), false, now) {
             Some(p) => {
                 if let Some(seq) = d.stored {
-                    out.push(Action::Persist(Persist::Sent { seq, id }));
+                    let exactly_once = d.qos == QoS::ExactlyOnce;
+                    out.push(Action::Persist(Persist::Sent { seq, id, exactly_once }));
                 }
                 out.push(Action::Send(p));
                 self.outgoing.push_back(Outgoing { id, state: OutState::AwaitAck(d) });

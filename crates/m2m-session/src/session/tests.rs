@@ -379,7 +379,8 @@ fn a_stored_qos2_delivery_reports_each_step_before_the_packet_it_allows() {
     let mut out = Vec::new();
     s.deliver(stored("t", QoS::ExactlyOnce, 7), now, &mut out);
     let id = match &out[..] {
-        [Action::Persist(Persist::Sent { seq: 7, id }), Action::Send(Packet::Publish(p))] => {
+        [Action::Persist(Persist::Sent { seq: 7, id, exactly_once: true }), Action::Send(Packet::Publish(p))] =>
+        {
             assert_eq!(p.packet_id, Some(*id));
             *id
         }
