@@ -54,6 +54,13 @@
 //! With [`SyncMode::Batch`] the committer syncs every interval instead and `on_durable` completes at
 //! once. Dropping the last [`Store`] handle stops the thread after a final full sync.
 //!
+//! # Engine tuning
+//! Memtables are [`StoreConfig::memtable_bytes`] (fixed when a keyspace is created: fjall keeps the
+//! value it was created with), flushed by two background workers so that a long compaction does not
+//! hold up a flush. fjall halts writers in a sleep loop while a keyspace has four sealed memtables
+//! waiting for a flush, which never ends if that flush failed; [`Batch::commit`] waits at three
+//! instead, checking that the store is still healthy, and fails rather than blocking for good.
+//!
 //! # Faults
 //! A failed write or sync (a full disk, an I/O error) makes the store unhealthy
 //! ([`Store::is_healthy`]), logged once at `error`: waiters get the error, and [`Batch::commit`]
