@@ -590,6 +590,8 @@ async fn serve_session<S: AsyncRead + AsyncWrite + Unpin>(
     let mut after_sync: Vec<Packet> = Vec::new();
     let end = loop {
         let mut must_sync = false;
+        // A DISCONNECT for bad input, written after what the packets before it were answered with.
+        let mut closing: Option<(ReasonCode, Option<&'static str>)> = None;
         let deadline = a.session.keep_alive_deadline();
         let mut end = None;
         let mut failure = None;
@@ -648,7 +650,7 @@ async fn serve_session<S: AsyncRead + AsyncWrite + Unpin>(
                                     info!(%client_id, peer = %conn.peer, reason = %e.reason, error = e.message, "protocol violation");
                                     Metrics::add(&shared.metrics.protocol_errors, 1);
                                     actions.truncate(mark);
-                                    disconnect(conn, e.reason, Some(e.message));
+                                    closing = Some((e.reason, Some(e.message)));
                                     end = Some(End::Abnormal);
                                 }
                             }
@@ -657,7 +659,7 @@ async fn serve_session<S: AsyncRead + AsyncWrite + Unpin>(
                         Err(ConnectionError::Decode(e)) => {
                             info!(%client_id, peer = %conn.peer, error = %e, "undecodable packet");
                             Metrics::add(&shared.metrics.protocol_errors, 1);
-                            disconnect(conn, e.reason_code(), None);
+                            closing = Some((e.reason_code(), None));
                             end = Some(End::Abnormal);
                         }
                         Err(e) => failure = Some(e),
@@ -715,11 +717,7 @@ async fn serve_session<S: AsyncRead + AsyncWrite + Unpin>(
                         trace!(%client_id, topic = %message.topic, "client publish to $SYS ignored");
                         after_sync.extend(to_router_ack);
                     } else {
-                        to_router.push(Command::Publish {
-                            message: Arc::new(message),
-                            from: Some(a.key),
-                            ack: to_router_ack,
-                        });
+                        to_router.push(Command::Publish { message, from: Some(a.key), ack: to_router_ack });
                     }
                     if let Some(p) = direct_ack {
                         if let Err(e) = queue_counted(conn, &p) {
@@ -764,6 +762,9 @@ async fn serve_session<S: AsyncRead + AsyncWrite + Unpin>(
             && a.flow.wants_drain.swap(false, std::sync::atomic::Ordering::AcqRel)
         {
             to_router.push(Command::Drained { key: a.key });
+        }
+        if let Some((reason, why)) = closing {
+            disconnect(conn, reason, why);
         }
         if let Some(b) = batch.take() {
             if let Err(e) = b.commit() {

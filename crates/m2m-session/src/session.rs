@@ -115,8 +115,8 @@ pub enum Action {
     /// Route this message to subscribers (and the retained store), then send `ack` (PUBACK for QoS 1,
     /// PUBREC for QoS 2). With a store that syncs, the acknowledgement waits until the message is durable.
     Publish {
-        /// The message.
-        message: Message,
+        /// The message, ready to be shared with every subscriber.
+        message: Arc<Message>,
         /// The acknowledgement owed to the client once the message is routed.
         ack: Option<Packet>,
     },
@@ -516,10 +516,11 @@ impl Session {
             publisher: Some(self.client_id.clone()),
         };
         match p.qos {
-            QoS::AtMostOnce => out.push(Action::Publish { message, ack: None }),
+            QoS::AtMostOnce => out.push(Action::Publish { message: Arc::new(message), ack: None }),
             QoS::AtLeastOnce => {
                 let id = p.packet_id.ok_or_else(missing_id)?;
-                out.push(Action::Publish { message, ack: Some(Packet::PubAck(Ack::new(id))) });
+                let ack = Some(Packet::PubAck(Ack::new(id)));
+                out.push(Action::Publish { message: Arc::new(message), ack });
             }
             QoS::ExactlyOnce => {
                 let id = p.packet_id.ok_or_else(missing_id)?;
@@ -531,7 +532,8 @@ impl Session {
                         ));
                     }
                     self.incoming_qos2.insert(id.get());
-                    out.push(Action::Publish { message, ack: Some(Packet::PubRec(Ack::new(id))) });
+                    let ack = Some(Packet::PubRec(Ack::new(id)));
+                    out.push(Action::Publish { message: Arc::new(message), ack });
                 } else {
                     out.push(Action::Send(Packet::PubRec(Ack::new(id))));
                 }

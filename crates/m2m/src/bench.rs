@@ -177,17 +177,22 @@ struct LatencySink {
 
 /// Subscribes and then counts PUBLISHes (acknowledging QoS 1/2), recording latency when `latencies`
 /// is given.
-async fn subscriber(
+/// Who a bench subscriber is: its address, client id, and whether it keeps its session.
+struct SubscriberId {
     addr: SocketAddr,
     id: String,
+    keep_session: bool,
+}
+
+async fn subscriber(
+    who: SubscriberId,
     topic: &'static str,
     qos: QoS,
     received: Arc<AtomicU64>,
     latencies: Option<LatencySink>,
     ready: Arc<Semaphore>,
-    keep_session: bool,
 ) -> anyhow::Result<()> {
-    let (mut read, mut write) = connect(addr, &id, 0, keep_session).await?;
+    let (mut read, mut write) = connect(who.addr, &who.id, 0, who.keep_session).await?;
     let options = SubscriptionOptions { qos, ..Default::default() };
     let sub = Subscribe {
         packet_id: pid(1),
@@ -378,14 +383,12 @@ async fn throughput(common: &Common, publishers: usize, subscribers: usize) -> a
     let mut tasks = Vec::new();
     for i in 0..subscribers {
         let fut = subscriber(
-            common.addr,
-            format!("bench-sub-{i}"),
+            SubscriberId { addr: common.addr, id: format!("bench-sub-{i}"), keep_session: common.persistent },
             topic,
             qos,
             received.clone(),
             None,
             ready.clone(),
-            common.persistent,
         );
         tasks.push(tokio::spawn(fut));
     }
@@ -460,14 +463,12 @@ async fn latency(common: &Common, rate: u64) -> anyhow::Result<String> {
     let received = Arc::new(AtomicU64::new(0));
     let ready = Arc::new(Semaphore::new(0));
     let sub = tokio::spawn(subscriber(
-        common.addr,
-        "bench-lat-sub".into(),
+        SubscriberId { addr: common.addr, id: "bench-lat-sub".into(), keep_session: common.persistent },
         topic,
         qos,
         received.clone(),
         Some(LatencySink { epoch, from_seq: rate, samples: samples.clone() }),
         ready.clone(),
-        common.persistent,
     ));
     tokio::time::timeout(Duration::from_secs(10), ready.acquire())
         .await
