@@ -486,9 +486,29 @@ async fn accept<S: AsyncRead + AsyncWrite + Unpin>(
     }
     let accepted =
         Box::new(Accepted { key: reply.key, conn_id, session, mailbox, kick, flow, will, auth_method });
+    // Queued messages sent on attach get their flight state recorded, as in the session loop.
+    let mut must_sync = false;
+    let mut batch = None;
     for action in actions {
-        if let Action::Send(p) = action {
-            queue_counted(conn, &p)?;
+        match action {
+            Action::Send(p) => queue_counted(conn, &p)?,
+            Action::Persist(op) => {
+                if let (Some(store), true) = (&shared.store, expiry > 0) {
+                    apply_persist(batch.get_or_insert_with(|| store.batch()), &client_id, op);
+                    must_sync |= matches!(op, Persist::Sent { exactly_once: true, .. });
+                }
+            }
+            _ => {}
+        }
+    }
+    if let (Some(b), Some(store)) = (batch, &shared.store) {
+        if let Err(e) = b.commit() {
+            debug!(%client_id, error = %e, "session state not kept in the store");
+        }
+        if must_sync && store.waits_for_sync() {
+            if let Err(e) = store.durable().await {
+                debug!(%client_id, error = %e, "store sync failed");
+            }
         }
     }
     if let Err(e) = conn.flush().await {
