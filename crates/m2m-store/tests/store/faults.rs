@@ -6,7 +6,7 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use m2m_codec::QoS;
-use m2m_store::{SessionRecord, Store, StoreConfig, StoreError};
+use m2m_store::{Store, StoreConfig, StoreError};
 
 use crate::support::*;
 
@@ -65,15 +65,6 @@ fn fill_disk(path: &Path) {
         }
     }
     let _ = f.sync_all();
-}
-
-fn session(client: &str) -> SessionRecord {
-    SessionRecord {
-        client_id: client.into(),
-        expiry_interval: 60,
-        disconnected_at: None,
-        subscriptions: vec![],
-    }
 }
 
 /// A payload that does not compress, so the journal really grows.

@@ -4,18 +4,9 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use m2m_codec::QoS;
-use m2m_store::{Phase, SessionRecord, Store, StoreConfig, StoreError};
+use m2m_store::{Phase, Store, StoreConfig, StoreError};
 
 use crate::support::*;
-
-fn session(client: &str) -> SessionRecord {
-    SessionRecord {
-        client_id: client.into(),
-        expiry_interval: 60,
-        disconnected_at: None,
-        subscriptions: vec![],
-    }
-}
 
 /// Counts the records of one keyspace, reading the database directly.
 fn count(path: &Path, keyspace: &str) -> usize {

@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use m2m_codec::{PublishProperties, QoS};
 use m2m_session::{Delivery, Message};
-use m2m_store::{Recovered, Store, StoreConfig};
+use m2m_store::{Recovered, SessionRecord, Store, StoreConfig};
 use m2m_topic::TopicName;
 
 /// Opens the store in `dir` with default settings, panicking on failure.
@@ -20,6 +20,16 @@ pub(crate) fn reopen(store: Store) -> (Store, Recovered) {
     let path = store.path().to_owned();
     drop(store);
     open(&path)
+}
+
+/// A connected session with a 60 s expiry and no subscriptions.
+pub(crate) fn session(client: &str) -> SessionRecord {
+    SessionRecord {
+        client_id: client.into(),
+        expiry_interval: 60,
+        disconnected_at: None,
+        subscriptions: vec![],
+    }
 }
 
 pub(crate) fn topic(s: &str) -> TopicName {
