@@ -487,29 +487,19 @@ async fn accept<S: AsyncRead + AsyncWrite + Unpin>(
     let accepted =
         Box::new(Accepted { key: reply.key, conn_id, session, mailbox, kick, flow, will, auth_method });
     // Queued messages sent on attach get their flight state recorded, as in the session loop.
+    let store = shared.store.as_ref();
     let mut must_sync = false;
     let mut batch = None;
     for action in actions {
         match action {
             Action::Send(p) => queue_counted(conn, &p)?,
-            Action::Persist(op) => {
-                if let (Some(store), true) = (&shared.store, expiry > 0) {
-                    apply_persist(batch.get_or_insert_with(|| store.batch()), &client_id, op);
-                    must_sync |= matches!(op, Persist::Sent { exactly_once: true, .. });
-                }
-            }
+            Action::Persist(op) => must_sync |= record(store, &accepted.session, op, &mut batch),
             _ => {}
         }
     }
-    if let (Some(b), Some(store)) = (batch, &shared.store) {
-        if let Err(e) = b.commit() {
-            debug!(%client_id, error = %e, "session state not kept in the store");
-        }
-        if must_sync && store.waits_for_sync() {
-            if let Err(e) = store.durable().await {
-                debug!(%client_id, error = %e, "store sync failed");
-            }
-        }
+    commit(batch, &client_id);
+    if must_sync {
+        sync(store, &client_id).await;
     }
     if let Err(e) = conn.flush().await {
         // The session goes back to the router even if the client vanished right after CONNECT.
@@ -745,16 +735,7 @@ async fn serve_session<S: AsyncRead + AsyncWrite + Unpin>(
                         }
                     }
                 }
-                Action::Persist(op) => {
-                    if let (Some(store), true) = (store, a.session.expiry_interval > 0) {
-                        apply_persist(batch.get_or_insert_with(|| store.batch()), &client_id, op);
-                        // A QoS 2 PUBLISH (or PUBREL) must not reach the client before the store knows
-                        // it was sent: resent under a new packet id after a crash, the message would
-                        // be delivered twice. QoS 1 allows a duplicate, so it does not wait.
-                        must_sync |=
-                            matches!(op, Persist::Sent { exactly_once: true, .. } | Persist::Released { .. });
-                    }
-                }
+                Action::Persist(op) => must_sync |= record(store, &a.session, op, &mut batch),
                 Action::Subscribe(requests) => {
                     to_router.push(Command::Subscribe { key: a.key, requests });
                     must_sync |= keep_session(store, &a.session, &mut batch);
@@ -786,11 +767,7 @@ async fn serve_session<S: AsyncRead + AsyncWrite + Unpin>(
         if let Some((reason, why)) = closing {
             disconnect(conn, reason, why);
         }
-        if let Some(b) = batch.take() {
-            if let Err(e) = b.commit() {
-                debug!(%client_id, error = %e, "session state not kept in the store");
-            }
-        }
+        commit(batch.take(), &client_id);
         if let (false, Some(store)) = (after_sync.is_empty(), store) {
             let packets = std::mem::take(&mut after_sync);
             let mailbox = a.mailbox.clone();
@@ -801,13 +778,8 @@ async fn serve_session<S: AsyncRead + AsyncWrite + Unpin>(
             });
         }
         // SUBACK, and QoS 2 PUBLISH/PUBREL of a persistent session, go out once the store has them.
-        if must_sync && acks_wait {
-            if let Some(Err(e)) = match store {
-                Some(s) => Some(s.durable().await),
-                None => None,
-            } {
-                debug!(%client_id, error = %e, "store sync failed");
-            }
+        if must_sync {
+            sync(store, &client_id).await;
         }
         // One await point for every command to the router keeps the task's state small. The router
         // sees them before the acknowledgements below are written (SUBACK after the subscription).
@@ -833,6 +805,30 @@ async fn serve_session<S: AsyncRead + AsyncWrite + Unpin>(
     debug!(%client_id, peer = %conn.peer, ?end, "client disconnected");
     Box::pin(hand_back(a, shared, end)).await;
     Ok(end)
+}
+
+/// Adds a change the session reported to the batch if the session is kept in the store (a non-zero
+/// expiry); whether the packet that follows must wait for it to be durable ([`Persist::precedes_send`]).
+fn record(store: Option<&Store>, session: &Session, op: Persist, batch: &mut Option<Batch>) -> bool {
+    let Some(store) = store.filter(|_| session.expiry_interval > 0) else { return false };
+    apply_persist(batch.get_or_insert_with(|| store.batch()), session.client_id(), op);
+    op.precedes_send()
+}
+
+/// Writes a connection's batch, if it has one. A failure is logged; the store reports itself
+/// unhealthy and the node refuses QoS 1/2 publishes until it recovers.
+fn commit(batch: Option<Batch>, client_id: &str) {
+    if let Some(Err(e)) = batch.map(Batch::commit) {
+        debug!(%client_id, error = %e, "session state not kept in the store");
+    }
+}
+
+/// Waits until what this connection wrote is durable, with `sync = "always"`.
+async fn sync(store: Option<&Store>, client_id: &str) {
+    let Some(store) = store.filter(|s| s.waits_for_sync()) else { return };
+    if let Err(e) = store.durable().await {
+        debug!(%client_id, error = %e, "store sync failed");
+    }
 }
 
 /// Writes the session's record (expiry, subscriptions) into the batch if it is kept in the store;
@@ -921,19 +917,13 @@ async fn hand_back(a: Box<Accepted>, shared: &Shared, end: End) {
             Metrics::add(&shared.metrics.messages_dropped, 1);
         }
     }
-    if let (Some(store), true) = (&shared.store, session.expiry_interval > 0) {
-        let mut batch = store.batch();
-        for action in &reports {
-            if let Action::Persist(op) = action {
-                apply_persist(&mut batch, session.client_id(), *op);
-            }
-        }
-        if !batch.is_empty() {
-            if let Err(e) = batch.commit() {
-                debug!(client_id = %session.client_id(), error = %e, "dropped deliveries not removed from the store");
-            }
+    let mut batch = None;
+    for action in reports {
+        if let Action::Persist(op) = action {
+            record(shared.store.as_ref(), &session, op, &mut batch);
         }
     }
+    commit(batch, session.client_id());
     let will = match end {
         End::Abnormal | End::Disconnect { publish_will: true } => will.map(|w| *w),
         End::Disconnect { publish_will: false } | End::Shutdown => None,

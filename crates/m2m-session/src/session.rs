@@ -168,6 +168,15 @@ pub enum Persist {
     },
 }
 
+impl Persist {
+    /// Whether the packet that follows must not reach the client before this change is durable: a
+    /// QoS 2 PUBLISH or PUBREL resent under another packet id after a crash would be delivered twice.
+    /// QoS 1 allows a duplicate, and a removal lost in a crash only causes a resend.
+    pub fn precedes_send(self) -> bool {
+        matches!(self, Self::Sent { exactly_once: true, .. } | Self::Released { .. })
+    }
+}
+
 /// A protocol violation: the connection ends with this reason code.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("{message} ({reason})")]
