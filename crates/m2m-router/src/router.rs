@@ -937,13 +937,18 @@ impl Router {
         let Some(store) = &self.store else { return Ok(()) };
         let mut batch = store.batch();
         extra(&mut batch);
+        let queue_qos0 = self.config.limits.queue_qos0_offline;
         for (key, d) in targets.iter_mut() {
+            // Decided without a lookup for the common case, a QoS 0 fan-out.
+            if d.qos == QoS::AtMostOnce && !queue_qos0 {
+                continue;
+            }
             let Some(client) = self.clients.get(key) else { continue };
             if !client.persistent() {
                 continue;
             }
             let offline = matches!(client.state, State::Offline { .. });
-            if d.qos == QoS::AtMostOnce && !(offline && self.config.limits.queue_qos0_offline) {
+            if d.qos == QoS::AtMostOnce && !offline {
                 continue;
             }
             let seq = self.next_seq;
