@@ -426,9 +426,11 @@ impl Router {
             let publish_at = will.publish_at.unwrap_or(left.saturating_add(u64::from(delay) * 1000));
             match (key, at_instant(publish_at)) {
                 (Some(key), Some(at)) if publish_at > wall => {
-                    if will.publish_at.is_none() {
-                        let record = WillRecord { publish_at: Some(publish_at), ..will.clone() };
-                        self.write(|b| b.put_will(&client_id, &record, now));
+                    let was_online = will.publish_at.is_none();
+                    let will = WillRecord { publish_at: Some(publish_at), ..will };
+                    if was_online {
+                        // Its due time is fixed now, so a second crash does not postpone it.
+                        self.write(|b| b.put_will(&client_id, &will, now));
                     }
                     if let Some(client) = self.clients.get_mut(&key) {
                         client.will = Some((Arc::new(will.message), at));
@@ -471,13 +473,7 @@ impl Router {
         if actions.is_empty() {
             return;
         }
-        self.write(|b| {
-            for action in actions {
-                if let Action::Persist(op) = action {
-                    apply_persist(b, client_id, *op);
-                }
-            }
-        });
+        self.write(|b| apply_reports(b, client_id, actions));
     }
 
     /// Runs until every [`RouterHandle`] is dropped.
@@ -666,13 +662,13 @@ impl Router {
         client.expiry = expiry;
         let client_id = client.client_id.clone();
         let record = (expiry > 0).then(|| session_record(session, expiry, Some(unix_ms(SystemTime::now()))));
-        if expiry > 0 {
-            self.write_persist(&client_id, &reports);
-        }
         let will_delay = d.will.as_ref().map(|w| w.delay.min(expiry));
+        // One batch: the session as it left, its dropped deliveries, its will. A session with expiry 0
+        // is removed whole by `end_session` below.
         self.write(|b| {
             if let Some(record) = &record {
                 b.put_session(record);
+                apply_reports(b, &client_id, &reports);
             }
             match (&d.will, will_delay) {
                 (Some(will), Some(delay)) if delay > 0 && successor.is_none() => {
@@ -1171,6 +1167,15 @@ pub fn apply_persist(batch: &mut Batch, client_id: &str, op: Persist) {
         Persist::Released { seq, id } => batch.set_flight(client_id, seq, id.get(), Phase::Released),
         Persist::Done { seq } => batch.remove_delivery(client_id, seq),
         Persist::IncomingReleased { id } => batch.remove_incoming(client_id, id.get()),
+    }
+}
+
+/// Applies the [`Action::Persist`] reports among `actions` to a batch.
+fn apply_reports(batch: &mut Batch, client_id: &str, actions: &[Action]) {
+    for action in actions {
+        if let Action::Persist(op) = action {
+            apply_persist(batch, client_id, *op);
+        }
     }
 }
 
