@@ -39,7 +39,7 @@ impl Broker {
     ///
     /// # Errors
     /// [`Error::Bind`] when the address cannot be bound; [`Error::Store`] when the store cannot be
-    /// opened (the message names the file and what to do).
+    /// opened (the message says where and what to do).
     pub async fn bind(config: &Config) -> Result<Self> {
         let listener = TcpListener::bind(config.listen)
             .await

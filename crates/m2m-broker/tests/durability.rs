@@ -267,7 +267,7 @@ async fn a_will_waiting_for_its_delay_is_published_after_a_restart() {
 }
 
 #[tokio::test]
-async fn without_a_store_acknowledgements_are_immediate_and_everything_works() {
+async fn without_a_store_publishes_are_acknowledged_and_delivered() {
     let broker = TestBroker::start_with(Config::for_tests()).await;
     let mut sub = raw_connect_ok(broker.addr, persistent_connect("sub", true)).await;
     raw_subscribe(&mut sub, 1, &[("m/#", QoS::AtLeastOnce)]).await;
