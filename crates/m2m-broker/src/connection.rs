@@ -723,7 +723,7 @@ async fn serve_session<S: AsyncRead + AsyncWrite + Unpin>(
                 }
                 Action::Publish { message, ack } => {
                     let (to_router_ack, direct_ack) = if acks_wait { (ack, None) } else { (None, ack) };
-                    if message.topic.as_str().starts_with("$SYS") {
+                    if message.topic.is_sys() {
                         trace!(%client_id, topic = %message.topic, "client publish to $SYS ignored");
                         after_sync.extend(to_router_ack);
                     } else {

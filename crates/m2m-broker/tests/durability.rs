@@ -187,7 +187,8 @@ async fn retained_messages_subscriptions_and_session_expiry_survive_a_restart() 
     let dir = TempDir::new("retained");
     let broker = TestBroker::start_with(config(dir.path())).await;
     let mut publisher = raw_connect_ok(broker.addr, m2m_test::v5_connect("publisher")).await;
-    for (i, (topic, payload)) in [("r/kept", "kept"), ("r/gone", "gone"), ("r/gone", "")].iter().enumerate() {
+    let retained = [("r/kept", "kept"), ("r/gone", "gone"), ("r/gone", ""), ("$app/kept", "app")];
+    for (i, (topic, payload)) in retained.iter().enumerate() {
         let Packet::Publish(mut p) = publish(topic, QoS::AtLeastOnce, i as u16 + 1, (*payload).into()) else {
             unreachable!()
         };
@@ -214,6 +215,11 @@ async fn retained_messages_subscriptions_and_session_expiry_survive_a_restart() 
     let kept = expect_raw_publish(reader.recv().await);
     assert_eq!((&*kept.topic, &kept.payload[..], kept.retain), ("r/kept", &b"kept"[..], true));
     reader.send(&Packet::PubAck(Ack::new(kept.packet_id.expect("QoS 1")))).await;
+    nothing_more(&mut reader).await;
+    // A `$` topic outside `$SYS` belongs to clients and is kept like any other.
+    raw_subscribe(&mut reader, 2, &[("$app/#", QoS::AtMostOnce)]).await;
+    let app = expect_raw_publish(reader.recv().await);
+    assert_eq!((&*app.topic, &app.payload[..], app.retain), ("$app/kept", &b"app"[..], true));
     nothing_more(&mut reader).await;
 
     let (mut sub, ack) = raw_connect(broker.addr, persistent_connect("sub", false)).await;

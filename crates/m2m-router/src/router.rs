@@ -844,7 +844,7 @@ impl Router {
             _ => None,
         };
         // The node's own `$SYS` topics are published afresh after a restart; they are not kept.
-        let keep_retained = message.retain && !message.topic.as_str().starts_with('$');
+        let keep_retained = message.retain && !message.topic.is_sys();
         let kept = self.keep(
             &mut targets,
             |b| {

@@ -67,6 +67,12 @@ impl TopicName {
     pub fn is_system(&self) -> bool {
         self.0.starts_with('$')
     }
+
+    /// Whether the name is in the node's own `$SYS` tree (`$SYS` or `$SYS/...`), which clients may
+    /// not publish to; other `$` names (such as `$app/x`) belong to clients.
+    pub fn is_sys(&self) -> bool {
+        &*self.0 == "$SYS" || self.0.starts_with("$SYS/")
+    }
 }
 
 impl TryFrom<&str> for TopicName {
@@ -165,6 +171,16 @@ mod tests {
     #[test]
     fn levels_include_empty_levels() {
         assert_eq!(name("/a//b/").unwrap().levels().collect::<Vec<_>>(), ["", "a", "", "b", ""]);
+    }
+
+    #[test]
+    fn only_the_sys_tree_is_the_nodes_own() {
+        for s in ["$SYS", "$SYS/broker/uptime"] {
+            assert!(name(s).unwrap().is_sys(), "{s:?}");
+        }
+        for s in ["$app/x", "$SYSTEM/x", "SYS/x", "a/$SYS"] {
+            assert!(!name(s).unwrap().is_sys(), "{s:?}");
+        }
     }
 
     #[test]
