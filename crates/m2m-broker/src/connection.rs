@@ -8,7 +8,7 @@ use std::time::Instant;
 
 use bytes::{Bytes, BytesMut};
 use m2m_codec::{
-    decode, encode, encoded_len, Auth, AuthProperties, ConnAck, ConnAckProperties, Connect, DecodeError,
+    decode, encode, encoded_len, Ack, Auth, AuthProperties, ConnAck, ConnAckProperties, Connect, DecodeError,
     Disconnect, DisconnectProperties, Packet, ProtocolVersion, QoS, ReasonCode,
 };
 use m2m_router::{
@@ -730,6 +730,11 @@ async fn serve_session<S: AsyncRead + AsyncWrite + Unpin>(
                         to_router.push(Command::Publish { message, from: Some(a.key), ack: to_router_ack });
                     }
                     if let Some(p) = direct_ack {
+                        if let Packet::PubRec(rec) = &p {
+                            // Acknowledged without the router, which would otherwise keep the
+                            // packet id with the message: keep it here.
+                            incoming_received(store, &a.session, rec, &mut batch);
+                        }
                         if let Err(e) = queue_counted(conn, &p) {
                             failure = Some(e);
                         }
@@ -813,6 +818,15 @@ fn record(store: Option<&Store>, session: &Session, op: Persist, batch: &mut Opt
     let Some(store) = store.filter(|_| session.expiry_interval > 0) else { return false };
     apply_persist(batch.get_or_insert_with(|| store.batch()), session.client_id(), op);
     op.precedes_send()
+}
+
+/// Keeps the packet id of a QoS 2 PUBLISH acknowledged with a PUBREC (until its PUBREL) if the session
+/// is kept in the store, so that a resend after a restart is acknowledged and not routed again.
+fn incoming_received(store: Option<&Store>, session: &Session, rec: &Ack, batch: &mut Option<Batch>) {
+    let Some(store) = store.filter(|_| session.expiry_interval > 0) else { return };
+    if !rec.reason_code.is_error() {
+        batch.get_or_insert_with(|| store.batch()).put_incoming(session.client_id(), rec.packet_id.get());
+    }
 }
 
 /// Writes a connection's batch, if it has one. A failure is logged; the store reports itself

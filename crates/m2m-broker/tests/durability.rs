@@ -13,16 +13,20 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use m2m_broker::Config;
 use m2m_codec::{Ack, Disconnect, Packet, ProtocolVersion, Publish, QoS, ReasonCode, Will};
-use m2m_store::StoreConfig;
+use m2m_store::{StoreConfig, SyncMode};
 use m2m_test::{
     expect_raw_publish, persistent_connect, pid, raw_connect, raw_connect_ok, raw_publish, raw_subscribe,
     within, RawClient, TempDir, TestBroker,
 };
 
 fn config(dir: &Path) -> Config {
+    config_with(dir, SyncMode::Always)
+}
+
+fn config_with(dir: &Path, sync: SyncMode) -> Config {
     let mut c = Config::for_tests();
     c.sys_interval = None;
-    c.store = Some(StoreConfig::new(dir.join("store")));
+    c.store = Some(StoreConfig { sync, ..StoreConfig::new(dir.join("store")) });
     c
 }
 
@@ -149,7 +153,18 @@ async fn messages_in_flight_resume_after_a_restart_with_dup_and_the_same_packet_
 
 #[tokio::test]
 async fn an_unreleased_incoming_qos2_packet_id_is_remembered_across_a_restart() {
+    incoming_qos2_packet_id_across_a_restart(SyncMode::Always).await;
+}
+
+/// With `sync = "batch"` the connection sends the PUBREC itself and keeps the packet id.
+#[tokio::test]
+async fn with_batch_sync_an_unreleased_incoming_qos2_packet_id_is_remembered_across_a_restart() {
+    incoming_qos2_packet_id_across_a_restart(SyncMode::Batch(Duration::from_millis(20))).await;
+}
+
+async fn incoming_qos2_packet_id_across_a_restart(sync: SyncMode) {
     let dir = TempDir::new("incoming");
+    let config = |dir: &Path| config_with(dir, sync);
     let broker = TestBroker::start_with(config(dir.path())).await;
     let mut sub = raw_connect_ok(broker.addr, persistent_connect("sub", true)).await;
     raw_subscribe(&mut sub, 1, &[("i/#", QoS::ExactlyOnce)]).await;
