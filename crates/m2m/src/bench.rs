@@ -115,13 +115,17 @@ fn qos_of(common: &Common) -> anyhow::Result<QoS> {
     }
 }
 
+/// A connected bench client: its two halves, and what arrived after the CONNACK (a resumed session's
+/// messages can share its TCP segment).
+type Connected = (OwnedReadHalf, OwnedWriteHalf, BytesMut);
+
 /// A bench client connection: 3.1.1, with a clean session unless `keep_session`.
 async fn connect(
     addr: SocketAddr,
     client_id: &str,
     keep_alive: u16,
     keep_session: bool,
-) -> anyhow::Result<(OwnedReadHalf, OwnedWriteHalf)> {
+) -> anyhow::Result<Connected> {
     let stream = TcpStream::connect(addr).await.with_context(|| format!("cannot connect to {addr}"))?;
     stream.set_nodelay(true)?;
     let (mut read, mut write) = stream.into_split();
@@ -138,7 +142,7 @@ async fn connect(
     write_packet(&mut write, &Packet::Connect(Box::new(connect))).await?;
     let mut buf = BytesMut::new();
     match read_packet(&mut read, &mut buf).await? {
-        Packet::ConnAck(ack) if ack.reason_code == ReasonCode::SUCCESS => Ok((read, write)),
+        Packet::ConnAck(ack) if ack.reason_code == ReasonCode::SUCCESS => Ok((read, write, buf)),
         Packet::ConnAck(ack) => bail!("connection refused: {}", ack.reason_code),
         other => bail!("expected CONNACK, got {}", other.name()),
     }
@@ -192,7 +196,12 @@ async fn subscriber(
     latencies: Option<LatencySink>,
     ready: Arc<Semaphore>,
 ) -> anyhow::Result<()> {
-    let (mut read, mut write) = connect(who.addr, &who.id, 0, who.keep_session).await?;
+    if who.keep_session {
+        // Start from an empty session, so that nothing left by an earlier run is counted.
+        let (_, mut write, _) = connect(who.addr, &who.id, 0, false).await?;
+        write_packet(&mut write, &Packet::Disconnect(Default::default())).await?;
+    }
+    let (mut read, mut write, mut buf) = connect(who.addr, &who.id, 0, who.keep_session).await?;
     let options = SubscriptionOptions { qos, ..Default::default() };
     let sub = Subscribe {
         packet_id: pid(1),
@@ -201,7 +210,7 @@ async fn subscriber(
         filters: vec![(Arc::from(topic), options)],
     };
     write_packet(&mut write, &Packet::Subscribe(sub)).await?;
-    let mut buf = BytesMut::with_capacity(64 * 1024);
+    buf.reserve(64 * 1024);
     loop {
         if let Packet::SubAck(_) = read_packet(&mut read, &mut buf).await? {
             break;
@@ -278,7 +287,7 @@ struct PublisherSpec {
 
 async fn publisher(spec: PublisherSpec) -> anyhow::Result<()> {
     let PublisherSpec { addr, id, topic, qos, payload, window, stop, sent, ack_latencies } = spec;
-    let (mut read, mut write) = connect(addr, &id, 0, false).await?;
+    let (mut read, mut write, mut buf) = connect(addr, &id, 0, false).await?;
     let publish = |packet_id| Publish {
         dup: false,
         qos,
@@ -308,7 +317,7 @@ async fn publisher(spec: PublisherSpec) -> anyhow::Result<()> {
     let sent_at: Arc<Vec<AtomicU64>> = Arc::new((0..=u16::MAX).map(|_| AtomicU64::new(0)).collect());
     let sent_at_reader = sent_at.clone();
     let reader = tokio::spawn(async move {
-        let mut buf = BytesMut::with_capacity(64 * 1024);
+        buf.reserve(64 * 1024);
         let mut out = BytesMut::new();
         let mut latencies = Vec::new();
         loop {
@@ -393,10 +402,14 @@ async fn throughput(common: &Common, publishers: usize, subscribers: usize) -> a
         tasks.push(tokio::spawn(fut));
     }
     let ready_all = ready.acquire_many(subscribers as u32);
-    tokio::time::timeout(Duration::from_secs(30), ready_all)
-        .await
-        .context("subscribers did not subscribe")??
-        .forget();
+    if tokio::time::timeout(Duration::from_secs(30), ready_all).await.is_err() {
+        for t in tasks.into_iter().filter(|t| t.is_finished()) {
+            if let Ok(Err(e)) = t.await {
+                bail!("a subscriber failed: {e:#}");
+            }
+        }
+        bail!("subscribers did not subscribe within 30 s");
+    }
     let payload = Bytes::from(vec![b'x'; common.payload]);
     let mut pubs = Vec::new();
     for i in 0..publishers {
@@ -474,7 +487,7 @@ async fn latency(common: &Common, rate: u64) -> anyhow::Result<String> {
         .await
         .context("subscriber did not subscribe")??
         .forget();
-    let (mut read, mut write) = connect(common.addr, "bench-lat-pub", 0, false).await?;
+    let (mut read, mut write, _) = connect(common.addr, "bench-lat-pub", 0, false).await?;
     // Drain acknowledgements so the socket never fills.
     let drain = tokio::spawn(async move {
         let mut buf = BytesMut::new();
