@@ -161,7 +161,18 @@ impl Batch {
         wait_for_flushes(&shared, &engine, &self.ops)?;
         let writes = resolve(&engine, self.ops)?;
         let mut batch = engine.db.batch();
+        let (mut delta, mut puts, mut bytes) = (0i64, 0u64, 0u64);
         for (ks, key, value) in writes {
+            if ks == Ks::Deliveries {
+                match &value {
+                    Some(v) => {
+                        delta += 1;
+                        puts += 1;
+                        bytes += (key.len() + v.len()) as u64;
+                    }
+                    None => delta -= 1,
+                }
+            }
             match value {
                 Some(value) => batch.insert(engine.ks(ks), key, value),
                 None => batch.remove(engine.ks(ks), key),
@@ -170,6 +181,11 @@ impl Batch {
         match batch.commit() {
             Ok(()) => {
                 shared.committed.fetch_add(1, Ordering::Release);
+                if delta != 0 || puts != 0 {
+                    shared.deliveries.fetch_add(delta, Ordering::Relaxed);
+                    shared.delivery_puts.fetch_add(puts, Ordering::Relaxed);
+                    shared.delivery_bytes.fetch_add(bytes, Ordering::Relaxed);
+                }
                 Ok(())
             }
             Err(e) => {

@@ -28,6 +28,10 @@ pub struct StoreConfig {
     pub memtable_bytes: u64,
     /// Size of the block cache, shared by all keyspaces.
     pub cache_bytes: u64,
+    /// How often the store checks whether delivered messages left tables worth compacting.
+    pub tidy_interval: Duration,
+    /// Table space of the deliveries (or flight) keyspace below which it is never compacted fully.
+    pub tidy_min_bytes: u64,
 }
 
 impl StoreConfig {
@@ -36,6 +40,11 @@ impl StoreConfig {
     /// Default [`StoreConfig::cache_bytes`]: 32 MiB.
     pub const DEFAULT_CACHE_BYTES: u64 = 32 * 1024 * 1024;
 
+    /// Default [`StoreConfig::tidy_interval`]: 10 s.
+    pub const DEFAULT_TIDY_INTERVAL: Duration = Duration::from_secs(10);
+    /// Default [`StoreConfig::tidy_min_bytes`]: 32 MiB.
+    pub const DEFAULT_TIDY_MIN_BYTES: u64 = 32 * 1024 * 1024;
+
     /// A store in `path` that syncs every write ([`SyncMode::Always`]), with default sizes.
     pub fn new(path: impl Into<PathBuf>) -> Self {
         Self {
@@ -43,6 +52,8 @@ impl StoreConfig {
             sync: SyncMode::Always,
             memtable_bytes: Self::DEFAULT_MEMTABLE_BYTES,
             cache_bytes: Self::DEFAULT_CACHE_BYTES,
+            tidy_interval: Self::DEFAULT_TIDY_INTERVAL,
+            tidy_min_bytes: Self::DEFAULT_TIDY_MIN_BYTES,
         }
     }
 }

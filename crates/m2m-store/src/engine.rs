@@ -20,6 +20,11 @@ pub(crate) const META_ALIVE_AT: &[u8] = b"alive_at";
 /// hold up the flush of a full memtable, which would stall writers.
 const WORKER_THREADS: usize = 2;
 
+/// Bytes of journal at which the engine flushes the memtables that keep the oldest journal alive (the
+/// engine's least). Memtables of little-written keyspaces otherwise hold journals full of delivered
+/// messages for a long time.
+const MAX_JOURNALS: u64 = 64 * 1024 * 1024;
+
 /// The keyspaces of the store.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub(crate) enum Ks {
@@ -78,6 +83,7 @@ impl Engine {
         let db = Database::builder(path)
             .cache_size(config.cache_bytes)
             .worker_threads(WORKER_THREADS)
+            .max_journaling_size(MAX_JOURNALS)
             .open()
             .map_err(|e| StoreError::reading(e, path))?;
         let memtable = config.memtable_bytes.max(64 * 1024);
@@ -121,6 +127,11 @@ impl Engine {
     pub(crate) fn ks(&self, ks: Ks) -> &Keyspace {
         // `keyspaces` is built from `Ks::ALL` in order, so every index is present.
         &self.keyspaces[ks.index()]
+    }
+
+    /// Bytes in table files, over all keyspaces.
+    pub(crate) fn table_space(&self) -> u64 {
+        self.keyspaces.iter().map(Keyspace::disk_space).sum()
     }
 
     /// Writes the version record again and makes it durable: proof that the disk takes writes.

@@ -61,6 +61,15 @@
 //! waiting for a flush, which never ends if that flush failed; [`Batch::commit`] waits at three
 //! instead, checking that the store is still healthy, and fails rather than blocking for good.
 //!
+//! # Retention
+//! Removing a session removes its deliveries, flight states, incoming ids and will; a delivered
+//! message's records are removed when its acknowledgement is handled. The engine keeps at most 64 MiB
+//! of journal, flushing the memtables that hold the oldest journal alive. Its compactions drop
+//! tombstones only at the last level, so a tidy thread compacts the deliveries and flight keyspaces
+//! fully when their tables are more than twice what the deliveries still stored need (estimated from
+//! the commits' counts and average record size) and above [`StoreConfig::tidy_min_bytes`]; it checks
+//! every [`StoreConfig::tidy_interval`].
+//!
 //! # Faults
 //! A failed write or sync (a full disk, an I/O error) makes the store unhealthy
 //! ([`Store::is_healthy`]), logged once at `error`: waiters get the error, and [`Batch::commit`]
@@ -79,6 +88,7 @@ mod error;
 mod record;
 mod recover;
 mod store;
+mod tidy;
 
 use std::time::SystemTime;
 

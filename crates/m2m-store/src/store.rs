@@ -1,7 +1,7 @@
 //! The store handle: opening, durability waits and health.
 
 use std::path::Path;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError, RwLock};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant, SystemTime};
@@ -14,6 +14,7 @@ use crate::engine::{catch_corruption, Engine};
 use crate::error::StoreError;
 use crate::record::Recovered;
 use crate::recover::recover;
+use crate::tidy;
 use crate::unix_ms;
 
 /// How often a store that keeps failing logs it at `error`.
@@ -42,6 +43,15 @@ pub(crate) struct Shared {
     pub(crate) queue: Mutex<Queue>,
     /// Wakes the committer.
     pub(crate) wake: Condvar,
+    /// Deliveries stored, as counted by commits since the store was opened (an estimate: a removal
+    /// counts whether or not the delivery was there).
+    pub(crate) deliveries: AtomicI64,
+    /// Bytes of delivery records written, and how many: their average size, for the tidy thread.
+    pub(crate) delivery_bytes: AtomicU64,
+    pub(crate) delivery_puts: AtomicU64,
+    /// Set to stop the tidy thread, which waits on `tidy_wake`.
+    tidy_stop: Mutex<bool>,
+    tidy_wake: Condvar,
 }
 
 /// The committer's inbox.
@@ -94,6 +104,16 @@ impl Shared {
         }
     }
 
+    /// Waits `interval`, or less if the store is stopping; `false` when it is.
+    pub(crate) fn tidy_wait(&self, interval: Duration) -> bool {
+        let stop = self.tidy_stop.lock().unwrap_or_else(PoisonError::into_inner);
+        let (stop, _) = self
+            .tidy_wake
+            .wait_timeout_while(stop, interval, |stop| !*stop)
+            .unwrap_or_else(PoisonError::into_inner);
+        !*stop
+    }
+
     pub(crate) fn lock_queue(&self) -> MutexGuard<'_, Queue> {
         self.queue.lock().unwrap_or_else(PoisonError::into_inner)
     }
@@ -103,10 +123,19 @@ impl Shared {
 struct Handle {
     shared: Arc<Shared>,
     committer: Option<JoinHandle<()>>,
+    tidy: Option<JoinHandle<()>>,
 }
 
 impl Drop for Handle {
     fn drop(&mut self) {
+        *self.shared.tidy_stop.lock().unwrap_or_else(PoisonError::into_inner) = true;
+        self.shared.tidy_wake.notify_all();
+        if let Some(thread) = self.tidy.take() {
+            // The tidy thread holds no handle, so it never drops the last one; the check costs nothing.
+            if thread.thread().id() != std::thread::current().id() && thread.join().is_err() {
+                tracing::error!("store tidy thread panicked");
+            }
+        }
         self.shared.lock_queue().stop = true;
         self.shared.wake.notify_all();
         if let Some(thread) = self.committer.take() {
@@ -168,9 +197,16 @@ impl Store {
             fault_logged_at: Mutex::new(None),
             queue: Mutex::new(Queue::default()),
             wake: Condvar::new(),
+            deliveries: AtomicI64::new(recovered.sessions.iter().map(|s| s.deliveries.len() as i64).sum()),
+            delivery_bytes: AtomicU64::new(0),
+            delivery_puts: AtomicU64::new(0),
+            tidy_stop: Mutex::new(false),
+            tidy_wake: Condvar::new(),
         });
         let committer = committer::spawn(shared.clone())?;
-        Ok((Store { handle: Arc::new(Handle { shared, committer: Some(committer) }) }, recovered))
+        let tidy = tidy::spawn(shared.clone())?;
+        let handle = Handle { shared, committer: Some(committer), tidy: Some(tidy) };
+        Ok((Store { handle: Arc::new(handle) }, recovered))
     }
 
     fn shared(&self) -> &Arc<Shared> {
@@ -233,6 +269,12 @@ impl Store {
     /// Bytes the whole database takes on disk (allocated blocks of every file in the directory).
     pub fn disk_space(&self) -> u64 {
         dir_size(self.path())
+    }
+
+    /// Bytes in the engine's table files, over all keyspaces: [`Store::disk_space`] without the
+    /// journals (whose size the engine bounds at 64 MiB) and without the in-memory write buffers.
+    pub fn table_space(&self) -> u64 {
+        self.shared().engine().map_or(0, |engine| engine.table_space())
     }
 
     /// The data directory.

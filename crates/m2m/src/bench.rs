@@ -2,8 +2,9 @@
 //! that every broker is measured the same way.
 //!
 //! Scenarios: `fan-in` (N publishers → 1 subscriber), `fan-out` (1 publisher → N subscribers),
-//! `latency` (a fixed rate, one-way latency percentiles), `conns` (idle connections, resident memory of
-//! the broker process). Every scenario is bounded in time and count and stops by itself.
+//! `latency` (a fixed rate, one-way latency percentiles), `queue` and `drain` (messages left for
+//! offline sessions, then received by them), `conns` (idle connections, resident memory of the broker
+//! process). Every scenario is bounded in time and count and stops by itself.
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -48,6 +49,23 @@ pub(crate) struct Common {
     persistent: bool,
 }
 
+/// The offline sessions of `queue` and `drain`.
+#[derive(Debug, Clone, clap::Args)]
+pub(crate) struct Fleet {
+    /// Broker address.
+    #[arg(long, default_value = "127.0.0.1:1883")]
+    addr: SocketAddr,
+    /// Persistent sessions (client ids `bench-queue-0`, `bench-queue-1`, ...).
+    #[arg(long, default_value_t = 1000)]
+    sessions: usize,
+    /// Messages queued for each session (the node keeps `max_queued`, default 1000, per session).
+    #[arg(long, default_value_t = 1000)]
+    messages: u64,
+    /// Label printed in the result line.
+    #[arg(long, default_value = "broker")]
+    label: String,
+}
+
 /// The scenarios.
 #[derive(Debug, clap::Subcommand)]
 pub(crate) enum Scenario {
@@ -75,6 +93,28 @@ pub(crate) enum Scenario {
         #[arg(long, default_value_t = 1000)]
         rate: u64,
     },
+    /// Leaves messages queued for offline sessions: `sessions` persistent subscribers subscribe to
+    /// `bench/queue` at QoS 1 and disconnect, then one publisher sends `messages` QoS 1 messages, each
+    /// acknowledged (with a store: once it is durable for every session).
+    Queue {
+        #[command(flatten)]
+        fleet: Fleet,
+        /// Payload size in bytes.
+        #[arg(long, default_value_t = 64)]
+        payload: usize,
+        /// Inflight window of the publisher.
+        #[arg(long, default_value_t = 256)]
+        window: usize,
+    },
+    /// Reconnects the sessions `queue` left and receives their messages until each has `messages`:
+    /// how long a fleet takes to catch up (for example after a restart of the node).
+    Drain {
+        #[command(flatten)]
+        fleet: Fleet,
+        /// Seconds before giving up.
+        #[arg(long, default_value_t = 300)]
+        timeout: u64,
+    },
     /// Opens idle connections and reports the broker's resident memory per connection.
     Conns {
         /// Broker address.
@@ -101,6 +141,8 @@ pub(crate) fn run(scenario: Scenario) -> anyhow::Result<()> {
             Scenario::FanIn { common, publishers } => throughput(&common, publishers, 1).await,
             Scenario::FanOut { common, subscribers } => throughput(&common, 1, subscribers).await,
             Scenario::Latency { common, rate } => latency(&common, rate).await,
+            Scenario::Queue { fleet, payload, window } => queue(&fleet, payload, window).await,
+            Scenario::Drain { fleet, timeout } => drain(&fleet, Duration::from_secs(timeout)).await,
             Scenario::Conns { addr, count, pid, label } => conns(addr, count, pid, &label).await,
         }
     })?;
@@ -571,5 +613,156 @@ async fn conns(addr: SocketAddr, count: usize, pid: u32, label: &str) -> anyhow:
     drop(held);
     Ok(format!(
         "{label}: {count} idle connections: RSS {before} KiB -> {after} KiB, {per:.0} bytes per connection"
+    ))
+}
+
+const QUEUE_TOPIC: &str = "bench/queue";
+
+fn fleet_id(i: usize) -> String {
+    format!("bench-queue-{i}")
+}
+
+async fn queue(fleet: &Fleet, payload: usize, window: usize) -> anyhow::Result<String> {
+    if fleet.sessions == 0 || fleet.messages == 0 || window == 0 {
+        bail!("--sessions, --messages and --window must be at least 1");
+    }
+    let started = Instant::now();
+    for i in 0..fleet.sessions {
+        let id = fleet_id(i);
+        let (_, mut write, _) = connect(fleet.addr, &id, 0, false).await?;
+        write_packet(&mut write, &Packet::Disconnect(Default::default())).await?;
+        let (mut read, mut write, mut buf) = connect(fleet.addr, &id, 0, true).await?;
+        let sub = Subscribe {
+            packet_id: pid(1),
+            subscription_identifier: None,
+            user_properties: vec![],
+            filters: vec![(
+                Arc::from(QUEUE_TOPIC),
+                SubscriptionOptions { qos: QoS::AtLeastOnce, ..Default::default() },
+            )],
+        };
+        write_packet(&mut write, &Packet::Subscribe(sub)).await?;
+        let ack = tokio::time::timeout(Duration::from_secs(10), read_packet(&mut read, &mut buf))
+            .await
+            .with_context(|| format!("{id}: no SUBACK in 10 s"))??;
+        if !matches!(ack, Packet::SubAck(_)) {
+            bail!("{id}: expected SUBACK, got {}", ack.name());
+        }
+        write_packet(&mut write, &Packet::Disconnect(Default::default())).await?;
+    }
+    let subscribed = started.elapsed();
+    let (mut read, mut write, mut buf) = connect(fleet.addr, "bench-queue-pub", 0, false).await?;
+    let payload = Bytes::from(vec![b'q'; payload]);
+    let (mut sent, mut acked) = (0u64, 0u64);
+    let mut out = BytesMut::new();
+    let started = Instant::now();
+    while acked < fleet.messages {
+        if started.elapsed() > Duration::from_secs(600) {
+            bail!("only {acked} of {} messages acknowledged in 600 s", fleet.messages);
+        }
+        while sent < fleet.messages && sent - acked < window as u64 {
+            sent += 1;
+            let publish = Publish {
+                dup: false,
+                qos: QoS::AtLeastOnce,
+                retain: false,
+                topic: Arc::from(QUEUE_TOPIC),
+                packet_id: Some(pid((sent % u64::from(u16::MAX)) as u16)),
+                properties: PublishProperties::default(),
+                payload: payload.clone(),
+            };
+            encode(&Packet::Publish(publish), ProtocolVersion::V311, &mut out)?;
+        }
+        if !out.is_empty() {
+            write.write_all(&out).await?;
+            out.clear();
+        }
+        match tokio::time::timeout(Duration::from_secs(30), read_packet(&mut read, &mut buf)).await {
+            Ok(Ok(Packet::PubAck(_))) => acked += 1,
+            Ok(Ok(other)) => bail!("expected PUBACK, got {}", other.name()),
+            Ok(Err(e)) => return Err(e),
+            Err(_) => bail!("no PUBACK in 30 s ({acked} of {} acknowledged)", fleet.messages),
+        }
+    }
+    write_packet(&mut write, &Packet::Disconnect(Default::default())).await?;
+    let secs = started.elapsed().as_secs_f64();
+    Ok(format!(
+        "{label}: {sessions} offline sessions subscribed in {sub:.1} s; {messages} QoS 1 messages acknowledged in {secs:.1} s ({rate:.0} deliveries/s queued, {total} in all)",
+        label = fleet.label,
+        sessions = fleet.sessions,
+        sub = subscribed.as_secs_f64(),
+        messages = fleet.messages,
+        rate = (fleet.messages * fleet.sessions as u64) as f64 / secs,
+        total = fleet.messages * fleet.sessions as u64,
+    ))
+}
+
+/// One session of `drain`: resumes it and acknowledges QoS 1 messages until `messages` arrived.
+/// Returns the time to its CONNACK.
+async fn drain_one(
+    addr: SocketAddr,
+    id: String,
+    messages: u64,
+    received: Arc<AtomicU64>,
+) -> anyhow::Result<Duration> {
+    let started = Instant::now();
+    let (mut read, mut write, mut buf) = connect(addr, &id, 0, true).await?;
+    let connected = started.elapsed();
+    let mut got = 0;
+    let mut acks = BytesMut::new();
+    while got < messages {
+        while let Some(p) = decode(&mut buf, ProtocolVersion::V311, usize::MAX)? {
+            if let Packet::Publish(p) = p {
+                got += 1;
+                received.fetch_add(1, Ordering::Relaxed);
+                if let Some(id) = p.packet_id {
+                    encode(&Packet::PubAck(Ack::new(id)), ProtocolVersion::V311, &mut acks)?;
+                }
+            }
+        }
+        if !acks.is_empty() {
+            write.write_all(&acks).await?;
+            acks.clear();
+        }
+        if got < messages && read.read_buf(&mut buf).await? == 0 {
+            bail!("{id}: the broker closed the connection after {got} of {messages} messages");
+        }
+    }
+    write_packet(&mut write, &Packet::Disconnect(Default::default())).await?;
+    Ok(connected)
+}
+
+async fn drain(fleet: &Fleet, timeout: Duration) -> anyhow::Result<String> {
+    let received = Arc::new(AtomicU64::new(0));
+    let started = Instant::now();
+    let mut tasks = Vec::with_capacity(fleet.sessions);
+    for i in 0..fleet.sessions {
+        tasks.push(tokio::spawn(drain_one(fleet.addr, fleet_id(i), fleet.messages, received.clone())));
+    }
+    let mut connack = Vec::with_capacity(fleet.sessions);
+    for t in tasks {
+        let left = timeout.saturating_sub(started.elapsed());
+        match tokio::time::timeout(left, t).await {
+            Ok(Ok(Ok(d))) => connack.push(d),
+            Ok(Ok(Err(e))) => bail!("a session failed: {e:#}"),
+            Ok(Err(e)) => bail!("a session panicked: {e}"),
+            Err(_) => bail!(
+                "{} of {} messages received in {} s",
+                received.load(Ordering::Relaxed),
+                fleet.messages * fleet.sessions as u64,
+                timeout.as_secs()
+            ),
+        }
+    }
+    let secs = started.elapsed().as_secs_f64();
+    connack.sort_unstable();
+    let total = received.load(Ordering::Relaxed);
+    Ok(format!(
+        "{label}: {sessions} sessions resumed (CONNACK p50 {p50:.0} ms, max {max:.0} ms) and received {total} messages in {secs:.1} s ({rate:.0} msg/s)",
+        label = fleet.label,
+        sessions = fleet.sessions,
+        p50 = connack[connack.len() / 2].as_secs_f64() * 1000.0,
+        max = connack[connack.len() - 1].as_secs_f64() * 1000.0,
+        rate = total as f64 / secs,
     ))
 }

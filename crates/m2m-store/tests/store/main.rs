@@ -8,3 +8,4 @@ mod model;
 mod recovery;
 mod roundtrip;
 mod support;
+mod tidy;
