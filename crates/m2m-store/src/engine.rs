@@ -15,6 +15,8 @@ pub(crate) const FORMAT_VERSION: u32 = 1;
 pub(crate) const META_VERSION: &[u8] = b"version";
 /// Key of the last heartbeat in the meta keyspace (unix ms, u64 BE).
 pub(crate) const META_ALIVE_AT: &[u8] = b"alive_at";
+/// Key of the time of the last tidy compaction in the meta keyspace (unix ms, u64 BE).
+pub(crate) const META_TIDIED_AT: &[u8] = b"tidied_at";
 
 /// fjall's background threads (flushes and compactions). Two, so that a long compaction does not
 /// hold up the flush of a full memtable, which would stall writers.
