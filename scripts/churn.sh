@@ -36,5 +36,5 @@ for round in $(seq 1 "$ROUNDS"); do
   "$BIN" bench drain --addr "127.0.0.1:$PORT" --sessions "$SESSIONS" --messages "$MESSAGES" >/dev/null
   echo "$round | $((round * SESSIONS * MESSAGES)) | $(du -sm "$WORK/data/store" | cut -f1) | $(awk '/VmRSS/ {printf "%.0f", $2 / 1024}' "/proc/$PID/status")"
 done
-sleep 10
-echo "10 s idle after the last round: store $(du -sm "$WORK/data/store" | cut -f1) MiB"
+sleep 30
+echo "30 s idle after the last round: store $(du -sm "$WORK/data/store" | cut -f1) MiB"

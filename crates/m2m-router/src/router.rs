@@ -1125,7 +1125,7 @@ impl Router {
         let stats = self.stats();
         let m = &self.metrics;
         let uptime = now.duration_since(self.started).as_secs();
-        let values: [(&str, String); 14] = [
+        let mut values: Vec<(&str, String)> = vec![
             ("version", self.config.version.clone()),
             ("uptime", format!("{uptime} seconds")),
             ("clients/connected", Metrics::get(&m.connections_current).to_string()),
@@ -1140,7 +1140,12 @@ impl Router {
             ("retained messages/count", stats.retained.to_string()),
             ("bytes/received", Metrics::get(&m.bytes_received).to_string()),
             ("bytes/sent", Metrics::get(&m.bytes_sent).to_string()),
+            ("messages/refused", Metrics::get(&m.publishes_refused).to_string()),
         ];
+        if let Some(store) = &self.store {
+            values.push(("store/healthy", u8::from(store.is_healthy()).to_string()));
+            values.push(("store/bytes", store.disk_space().to_string()));
+        }
         for (suffix, value) in values {
             let Ok(topic) = TopicName::try_from(format!("$SYS/broker/{suffix}").as_str()) else { continue };
             let message = Message::new(topic, value.into_bytes(), QoS::AtMostOnce, true);

@@ -18,6 +18,9 @@ use tokio::net::TcpStream;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
+mod disk;
+pub use disk::{fill_disk, noise, Tmpfs};
+
 /// The longest any single test step may take.
 pub const STEP_LIMIT: Duration = Duration::from_secs(10);
 

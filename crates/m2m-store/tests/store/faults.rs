@@ -1,85 +1,12 @@
 //! A full disk: the store fails fast, then recovers by itself once there is room again.
 
-use std::io::Write;
-use std::path::{Path, PathBuf};
-use std::process::Command;
 use std::time::{Duration, Instant};
 
 use m2m_codec::QoS;
 use m2m_store::{Store, StoreConfig, StoreError};
+use m2m_test::{fill_disk, noise, Tmpfs};
 
 use crate::support::*;
-
-/// A tmpfs mounted for one test, unmounted on drop.
-struct Tmpfs {
-    path: PathBuf,
-    _dir: Option<tempfile::TempDir>,
-}
-
-impl Tmpfs {
-    /// Mounts a tmpfs of `size` on a new temporary directory.
-    fn mount(size: &str) -> Self {
-        let dir = tempfile::tempdir().unwrap();
-        let mut fs = Self::mount_at(dir.path(), size);
-        fs._dir = Some(dir);
-        fs
-    }
-
-    /// Mounts a tmpfs of `size` on the existing directory `path`.
-    fn mount_at(path: &Path, size: &str) -> Self {
-        let path = path.to_owned();
-        let out = Command::new("mount")
-            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
-            .arg(&path)
-            .output()
-            .expect("run mount(8)");
-        assert!(
-            out.status.success(),
-            "this test needs to mount a small tmpfs (run the tests as root): mount failed: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        Self { path, _dir: None }
-    }
-}
-
-impl Drop for Tmpfs {
-    fn drop(&mut self) {
-        let out = Command::new("umount").arg(&self.path).output();
-        if !matches!(&out, Ok(o) if o.status.success()) {
-            // Lazily, if something still holds a file open.
-            let _ = Command::new("umount").arg("-l").arg(&self.path).output();
-        }
-    }
-}
-
-/// Writes zeros into `path` until the disk is full.
-fn fill_disk(path: &Path) {
-    let mut f = std::fs::File::create(path).unwrap();
-    let chunk = vec![0u8; 64 * 1024];
-    loop {
-        match f.write(&chunk) {
-            Ok(0) => break,
-            Ok(_) => {}
-            Err(e) if e.raw_os_error() == Some(28) => break, // ENOSPC
-            Err(e) => panic!("filling the disk: {e}"),
-        }
-    }
-    let _ = f.sync_all();
-}
-
-/// A payload that does not compress, so the journal really grows.
-fn noise(seed: u64, len: usize) -> bytes::Bytes {
-    let mut x = seed | 1;
-    (0..len)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            x as u8
-        })
-        .collect::<Vec<_>>()
-        .into()
-}
 
 fn put_big_delivery(store: &Store, seq: u64) -> Result<(), StoreError> {
     let mut message = plain_message("fill/up", b"");
