@@ -15,6 +15,7 @@ use crate::engine::{Engine, Ks, META_ALIVE_AT};
 use crate::error::StoreError;
 use crate::record::{Phase, SessionRecord, WillRecord};
 use crate::store::Shared;
+use crate::table::Table;
 use crate::unix_ms;
 
 /// Sealed (full, not yet flushed) memtables in a keyspace at which a commit waits for the flushes.
@@ -126,6 +127,16 @@ impl Batch {
     /// Removes the will of `client_id`.
     pub fn remove_will(&mut self, client_id: &str) {
         self.ops.push(Op::Remove(Ks::Wills, client_id.as_bytes().to_vec()));
+    }
+
+    /// Stores (or replaces) the record `key` of `table`.
+    pub fn put_record(&mut self, table: Table, key: &[u8], value: Vec<u8>) {
+        self.ops.push(Op::Put(table.ks(), key.to_vec(), value));
+    }
+
+    /// Removes the record `key` of `table`.
+    pub fn remove_record(&mut self, table: Table, key: &[u8]) {
+        self.ops.push(Op::Remove(table.ks(), key.to_vec()));
     }
 
     /// Records that the node was alive at `unix_ms` (a heartbeat, written every few seconds).

@@ -37,11 +37,28 @@ pub(crate) enum Ks {
     Incoming,
     Retained,
     Wills,
+    Devices,
+    Groups,
+    Quarantine,
+    Audit,
 }
 
 impl Ks {
-    pub(crate) const ALL: [Ks; 7] =
-        [Ks::Meta, Ks::Sessions, Ks::Deliveries, Ks::Flight, Ks::Incoming, Ks::Retained, Ks::Wills];
+    /// Every keyspace, in the order they were introduced: the engine numbers its directories in the
+    /// order keyspaces are first created, so new ones go at the end.
+    pub(crate) const ALL: [Ks; 11] = [
+        Ks::Meta,
+        Ks::Sessions,
+        Ks::Deliveries,
+        Ks::Flight,
+        Ks::Incoming,
+        Ks::Retained,
+        Ks::Wills,
+        Ks::Devices,
+        Ks::Groups,
+        Ks::Quarantine,
+        Ks::Audit,
+    ];
 
     pub(crate) fn name(self) -> &'static str {
         match self {
@@ -52,6 +69,10 @@ impl Ks {
             Ks::Incoming => "incoming",
             Ks::Retained => "retained",
             Ks::Wills => "wills",
+            Ks::Devices => "devices",
+            Ks::Groups => "groups",
+            Ks::Quarantine => "quarantine",
+            Ks::Audit => "audit",
         }
     }
 

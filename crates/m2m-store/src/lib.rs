@@ -88,6 +88,7 @@ mod error;
 mod record;
 mod recover;
 mod store;
+mod table;
 mod tidy;
 
 use std::time::SystemTime;
@@ -97,6 +98,7 @@ pub use config::{StoreConfig, SyncMode};
 pub use error::StoreError;
 pub use record::{Phase, Recovered, RecoveredSession, SessionRecord, StoredDelivery, WillRecord};
 pub use store::Store;
+pub use table::Table;
 
 /// The error type of this crate.
 pub type Error = StoreError;

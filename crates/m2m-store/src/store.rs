@@ -14,6 +14,7 @@ use crate::engine::{catch_corruption, Engine};
 use crate::error::StoreError;
 use crate::record::Recovered;
 use crate::recover::recover;
+use crate::table::Table;
 use crate::tidy;
 use crate::unix_ms;
 
@@ -275,6 +276,48 @@ impl Store {
     /// journals (whose size the engine bounds at 64 MiB) and without the in-memory write buffers.
     pub fn table_space(&self) -> u64 {
         self.shared().engine().map_or(0, |engine| engine.table_space())
+    }
+
+    /// Every record of `table`, in key order.
+    ///
+    /// # Errors
+    /// [`StoreError::Unavailable`] while the store is being reopened after a failure; a read error.
+    pub fn records(&self, table: Table) -> Result<Vec<(Vec<u8>, Vec<u8>)>, StoreError> {
+        self.records_after(table, None, usize::MAX)
+    }
+
+    /// Up to `limit` records of `table` whose keys come after `after` (from the first if `None`), in
+    /// key order.
+    ///
+    /// # Errors
+    /// As [`Store::records`].
+    pub fn records_after(
+        &self,
+        table: Table,
+        after: Option<&[u8]>,
+        limit: usize,
+    ) -> Result<Vec<(Vec<u8>, Vec<u8>)>, StoreError> {
+        use std::ops::Bound;
+        let engine = self.shared().engine().ok_or(StoreError::Unavailable)?;
+        let keyspace = engine.ks(table.ks());
+        let start = after.map_or(Bound::Unbounded, |k| Bound::Excluded(k.to_vec()));
+        let mut out = Vec::new();
+        for item in keyspace.range::<Vec<u8>, _>((start, Bound::Unbounded)).take(limit) {
+            let (key, value) = item.into_inner().map_err(|e| StoreError::reading(e, keyspace.path()))?;
+            out.push((key.to_vec(), value.to_vec()));
+        }
+        Ok(out)
+    }
+
+    /// The record `key` of `table`, if there is one.
+    ///
+    /// # Errors
+    /// As [`Store::records`].
+    pub fn record(&self, table: Table, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError> {
+        let engine = self.shared().engine().ok_or(StoreError::Unavailable)?;
+        let keyspace = engine.ks(table.ks());
+        let value = keyspace.get(key).map_err(|e| StoreError::reading(e, keyspace.path()))?;
+        Ok(value.map(|v| v.to_vec()))
     }
 
     /// The data directory.

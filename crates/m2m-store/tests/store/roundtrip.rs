@@ -5,7 +5,7 @@ use std::time::{Duration, Instant};
 
 use m2m_codec::{QoS, RetainHandling, SubscriptionOptions};
 use m2m_session::SubscriptionEntry;
-use m2m_store::{Phase, SessionRecord, WillRecord};
+use m2m_store::{Phase, SessionRecord, Store, WillRecord};
 use m2m_topic::parse_subscription;
 
 use crate::support::*;
@@ -210,4 +210,46 @@ async fn durable_resolves_after_a_commit() {
     store.durable().await.unwrap();
     assert_eq!(store.syncs(), syncs);
     assert!(store.disk_space() > 0);
+}
+
+#[test]
+fn records_of_the_owners_tables_round_trip_in_key_order_and_page() {
+    use m2m_store::Table;
+    let dir = tempfile::tempdir().unwrap();
+    let (store, _) = open(dir.path());
+    let mut batch = store.batch();
+    for key in ["c", "a", "b", "d"] {
+        batch.put_record(Table::Devices, key.as_bytes(), format!("device {key}").into_bytes());
+    }
+    batch.put_record(Table::Groups, b"a", b"group a".to_vec());
+    batch.commit().unwrap();
+    let mut batch = store.batch();
+    batch.remove_record(Table::Devices, b"d");
+    batch.put_record(Table::Devices, b"b", b"device b, changed".to_vec());
+    batch.commit().unwrap();
+
+    let all = |store: &Store| -> Vec<(String, String)> {
+        store
+            .records(Table::Devices)
+            .unwrap()
+            .into_iter()
+            .map(|(k, v)| (String::from_utf8(k).unwrap(), String::from_utf8(v).unwrap()))
+            .collect()
+    };
+    let want = vec![
+        ("a".to_owned(), "device a".to_owned()),
+        ("b".to_owned(), "device b, changed".to_owned()),
+        ("c".to_owned(), "device c".to_owned()),
+    ];
+    assert_eq!(all(&store), want);
+    assert_eq!(store.record(Table::Devices, b"b").unwrap().as_deref(), Some(&b"device b, changed"[..]));
+    assert_eq!(store.record(Table::Devices, b"d").unwrap(), None);
+    let page: Vec<_> = store.records_after(Table::Devices, Some(b"a"), 1).unwrap();
+    assert_eq!(page, vec![(b"b".to_vec(), b"device b, changed".to_vec())]);
+    // Tables are apart: the group "a" is not the device "a".
+    assert_eq!(store.records(Table::Groups).unwrap(), vec![(b"a".to_vec(), b"group a".to_vec())]);
+
+    let (store, recovered) = reopen(store);
+    assert_eq!(all(&store), want);
+    assert!(recovered.sessions.is_empty(), "records are not sessions");
 }

@@ -1,0 +1,28 @@
+//! Tables of plain records kept for the layers above the broker: the device registry, access rules,
+//! quarantine entries and the audit log. The store keeps their bytes; the owners encode them.
+
+use crate::engine::Ks;
+
+/// A table of records whose encoding belongs to its owner.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Table {
+    /// Registered devices, by device id.
+    Devices,
+    /// Device groups and their access rules, by group name.
+    Groups,
+    /// Quarantine entries, by entry id.
+    Quarantine,
+    /// The audit log, by a key that sorts in time order.
+    Audit,
+}
+
+impl Table {
+    pub(crate) fn ks(self) -> Ks {
+        match self {
+            Table::Devices => Ks::Devices,
+            Table::Groups => Ks::Groups,
+            Table::Quarantine => Ks::Quarantine,
+            Table::Audit => Ks::Audit,
+        }
+    }
+}
