@@ -97,7 +97,7 @@ pub use batch::Batch;
 pub use config::{StoreConfig, SyncMode};
 pub use error::StoreError;
 pub use record::{Phase, Recovered, RecoveredSession, SessionRecord, StoredDelivery, WillRecord};
-pub use store::Store;
+pub use store::{Record, Store};
 pub use table::Table;
 
 /// The error type of this crate.

@@ -21,6 +21,9 @@ use crate::unix_ms;
 /// How often a store that keeps failing logs it at `error`.
 const FAULT_LOG_INTERVAL: Duration = Duration::from_secs(60);
 
+/// One record of a [`Table`]: its key and its value.
+pub type Record = (Vec<u8>, Vec<u8>);
+
 /// A callback waiting for durability.
 pub(crate) type Waiter = Box<dyn FnOnce(Result<(), StoreError>) + Send>;
 
@@ -282,7 +285,7 @@ impl Store {
     ///
     /// # Errors
     /// [`StoreError::Unavailable`] while the store is being reopened after a failure; a read error.
-    pub fn records(&self, table: Table) -> Result<Vec<(Vec<u8>, Vec<u8>)>, StoreError> {
+    pub fn records(&self, table: Table) -> Result<Vec<Record>, StoreError> {
         self.records_after(table, None, usize::MAX)
     }
 
@@ -296,7 +299,7 @@ impl Store {
         table: Table,
         after: Option<&[u8]>,
         limit: usize,
-    ) -> Result<Vec<(Vec<u8>, Vec<u8>)>, StoreError> {
+    ) -> Result<Vec<Record>, StoreError> {
         use std::ops::Bound;
         let engine = self.shared().engine().ok_or(StoreError::Unavailable)?;
         let keyspace = engine.ks(table.ks());
