@@ -74,6 +74,16 @@ pub struct LinkParams {
     pub request_problem_information: bool,
 }
 
+/// Access control for one connection of a session: asked about every PUBLISH the client sends and
+/// every filter it subscribes to. The implementation knows who the client is, and logs and counts
+/// what it refuses.
+pub trait Permit: Send + Sync + std::fmt::Debug {
+    /// Whether the client may publish to `topic`.
+    fn may_publish(&self, topic: &TopicName) -> bool;
+    /// Whether the client may subscribe to `subscription`.
+    fn may_subscribe(&self, subscription: &Subscription) -> bool;
+}
+
 /// Per-connection state: reset every time the client connects.
 #[derive(Debug)]
 struct Link {
@@ -83,6 +93,8 @@ struct Link {
     last_activity: Instant,
     /// Session Expiry Interval as set in CONNECT: a DISCONNECT may not raise it from 0 (MQTT-3.14.2-2).
     connect_expiry: u32,
+    /// What this connection may publish and subscribe to; everything when `None`.
+    permit: Option<Arc<dyn Permit>>,
 }
 
 /// A subscription as the session records it.
@@ -324,6 +336,7 @@ impl Session {
             outbound_aliases: HashMap::new(),
             last_activity: now,
             connect_expiry,
+            permit: None,
         });
         let resend: Vec<Outgoing> = self.outgoing.iter().cloned().collect();
         for o in resend {
@@ -359,6 +372,20 @@ impl Session {
         }
         let grace = Duration::from_millis(u64::from(link.params.keep_alive) * 1500);
         link.last_activity.checked_add(grace)
+    }
+
+    /// Sets what the attached connection may publish and subscribe to (until it detaches). Refused
+    /// publishes are not routed: MQTT 5 gets PUBACK/PUBREC 0x87 (Not authorized), 3.1.1 the usual
+    /// acknowledgement (it has no negative one, and a client would resend forever). Refused filters
+    /// get SUBACK 0x87 (3.1.1: 0x80). Subscriptions already held are not checked again.
+    pub fn set_permit(&mut self, permit: Option<Arc<dyn Permit>>) {
+        if let Some(link) = &mut self.link {
+            link.permit = permit;
+        }
+    }
+
+    fn permit(&self) -> Option<&dyn Permit> {
+        self.link.as_ref().and_then(|l| l.permit.as_deref())
     }
 
     /// Handles one packet from the client.
@@ -513,6 +540,9 @@ impl Session {
             self.send(out, packet);
             return Ok(());
         }
+        if self.permit().is_some_and(|permit| !permit.may_publish(&topic)) {
+            return self.refuse_publish(&p, out);
+        }
         let mut properties = p.properties;
         properties.topic_alias = None;
         let message = Message {
@@ -548,6 +578,31 @@ impl Session {
                 }
             }
         }
+        Ok(())
+    }
+
+    /// Answers a PUBLISH the permit refused: it is not routed. QoS 0 is dropped; MQTT 5 gets
+    /// PUBACK/PUBREC 0x87; 3.1.1 gets the acknowledgement of an accepted message (QoS 2 goes on with
+    /// PUBREL/PUBCOMP as usual), so that the client does not send it again.
+    fn refuse_publish(&mut self, p: &Publish, out: &mut Vec<Action>) -> Result<(), ProtocolError> {
+        let Some(id) = p.packet_id else { return Ok(()) };
+        let mut ack = Ack::new(id);
+        if self.version().is_v5() {
+            ack.reason_code = ReasonCode::NOT_AUTHORIZED;
+            ack.properties = problem(&[ack.reason_code]);
+        } else if p.qos == QoS::ExactlyOnce {
+            if !self.incoming_qos2.contains(&id.get())
+                && self.incoming_qos2.len() >= usize::from(self.limits.receive_maximum)
+            {
+                return Err(ProtocolError::new(
+                    ReasonCode::RECEIVE_MAXIMUM_EXCEEDED,
+                    "more unreleased QoS 2 publishes than our Receive Maximum",
+                ));
+            }
+            self.incoming_qos2.insert(id.get());
+        }
+        let packet = if p.qos == QoS::AtLeastOnce { Packet::PubAck(ack) } else { Packet::PubRec(ack) };
+        self.send(out, packet);
         Ok(())
     }
 
@@ -600,6 +655,10 @@ impl Session {
                     ReasonCode::PROTOCOL_ERROR,
                     "No Local set on a shared subscription",
                 ));
+            }
+            if self.permit().is_some_and(|permit| !permit.may_subscribe(&subscription)) {
+                codes.push(if v5 { ReasonCode::NOT_AUTHORIZED } else { ReasonCode::UNSPECIFIED_ERROR });
+                continue;
             }
             let is_new = !self.subscriptions.contains_key(&filter);
             if is_new && self.subscriptions.len() >= self.limits.max_subscriptions {

@@ -476,3 +476,71 @@ fn a_restored_session_resends_in_flight_messages_with_dup_and_keeps_exactly_once
     assert_eq!(routed(&out), 0);
     assert!(matches!(sent(&out)[..], [Packet::PubRec(_)]));
 }
+
+/// Grants topics and filters under `ok/`.
+#[derive(Debug)]
+struct OnlyOk;
+
+impl Permit for OnlyOk {
+    fn may_publish(&self, topic: &TopicName) -> bool {
+        topic.as_str().starts_with("ok/")
+    }
+    fn may_subscribe(&self, subscription: &Subscription) -> bool {
+        subscription.filter().starts_with("ok/")
+    }
+}
+
+#[test]
+fn a_refused_publish_is_not_routed_and_mqtt5_hears_0x87() {
+    let (mut s, now) = session(v5_params());
+    s.set_permit(Some(Arc::new(OnlyOk)));
+    let mut out = Vec::new();
+    s.handle_packet(Packet::Publish(publish("ok/1", QoS::AtLeastOnce, Some(1))), now, &mut out).unwrap();
+    assert_eq!(routed(&out), 1);
+    out.clear();
+    for (qos, id) in [(QoS::AtMostOnce, None), (QoS::AtLeastOnce, Some(2)), (QoS::ExactlyOnce, Some(3))] {
+        s.handle_packet(Packet::Publish(publish("no/1", qos, id)), now, &mut out).unwrap();
+    }
+    assert_eq!(routed(&out), 0);
+    let codes: Vec<_> = sent(&out)
+        .into_iter()
+        .map(|p| match p {
+            Packet::PubAck(a) => ("PUBACK", a.reason_code),
+            Packet::PubRec(a) => ("PUBREC", a.reason_code),
+            other => panic!("{other:?}"),
+        })
+        .collect();
+    assert_eq!(codes, [("PUBACK", ReasonCode::NOT_AUTHORIZED), ("PUBREC", ReasonCode::NOT_AUTHORIZED)]);
+    assert_eq!(s.incoming_qos2().count(), 0, "a refused QoS 2 keeps no packet id");
+}
+
+#[test]
+fn a_refused_publish_from_mqtt311_is_acknowledged_as_usual_but_not_routed() {
+    let (mut s, now) = session(LinkParams { version: ProtocolVersion::V311, ..v5_params() });
+    s.set_permit(Some(Arc::new(OnlyOk)));
+    let mut out = Vec::new();
+    s.handle_packet(Packet::Publish(publish("no/1", QoS::AtLeastOnce, Some(2))), now, &mut out).unwrap();
+    s.handle_packet(Packet::Publish(publish("no/1", QoS::ExactlyOnce, Some(3))), now, &mut out).unwrap();
+    assert_eq!(routed(&out), 0);
+    assert_eq!(sent(&out), [&Packet::PubAck(Ack::new(pid(2))), &Packet::PubRec(Ack::new(pid(3)))]);
+    out.clear();
+    s.handle_packet(Packet::PubRel(Ack::new(pid(3))), now, &mut out).unwrap();
+    assert_eq!(sent(&out), [&Packet::PubComp(Ack::new(pid(3)))]);
+}
+
+#[test]
+fn a_refused_filter_gets_0x87_and_is_not_subscribed() {
+    let (mut s, now) = session(v5_params());
+    s.set_permit(Some(Arc::new(OnlyOk)));
+    let mut out = Vec::new();
+    let sub = Subscribe {
+        packet_id: pid(1),
+        subscription_identifier: None,
+        user_properties: vec![],
+        filters: vec![("ok/#".into(), Default::default()), ("no/#".into(), Default::default())],
+    };
+    s.handle_packet(Packet::Subscribe(sub), now, &mut out).unwrap();
+    let Some(Packet::SubAck(ack)) = sent(&out).into_iter().next() else { panic!("{out:?}") };
+    assert_eq!(ack.reason_codes, [ReasonCode::SUCCESS, ReasonCode::NOT_AUTHORIZED]);
+    assert_eq!(s.subscriptions().keys().map(|k| &**k).collect::<Vec<_>>(), ["ok/#"]);
+}
