@@ -41,9 +41,14 @@
 //!   every publish. That pattern contains every topic the rule could have denied under any reading
 //!   of the value, so an odd identity never escapes a deny, at the price of being refused more.
 //!
+//! # The registry and passwords
+//! [`Registry`] holds the devices (argon2id password hashes, groups, attributes, their own rules) and
+//! the groups (rules), kept in the store's tables, and compiles them into an [`Acl`] that denies what
+//! it does not grant once the registry holds anything. [`VerifiedCache`] spares a reconnecting device
+//! the cost of an argon2 verification.
+//!
 //! # What this crate does not do
-//! It does not authenticate clients, load rules from files or the registry, or restrict shared
-//! subscription group names; it does not log (the caller logs the [`Decision`]). Updating an [`Acl`]
+//! It does not restrict shared subscription group names; it does not log (the caller logs the [`Decision`]). Updating an [`Acl`]
 //! takes `&mut self`: share it as an `Arc<Acl>` and swap in a new one on change.
 //!
 //! ```
@@ -68,6 +73,8 @@
 mod acl;
 mod error;
 mod filter;
+mod password;
+mod registry;
 mod rule;
 
 #[cfg(test)]
@@ -76,6 +83,8 @@ mod test_support;
 pub use acl::{Acl, DecidedBy, Decision, Scope, Who};
 pub use error::AccessError;
 pub use filter::RuleFilter;
+pub use password::{hash_password, verify_password, VerifiedCache};
+pub use registry::{Device, Group, NewDevice, Registry, RegistryError};
 pub use rule::{Action, Permission, Rule};
 
 /// The error type of this crate.
