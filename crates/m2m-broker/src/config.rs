@@ -46,6 +46,9 @@ pub struct Config {
     /// Where sessions, queues, retained messages and wills are kept across restarts, and how
     /// durably; `None` keeps everything in memory only.
     pub store: Option<StoreConfig>,
+    /// Access rules for every client, after each device's and its groups' rules (the registry's
+    /// devices and groups are in the store).
+    pub access_rules: Vec<m2m_access::Rule>,
 }
 
 impl Default for Config {
@@ -63,6 +66,7 @@ impl Default for Config {
             sys_interval: Some(Duration::from_secs(10)),
             limits: Limits::default(),
             store: None,
+            access_rules: Vec::new(),
         }
     }
 }

@@ -22,6 +22,7 @@ use tokio::sync::oneshot;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, trace};
 
+use crate::access::{AccessControl, Identity, Refused};
 use crate::auth::{AuthExchange, AuthStep, Authenticator};
 use crate::config::{Anonymous, Config};
 use crate::error::ConnectionError;
@@ -38,6 +39,8 @@ pub(crate) struct Shared {
     pub(crate) id_prefix: String,
     /// The node's store, if it keeps state across restarts.
     pub(crate) store: Option<Store>,
+    /// The device registry and access rules.
+    pub(crate) access: Arc<AccessControl>,
 }
 
 /// Smallest read reservation: what an idle connection holds.
@@ -351,8 +354,10 @@ async fn accept<S: AsyncRead + AsyncWrite + Unpin>(
         }
     };
 
-    // Authentication: an enhanced method if the client names one, else the anonymous policy.
+    // Authentication: an enhanced method if the client names one, else a username and password
+    // against the device registry (once it holds anything), else the anonymous policy.
     let mut ack_props = ConnAckProperties::default();
+    let mut identity = Identity::default();
     let auth_method = props.authentication_method.clone();
     if let Some(method) = &auth_method {
         let Some(mut exchange) = shared.authenticator.begin(method, &client_id) else {
@@ -372,6 +377,21 @@ async fn accept<S: AsyncRead + AsyncWrite + Unpin>(
             }
             Err(reason) => {
                 refuse(conn, shared, reason, "authentication failed").await?;
+                return Ok(None);
+            }
+        }
+    } else if let (Some(username), true) = (&connect.username, shared.access.is_enabled()) {
+        match shared.access.check_password(username, connect.password.as_deref()).await {
+            Ok(who) => identity = who,
+            Err(refused) => {
+                Metrics::add(&shared.metrics.auth_failures, 1);
+                let (reason, why) = match refused {
+                    Refused::BadCredentials => {
+                        (ReasonCode::BAD_USER_NAME_OR_PASSWORD, "bad user name or password")
+                    }
+                    Refused::Disabled => (ReasonCode::NOT_AUTHORIZED, "the device is disabled"),
+                };
+                refuse(conn, shared, reason, why).await?;
                 return Ok(None);
             }
         }
@@ -474,6 +494,9 @@ async fn accept<S: AsyncRead + AsyncWrite + Unpin>(
     let mut session = reply.session;
     let mut actions = Vec::new();
     session.attach(params, expiry, now, &mut actions);
+    if shared.access.is_enabled() {
+        session.set_permit(Some(shared.access.permit(client_id.clone(), identity)));
+    }
     if let (Some(store), Some(w)) = (&shared.store, &will) {
         // Kept while the client is connected: if the node stops without a clean close, the will
         // still goes out after the restart.

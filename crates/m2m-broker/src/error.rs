@@ -18,6 +18,9 @@ pub enum Error {
     /// The store could not be opened (corrupt, from a newer version, locked, unreadable).
     #[error("cannot open the store: {0}")]
     Store(#[from] m2m_store::StoreError),
+    /// The device registry could not be read from the store.
+    #[error("cannot read the device registry: {0}")]
+    Registry(#[from] m2m_access::RegistryError),
 }
 
 /// Why one connection ended abnormally. Logged once at the task boundary; never ends the node.

@@ -5,16 +5,20 @@
 //! - [`Broker`]: `bind` then `run(shutdown)`; reports its bound address, so tests use port 0.
 //! - [`Config`]: the validated settings of the MQTT side.
 //! - [`Authenticator`]: the hook for MQTT 5 enhanced authentication methods.
+//! - [`AccessControl`]: usernames and passwords against the device registry, and the access rules
+//!   applied to every PUBLISH and SUBSCRIBE.
 //!
 //! Protocol state lives in `m2m-session` (sans-IO) and routing in `m2m-router`; this crate only moves
 //! bytes and packets between them. An error ends one connection, never the node.
 
+mod access;
 mod auth;
 mod config;
 mod connection;
 mod error;
 mod server;
 
+pub use access::AccessControl;
 pub use auth::{AuthExchange, AuthStep, Authenticator, NoEnhancedAuth};
 pub use config::{Anonymous, Config};
 pub use error::{Error, Result};

@@ -5,6 +5,7 @@ use std::sync::atomic::AtomicU64;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+use m2m_access::Registry;
 use m2m_router::{Command, Metrics, Router, RouterConfig, RouterHandle};
 use m2m_store::Store;
 use tokio::net::TcpListener;
@@ -12,6 +13,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{debug, info, warn};
 
+use crate::access::AccessControl;
 use crate::auth::{Authenticator, NoEnhancedAuth};
 use crate::config::Config;
 use crate::connection::{serve, Shared};
@@ -72,6 +74,15 @@ impl Broker {
                 (router, handle, Some(store))
             }
         };
+        let registry = Registry::open(store.clone(), config.access_rules.clone())?;
+        if registry.is_enabled() {
+            info!(
+                devices = registry.devices().count(),
+                groups = registry.groups().count(),
+                "device registry enabled: passwords are checked and access rules enforced"
+            );
+        }
+        let access = Arc::new(AccessControl::new(registry, metrics.clone()));
         let started = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
         let shared = Shared {
             config: config.clone(),
@@ -82,6 +93,7 @@ impl Broker {
             conn_ids: AtomicU64::new(1),
             id_prefix: format!("m2m-{started:x}-"),
             store,
+            access,
         };
         Ok(Self { listener, local_addr, router, shared })
     }
@@ -100,6 +112,11 @@ impl Broker {
     /// The node's counters.
     pub fn metrics(&self) -> Arc<Metrics> {
         self.shared.metrics.clone()
+    }
+
+    /// The device registry and access rules, for other parts of the node (the API, the CLI).
+    pub fn access(&self) -> Arc<AccessControl> {
+        self.shared.access.clone()
     }
 
     /// A handle to the router, for other parts of the node.

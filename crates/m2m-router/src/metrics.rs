@@ -28,6 +28,10 @@ pub struct Metrics {
     pub protocol_errors: AtomicU64,
     /// QoS 1/2 publishes refused because the store could not keep them (full disk, failed store).
     pub publishes_refused: AtomicU64,
+    /// CONNECTs refused for bad credentials or a disabled device.
+    pub auth_failures: AtomicU64,
+    /// PUBLISHes and subscription filters refused by the access rules.
+    pub access_denied: AtomicU64,
 }
 
 impl Metrics {

@@ -1141,6 +1141,8 @@ impl Router {
             ("bytes/received", Metrics::get(&m.bytes_received).to_string()),
             ("bytes/sent", Metrics::get(&m.bytes_sent).to_string()),
             ("messages/refused", Metrics::get(&m.publishes_refused).to_string()),
+            ("clients/auth_failures", Metrics::get(&m.auth_failures).to_string()),
+            ("access/denied", Metrics::get(&m.access_denied).to_string()),
         ];
         if let Some(store) = &self.store {
             values.push(("store/healthy", u8::from(store.is_healthy()).to_string()));

@@ -17,7 +17,17 @@ pub(crate) struct FileConfig {
     pub(crate) node: NodeSection,
     pub(crate) mqtt: MqttSection,
     pub(crate) store: StoreSection,
+    pub(crate) access: AccessSection,
     pub(crate) log: LogSection,
+}
+
+/// `[access]`
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub(crate) struct AccessSection {
+    /// Rules for every client, after each device's and its groups' rules, one per line
+    /// (`allow subscribe $SYS/#`). They apply once the device registry holds a device or a group.
+    pub(crate) rules: Vec<String>,
 }
 
 /// `[store]`
@@ -306,6 +316,12 @@ impl FileConfig {
                 retain_available: m.retain_available,
             },
             store: self.store()?,
+            access_rules: self
+                .access
+                .rules
+                .iter()
+                .map(|r| r.parse().with_context(|| format!("invalid rule in access.rules: {r:?}")))
+                .collect::<anyhow::Result<_>>()?,
         })
     }
 }

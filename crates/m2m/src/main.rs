@@ -10,6 +10,7 @@ use tracing::info;
 
 mod bench;
 mod config;
+mod device;
 
 /// An edge-first machine-to-machine messaging and data fabric.
 #[derive(Debug, Parser)]
@@ -26,6 +27,20 @@ enum Command {
     /// Load and latency against a running broker (this node or any other).
     #[command(subcommand)]
     Bench(bench::Scenario),
+    /// The device registry of a node's data directory (with the node stopped).
+    Device {
+        #[command(flatten)]
+        place: device::Place,
+        #[command(subcommand)]
+        command: device::DeviceCommand,
+    },
+    /// Device groups and their access rules (with the node stopped).
+    Group {
+        #[command(flatten)]
+        place: device::Place,
+        #[command(subcommand)]
+        command: device::GroupCommand,
+    },
 }
 
 #[derive(Debug, clap::Args)]
@@ -52,6 +67,8 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Node(args) => run_node(args),
         Command::Bench(scenario) => bench::run(scenario),
+        Command::Device { place, command } => device::run_device(&place, command),
+        Command::Group { place, command } => device::run_group(&place, command),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -1,0 +1,157 @@
+//! Who a client is and what it may do: usernames and passwords checked against the device registry,
+//! and a [`Permit`] per connection that applies the registry's access rules.
+
+use std::sync::{Arc, PoisonError, RwLock, RwLockReadGuard, RwLockWriteGuard};
+
+use m2m_access::{Acl, Registry, VerifiedCache, Who};
+use m2m_router::Metrics;
+use m2m_session::Permit;
+use m2m_topic::{Subscription, TopicName};
+use tracing::debug;
+
+/// Credentials remembered after a successful argon2 verification.
+const VERIFIED_CACHE: usize = 100_000;
+
+/// The node's identity and access control: the device registry, behind a lock held only for
+/// lookups and changes (never across an await or a password verification).
+pub struct AccessControl {
+    registry: RwLock<Registry>,
+    cache: VerifiedCache,
+    metrics: Arc<Metrics>,
+}
+
+impl std::fmt::Debug for AccessControl {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AccessControl").field("enabled", &self.is_enabled()).finish_non_exhaustive()
+    }
+}
+
+/// Who a connection authenticated as: a registered device (its username), or nobody in particular.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct Identity {
+    pub(crate) username: Option<Arc<str>>,
+    pub(crate) device: Option<Arc<str>>,
+    pub(crate) groups: Arc<[Arc<str>]>,
+}
+
+/// Why credentials were refused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Refused {
+    /// Unknown device, no password, or the wrong one.
+    BadCredentials,
+    /// The device is disabled.
+    Disabled,
+}
+
+impl AccessControl {
+    /// Access control over `registry`, counting refusals in `metrics`.
+    pub fn new(registry: Registry, metrics: Arc<Metrics>) -> Self {
+        Self { registry: RwLock::new(registry), cache: VerifiedCache::new(VERIFIED_CACHE), metrics }
+    }
+
+    /// Whether the registry holds anything (and so passwords are checked and rules enforced).
+    pub fn is_enabled(&self) -> bool {
+        self.registry().is_enabled()
+    }
+
+    /// The registry, to read.
+    pub fn registry(&self) -> RwLockReadGuard<'_, Registry> {
+        self.registry.read().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// The registry, to change; connections see the new rules at their next check.
+    pub fn registry_mut(&self) -> RwLockWriteGuard<'_, Registry> {
+        self.registry.write().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn acl(&self) -> Arc<Acl> {
+        self.registry().acl()
+    }
+
+    /// Checks `username` and `password` against the registry. The argon2 verification runs on a
+    /// blocking thread unless these credentials were verified against the same hash before.
+    pub(crate) async fn check_password(
+        &self,
+        username: &str,
+        password: Option<&[u8]>,
+    ) -> Result<Identity, Refused> {
+        let (phc, groups) = {
+            let registry = self.registry();
+            let Some(device) = registry.device(username) else { return Err(Refused::BadCredentials) };
+            if !device.enabled {
+                return Err(Refused::Disabled);
+            }
+            let groups: Arc<[Arc<str>]> = device.groups.iter().map(|g| Arc::from(g.as_str())).collect();
+            (device.password_hash.clone(), groups)
+        };
+        let (Some(phc), Some(password)) = (phc, password) else { return Err(Refused::BadCredentials) };
+        let ok = self.cache.contains(username, password, &phc) || {
+            let (owned, hash) = (password.to_vec(), phc.clone());
+            let verified =
+                tokio::task::spawn_blocking(move || m2m_access::verify_password(&owned, &hash)).await;
+            let ok = verified.unwrap_or(false);
+            if ok {
+                self.cache.insert(username, password, &phc);
+            }
+            ok
+        };
+        if !ok {
+            return Err(Refused::BadCredentials);
+        }
+        let name: Arc<str> = Arc::from(username);
+        Ok(Identity { username: Some(name.clone()), device: Some(name), groups })
+    }
+
+    /// The permit of a connection of `client_id` authenticated as `identity`.
+    pub(crate) fn permit(self: &Arc<Self>, client_id: Arc<str>, identity: Identity) -> Arc<dyn Permit> {
+        Arc::new(AclPermit { access: self.clone(), client_id, identity })
+    }
+}
+
+/// Applies the registry's current rules to one connection.
+#[derive(Debug)]
+struct AclPermit {
+    access: Arc<AccessControl>,
+    client_id: Arc<str>,
+    identity: Identity,
+}
+
+impl AclPermit {
+    fn who(&self) -> Who<'_> {
+        let mut who = Who::new(&self.client_id).with_groups(&self.identity.groups);
+        if let Some(u) = &self.identity.username {
+            who = who.with_username(u);
+        }
+        if let Some(d) = &self.identity.device {
+            who = who.with_device(d);
+        }
+        who
+    }
+
+    fn refused(&self, what: &str, target: &str, decision: &dyn std::fmt::Display) {
+        Metrics::add(&self.access.metrics.access_denied, 1);
+        debug!(client_id = %self.client_id, what, target, %decision, "access denied");
+    }
+}
+
+impl Permit for AclPermit {
+    fn may_publish(&self, topic: &TopicName) -> bool {
+        let acl = self.access.acl();
+        let decision = acl.check_publish(&self.who(), topic);
+        let allowed = decision.is_allowed();
+        if !allowed {
+            self.refused("publish", topic.as_str(), &decision);
+        }
+        allowed
+    }
+
+    fn may_subscribe(&self, subscription: &Subscription) -> bool {
+        let acl = self.access.acl();
+        let decision = acl.check_subscribe(&self.who(), subscription);
+        let allowed = decision.is_allowed();
+        if !allowed {
+            self.refused("subscribe", subscription.filter(), &decision);
+        }
+        allowed
+    }
+}
