@@ -1,0 +1,108 @@
+//! `m2m device` and `m2m group` as a user runs them: on a data directory, then a node started on it
+//! lets the devices in with their passwords (an independent `rumqttc` client).
+
+mod common;
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use common::{m2m, run, text, wait_until_listening};
+use m2m_test::TempDir;
+use rumqttc::{AsyncClient, ConnectReturnCode, ConnectionError, Event, MqttOptions, Packet};
+
+async fn ok(args: &[&str]) -> String {
+    let out = run(m2m(args)).await;
+    assert!(out.status.success(), "m2m {args:?} failed: {}", text(&out.stderr));
+    text(&out.stdout)
+}
+
+async fn fails(args: &[&str]) -> String {
+    let out = run(m2m(args)).await;
+    assert!(!out.status.success(), "m2m {args:?} succeeded: {}", text(&out.stdout));
+    text(&out.stderr)
+}
+
+async fn login(addr: SocketAddr, user: &str, password: &str) -> Result<(), ConnectReturnCode> {
+    let mut options = MqttOptions::new(format!("cli-{user}"), "127.0.0.1", addr.port());
+    options.set_credentials(user, password);
+    options.set_keep_alive(Duration::from_secs(30));
+    let (_client, mut eventloop) = AsyncClient::new(options, 8);
+    tokio::time::timeout(Duration::from_secs(10), async {
+        loop {
+            match eventloop.poll().await {
+                Ok(Event::Incoming(Packet::ConnAck(_))) => return Ok(()),
+                Ok(_) => {}
+                Err(ConnectionError::ConnectionRefused(code)) => return Err(code),
+                Err(e) => panic!("unexpected: {e}"),
+            }
+        }
+    })
+    .await
+    .expect("no CONNACK within 10 s")
+}
+
+#[tokio::test]
+async fn devices_added_with_the_cli_log_in_to_a_node_started_on_that_data_directory() {
+    let dir = TempDir::new("cli-device");
+    let d = dir.as_str();
+    let out = ok(&[
+        "device",
+        "--data-dir",
+        d,
+        "add",
+        "lamp-1",
+        "--password",
+        "s3cret",
+        "--group",
+        "street",
+        "--attr",
+        "street=Main",
+        "--rule",
+        "allow publish lamps/%u/#",
+    ])
+    .await;
+    assert_eq!(out.trim(), "added device lamp-1");
+    ok(&["group", "--data-dir", d, "set", "street", "--rule", "allow subscribe lamps/+/cmd"]).await;
+    let csv = dir.path().join("fleet.csv");
+    std::fs::write(&csv, "id,password,groups,disabled\nlamp-2,pw2,street,\nlamp-3,pw3,street,true\n")
+        .unwrap();
+    assert_eq!(
+        ok(&["device", "--data-dir", d, "import", csv.to_str().unwrap()]).await.trim(),
+        "imported 2 devices"
+    );
+    ok(&["device", "--data-dir", d, "set", "lamp-2", "--disabled"]).await;
+    ok(&["device", "--data-dir", d, "set", "lamp-2", "--enabled", "--password", "new-pw"]).await;
+
+    let list = ok(&["device", "--data-dir", d, "list"]).await;
+    let lines: Vec<&str> = list.lines().collect();
+    assert_eq!(lines.len(), 3, "{list}");
+    assert!(lines[2].starts_with("lamp-3\tdisabled"), "{list}");
+    let shown: serde_json::Value =
+        serde_json::from_str(&ok(&["device", "--data-dir", d, "show", "lamp-1"]).await).unwrap();
+    assert_eq!(shown["attributes"]["street"], "Main");
+    assert_eq!(shown["has_password"], true);
+    assert!(shown.get("password_hash").is_none(), "the hash is not printed");
+
+    // Bad input: a clear error naming the problem, and nothing changed.
+    assert!(fails(&["device", "--data-dir", d, "add", "a/b"]).await.contains("invalid device id \"a/b\""));
+    assert!(fails(&["device", "--data-dir", d, "add", "x", "--rule", "allow nothing #"])
+        .await
+        .contains("unknown action"));
+    assert!(fails(&["device", "--data-dir", d, "add", "lamp-1"]).await.contains("exists already"));
+    assert!(fails(&["device", "--data-dir", d, "rm", "ghost"]).await.contains("no device \"ghost\""));
+
+    let port = common::free_port();
+    let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+    let listen = addr.to_string();
+    let mut node =
+        m2m(&["node", "--listen", &listen, "--data-dir", d, "--log-level", "warn"]).spawn().unwrap();
+    wait_until_listening(&mut node, addr).await;
+    assert_eq!(login(addr, "lamp-1", "s3cret").await, Ok(()));
+    assert_eq!(login(addr, "lamp-2", "new-pw").await, Ok(()));
+    assert_eq!(login(addr, "lamp-2", "pw2").await, Err(ConnectReturnCode::BadUserNamePassword));
+    assert_eq!(login(addr, "lamp-3", "pw3").await, Err(ConnectReturnCode::NotAuthorized));
+    // The store is the node's while it runs.
+    let err = fails(&["device", "--data-dir", d, "list"]).await;
+    assert!(err.contains("stop the node"), "{err}");
+    node.kill().await.unwrap();
+}
