@@ -17,6 +17,8 @@ mod config;
 mod connection;
 mod error;
 mod server;
+mod tls;
+mod ws;
 
 pub use access::AccessControl;
 pub use auth::{AuthExchange, AuthStep, Authenticator, NoEnhancedAuth};

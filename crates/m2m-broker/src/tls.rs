@@ -1,0 +1,1 @@
+//! TLS listeners: server configuration from PEM files, and the identity a client certificate gives.

@@ -1,0 +1,1 @@
+//! MQTT over WebSocket: a byte stream over binary WebSocket messages.
