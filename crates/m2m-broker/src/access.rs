@@ -102,6 +102,22 @@ impl AccessControl {
         Ok(Identity { username: Some(name.clone()), device: Some(name), groups })
     }
 
+    /// The identity of a client whose TLS certificate (verified by the listener) names `name`: the
+    /// registered device of that id; with an empty registry, just that name.
+    pub(crate) fn check_certificate(&self, name: &str) -> Result<Identity, Refused> {
+        let registry = self.registry();
+        let name_arc: Arc<str> = Arc::from(name);
+        if !registry.is_enabled() {
+            return Ok(Identity { username: Some(name_arc), device: None, groups: Arc::from([]) });
+        }
+        let device = registry.device(name).ok_or(Refused::BadCredentials)?;
+        if !device.enabled {
+            return Err(Refused::Disabled);
+        }
+        let groups: Arc<[Arc<str>]> = device.groups.iter().map(|g| Arc::from(g.as_str())).collect();
+        Ok(Identity { username: Some(name_arc.clone()), device: Some(name_arc), groups })
+    }
+
     /// The permit of a connection of `client_id` authenticated as `identity`.
     pub(crate) fn permit(self: &Arc<Self>, client_id: Arc<str>, identity: Identity) -> Arc<dyn Permit> {
         Arc::new(AclPermit { access: self.clone(), client_id, identity })

@@ -6,6 +6,26 @@ use std::time::Duration;
 use m2m_session::Limits;
 use m2m_store::StoreConfig;
 
+pub use crate::tls::TlsFiles;
+
+/// A listener besides the main TCP one.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Listener {
+    /// Where it listens; port 0 picks a free port.
+    pub addr: SocketAddr,
+    /// What it speaks below MQTT.
+    pub transport: Transport,
+}
+
+/// The transport of a listener.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Transport {
+    /// Plain TCP.
+    Tcp,
+    /// TLS, optionally verifying client certificates (mutual TLS).
+    Tls(TlsFiles),
+}
+
 /// Who may connect without credentials.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum Anonymous {
@@ -23,6 +43,8 @@ pub enum Anonymous {
 pub struct Config {
     /// Address of the MQTT over TCP listener; port 0 picks a free port.
     pub listen: SocketAddr,
+    /// More listeners (TLS, more TCP addresses).
+    pub listeners: Vec<Listener>,
     /// Connections held at once; more are refused with CONNACK 0x89 (Server busy).
     pub max_connections: usize,
     /// How long a new connection may take to send CONNECT.
@@ -55,6 +77,7 @@ impl Default for Config {
     fn default() -> Self {
         Self {
             listen: SocketAddr::from(([0, 0, 0, 0], 1883)),
+            listeners: Vec::new(),
             max_connections: 100_000,
             connect_timeout: Duration::from_secs(10),
             max_keep_alive: 0,

@@ -63,6 +63,8 @@ struct Conn<S> {
     /// The client's Maximum Packet Size, once CONNECT has set one.
     client_max_packet: Option<u32>,
     peer: SocketAddr,
+    /// The identity of the client's verified TLS certificate (its common name), if it sent one.
+    certificate: Option<Arc<str>>,
     metrics: Arc<Metrics>,
     write_timeout: std::time::Duration,
 }
@@ -186,6 +188,7 @@ pub(crate) async fn serve<S: AsyncRead + AsyncWrite + Unpin>(
     stream: S,
     peer: SocketAddr,
     shared: Arc<Shared>,
+    certificate: Option<Arc<str>>,
 ) {
     let mut conn = Conn {
         stream,
@@ -196,6 +199,7 @@ pub(crate) async fn serve<S: AsyncRead + AsyncWrite + Unpin>(
         max_packet: shared.config.limits.max_packet_size as usize,
         client_max_packet: None,
         peer,
+        certificate,
         metrics: shared.metrics.clone(),
         write_timeout: shared.config.write_timeout,
     };
@@ -377,6 +381,20 @@ async fn accept<S: AsyncRead + AsyncWrite + Unpin>(
             }
             Err(reason) => {
                 refuse(conn, shared, reason, "authentication failed").await?;
+                return Ok(None);
+            }
+        }
+    } else if let Some(name) = conn.certificate.clone() {
+        // A certificate the listener verified: its common name is the device, no password needed.
+        match shared.access.check_certificate(&name) {
+            Ok(who) => identity = who,
+            Err(refused) => {
+                Metrics::add(&shared.metrics.auth_failures, 1);
+                let why = match refused {
+                    Refused::BadCredentials => "the certificate names no registered device",
+                    Refused::Disabled => "the device is disabled",
+                };
+                refuse(conn, shared, ReasonCode::NOT_AUTHORIZED, why).await?;
                 return Ok(None);
             }
         }

@@ -18,6 +18,15 @@ pub enum Error {
     /// The store could not be opened (corrupt, from a newer version, locked, unreadable).
     #[error("cannot open the store: {0}")]
     Store(#[from] m2m_store::StoreError),
+    /// A TLS listener's certificate, key or CA could not be used.
+    #[error("cannot set up the TLS listener on {addr}")]
+    Tls {
+        /// The listener's address.
+        addr: std::net::SocketAddr,
+        /// Why.
+        #[source]
+        source: crate::tls::TlsError,
+    },
     /// The device registry could not be read from the store.
     #[error("cannot read the device registry: {0}")]
     Registry(#[from] m2m_access::RegistryError),

@@ -22,8 +22,9 @@ mod ws;
 
 pub use access::AccessControl;
 pub use auth::{AuthExchange, AuthStep, Authenticator, NoEnhancedAuth};
-pub use config::{Anonymous, Config};
+pub use config::{Anonymous, Config, Listener, TlsFiles, Transport};
 pub use error::{Error, Result};
 pub use m2m_router::{Metrics, RouterHandle, RouterStats};
 pub use m2m_session::Limits;
 pub use server::Broker;
+pub use tls::TlsError;

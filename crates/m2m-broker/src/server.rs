@@ -8,28 +8,59 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use m2m_access::Registry;
 use m2m_router::{Command, Metrics, Router, RouterConfig, RouterHandle};
 use m2m_store::Store;
-use tokio::net::TcpListener;
+use tokio::net::{TcpListener, TcpStream};
+use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{debug, info, warn};
 
 use crate::access::AccessControl;
 use crate::auth::{Authenticator, NoEnhancedAuth};
-use crate::config::Config;
+use crate::config::{Config, Transport};
 use crate::connection::{serve, Shared};
 use crate::error::{Error, Result};
+use crate::tls;
 
 /// A bound, not yet running node.
 pub struct Broker {
-    listener: TcpListener,
-    local_addr: SocketAddr,
+    /// The main TCP listener first, then the others in configuration order.
+    listeners: Vec<Bound>,
     router: Router,
     shared: Shared,
 }
 
+/// A bound listener.
+struct Bound {
+    listener: TcpListener,
+    local_addr: SocketAddr,
+    transport: Accept,
+}
+
+/// How a listener turns an accepted socket into an MQTT byte stream.
+#[derive(Clone)]
+enum Accept {
+    Tcp,
+    Tls(TlsAcceptor),
+}
+
+impl Accept {
+    fn name(&self) -> &'static str {
+        match self {
+            Accept::Tcp => "tcp",
+            Accept::Tls(_) => "tls",
+        }
+    }
+}
+
+async fn bind_one(addr: SocketAddr, transport: Accept) -> Result<Bound> {
+    let listener = TcpListener::bind(addr).await.map_err(|source| Error::Bind { addr, source })?;
+    let local_addr = listener.local_addr().map_err(|source| Error::Bind { addr, source })?;
+    Ok(Bound { listener, local_addr, transport })
+}
+
 impl std::fmt::Debug for Broker {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Broker").field("local_addr", &self.local_addr).finish_non_exhaustive()
+        f.debug_struct("Broker").field("listeners", &self.listener_addrs()).finish_non_exhaustive()
     }
 }
 
@@ -43,11 +74,16 @@ impl Broker {
     /// [`Error::Bind`] when the address cannot be bound; [`Error::Store`] when the store cannot be
     /// opened (the message says where and what to do).
     pub async fn bind(config: &Config) -> Result<Self> {
-        let listener = TcpListener::bind(config.listen)
-            .await
-            .map_err(|source| Error::Bind { addr: config.listen, source })?;
-        let local_addr =
-            listener.local_addr().map_err(|source| Error::Bind { addr: config.listen, source })?;
+        let mut listeners = vec![bind_one(config.listen, Accept::Tcp).await?];
+        for l in &config.listeners {
+            let transport = match &l.transport {
+                Transport::Tcp => Accept::Tcp,
+                Transport::Tls(files) => {
+                    Accept::Tls(tls::acceptor(files).map_err(|source| Error::Tls { addr: l.addr, source })?)
+                }
+            };
+            listeners.push(bind_one(l.addr, transport).await?);
+        }
         let metrics = Arc::new(Metrics::default());
         let router_config = RouterConfig {
             limits: Arc::new(config.limits.clone()),
@@ -95,7 +131,7 @@ impl Broker {
             store,
             access,
         };
-        Ok(Self { listener, local_addr, router, shared })
+        Ok(Self { listeners, router, shared })
     }
 
     /// Replaces the enhanced-authentication hook.
@@ -104,9 +140,15 @@ impl Broker {
         self
     }
 
-    /// The address the MQTT listener is bound to.
+    /// The address the main MQTT listener is bound to.
     pub fn local_addr(&self) -> SocketAddr {
-        self.local_addr
+        self.listeners[0].local_addr
+    }
+
+    /// Every listener's address and transport (`tcp`, `tls`), the main one first, then the others
+    /// in configuration order.
+    pub fn listener_addrs(&self) -> Vec<(SocketAddr, &'static str)> {
+        self.listeners.iter().map(|l| (l.local_addr, l.transport.name())).collect()
     }
 
     /// The node's counters.
@@ -130,28 +172,17 @@ impl Broker {
     /// # Errors
     /// None yet after binding; accept errors are logged and retried.
     pub async fn run(self, shutdown: CancellationToken) -> Result<()> {
-        let Self { listener, local_addr, router, shared } = self;
+        let Self { listeners, router, shared } = self;
         let shared = Arc::new(shared);
         let router_task = tokio::spawn(router.run());
         let connections = TaskTracker::new();
-        info!(%local_addr, "MQTT listener ready");
-        loop {
-            tokio::select! {
-                () = shutdown.cancelled() => break,
-                accepted = listener.accept() => match accepted {
-                    Ok((stream, peer)) => {
-                        let _ = stream.set_nodelay(true);
-                        connections.spawn(serve(stream, peer, shared.clone()));
-                    }
-                    Err(e) => {
-                        // Out of descriptors or similar: back off instead of spinning.
-                        warn!(error = %e, "accept failed");
-                        tokio::time::sleep(Duration::from_millis(100)).await;
-                    }
-                },
-            }
+        let accepting = TaskTracker::new();
+        for bound in listeners {
+            info!(local_addr = %bound.local_addr, transport = bound.transport.name(), "MQTT listener ready");
+            accepting.spawn(accept_loop(bound, shared.clone(), connections.clone(), shutdown.clone()));
         }
-        drop(listener);
+        accepting.close();
+        accepting.wait().await;
         shared.shutdown.cancel();
         connections.close();
         connections.wait().await;
@@ -162,4 +193,59 @@ impl Broker {
         debug!("node stopped");
         Ok(())
     }
+}
+
+/// Accepts connections on one listener until `shutdown`.
+async fn accept_loop(
+    bound: Bound,
+    shared: Arc<Shared>,
+    connections: TaskTracker,
+    shutdown: CancellationToken,
+) {
+    let Bound { listener, transport, .. } = bound;
+    loop {
+        tokio::select! {
+            () = shutdown.cancelled() => break,
+            accepted = listener.accept() => match accepted {
+                Ok((stream, peer)) => {
+                    let _ = stream.set_nodelay(true);
+                    match &transport {
+                        Accept::Tcp => {
+                            connections.spawn(serve(stream, peer, shared.clone(), None));
+                        }
+                        Accept::Tls(acceptor) => {
+                            connections.spawn(serve_tls(acceptor.clone(), stream, peer, shared.clone()));
+                        }
+                    }
+                }
+                Err(e) => {
+                    // Out of descriptors or similar: back off instead of spinning.
+                    warn!(error = %e, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+            },
+        }
+    }
+}
+
+/// Runs the TLS handshake (bounded by the CONNECT timeout), then serves the connection with the
+/// identity its client certificate gives, if it sent one.
+async fn serve_tls(acceptor: TlsAcceptor, stream: TcpStream, peer: SocketAddr, shared: Arc<Shared>) {
+    let limit = shared.config.connect_timeout;
+    let stream = match tokio::time::timeout(limit, acceptor.accept(stream)).await {
+        Ok(Ok(stream)) => stream,
+        Ok(Err(e)) => {
+            Metrics::add(&shared.metrics.connections_rejected, 1);
+            info!(%peer, error = %e, "TLS handshake failed");
+            return;
+        }
+        Err(_) => {
+            Metrics::add(&shared.metrics.connections_rejected, 1);
+            debug!(%peer, "TLS handshake timed out");
+            return;
+        }
+    };
+    let identity =
+        stream.get_ref().1.peer_certificates().and_then(|c| c.first()).and_then(tls::certificate_identity);
+    serve(stream, peer, shared, identity).await;
 }

@@ -75,8 +75,10 @@ impl Drop for TempDir {
 /// A node running on `127.0.0.1:0` inside the test process.
 #[derive(Debug)]
 pub struct TestBroker {
-    /// Address of the MQTT listener.
+    /// Address of the main MQTT listener.
     pub addr: SocketAddr,
+    /// Every listener's address and transport, the main one first (see `Broker::listener_addrs`).
+    pub listeners: Vec<(SocketAddr, &'static str)>,
     /// The node's counters.
     pub metrics: Arc<Metrics>,
     /// The router, for stats.
@@ -117,9 +119,10 @@ impl TestBroker {
             broker = broker.with_authenticator(auth);
         }
         let (addr, metrics, router) = (broker.local_addr(), broker.metrics(), broker.router());
+        let listeners = broker.listener_addrs();
         let shutdown = CancellationToken::new();
         let task = tokio::spawn(broker.run(shutdown.clone()));
-        Self { addr, metrics, router, shutdown, task, _dir: None }
+        Self { addr, listeners, metrics, router, shutdown, task, _dir: None }
     }
 
     /// Stops the node; fails the test if it panicked or returned an error.

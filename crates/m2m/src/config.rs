@@ -19,6 +19,61 @@ pub(crate) struct FileConfig {
     pub(crate) store: StoreSection,
     pub(crate) access: AccessSection,
     pub(crate) log: LogSection,
+    /// More listeners besides `mqtt.listen`: `[[listeners]]` entries.
+    pub(crate) listeners: Vec<ListenerSection>,
+}
+
+/// `[[listeners]]`: one more listener.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct ListenerSection {
+    /// Address to listen on, e.g. `0.0.0.0:8883`.
+    pub(crate) bind: SocketAddr,
+    /// `tcp` or `tls`.
+    pub(crate) transport: String,
+    /// TLS: the server certificate chain (PEM).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub(crate) tls_cert: Option<PathBuf>,
+    /// TLS: the server's private key (PEM).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub(crate) tls_key: Option<PathBuf>,
+    /// TLS: CA certificates to verify client certificates with (PEM); their common name is the
+    /// device id.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub(crate) tls_client_ca: Option<PathBuf>,
+    /// TLS with `tls_client_ca`: refuse clients without a valid certificate.
+    #[serde(default)]
+    pub(crate) require_client_cert: bool,
+}
+
+impl ListenerSection {
+    fn listener(&self, n: usize) -> anyhow::Result<m2m_broker::Listener> {
+        let what = format!("listeners[{n}] ({})", self.bind);
+        let transport = match self.transport.as_str() {
+            "tcp" => {
+                if self.tls_cert.is_some() || self.tls_key.is_some() || self.tls_client_ca.is_some() {
+                    bail!("{what}: tls_cert, tls_key and tls_client_ca need transport = \"tls\"");
+                }
+                m2m_broker::Transport::Tcp
+            }
+            "tls" => {
+                let (Some(cert), Some(key)) = (&self.tls_cert, &self.tls_key) else {
+                    bail!("{what}: transport = \"tls\" needs tls_cert and tls_key");
+                };
+                if self.require_client_cert && self.tls_client_ca.is_none() {
+                    bail!("{what}: require_client_cert needs tls_client_ca");
+                }
+                m2m_broker::Transport::Tls(m2m_broker::TlsFiles {
+                    cert: cert.clone(),
+                    key: key.clone(),
+                    client_ca: self.tls_client_ca.clone(),
+                    require_client_cert: self.require_client_cert,
+                })
+            }
+            other => bail!("{what}: invalid transport {other:?} (expected \"tcp\" or \"tls\")"),
+        };
+        Ok(m2m_broker::Listener { addr: self.bind, transport })
+    }
 }
 
 /// `[access]`
@@ -293,6 +348,12 @@ impl FileConfig {
         let max_qos = QoS::from_u8(m.max_qos).context("invalid value for mqtt.max_qos")?;
         Ok(m2m_broker::Config {
             listen: m.listen,
+            listeners: self
+                .listeners
+                .iter()
+                .enumerate()
+                .map(|(n, l)| l.listener(n))
+                .collect::<anyhow::Result<_>>()?,
             max_connections: m.max_connections,
             connect_timeout: Duration::from_secs(m.connect_timeout_secs),
             max_keep_alive: m.max_keep_alive,
