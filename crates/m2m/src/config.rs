@@ -464,4 +464,33 @@ mod tests {
         let c = load(None, env(&[("M2M_STORE_SYNC", "none")]), &[]).unwrap();
         assert!(c.broker().unwrap().store.is_none());
     }
+
+    #[test]
+    fn listeners_and_access_rules_come_from_the_file_and_bad_ones_are_named() {
+        let dir = std::env::temp_dir().join(format!("m2m-config-listeners-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("m2m.toml");
+        let good = "[access]\nrules = [\"allow subscribe $SYS/#\"]\n\n[[listeners]]\nbind = \"127.0.0.1:8883\"\n\
+                    transport = \"tls\"\ntls_cert = \"s.pem\"\ntls_key = \"s.key\"\ntls_client_ca = \"ca.pem\"\n\
+                    require_client_cert = true\n\n[[listeners]]\nbind = \"127.0.0.1:1884\"\ntransport = \"tcp\"\n";
+        std::fs::write(&path, good).unwrap();
+        let broker = load(Some(&path), env(&[]), &[]).unwrap().broker().unwrap();
+        assert_eq!(broker.access_rules.len(), 1);
+        assert_eq!(broker.listeners.len(), 2);
+        let m2m_broker::Transport::Tls(files) = &broker.listeners[0].transport else { panic!("tls") };
+        assert!(files.require_client_cert && files.client_ca == Some(PathBuf::from("ca.pem")));
+        assert_eq!(broker.listeners[1].transport, m2m_broker::Transport::Tcp);
+        for (text, want) in [
+            ("[[listeners]]\nbind = \"127.0.0.1:1\"\ntransport = \"tls\"\n", "needs tls_cert and tls_key"),
+            ("[[listeners]]\nbind = \"127.0.0.1:1\"\ntransport = \"quic\"\n", "invalid transport \"quic\""),
+            ("[[listeners]]\nbind = \"127.0.0.1:1\"\ntransport = \"tcp\"\ntls_cert = \"a\"\n", "need transport"),
+            ("[access]\nrules = [\"allow everything\"]\n", "invalid rule in access.rules"),
+        ] {
+            std::fs::write(&path, text).unwrap();
+            let err = load(Some(&path), env(&[]), &[]).and_then(|c| c.broker().map(|_| ())).unwrap_err();
+            let err = format!("{err:#}");
+            assert!(err.contains(want), "{text}: {err}");
+        }
+        std::fs::remove_dir_all(dir).unwrap();
+    }
 }
