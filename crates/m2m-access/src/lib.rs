@@ -84,7 +84,7 @@ pub use acl::{Acl, DecidedBy, Decision, Scope, Who};
 pub use error::AccessError;
 pub use filter::RuleFilter;
 pub use password::{hash_password, verify_password, VerifiedCache};
-pub use registry::{Device, Group, NewDevice, Registry, RegistryError};
+pub use registry::{name_problem, Device, Group, NewDevice, Registry, RegistryError};
 pub use rule::{Action, Permission, Rule};
 
 /// The error type of this crate.

@@ -128,10 +128,11 @@ pub enum RegistryError {
     Store(#[from] StoreError),
 }
 
-/// Checks a device id or group name: 1 to 128 characters, no whitespace or control characters, none
-/// of `+`, `#`, `/` (they are substituted into topic filters as `%u`).
-fn check_name(what: &'static str, id: &str) -> Result<(), RegistryError> {
-    let why = if id.is_empty() {
+/// Why `id` cannot be a device id or group name, if it cannot: it must have 1 to 128 characters, no
+/// whitespace or control characters, and none of `+`, `#`, `/` (it is substituted into topic filters
+/// as `%u`).
+pub fn name_problem(id: &str) -> Option<&'static str> {
+    if id.is_empty() {
         Some("it is empty")
     } else if id.chars().count() > 128 {
         Some("it is longer than 128 characters")
@@ -141,8 +142,11 @@ fn check_name(what: &'static str, id: &str) -> Result<(), RegistryError> {
         Some("it contains '+', '#' or '/'")
     } else {
         None
-    };
-    match why {
+    }
+}
+
+fn check_name(what: &'static str, id: &str) -> Result<(), RegistryError> {
+    match name_problem(id) {
         Some(why) => Err(RegistryError::InvalidName { what, id: id.to_owned(), why }),
         None => Ok(()),
     }

@@ -9,6 +9,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::info;
 
 mod bench;
+mod cert;
 mod config;
 mod device;
 
@@ -41,6 +42,9 @@ enum Command {
         #[command(subcommand)]
         command: device::GroupCommand,
     },
+    /// Certificates for TLS and mutual TLS.
+    #[command(subcommand)]
+    Cert(cert::CertCommand),
 }
 
 #[derive(Debug, clap::Args)]
@@ -69,6 +73,7 @@ fn main() -> ExitCode {
         Command::Bench(scenario) => bench::run(scenario),
         Command::Device { place, command } => device::run_device(&place, command),
         Command::Group { place, command } => device::run_group(&place, command),
+        Command::Cert(command) => cert::run(command),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
