@@ -47,6 +47,25 @@ pub(crate) struct Common {
     /// QoS 1 message for them before acknowledging it.
     #[arg(long)]
     persistent: bool,
+    /// Username every client connects with (with a device registry: a device id).
+    #[arg(long)]
+    username: Option<String>,
+    /// Password every client connects with.
+    #[arg(long, requires = "username")]
+    password: Option<String>,
+}
+
+impl Common {
+    fn login(&self) -> Login {
+        login(self.username.as_deref(), self.password.as_deref())
+    }
+}
+
+/// A username and password to connect with, if any.
+type Login = Option<(Arc<str>, Option<Bytes>)>;
+
+fn login(username: Option<&str>, password: Option<&str>) -> Login {
+    username.map(|u| (Arc::from(u), password.map(|p| Bytes::copy_from_slice(p.as_bytes()))))
 }
 
 /// The offline sessions of `queue` and `drain`.
@@ -115,6 +134,28 @@ pub(crate) enum Scenario {
         #[arg(long, default_value_t = 300)]
         timeout: u64,
     },
+    /// Connection rate: CONNECT, CONNACK, DISCONNECT, `count` times, `concurrency` at once (with a
+    /// username and password: the cost of checking them).
+    Connect {
+        /// Broker address.
+        #[arg(long, default_value = "127.0.0.1:1883")]
+        addr: SocketAddr,
+        /// Connections in all.
+        #[arg(long, default_value_t = 2000)]
+        count: usize,
+        /// Connections at once.
+        #[arg(long, default_value_t = 16)]
+        concurrency: usize,
+        /// Username.
+        #[arg(long)]
+        username: Option<String>,
+        /// Password.
+        #[arg(long, requires = "username")]
+        password: Option<String>,
+        /// Label printed in the result line.
+        #[arg(long, default_value = "broker")]
+        label: String,
+    },
     /// Opens idle connections and reports the broker's resident memory per connection.
     Conns {
         /// Broker address.
@@ -143,6 +184,10 @@ pub(crate) fn run(scenario: Scenario) -> anyhow::Result<()> {
             Scenario::Latency { common, rate } => latency(&common, rate).await,
             Scenario::Queue { fleet, payload, window } => queue(&fleet, payload, window).await,
             Scenario::Drain { fleet, timeout } => drain(&fleet, Duration::from_secs(timeout)).await,
+            Scenario::Connect { addr, count, concurrency, username, password, label } => {
+                let login = login(username.as_deref(), password.as_deref());
+                connect_rate(addr, count, concurrency, login, &label).await
+            }
             Scenario::Conns { addr, count, pid, label } => conns(addr, count, pid, &label).await,
         }
     })?;
@@ -161,12 +206,23 @@ fn qos_of(common: &Common) -> anyhow::Result<QoS> {
 /// messages can share its TCP segment).
 type Connected = (OwnedReadHalf, OwnedWriteHalf, BytesMut);
 
-/// A bench client connection: 3.1.1, with a clean session unless `keep_session`.
+/// A bench client connection: 3.1.1, with a clean session unless `keep_session`, anonymous.
 async fn connect(
     addr: SocketAddr,
     client_id: &str,
     keep_alive: u16,
     keep_session: bool,
+) -> anyhow::Result<Connected> {
+    connect_as(addr, client_id, keep_alive, keep_session, &None).await
+}
+
+/// As [`connect`], with a username and password.
+async fn connect_as(
+    addr: SocketAddr,
+    client_id: &str,
+    keep_alive: u16,
+    keep_session: bool,
+    login: &Login,
 ) -> anyhow::Result<Connected> {
     let stream = TcpStream::connect(addr).await.with_context(|| format!("cannot connect to {addr}"))?;
     stream.set_nodelay(true)?;
@@ -177,8 +233,8 @@ async fn connect(
         keep_alive,
         client_id: Arc::from(client_id),
         will: None,
-        username: None,
-        password: None,
+        username: login.as_ref().map(|(u, _)| u.clone()),
+        password: login.as_ref().and_then(|(_, p)| p.clone()),
         properties: ConnectProperties::default(),
     };
     write_packet(&mut write, &Packet::Connect(Box::new(connect))).await?;
@@ -228,6 +284,7 @@ struct SubscriberId {
     addr: SocketAddr,
     id: String,
     keep_session: bool,
+    login: Login,
 }
 
 async fn subscriber(
@@ -240,10 +297,11 @@ async fn subscriber(
 ) -> anyhow::Result<()> {
     if who.keep_session {
         // Start from an empty session, so that nothing left by an earlier run is counted.
-        let (_, mut write, _) = connect(who.addr, &who.id, 0, false).await?;
+        let (_, mut write, _) = connect_as(who.addr, &who.id, 0, false, &who.login).await?;
         write_packet(&mut write, &Packet::Disconnect(Default::default())).await?;
     }
-    let (mut read, mut write, mut buf) = connect(who.addr, &who.id, 0, who.keep_session).await?;
+    let (mut read, mut write, mut buf) =
+        connect_as(who.addr, &who.id, 0, who.keep_session, &who.login).await?;
     let options = SubscriptionOptions { qos, ..Default::default() };
     let sub = Subscribe {
         packet_id: pid(1),
@@ -316,6 +374,7 @@ async fn subscriber(
 /// What one publisher sends, and where it reports.
 struct PublisherSpec {
     addr: SocketAddr,
+    login: Login,
     id: String,
     topic: &'static str,
     qos: QoS,
@@ -328,8 +387,8 @@ struct PublisherSpec {
 }
 
 async fn publisher(spec: PublisherSpec) -> anyhow::Result<()> {
-    let PublisherSpec { addr, id, topic, qos, payload, window, stop, sent, ack_latencies } = spec;
-    let (mut read, mut write, mut buf) = connect(addr, &id, 0, false).await?;
+    let PublisherSpec { addr, login, id, topic, qos, payload, window, stop, sent, ack_latencies } = spec;
+    let (mut read, mut write, mut buf) = connect_as(addr, &id, 0, false, &login).await?;
     let publish = |packet_id| Publish {
         dup: false,
         qos,
@@ -434,7 +493,12 @@ async fn throughput(common: &Common, publishers: usize, subscribers: usize) -> a
     let mut tasks = Vec::new();
     for i in 0..subscribers {
         let fut = subscriber(
-            SubscriberId { addr: common.addr, id: format!("bench-sub-{i}"), keep_session: common.persistent },
+            SubscriberId {
+                addr: common.addr,
+                id: format!("bench-sub-{i}"),
+                keep_session: common.persistent,
+                login: common.login(),
+            },
             topic,
             qos,
             received.clone(),
@@ -457,6 +521,7 @@ async fn throughput(common: &Common, publishers: usize, subscribers: usize) -> a
     for i in 0..publishers {
         let fut = publisher(PublisherSpec {
             addr: common.addr,
+            login: common.login(),
             id: format!("bench-pub-{i}"),
             topic,
             qos,
@@ -518,7 +583,12 @@ async fn latency(common: &Common, rate: u64) -> anyhow::Result<String> {
     let received = Arc::new(AtomicU64::new(0));
     let ready = Arc::new(Semaphore::new(0));
     let sub = tokio::spawn(subscriber(
-        SubscriberId { addr: common.addr, id: "bench-lat-sub".into(), keep_session: common.persistent },
+        SubscriberId {
+            addr: common.addr,
+            id: "bench-lat-sub".into(),
+            keep_session: common.persistent,
+            login: common.login(),
+        },
         topic,
         qos,
         received.clone(),
@@ -529,7 +599,8 @@ async fn latency(common: &Common, rate: u64) -> anyhow::Result<String> {
         .await
         .context("subscriber did not subscribe")??
         .forget();
-    let (mut read, mut write, _) = connect(common.addr, "bench-lat-pub", 0, false).await?;
+    let (mut read, mut write, _) =
+        connect_as(common.addr, "bench-lat-pub", 0, false, &common.login()).await?;
     // Drain acknowledgements so the socket never fills.
     let drain = tokio::spawn(async move {
         let mut buf = BytesMut::new();
@@ -764,5 +835,60 @@ async fn drain(fleet: &Fleet, timeout: Duration) -> anyhow::Result<String> {
         p50 = connack[connack.len() / 2].as_secs_f64() * 1000.0,
         max = connack[connack.len() - 1].as_secs_f64() * 1000.0,
         rate = total as f64 / secs,
+    ))
+}
+
+async fn connect_rate(
+    addr: SocketAddr,
+    count: usize,
+    concurrency: usize,
+    login: Login,
+    label: &str,
+) -> anyhow::Result<String> {
+    if count == 0 || concurrency == 0 {
+        bail!("--count and --concurrency must be at least 1");
+    }
+    let next = Arc::new(AtomicU64::new(0));
+    let refused = Arc::new(AtomicU64::new(0));
+    let started = Instant::now();
+    let mut workers = Vec::new();
+    for _ in 0..concurrency.min(count) {
+        let (next, refused, login) = (next.clone(), refused.clone(), login.clone());
+        workers.push(tokio::spawn(async move {
+            let mut latencies = Vec::new();
+            loop {
+                let i = next.fetch_add(1, Ordering::Relaxed);
+                if i >= count as u64 || started.elapsed() > Duration::from_secs(300) {
+                    return Ok::<_, anyhow::Error>(latencies);
+                }
+                let t = Instant::now();
+                match connect_as(addr, &format!("bench-connect-{i}"), 0, false, &login).await {
+                    Ok((_, mut write, _)) => {
+                        latencies.push(t.elapsed());
+                        write_packet(&mut write, &Packet::Disconnect(Default::default())).await?;
+                    }
+                    Err(e) if e.to_string().starts_with("connection refused") => {
+                        latencies.push(t.elapsed());
+                        refused.fetch_add(1, Ordering::Relaxed);
+                    }
+                    Err(e) => return Err(e),
+                }
+            }
+        }));
+    }
+    let mut all = Vec::with_capacity(count);
+    for w in workers {
+        all.extend(w.await.context("connect worker panicked")??);
+    }
+    let secs = started.elapsed().as_secs_f64();
+    all.sort_unstable();
+    let pct = |p: f64| all[((all.len() as f64 * p) as usize).min(all.len() - 1)].as_secs_f64() * 1000.0;
+    let refused = refused.load(Ordering::Relaxed);
+    Ok(format!(
+        "{label}: {n} connections ({refused} refused), {concurrency} at once: {rate:.0} connections/s, CONNACK p50 {p50:.2} ms p99 {p99:.2} ms",
+        n = all.len(),
+        rate = all.len() as f64 / secs,
+        p50 = pct(0.5),
+        p99 = pct(0.99),
     ))
 }
