@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Runs every check and every test: formatting, clippy (-D warnings), rustdoc (-D warnings), and the
 # whole workspace's tests.
-# Installs what the tests need when it is missing (the mosquitto-clients Debian package).
+# Installs what the tests need when it is missing (the mosquitto-clients and openssl Debian packages,
+# the paho-mqtt Python package).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -11,6 +12,19 @@ if ! command -v mosquitto_pub >/dev/null 2>&1 || ! command -v mosquitto_sub >/de
     apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq mosquitto-clients
   else
     sudo apt-get update -qq && sudo DEBIAN_FRONTEND=noninteractive apt-get install -y -qq mosquitto-clients
+  fi
+fi
+
+if ! python3 -c 'import paho.mqtt' >/dev/null 2>&1; then
+  echo "installing paho-mqtt (the WebSocket tests drive the node with Eclipse Paho for Python)" >&2
+  python3 -m pip install -q paho-mqtt
+fi
+if ! command -v openssl >/dev/null 2>&1; then
+  echo "installing openssl (the certificate tests verify with it)" >&2
+  if [ "$(id -u)" -eq 0 ]; then
+    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq openssl
+  else
+    sudo apt-get update -qq && sudo DEBIAN_FRONTEND=noninteractive apt-get install -y -qq openssl
   fi
 fi
 

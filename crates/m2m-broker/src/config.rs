@@ -24,6 +24,18 @@ pub enum Transport {
     Tcp,
     /// TLS, optionally verifying client certificates (mutual TLS).
     Tls(TlsFiles),
+    /// MQTT over WebSocket, on an HTTP path (usually `/mqtt`), subprotocol `mqtt`.
+    Ws {
+        /// The HTTP path.
+        path: String,
+    },
+    /// MQTT over WebSocket over TLS.
+    Wss {
+        /// The TLS files.
+        tls: TlsFiles,
+        /// The HTTP path.
+        path: String,
+    },
 }
 
 /// Who may connect without credentials.

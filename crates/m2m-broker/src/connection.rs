@@ -126,7 +126,13 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
             return Ok(());
         }
         let n = self.write_buf.len();
-        match tokio::time::timeout(self.write_timeout, self.stream.write_all(&self.write_buf)).await {
+        // The flush matters below TLS and WebSocket, which buffer what is written (a WebSocket
+        // message goes out only then).
+        let write = async {
+            self.stream.write_all(&self.write_buf).await?;
+            self.stream.flush().await
+        };
+        match tokio::time::timeout(self.write_timeout, write).await {
             Ok(result) => result?,
             Err(_) => return Err(ConnectionError::WriteTimeout),
         }

@@ -8,6 +8,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use m2m_access::Registry;
 use m2m_router::{Command, Metrics, Router, RouterConfig, RouterHandle};
 use m2m_store::Store;
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{TcpListener, TcpStream};
 use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
@@ -19,7 +20,7 @@ use crate::auth::{Authenticator, NoEnhancedAuth};
 use crate::config::{Config, Transport};
 use crate::connection::{serve, Shared};
 use crate::error::{Error, Result};
-use crate::tls;
+use crate::{tls, ws};
 
 /// A bound, not yet running node.
 pub struct Broker {
@@ -41,6 +42,8 @@ struct Bound {
 enum Accept {
     Tcp,
     Tls(TlsAcceptor),
+    Ws(Arc<str>),
+    Wss(TlsAcceptor, Arc<str>),
 }
 
 impl Accept {
@@ -48,6 +51,8 @@ impl Accept {
         match self {
             Accept::Tcp => "tcp",
             Accept::Tls(_) => "tls",
+            Accept::Ws(_) => "ws",
+            Accept::Wss(..) => "wss",
         }
     }
 }
@@ -81,6 +86,11 @@ impl Broker {
                 Transport::Tls(files) => {
                     Accept::Tls(tls::acceptor(files).map_err(|source| Error::Tls { addr: l.addr, source })?)
                 }
+                Transport::Ws { path } => Accept::Ws(Arc::from(path.as_str())),
+                Transport::Wss { tls: files, path } => Accept::Wss(
+                    tls::acceptor(files).map_err(|source| Error::Tls { addr: l.addr, source })?,
+                    Arc::from(path.as_str()),
+                ),
             };
             listeners.push(bind_one(l.addr, transport).await?);
         }
@@ -214,7 +224,14 @@ async fn accept_loop(
                             connections.spawn(serve(stream, peer, shared.clone(), None));
                         }
                         Accept::Tls(acceptor) => {
-                            connections.spawn(serve_tls(acceptor.clone(), stream, peer, shared.clone()));
+                            connections.spawn(serve_tls(acceptor.clone(), stream, peer, shared.clone(), None));
+                        }
+                        Accept::Ws(path) => {
+                            connections.spawn(serve_ws(stream, path.clone(), peer, shared.clone(), None));
+                        }
+                        Accept::Wss(acceptor, path) => {
+                            let path = Some(path.clone());
+                            connections.spawn(serve_tls(acceptor.clone(), stream, peer, shared.clone(), path));
                         }
                     }
                 }
@@ -228,9 +245,15 @@ async fn accept_loop(
     }
 }
 
-/// Runs the TLS handshake (bounded by the CONNECT timeout), then serves the connection with the
-/// identity its client certificate gives, if it sent one.
-async fn serve_tls(acceptor: TlsAcceptor, stream: TcpStream, peer: SocketAddr, shared: Arc<Shared>) {
+/// Runs the TLS handshake (bounded by the CONNECT timeout), then serves the connection (over a
+/// WebSocket on `ws_path`, if given) with the identity its client certificate gives, if it sent one.
+async fn serve_tls(
+    acceptor: TlsAcceptor,
+    stream: TcpStream,
+    peer: SocketAddr,
+    shared: Arc<Shared>,
+    ws_path: Option<Arc<str>>,
+) {
     let limit = shared.config.connect_timeout;
     let stream = match tokio::time::timeout(limit, acceptor.accept(stream)).await {
         Ok(Ok(stream)) => stream,
@@ -247,5 +270,32 @@ async fn serve_tls(acceptor: TlsAcceptor, stream: TcpStream, peer: SocketAddr, s
     };
     let identity =
         stream.get_ref().1.peer_certificates().and_then(|c| c.first()).and_then(tls::certificate_identity);
-    serve(stream, peer, shared, identity).await;
+    match ws_path {
+        None => serve(stream, peer, shared, identity).await,
+        Some(path) => serve_ws(stream, path, peer, shared, identity).await,
+    }
+}
+
+/// Runs the WebSocket handshake (bounded by the CONNECT timeout), then serves the connection.
+async fn serve_ws<S: AsyncRead + AsyncWrite + Unpin>(
+    stream: S,
+    path: Arc<str>,
+    peer: SocketAddr,
+    shared: Arc<Shared>,
+    identity: Option<Arc<str>>,
+) {
+    let limit = shared.config.connect_timeout;
+    // Room for the largest packet the node accepts, and for smaller ones sent with it.
+    let max_message = shared.config.limits.max_packet_size as usize + (1 << 20);
+    match tokio::time::timeout(limit, ws::accept_with_max_message(stream, &path, max_message)).await {
+        Ok(Ok(stream)) => serve(stream, peer, shared, identity).await,
+        Ok(Err(e)) => {
+            Metrics::add(&shared.metrics.connections_rejected, 1);
+            info!(%peer, error = %e, "WebSocket handshake failed");
+        }
+        Err(_) => {
+            Metrics::add(&shared.metrics.connections_rejected, 1);
+            debug!(%peer, "WebSocket handshake timed out");
+        }
+    }
 }

@@ -29,8 +29,11 @@ pub(crate) struct FileConfig {
 pub(crate) struct ListenerSection {
     /// Address to listen on, e.g. `0.0.0.0:8883`.
     pub(crate) bind: SocketAddr,
-    /// `tcp` or `tls`.
+    /// `tcp`, `tls`, `ws` (MQTT over WebSocket) or `wss` (over TLS).
     pub(crate) transport: String,
+    /// `ws`/`wss`: the HTTP path (default `/mqtt`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub(crate) path: Option<String>,
     /// TLS: the server certificate chain (PEM).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub(crate) tls_cert: Option<PathBuf>,
@@ -49,28 +52,48 @@ pub(crate) struct ListenerSection {
 impl ListenerSection {
     fn listener(&self, n: usize) -> anyhow::Result<m2m_broker::Listener> {
         let what = format!("listeners[{n}] ({})", self.bind);
+        let websocket = matches!(self.transport.as_str(), "ws" | "wss");
+        if self.path.is_some() && !websocket {
+            bail!("{what}: path needs transport = \"ws\" or \"wss\"");
+        }
+        let path = self.path.clone().unwrap_or_else(|| "/mqtt".to_owned());
+        if !path.starts_with('/') {
+            bail!("{what}: path must start with '/'");
+        }
+        let tls = || -> anyhow::Result<m2m_broker::TlsFiles> {
+            let (Some(cert), Some(key)) = (&self.tls_cert, &self.tls_key) else {
+                bail!("{what}: transport = \"{}\" needs tls_cert and tls_key", self.transport);
+            };
+            if self.require_client_cert && self.tls_client_ca.is_none() {
+                bail!("{what}: require_client_cert needs tls_client_ca");
+            }
+            Ok(m2m_broker::TlsFiles {
+                cert: cert.clone(),
+                key: key.clone(),
+                client_ca: self.tls_client_ca.clone(),
+                require_client_cert: self.require_client_cert,
+            })
+        };
+        let plain = || -> anyhow::Result<()> {
+            if self.tls_cert.is_some() || self.tls_key.is_some() || self.tls_client_ca.is_some() {
+                bail!("{what}: tls_cert, tls_key and tls_client_ca need transport = \"tls\" or \"wss\"");
+            }
+            Ok(())
+        };
         let transport = match self.transport.as_str() {
             "tcp" => {
-                if self.tls_cert.is_some() || self.tls_key.is_some() || self.tls_client_ca.is_some() {
-                    bail!("{what}: tls_cert, tls_key and tls_client_ca need transport = \"tls\"");
-                }
+                plain()?;
                 m2m_broker::Transport::Tcp
             }
-            "tls" => {
-                let (Some(cert), Some(key)) = (&self.tls_cert, &self.tls_key) else {
-                    bail!("{what}: transport = \"tls\" needs tls_cert and tls_key");
-                };
-                if self.require_client_cert && self.tls_client_ca.is_none() {
-                    bail!("{what}: require_client_cert needs tls_client_ca");
-                }
-                m2m_broker::Transport::Tls(m2m_broker::TlsFiles {
-                    cert: cert.clone(),
-                    key: key.clone(),
-                    client_ca: self.tls_client_ca.clone(),
-                    require_client_cert: self.require_client_cert,
-                })
+            "tls" => m2m_broker::Transport::Tls(tls()?),
+            "ws" => {
+                plain()?;
+                m2m_broker::Transport::Ws { path }
             }
-            other => bail!("{what}: invalid transport {other:?} (expected \"tcp\" or \"tls\")"),
+            "wss" => m2m_broker::Transport::Wss { tls: tls()?, path },
+            other => {
+                bail!("{what}: invalid transport {other:?} (expected \"tcp\", \"tls\", \"ws\" or \"wss\")")
+            }
         };
         Ok(m2m_broker::Listener { addr: self.bind, transport })
     }
@@ -483,7 +506,10 @@ mod tests {
         for (text, want) in [
             ("[[listeners]]\nbind = \"127.0.0.1:1\"\ntransport = \"tls\"\n", "needs tls_cert and tls_key"),
             ("[[listeners]]\nbind = \"127.0.0.1:1\"\ntransport = \"quic\"\n", "invalid transport \"quic\""),
-            ("[[listeners]]\nbind = \"127.0.0.1:1\"\ntransport = \"tcp\"\ntls_cert = \"a\"\n", "need transport"),
+            (
+                "[[listeners]]\nbind = \"127.0.0.1:1\"\ntransport = \"tcp\"\ntls_cert = \"a\"\n",
+                "need transport = \"tls\" or \"wss\"",
+            ),
             ("[access]\nrules = [\"allow everything\"]\n", "invalid rule in access.rules"),
         ] {
             std::fs::write(&path, text).unwrap();
