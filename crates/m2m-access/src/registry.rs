@@ -230,20 +230,7 @@ impl Registry {
         if self.devices.contains_key(&new.id) {
             return Err(RegistryError::Exists(new.id));
         }
-        let password_hash = match &new.password {
-            Some(p) => Some(hash_password(p.as_bytes()).map_err(|e| RegistryError::Hash(e.to_string()))?),
-            None => None,
-        };
-        let device = Device {
-            id: new.id,
-            password_hash,
-            groups: new.groups,
-            attributes: new.attributes,
-            enabled: !new.disabled,
-            created_ms: now_ms,
-            last_seen_ms: None,
-            rules: new.rules,
-        };
+        let device = self.device_from(new, now_ms)?;
         self.put_device(device.clone())?;
         Ok(device)
     }
@@ -389,11 +376,40 @@ impl Registry {
                 return Err(RegistryError::Exists(d.id.clone()));
             }
         }
-        let count = new.len();
+        let mut devices = Vec::with_capacity(new.len());
         for d in new {
-            self.add_device(d, now_ms)?;
+            devices.push(self.device_from(d, now_ms)?);
         }
+        // One batch and one rebuild of the rules for the whole import.
+        if let Some(store) = &self.store {
+            let mut batch = store.batch();
+            for d in &devices {
+                batch.put_record(Table::Devices, d.id.as_bytes(), encode(d));
+            }
+            batch.commit()?;
+        }
+        let count = devices.len();
+        self.devices.extend(devices.into_iter().map(|d| (d.id.clone(), d)));
+        self.compile()?;
         Ok(count)
+    }
+
+    /// The device `new` describes, its password hashed.
+    fn device_from(&self, new: NewDevice, now_ms: u64) -> Result<Device, RegistryError> {
+        let password_hash = match &new.password {
+            Some(p) => Some(hash_password(p.as_bytes()).map_err(|e| RegistryError::Hash(e.to_string()))?),
+            None => None,
+        };
+        Ok(Device {
+            id: new.id,
+            password_hash,
+            groups: new.groups,
+            attributes: new.attributes,
+            enabled: !new.disabled,
+            created_ms: now_ms,
+            last_seen_ms: None,
+            rules: new.rules,
+        })
     }
 
     fn put_device(&mut self, device: Device) -> Result<(), RegistryError> {
