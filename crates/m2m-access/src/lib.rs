@@ -74,6 +74,7 @@ mod acl;
 mod error;
 mod filter;
 mod password;
+mod quarantine;
 mod registry;
 mod rule;
 
@@ -84,6 +85,7 @@ pub use acl::{Acl, DecidedBy, Decision, Scope, Who};
 pub use error::AccessError;
 pub use filter::RuleFilter;
 pub use password::{hash_password, verify_password, VerifiedCache};
+pub use quarantine::{repair_prefix, Entry as QuarantineEntry, Mode, Quarantine, QuarantineError, Target};
 pub use registry::{name_problem, Device, Group, NewDevice, Registry, RegistryError};
 pub use rule::{Action, Permission, Rule};
 

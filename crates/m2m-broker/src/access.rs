@@ -3,7 +3,7 @@
 
 use std::sync::{Arc, PoisonError, RwLock, RwLockReadGuard, RwLockWriteGuard};
 
-use m2m_access::{Acl, Registry, VerifiedCache, Who};
+use m2m_access::{Acl, Quarantine, QuarantineEntry, Registry, VerifiedCache, Who};
 use m2m_router::Metrics;
 use m2m_session::Permit;
 use m2m_topic::{Subscription, TopicName};
@@ -16,6 +16,7 @@ const VERIFIED_CACHE: usize = 100_000;
 /// lookups and changes (never across an await or a password verification).
 pub struct AccessControl {
     registry: RwLock<Registry>,
+    quarantine: RwLock<Quarantine>,
     cache: VerifiedCache,
     metrics: Arc<Metrics>,
 }
@@ -44,9 +45,42 @@ pub(crate) enum Refused {
 }
 
 impl AccessControl {
-    /// Access control over `registry`, counting refusals in `metrics`.
-    pub fn new(registry: Registry, metrics: Arc<Metrics>) -> Self {
-        Self { registry: RwLock::new(registry), cache: VerifiedCache::new(VERIFIED_CACHE), metrics }
+    /// Access control over `registry` and `quarantine`, counting refusals in `metrics`.
+    pub fn new(registry: Registry, quarantine: Quarantine, metrics: Arc<Metrics>) -> Self {
+        Self {
+            registry: RwLock::new(registry),
+            quarantine: RwLock::new(quarantine),
+            cache: VerifiedCache::new(VERIFIED_CACHE),
+            metrics,
+        }
+    }
+
+    /// The quarantine list, to read.
+    pub fn quarantine(&self) -> RwLockReadGuard<'_, Quarantine> {
+        self.quarantine.read().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// The quarantine list, to change (it applies to connections made from then on).
+    pub fn quarantine_mut(&self) -> RwLockWriteGuard<'_, Quarantine> {
+        self.quarantine.write().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// The quarantine entry that applies to a client connecting now, if any.
+    pub(crate) fn quarantined(
+        &self,
+        client_id: &str,
+        username: Option<&str>,
+        address: std::net::IpAddr,
+    ) -> Option<QuarantineEntry> {
+        let now = m2m_store::unix_ms(std::time::SystemTime::now());
+        self.quarantine().find(client_id, username, address, now).cloned()
+    }
+
+    /// The permit of an isolated client: it may subscribe only under its repair namespace
+    /// (`$quarantine/<client-id>/`) and publish nothing.
+    pub(crate) fn isolated_permit(self: &Arc<Self>, client_id: Arc<str>, entry: u64) -> Arc<dyn Permit> {
+        let prefix = m2m_access::repair_prefix(&client_id);
+        Arc::new(IsolatedPermit { access: self.clone(), client_id, prefix, entry })
     }
 
     /// Whether the registry holds anything (and so passwords are checked and rules enforced).
@@ -167,6 +201,42 @@ impl Permit for AclPermit {
         let allowed = decision.is_allowed();
         if !allowed {
             self.refused("subscribe", subscription.filter(), &decision);
+        }
+        allowed
+    }
+}
+
+/// What an isolated client may do: subscribe under its repair namespace, nothing else.
+#[derive(Debug)]
+pub(crate) struct IsolatedPermit {
+    access: Arc<AccessControl>,
+    client_id: Arc<str>,
+    prefix: String,
+    entry: u64,
+}
+
+impl IsolatedPermit {
+    /// Whether `subscription` is inside the repair namespace.
+    pub(crate) fn in_namespace(prefix: &str, subscription: &Subscription) -> bool {
+        matches!(subscription, Subscription::Plain(_)) && subscription.filter().starts_with(prefix)
+    }
+
+    fn refused(&self, what: &str, target: &str) {
+        Metrics::add(&self.access.metrics.access_denied, 1);
+        debug!(client_id = %self.client_id, what, target, entry = self.entry, "refused: the client is isolated");
+    }
+}
+
+impl Permit for IsolatedPermit {
+    fn may_publish(&self, topic: &TopicName) -> bool {
+        self.refused("publish", topic.as_str());
+        false
+    }
+
+    fn may_subscribe(&self, subscription: &Subscription) -> bool {
+        let allowed = Self::in_namespace(&self.prefix, subscription);
+        if !allowed {
+            self.refused("subscribe", subscription.filter());
         }
         allowed
     }

@@ -22,7 +22,7 @@ use tokio::sync::oneshot;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, trace};
 
-use crate::access::{AccessControl, Identity, Refused};
+use crate::access::{AccessControl, Identity, IsolatedPermit, Refused};
 use crate::auth::{AuthExchange, AuthStep, Authenticator};
 use crate::config::{Anonymous, Config};
 use crate::error::ConnectionError;
@@ -437,6 +437,18 @@ async fn accept<S: AsyncRead + AsyncWrite + Unpin>(
         }
     }
 
+    // Quarantine: a banned client is refused; an isolated one may only reach its repair namespace.
+    let username = identity.username.clone().or_else(|| connect.username.clone());
+    let quarantine = shared.access.quarantined(&client_id, username.as_deref(), conn.peer.ip());
+    if let Some(entry) = &quarantine {
+        info!(%client_id, peer = %conn.peer, entry = entry.id, mode = ?entry.mode, reason = %entry.reason,
+            "quarantined client connecting");
+        if entry.mode == m2m_access::Mode::Ban {
+            refuse(conn, shared, ReasonCode::BANNED, "the client is banned").await?;
+            return Ok(None);
+        }
+    }
+
     // Session expiry and keep-alive, capped by the node's settings.
     let requested_expiry = if v5 {
         props.session_expiry_interval.unwrap_or(0)
@@ -518,7 +530,16 @@ async fn accept<S: AsyncRead + AsyncWrite + Unpin>(
     let mut session = reply.session;
     let mut actions = Vec::new();
     session.attach(params, expiry, now, &mut actions);
-    if shared.access.is_enabled() {
+    if let Some(entry) = &quarantine {
+        session.set_permit(Some(shared.access.isolated_permit(client_id.clone(), entry.id)));
+        // What a resumed session subscribed to before is cut off too.
+        let prefix = m2m_access::repair_prefix(&client_id);
+        let removed = session.drop_subscriptions(|s| IsolatedPermit::in_namespace(&prefix, s));
+        if !removed.is_empty() {
+            // The router is gone only when the node is stopping; the connection ends with it.
+            let _ = shared.router.send(Command::Unsubscribe { key: reply.key, subscriptions: removed }).await;
+        }
+    } else if shared.access.is_enabled() {
         session.set_permit(Some(shared.access.permit(client_id.clone(), identity)));
     }
     if let (Some(store), Some(w)) = (&shared.store, &will) {

@@ -30,6 +30,9 @@ pub enum Error {
     /// The device registry could not be read from the store.
     #[error("cannot read the device registry: {0}")]
     Registry(#[from] m2m_access::RegistryError),
+    /// The quarantine list could not be read from the store.
+    #[error("cannot read the quarantine list: {0}")]
+    Quarantine(#[from] m2m_access::QuarantineError),
 }
 
 /// Why one connection ended abnormally. Logged once at the task boundary; never ends the node.

@@ -311,6 +311,19 @@ impl Session {
         &self.subscriptions
     }
 
+    /// Removes the subscriptions `keep` rejects and returns them (for the router to forget too).
+    pub fn drop_subscriptions(&mut self, keep: impl Fn(&Subscription) -> bool) -> Vec<Subscription> {
+        let mut removed = Vec::new();
+        self.subscriptions.retain(|_, entry| {
+            let kept = keep(&entry.subscription);
+            if !kept {
+                removed.push(entry.subscription.clone());
+            }
+            kept
+        });
+        removed
+    }
+
     /// Messages queued (not yet sent).
     pub fn queued(&self) -> usize {
         self.queue.len()

@@ -1,4 +1,5 @@
-//! `m2m device` and `m2m group`: the device registry in a node's data directory.
+//! `m2m device`, `m2m group` and `m2m quarantine`: the device registry and the quarantine list in a
+//! node's data directory.
 //!
 //! These commands open the node's store directly, so the node must not be running on that data
 //! directory (the store is locked while it runs; a running node is changed through its HTTP API).
@@ -119,7 +120,8 @@ pub(crate) enum GroupCommand {
     },
 }
 
-fn open(place: &Place) -> anyhow::Result<Registry> {
+/// The store of the node's data directory (refused while the node runs on it).
+fn open_store(place: &Place) -> anyhow::Result<Store> {
     let mut overrides = Vec::new();
     if let Some(dir) = &place.data_dir {
         overrides.push(("node.data_dir", toml::Value::String(dir.display().to_string())));
@@ -133,7 +135,11 @@ fn open(place: &Place) -> anyhow::Result<Registry> {
         ),
         e => anyhow::Error::new(e).context(format!("cannot open the store in {}", path.display())),
     })?;
-    Ok(Registry::open(Some(store), Vec::new())?)
+    Ok(store)
+}
+
+fn open(place: &Place) -> anyhow::Result<Registry> {
+    Ok(Registry::open(Some(open_store(place)?), Vec::new())?)
 }
 
 fn now_ms() -> u64 {
@@ -267,6 +273,108 @@ pub(crate) fn run_group(place: &Place, command: GroupCommand) -> anyhow::Result<
         GroupCommand::Rm { name } => {
             registry.remove_group(&name)?;
             println!("removed group {name}");
+        }
+    }
+    Ok(())
+}
+
+/// `m2m quarantine ...`
+#[derive(Debug, clap::Subcommand)]
+pub(crate) enum QuarantineCommand {
+    /// Quarantines clients by client id, username, address or client-id pattern (exactly one).
+    Add {
+        /// A client id.
+        #[arg(long, group = "target")]
+        client_id: Option<String>,
+        /// A username.
+        #[arg(long, group = "target")]
+        username: Option<String>,
+        /// An IP address or CIDR block (`10.1.0.0/16`).
+        #[arg(long, group = "target")]
+        address: Option<String>,
+        /// A regular expression the whole client id must match.
+        #[arg(long, group = "target")]
+        pattern: Option<String>,
+        /// `ban` (refused at CONNECT) or `isolate` (only its repair namespace `$quarantine/<id>/#`).
+        #[arg(long, value_parser = ["ban", "isolate"])]
+        mode: String,
+        /// Why (shown in logs and listings).
+        #[arg(long)]
+        reason: String,
+        /// Lifts itself after this long: `90s`, `30m`, `12h`, `7d`.
+        #[arg(long, value_parser = parse_duration)]
+        expires_in: Option<std::time::Duration>,
+        /// Who is adding it.
+        #[arg(long, default_value = "operator")]
+        actor: String,
+    },
+    /// Lists the entries, expired ones marked.
+    List {
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Releases an entry.
+    Release {
+        /// The entry's id (from `list`).
+        id: u64,
+    },
+}
+
+fn parse_duration(s: &str) -> Result<std::time::Duration, String> {
+    let (n, unit) = s.split_at(s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len()));
+    let n: u64 = n.parse().map_err(|_| format!("expected a number and a unit (s, m, h, d), got {s:?}"))?;
+    let secs = match unit {
+        "s" => n,
+        "m" => n * 60,
+        "h" => n * 3600,
+        "d" => n * 86_400,
+        _ => return Err(format!("expected a number and a unit (s, m, h, d), got {s:?}")),
+    };
+    if secs == 0 {
+        return Err("the expiry must be at least 1s".into());
+    }
+    Ok(std::time::Duration::from_secs(secs))
+}
+
+fn open_quarantine(place: &Place) -> anyhow::Result<m2m_access::Quarantine> {
+    Ok(m2m_access::Quarantine::open(Some(open_store(place)?))?)
+}
+
+pub(crate) fn run_quarantine(place: &Place, command: QuarantineCommand) -> anyhow::Result<()> {
+    use m2m_access::{Mode, Target};
+    let mut quarantine = open_quarantine(place)?;
+    match command {
+        QuarantineCommand::Add { client_id, username, address, pattern, mode, reason, expires_in, actor } => {
+            let target = match (client_id, username, address, pattern) {
+                (Some(c), ..) => Target::ClientId(c),
+                (_, Some(u), ..) => Target::Username(u),
+                (_, _, Some(a), _) => Target::Address(a),
+                (_, _, _, Some(p)) => Target::Pattern(p),
+                _ => bail!("name what to quarantine: --client-id, --username, --address or --pattern"),
+            };
+            let mode = if mode == "ban" { Mode::Ban } else { Mode::Isolate };
+            let now = now_ms();
+            let expires = expires_in.map(|d| now + d.as_millis() as u64);
+            let entry = quarantine.add(target, mode, &reason, &actor, now, expires)?;
+            println!("added quarantine entry {}", entry.id);
+        }
+        QuarantineCommand::List { json } => {
+            let now = now_ms();
+            if json {
+                let all: Vec<_> = quarantine.entries().collect();
+                println!("{}", serde_json::to_string_pretty(&all)?);
+            } else {
+                for e in quarantine.entries() {
+                    let expired = if e.expires_ms.is_some_and(|at| at <= now) { " (expired)" } else { "" };
+                    let mode = if e.mode == Mode::Ban { "ban" } else { "isolate" };
+                    println!("{}\t{mode}\t{}\t{}\tby {}{expired}", e.id, e.target, e.reason, e.actor);
+                }
+            }
+        }
+        QuarantineCommand::Release { id } => {
+            quarantine.release(id)?;
+            println!("released quarantine entry {id}");
         }
     }
     Ok(())

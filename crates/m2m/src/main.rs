@@ -42,6 +42,13 @@ enum Command {
         #[command(subcommand)]
         command: device::GroupCommand,
     },
+    /// Quarantine: ban or isolate clients (with the node stopped).
+    Quarantine {
+        #[command(flatten)]
+        place: device::Place,
+        #[command(subcommand)]
+        command: device::QuarantineCommand,
+    },
     /// Certificates for TLS and mutual TLS.
     #[command(subcommand)]
     Cert(cert::CertCommand),
@@ -73,6 +80,7 @@ fn main() -> ExitCode {
         Command::Bench(scenario) => bench::run(scenario),
         Command::Device { place, command } => device::run_device(&place, command),
         Command::Group { place, command } => device::run_group(&place, command),
+        Command::Quarantine { place, command } => device::run_quarantine(&place, command),
         Command::Cert(command) => cert::run(command),
     };
     match result {

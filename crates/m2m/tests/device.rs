@@ -106,3 +106,96 @@ async fn devices_added_with_the_cli_log_in_to_a_node_started_on_that_data_direct
     assert!(err.contains("stop the node"), "{err}");
     node.kill().await.unwrap();
 }
+
+#[tokio::test]
+async fn a_client_banned_with_the_cli_is_refused_by_the_node_and_released_with_it() {
+    let dir = TempDir::new("cli-quarantine");
+    let d = dir.as_str();
+    let out = ok(&[
+        "quarantine",
+        "--data-dir",
+        d,
+        "add",
+        "--client-id",
+        "cli-rogue",
+        "--mode",
+        "ban",
+        "--reason",
+        "sends garbage",
+    ])
+    .await;
+    assert_eq!(out.trim(), "added quarantine entry 1");
+    ok(&[
+        "quarantine",
+        "--data-dir",
+        d,
+        "add",
+        "--pattern",
+        "press-[0-9]+",
+        "--mode",
+        "isolate",
+        "--reason",
+        "flapping",
+        "--expires-in",
+        "2h",
+    ])
+    .await;
+    let list = ok(&["quarantine", "--data-dir", d, "list"]).await;
+    assert!(list.starts_with("1\tban\tclient id \"cli-rogue\"\tsends garbage\tby operator\n"), "{list}");
+    assert!(list.contains("2\tisolate\tclient ids matching \"press-[0-9]+\"\tflapping"), "{list}");
+    assert!(fails(&[
+        "quarantine",
+        "--data-dir",
+        d,
+        "add",
+        "--address",
+        "10.0.0.0/33",
+        "--mode",
+        "ban",
+        "--reason",
+        "x"
+    ])
+    .await
+    .contains("the prefix length must be 0 to 32"));
+    assert!(fails(&["quarantine", "--data-dir", d, "add", "--mode", "ban", "--reason", "x"])
+        .await
+        .contains("name what"));
+    assert!(fails(&[
+        "quarantine",
+        "--data-dir",
+        d,
+        "add",
+        "--client-id",
+        "x",
+        "--mode",
+        "ban",
+        "--reason",
+        "x",
+        "--expires-in",
+        "soon"
+    ])
+    .await
+    .contains("a number and a unit"));
+
+    let port = common::free_port();
+    let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+    let listen = addr.to_string();
+    let start =
+        || m2m(&["node", "--listen", &listen, "--data-dir", d, "--log-level", "warn"]).spawn().unwrap();
+    let mut node = start();
+    wait_until_listening(&mut node, addr).await;
+    // `login` names the client `cli-<user>`.
+    assert_eq!(login(addr, "rogue", "x").await, Err(ConnectReturnCode::NotAuthorized));
+    node.kill().await.unwrap();
+    node.wait().await.unwrap();
+
+    assert_eq!(
+        ok(&["quarantine", "--data-dir", d, "release", "1"]).await.trim(),
+        "released quarantine entry 1"
+    );
+    assert!(fails(&["quarantine", "--data-dir", d, "release", "1"]).await.contains("no quarantine entry 1"));
+    let mut node = start();
+    wait_until_listening(&mut node, addr).await;
+    assert_eq!(login(addr, "rogue", "x").await, Ok(()));
+    node.kill().await.unwrap();
+}
