@@ -65,6 +65,39 @@ impl AccessControl {
         self.quarantine.write().unwrap_or_else(PoisonError::into_inner)
     }
 
+    /// Adds a quarantine entry. It applies to connections made from then on.
+    ///
+    /// # Errors
+    /// An invalid target; a store error.
+    pub fn add_quarantine(
+        &self,
+        target: m2m_access::Target,
+        mode: m2m_access::Mode,
+        reason: &str,
+        actor: &str,
+        expires_ms: Option<u64>,
+    ) -> Result<QuarantineEntry, m2m_access::QuarantineError> {
+        let now = m2m_store::unix_ms(std::time::SystemTime::now());
+        let entry = self.quarantine_mut().add(target, mode, reason, actor, now, expires_ms)?;
+        tracing::warn!(entry = entry.id, target = %entry.target, mode = ?entry.mode, reason = %entry.reason,
+            actor = %entry.actor, "quarantine entry added");
+        Ok(entry)
+    }
+
+    /// Releases the quarantine entry `id`.
+    ///
+    /// # Errors
+    /// No such entry; a store error.
+    pub fn release_quarantine(
+        &self,
+        id: u64,
+        actor: &str,
+    ) -> Result<QuarantineEntry, m2m_access::QuarantineError> {
+        let entry = self.quarantine_mut().release(id)?;
+        tracing::warn!(entry = entry.id, target = %entry.target, %actor, "quarantine entry released");
+        Ok(entry)
+    }
+
     /// The quarantine entry that applies to a client connecting now, if any.
     pub(crate) fn quarantined(
         &self,
