@@ -244,6 +244,11 @@ impl Quarantine {
         self.entries.values().map(|(e, _)| e)
     }
 
+    /// Whether the entry `id` matches this client (whatever its expiry).
+    pub fn entry_matches(&self, id: u64, client_id: &str, username: Option<&str>, address: IpAddr) -> bool {
+        self.entries.get(&id).is_some_and(|(_, m)| m.matches(client_id, username, address))
+    }
+
     /// The entry that applies to this client at `now_ms`, if any: a ban before an isolation, then the
     /// oldest. Expired entries do not apply.
     pub fn find(

@@ -1,10 +1,12 @@
 //! Who a client is and what it may do: usernames and passwords checked against the device registry,
 //! and a [`Permit`] per connection that applies the registry's access rules.
 
+use std::collections::HashMap;
 use std::sync::{Arc, PoisonError, RwLock, RwLockReadGuard, RwLockWriteGuard};
 
 use m2m_access::{Acl, Quarantine, QuarantineEntry, Registry, VerifiedCache, Who};
-use m2m_router::Metrics;
+use m2m_codec::ReasonCode;
+use m2m_router::{Command, Metrics, RouterHandle};
 use m2m_session::Permit;
 use m2m_topic::{Subscription, TopicName};
 use tracing::debug;
@@ -17,6 +19,11 @@ const VERIFIED_CACHE: usize = 100_000;
 pub struct AccessControl {
     registry: RwLock<Registry>,
     quarantine: RwLock<Quarantine>,
+    /// The clients connected now, by connection id, for quarantine entries to act on at once.
+    live: std::sync::Mutex<HashMap<u64, LiveClient>>,
+    /// Ends connections (through the router) and the runtime to do it from synchronous callers.
+    router: RouterHandle,
+    runtime: tokio::runtime::Handle,
     cache: VerifiedCache,
     metrics: Arc<Metrics>,
 }
@@ -25,6 +32,16 @@ impl std::fmt::Debug for AccessControl {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("AccessControl").field("enabled", &self.is_enabled()).finish_non_exhaustive()
     }
+}
+
+/// A connected client, as quarantine entries match it.
+#[derive(Debug, Clone)]
+pub(crate) struct LiveClient {
+    pub(crate) client_id: Arc<str>,
+    pub(crate) username: Option<Arc<str>>,
+    pub(crate) address: std::net::IpAddr,
+    /// The quarantine entry isolating it, if one does.
+    pub(crate) isolated_by: Option<u64>,
 }
 
 /// Who a connection authenticated as: a registered device (its username), or nobody in particular.
@@ -45,11 +62,20 @@ pub(crate) enum Refused {
 }
 
 impl AccessControl {
-    /// Access control over `registry` and `quarantine`, counting refusals in `metrics`.
-    pub fn new(registry: Registry, quarantine: Quarantine, metrics: Arc<Metrics>) -> Self {
+    /// Access control over `registry` and `quarantine`, counting refusals in `metrics` and ending
+    /// connections through `router`. Call it within the node's tokio runtime.
+    pub fn new(
+        registry: Registry,
+        quarantine: Quarantine,
+        metrics: Arc<Metrics>,
+        router: RouterHandle,
+    ) -> Self {
         Self {
             registry: RwLock::new(registry),
             quarantine: RwLock::new(quarantine),
+            live: std::sync::Mutex::new(HashMap::new()),
+            router,
+            runtime: tokio::runtime::Handle::current(),
             cache: VerifiedCache::new(VERIFIED_CACHE),
             metrics,
         }
@@ -65,7 +91,40 @@ impl AccessControl {
         self.quarantine.write().unwrap_or_else(PoisonError::into_inner)
     }
 
-    /// Adds a quarantine entry. It applies to connections made from then on.
+    /// Records a connected client, for quarantine entries added while it is connected.
+    pub(crate) fn connected(&self, conn_id: u64, client: LiveClient) {
+        self.live.lock().unwrap_or_else(PoisonError::into_inner).insert(conn_id, client);
+    }
+
+    /// Forgets a connection that ended.
+    pub(crate) fn disconnected(&self, conn_id: u64) {
+        self.live.lock().unwrap_or_else(PoisonError::into_inner).remove(&conn_id);
+    }
+
+    /// Ends, with DISCONNECT 0x98 (Administrative action), the live connections `select` picks.
+    fn kick(&self, select: impl Fn(&LiveClient) -> bool) -> usize {
+        let clients: Vec<Arc<str>> = {
+            let live = self.live.lock().unwrap_or_else(PoisonError::into_inner);
+            live.values().filter(|c| select(c)).map(|c| c.client_id.clone()).collect()
+        };
+        let n = clients.len();
+        if n > 0 {
+            let router = self.router.clone();
+            self.runtime.spawn(async move {
+                for client_id in clients {
+                    let reason = ReasonCode::ADMINISTRATIVE_ACTION;
+                    if router.send(Command::Kick { client_id, reason }).await.is_err() {
+                        return;
+                    }
+                }
+            });
+        }
+        n
+    }
+
+    /// Adds a quarantine entry. It applies at once: matching clients connected now are disconnected
+    /// (0x98 Administrative action); a banned one cannot come back, an isolated one comes back
+    /// restricted to its repair namespace.
     ///
     /// # Errors
     /// An invalid target; a store error.
@@ -79,8 +138,12 @@ impl AccessControl {
     ) -> Result<QuarantineEntry, m2m_access::QuarantineError> {
         let now = m2m_store::unix_ms(std::time::SystemTime::now());
         let entry = self.quarantine_mut().add(target, mode, reason, actor, now, expires_ms)?;
+        let kicked = {
+            let quarantine = self.quarantine();
+            self.kick(|c| quarantine.entry_matches(entry.id, &c.client_id, c.username.as_deref(), c.address))
+        };
         tracing::warn!(entry = entry.id, target = %entry.target, mode = ?entry.mode, reason = %entry.reason,
-            actor = %entry.actor, "quarantine entry added");
+            actor = %entry.actor, disconnected = kicked, "quarantine entry added");
         Ok(entry)
     }
 
@@ -94,7 +157,10 @@ impl AccessControl {
         actor: &str,
     ) -> Result<QuarantineEntry, m2m_access::QuarantineError> {
         let entry = self.quarantine_mut().release(id)?;
-        tracing::warn!(entry = entry.id, target = %entry.target, %actor, "quarantine entry released");
+        // Clients it isolated reconnect to normal service.
+        let kicked = self.kick(|c| c.isolated_by == Some(id));
+        tracing::warn!(entry = entry.id, target = %entry.target, %actor, disconnected = kicked,
+            "quarantine entry released");
         Ok(entry)
     }
 

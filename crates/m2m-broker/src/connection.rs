@@ -22,7 +22,7 @@ use tokio::sync::oneshot;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, trace};
 
-use crate::access::{AccessControl, Identity, IsolatedPermit, Refused};
+use crate::access::{AccessControl, Identity, IsolatedPermit, LiveClient, Refused};
 use crate::auth::{AuthExchange, AuthStep, Authenticator};
 use crate::config::{Anonymous, Config};
 use crate::error::ConnectionError;
@@ -295,7 +295,9 @@ async fn run<S: AsyncRead + AsyncWrite + Unpin>(
     let Some(accepted) = Box::pin(accept(conn, connect, shared)).await? else { return Ok(()) };
     Metrics::add(&shared.metrics.connections_current, 1);
     Metrics::add(&shared.metrics.connections_total, 1);
+    let conn_id = accepted.conn_id;
     let end = Box::pin(serve_session(conn, accepted, shared)).await;
+    shared.access.disconnected(conn_id);
     Metrics::dec(&shared.metrics.connections_current);
     if matches!(end, Ok(End::Abnormal)) {
         conn.linger(&shared.shutdown).await;
@@ -552,6 +554,15 @@ async fn accept<S: AsyncRead + AsyncWrite + Unpin>(
             debug!(%client_id, error = %e, "will not kept in the store");
         }
     }
+    shared.access.connected(
+        conn_id,
+        LiveClient {
+            client_id: client_id.clone(),
+            username,
+            address: conn.peer.ip(),
+            isolated_by: quarantine.map(|e| e.id),
+        },
+    );
     let accepted =
         Box::new(Accepted { key: reply.key, conn_id, session, mailbox, kick, flow, will, auth_method });
     // Queued messages sent on attach get their flight state recorded, as in the session loop.
@@ -571,6 +582,7 @@ async fn accept<S: AsyncRead + AsyncWrite + Unpin>(
     }
     if let Err(e) = conn.flush().await {
         // The session goes back to the router even if the client vanished right after CONNECT.
+        shared.access.disconnected(conn_id);
         Box::pin(hand_back(accepted, shared, End::Abnormal)).await;
         return Err(e);
     }

@@ -129,7 +129,7 @@ impl Broker {
             );
         }
         let quarantine = Quarantine::open(store.clone())?;
-        let access = Arc::new(AccessControl::new(registry, quarantine, metrics.clone()));
+        let access = Arc::new(AccessControl::new(registry, quarantine, metrics.clone(), handle.clone()));
         let started = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
         let shared = Shared {
             config: config.clone(),

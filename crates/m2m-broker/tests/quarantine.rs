@@ -123,3 +123,43 @@ async fn banned_clients_are_refused_and_isolated_ones_reach_only_their_repair_na
     assert_eq!(&*expect_raw_publish(Some(echo)).topic, "plant/press-7/speed");
     broker.stop().await;
 }
+
+#[tokio::test]
+async fn an_entry_added_while_clients_are_connected_acts_at_once_and_a_release_too() {
+    let dir = TempDir::new("quarantine-live");
+    let broker = TestBroker::start_with(config(dir.path())).await;
+    let mut rogue = raw_connect_ok(broker.addr, v5_connect("rogue-9")).await;
+    let mut press = raw_connect_ok(broker.addr, persistent_connect("press-3", true)).await;
+    raw_subscribe(&mut press, 1, &[("plant/#", QoS::AtLeastOnce)]).await;
+    let mut bystander = raw_connect_ok(broker.addr, v5_connect("bystander")).await;
+
+    let ban = broker
+        .access
+        .add_quarantine(Target::ClientId("rogue-9".into()), Mode::Ban, "garbage", "test", None)
+        .unwrap();
+    m2m_test::expect_disconnect(&mut rogue, ReasonCode::ADMINISTRATIVE_ACTION).await;
+    let (_, ack) = raw_connect(broker.addr, v5_connect("rogue-9")).await;
+    assert_eq!(ack.reason_code, ReasonCode::BANNED);
+
+    let iso = broker
+        .access
+        .add_quarantine(Target::Pattern("press-.*".into()), Mode::Isolate, "flapping", "detector", None)
+        .unwrap();
+    m2m_test::expect_disconnect(&mut press, ReasonCode::ADMINISTRATIVE_ACTION).await;
+    let mut press = raw_connect_ok(broker.addr, persistent_connect("press-3", false)).await;
+    press.send(&Packet::Publish(raw_publish("plant/x", QoS::AtLeastOnce, Some(2), b"1"))).await;
+    let Some(Packet::PubAck(a)) = press.recv().await else { panic!("PUBACK") };
+    assert_eq!(a.reason_code, ReasonCode::NOT_AUTHORIZED, "isolated after coming back");
+    bystander.send(&Packet::PingReq).await;
+    assert_eq!(bystander.recv().await, Some(Packet::PingResp), "others are not touched");
+
+    // Released: the isolated client is disconnected so that it comes back with normal service.
+    broker.access.release_quarantine(iso.id, "test").unwrap();
+    m2m_test::expect_disconnect(&mut press, ReasonCode::ADMINISTRATIVE_ACTION).await;
+    let mut press = raw_connect_ok(broker.addr, persistent_connect("press-3", false)).await;
+    let ack = raw_subscribe(&mut press, 3, &[("plant/#", QoS::AtLeastOnce)]).await;
+    assert_eq!(ack.reason_codes, [ReasonCode::GRANTED_QOS_1]);
+    broker.access.release_quarantine(ban.id, "test").unwrap();
+    raw_connect_ok(broker.addr, v5_connect("rogue-9")).await;
+    broker.stop().await;
+}

@@ -177,6 +177,14 @@ pub enum Command {
         /// The subscriptions to remove.
         subscriptions: Vec<Subscription>,
     },
+    /// Ends the connection of `client_id`, if it is online, with DISCONNECT `reason` (for MQTT 5) —
+    /// an operator's or the node's own decision, such as a quarantine.
+    Kick {
+        /// The client.
+        client_id: Arc<str>,
+        /// The reason, e.g. 0x98 Administrative action.
+        reason: ReasonCode,
+    },
     /// A connection ended.
     Disconnected(Box<Disconnected>),
     /// Reports counts for `$SYS` and the API.
@@ -539,6 +547,15 @@ impl Router {
             Command::Unsubscribe { key, subscriptions } => {
                 for sub in &subscriptions {
                     self.trie.remove(sub, &key);
+                }
+            }
+            Command::Kick { client_id, reason } => {
+                let client = self.by_id.get(&client_id).and_then(|key| self.clients.get_mut(key));
+                if let Some(Client { state: State::Online { kick, .. }, .. }) = client {
+                    if let Some(kick) = kick.take() {
+                        debug!(%client_id, %reason, "connection ended by the node");
+                        let _ = kick.send(reason);
+                    }
                 }
             }
             Command::Disconnected(d) => self.disconnected(*d, now),

@@ -83,6 +83,8 @@ pub struct TestBroker {
     pub metrics: Arc<Metrics>,
     /// The router, for stats.
     pub router: RouterHandle,
+    /// The device registry and quarantine of the node.
+    pub access: Arc<m2m_broker::AccessControl>,
     shutdown: CancellationToken,
     task: JoinHandle<m2m_broker::Result<()>>,
     /// The store's directory, for a node started by [`TestBroker::start`].
@@ -120,9 +122,10 @@ impl TestBroker {
         }
         let (addr, metrics, router) = (broker.local_addr(), broker.metrics(), broker.router());
         let listeners = broker.listener_addrs();
+        let access = broker.access();
         let shutdown = CancellationToken::new();
         let task = tokio::spawn(broker.run(shutdown.clone()));
-        Self { addr, listeners, metrics, router, shutdown, task, _dir: None }
+        Self { addr, listeners, metrics, router, access, shutdown, task, _dir: None }
     }
 
     /// Stops the node; fails the test if it panicked or returned an error.
