@@ -71,6 +71,7 @@
 //! ```
 
 mod acl;
+mod audit;
 mod error;
 mod filter;
 mod password;
@@ -82,6 +83,7 @@ mod rule;
 mod test_support;
 
 pub use acl::{Acl, DecidedBy, Decision, Scope, Who};
+pub use audit::{AuditEvent, AuditKey, AuditLog};
 pub use error::AccessError;
 pub use filter::RuleFilter;
 pub use password::{hash_password, verify_password, VerifiedCache};

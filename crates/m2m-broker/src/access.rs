@@ -4,7 +4,7 @@
 use std::collections::HashMap;
 use std::sync::{Arc, PoisonError, RwLock, RwLockReadGuard, RwLockWriteGuard};
 
-use m2m_access::{Acl, Quarantine, QuarantineEntry, Registry, VerifiedCache, Who};
+use m2m_access::{Acl, AuditEvent, AuditLog, Quarantine, QuarantineEntry, Registry, VerifiedCache, Who};
 use m2m_codec::ReasonCode;
 use m2m_router::{Command, Metrics, RouterHandle};
 use m2m_session::Permit;
@@ -24,6 +24,9 @@ pub struct AccessControl {
     /// Ends connections (through the router) and the runtime to do it from synchronous callers.
     router: RouterHandle,
     runtime: tokio::runtime::Handle,
+    audit: AuditLog,
+    /// Audit events to publish on `$SYS`, in order, by one task.
+    announce: tokio::sync::mpsc::Sender<Arc<m2m_session::Message>>,
     cache: VerifiedCache,
     metrics: Arc<Metrics>,
 }
@@ -67,10 +70,22 @@ impl AccessControl {
     pub fn new(
         registry: Registry,
         quarantine: Quarantine,
+        audit: AuditLog,
         metrics: Arc<Metrics>,
         router: RouterHandle,
     ) -> Self {
+        let (announce, mut announcements) = tokio::sync::mpsc::channel::<Arc<m2m_session::Message>>(1024);
+        let to_router = router.clone();
+        tokio::spawn(async move {
+            while let Some(message) = announcements.recv().await {
+                if to_router.send(Command::Publish { message, from: None, ack: None }).await.is_err() {
+                    return;
+                }
+            }
+        });
         Self {
+            audit,
+            announce,
             registry: RwLock::new(registry),
             quarantine: RwLock::new(quarantine),
             live: std::sync::Mutex::new(HashMap::new()),
@@ -89,6 +104,39 @@ impl AccessControl {
     /// The quarantine list, to change (it applies to connections made from then on).
     pub fn quarantine_mut(&self) -> RwLockWriteGuard<'_, Quarantine> {
         self.quarantine.write().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// The audit log.
+    pub fn audit_log(&self) -> &AuditLog {
+        &self.audit
+    }
+
+    /// Appends an event to the audit log and publishes it on `$SYS/m2m/audit/<action>` (JSON), and
+    /// quarantine events also on `$SYS/m2m/quarantine/<action>`. A failure to store it is logged.
+    pub fn audit(&self, actor: &str, action: &str, subject: &str, detail: &str) {
+        let event = AuditEvent {
+            at_ms: m2m_store::unix_ms(std::time::SystemTime::now()),
+            actor: actor.to_owned(),
+            action: action.to_owned(),
+            subject: subject.to_owned(),
+            detail: detail.to_owned(),
+        };
+        if let Err(e) = self.audit.append(&event) {
+            tracing::error!(error = %e, ?event, "audit event not stored");
+        }
+        let payload = bytes::Bytes::from(serde_json::to_vec(&event).unwrap_or_default());
+        let mut topics = vec![format!("$SYS/m2m/audit/{action}")];
+        if let Some(what) = action.strip_prefix("quarantine.") {
+            topics.push(format!("$SYS/m2m/quarantine/{what}"));
+        }
+        for topic in topics {
+            let Ok(topic) = TopicName::try_from(topic.as_str()) else { continue };
+            let message =
+                m2m_session::Message::new(topic, payload.clone(), m2m_codec::QoS::AtMostOnce, false);
+            if self.announce.try_send(Arc::new(message)).is_err() {
+                tracing::warn!(action, subject, "audit event not published on $SYS: too many at once");
+            }
+        }
     }
 
     /// Records a connected client, for quarantine entries added while it is connected.
@@ -144,6 +192,9 @@ impl AccessControl {
         };
         tracing::warn!(entry = entry.id, target = %entry.target, mode = ?entry.mode, reason = %entry.reason,
             actor = %entry.actor, disconnected = kicked, "quarantine entry added");
+        let mode = if entry.mode == m2m_access::Mode::Ban { "ban" } else { "isolate" };
+        let detail = format!("{mode} {}: {} ({kicked} disconnected)", entry.target, entry.reason);
+        self.audit(actor, "quarantine.add", &entry.id.to_string(), &detail);
         Ok(entry)
     }
 
@@ -161,6 +212,8 @@ impl AccessControl {
         let kicked = self.kick(|c| c.isolated_by == Some(id));
         tracing::warn!(entry = entry.id, target = %entry.target, %actor, disconnected = kicked,
             "quarantine entry released");
+        let detail = format!("{} ({kicked} disconnected)", entry.target);
+        self.audit(actor, "quarantine.release", &entry.id.to_string(), &detail);
         Ok(entry)
     }
 

@@ -5,7 +5,7 @@ use std::sync::atomic::AtomicU64;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use m2m_access::{Quarantine, Registry};
+use m2m_access::{AuditLog, Quarantine, Registry};
 use m2m_router::{Command, Metrics, Router, RouterConfig, RouterHandle};
 use m2m_store::Store;
 use tokio::io::{AsyncRead, AsyncWrite};
@@ -129,7 +129,9 @@ impl Broker {
             );
         }
         let quarantine = Quarantine::open(store.clone())?;
-        let access = Arc::new(AccessControl::new(registry, quarantine, metrics.clone(), handle.clone()));
+        let audit = AuditLog::new(store.clone());
+        let access =
+            Arc::new(AccessControl::new(registry, quarantine, audit, metrics.clone(), handle.clone()));
         let started = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
         let shared = Shared {
             config: config.clone(),

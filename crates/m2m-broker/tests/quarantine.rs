@@ -132,6 +132,8 @@ async fn an_entry_added_while_clients_are_connected_acts_at_once_and_a_release_t
     let mut press = raw_connect_ok(broker.addr, persistent_connect("press-3", true)).await;
     raw_subscribe(&mut press, 1, &[("plant/#", QoS::AtLeastOnce)]).await;
     let mut bystander = raw_connect_ok(broker.addr, v5_connect("bystander")).await;
+    let mut watcher = raw_connect_ok(broker.addr, v5_connect("watcher")).await;
+    raw_subscribe(&mut watcher, 1, &[("$SYS/m2m/quarantine/#", QoS::AtMostOnce)]).await;
 
     let ban = broker
         .access
@@ -161,5 +163,41 @@ async fn an_entry_added_while_clients_are_connected_acts_at_once_and_a_release_t
     assert_eq!(ack.reason_codes, [ReasonCode::GRANTED_QOS_1]);
     broker.access.release_quarantine(ban.id, "test").unwrap();
     raw_connect_ok(broker.addr, v5_connect("rogue-9")).await;
+
+    // Every change was published on $SYS and kept in the audit log.
+    let mut published = Vec::new();
+    for _ in 0..4 {
+        let p = expect_raw_publish(watcher.recv().await);
+        let event: serde_json::Value = serde_json::from_slice(&p.payload).unwrap();
+        published.push((p.topic.to_string(), event["subject"].as_str().unwrap().to_owned()));
+    }
+    let (ban_id, iso_id) = (ban.id.to_string(), iso.id.to_string());
+    assert_eq!(
+        published,
+        [
+            ("$SYS/m2m/quarantine/add".to_owned(), ban_id.clone()),
+            ("$SYS/m2m/quarantine/add".to_owned(), iso_id.clone()),
+            ("$SYS/m2m/quarantine/release".to_owned(), iso_id.clone()),
+            ("$SYS/m2m/quarantine/release".to_owned(), ban_id.clone()),
+        ]
+    );
+    let log = broker.access.audit_log().recent(None, 10).unwrap();
+    let actions: Vec<_> =
+        log.iter().map(|(_, e)| (e.action.as_str(), e.subject.as_str(), e.actor.as_str())).collect();
+    assert_eq!(
+        actions,
+        [
+            ("quarantine.release", ban_id.as_str(), "test"),
+            ("quarantine.release", iso_id.as_str(), "test"),
+            ("quarantine.add", iso_id.as_str(), "detector"),
+            ("quarantine.add", ban_id.as_str(), "test"),
+        ],
+        "newest first"
+    );
+    assert!(
+        log[3].1.detail.contains("ban client id \"rogue-9\": garbage (1 disconnected)"),
+        "{:?}",
+        log[3].1
+    );
     broker.stop().await;
 }

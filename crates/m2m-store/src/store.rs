@@ -312,6 +312,29 @@ impl Store {
         Ok(out)
     }
 
+    /// Up to `limit` records of `table` whose keys come before `before` (from the last if `None`), in
+    /// reverse key order: the newest first, for tables keyed by time.
+    ///
+    /// # Errors
+    /// As [`Store::records`].
+    pub fn records_before(
+        &self,
+        table: Table,
+        before: Option<&[u8]>,
+        limit: usize,
+    ) -> Result<Vec<Record>, StoreError> {
+        use std::ops::Bound;
+        let engine = self.shared().engine().ok_or(StoreError::Unavailable)?;
+        let keyspace = engine.ks(table.ks());
+        let end = before.map_or(Bound::Unbounded, |k| Bound::Excluded(k.to_vec()));
+        let mut out = Vec::new();
+        for item in keyspace.range::<Vec<u8>, _>((Bound::Unbounded, end)).rev().take(limit) {
+            let (key, value) = item.into_inner().map_err(|e| StoreError::reading(e, keyspace.path()))?;
+            out.push((key.to_vec(), value.to_vec()));
+        }
+        Ok(out)
+    }
+
     /// The record `key` of `table`, if there is one.
     ///
     /// # Errors

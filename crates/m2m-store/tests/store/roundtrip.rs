@@ -246,6 +246,12 @@ fn records_of_the_owners_tables_round_trip_in_key_order_and_page() {
     assert_eq!(store.record(Table::Devices, b"d").unwrap(), None);
     let page: Vec<_> = store.records_after(Table::Devices, Some(b"a"), 1).unwrap();
     assert_eq!(page, vec![(b"b".to_vec(), b"device b, changed".to_vec())]);
+    let newest: Vec<_> =
+        store.records_before(Table::Devices, None, 2).unwrap().into_iter().map(|(k, _)| k).collect();
+    assert_eq!(newest, [b"c".to_vec(), b"b".to_vec()]);
+    let older: Vec<_> =
+        store.records_before(Table::Devices, Some(b"b"), 5).unwrap().into_iter().map(|(k, _)| k).collect();
+    assert_eq!(older, [b"a".to_vec()]);
     // Tables are apart: the group "a" is not the device "a".
     assert_eq!(store.records(Table::Groups).unwrap(), vec![(b"a".to_vec(), b"group a".to_vec())]);
 
