@@ -9,7 +9,7 @@ use std::io::Read;
 use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context};
-use m2m_access::{Device, Group, NewDevice, Registry};
+use m2m_access::{AuditEvent, AuditLog, Device, Group, NewDevice, Registry};
 use m2m_store::{Store, StoreConfig, StoreError};
 
 /// Where the registry is: the node's data directory, as for `m2m node`.
@@ -138,8 +138,26 @@ fn open_store(place: &Place) -> anyhow::Result<Store> {
     Ok(store)
 }
 
-fn open(place: &Place) -> anyhow::Result<Registry> {
-    Ok(Registry::open(Some(open_store(place)?), Vec::new())?)
+fn open(place: &Place) -> anyhow::Result<(Registry, Audit)> {
+    let store = open_store(place)?;
+    Ok((Registry::open(Some(store.clone()), Vec::new())?, Audit(AuditLog::new(Some(store)))))
+}
+
+/// The audit log, for what these commands change (the actor is `cli`).
+struct Audit(AuditLog);
+
+impl Audit {
+    fn record(&self, action: &str, subject: &str, detail: &str) -> anyhow::Result<()> {
+        let event = AuditEvent {
+            at_ms: now_ms(),
+            actor: "cli".into(),
+            action: action.into(),
+            subject: subject.into(),
+            detail: detail.into(),
+        };
+        self.0.append(&event).context("cannot append to the audit log")?;
+        Ok(())
+    }
 }
 
 fn now_ms() -> u64 {
@@ -174,7 +192,7 @@ fn public(device: &Device) -> serde_json::Value {
 }
 
 pub(crate) fn run_device(place: &Place, command: DeviceCommand) -> anyhow::Result<()> {
-    let mut registry = open(place)?;
+    let (mut registry, audit) = open(place)?;
     match command {
         DeviceCommand::Add { id, spec } => {
             let new = NewDevice {
@@ -186,6 +204,7 @@ pub(crate) fn run_device(place: &Place, command: DeviceCommand) -> anyhow::Resul
                 rules: spec.rules,
             };
             let device = registry.add_device(new, now_ms())?;
+            audit.record("device.add", &device.id, "")?;
             println!("added device {}", device.id);
         }
         DeviceCommand::List { json } => {
@@ -229,10 +248,12 @@ pub(crate) fn run_device(place: &Place, command: DeviceCommand) -> anyhow::Resul
                     d.enabled = true;
                 }
             })?;
+            audit.record("device.set", &id, "")?;
             println!("changed device {id}");
         }
         DeviceCommand::Rm { id } => {
             registry.remove_device(&id)?;
+            audit.record("device.remove", &id, "")?;
             println!("removed device {id}");
         }
         DeviceCommand::Import { file } => {
@@ -245,6 +266,7 @@ pub(crate) fn run_device(place: &Place, command: DeviceCommand) -> anyhow::Resul
                     bail!("cannot import {}: expected a .json or .csv file, not {other:?}", file.display())
                 }
             };
+            audit.record("device.import", &file.display().to_string(), &format!("{n} devices"))?;
             println!("imported {n} devices");
         }
     }
@@ -256,10 +278,11 @@ fn extension(path: &Path) -> &str {
 }
 
 pub(crate) fn run_group(place: &Place, command: GroupCommand) -> anyhow::Result<()> {
-    let mut registry = open(place)?;
+    let (mut registry, audit) = open(place)?;
     match command {
         GroupCommand::Set { name, rules } => {
             registry.set_group(Group { name: name.clone(), rules })?;
+            audit.record("group.set", &name, "")?;
             println!("set group {name}");
         }
         GroupCommand::List => {
@@ -272,6 +295,7 @@ pub(crate) fn run_group(place: &Place, command: GroupCommand) -> anyhow::Result<
         }
         GroupCommand::Rm { name } => {
             registry.remove_group(&name)?;
+            audit.record("group.remove", &name, "")?;
             println!("removed group {name}");
         }
     }
@@ -337,13 +361,14 @@ fn parse_duration(s: &str) -> Result<std::time::Duration, String> {
     Ok(std::time::Duration::from_secs(secs))
 }
 
-fn open_quarantine(place: &Place) -> anyhow::Result<m2m_access::Quarantine> {
-    Ok(m2m_access::Quarantine::open(Some(open_store(place)?))?)
+fn open_quarantine(place: &Place) -> anyhow::Result<(m2m_access::Quarantine, Audit)> {
+    let store = open_store(place)?;
+    Ok((m2m_access::Quarantine::open(Some(store.clone()))?, Audit(AuditLog::new(Some(store)))))
 }
 
 pub(crate) fn run_quarantine(place: &Place, command: QuarantineCommand) -> anyhow::Result<()> {
     use m2m_access::{Mode, Target};
-    let mut quarantine = open_quarantine(place)?;
+    let (mut quarantine, audit) = open_quarantine(place)?;
     match command {
         QuarantineCommand::Add { client_id, username, address, pattern, mode, reason, expires_in, actor } => {
             let target = match (client_id, username, address, pattern) {
@@ -357,6 +382,12 @@ pub(crate) fn run_quarantine(place: &Place, command: QuarantineCommand) -> anyho
             let now = now_ms();
             let expires = expires_in.map(|d| now + d.as_millis() as u64);
             let entry = quarantine.add(target, mode, &reason, &actor, now, expires)?;
+            let mode = if entry.mode == Mode::Ban { "ban" } else { "isolate" };
+            audit.record(
+                "quarantine.add",
+                &entry.id.to_string(),
+                &format!("{mode} {}: {reason}", entry.target),
+            )?;
             println!("added quarantine entry {}", entry.id);
         }
         QuarantineCommand::List { json } => {
@@ -373,8 +404,37 @@ pub(crate) fn run_quarantine(place: &Place, command: QuarantineCommand) -> anyho
             }
         }
         QuarantineCommand::Release { id } => {
-            quarantine.release(id)?;
+            let entry = quarantine.release(id)?;
+            audit.record("quarantine.release", &id.to_string(), &entry.target.to_string())?;
             println!("released quarantine entry {id}");
+        }
+    }
+    Ok(())
+}
+
+/// `m2m audit ...`
+#[derive(Debug, clap::Subcommand)]
+pub(crate) enum AuditCommand {
+    /// The newest events first.
+    List {
+        /// How many.
+        #[arg(long, default_value_t = 50)]
+        limit: usize,
+        /// Print JSON lines.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+pub(crate) fn run_audit(place: &Place, command: AuditCommand) -> anyhow::Result<()> {
+    let AuditCommand::List { limit, json } = command;
+    let log = AuditLog::new(Some(open_store(place)?));
+    for (_, event) in log.recent(None, limit)? {
+        if json {
+            println!("{}", serde_json::to_string(&event)?);
+        } else {
+            let detail = if event.detail.is_empty() { String::new() } else { format!("\t{}", event.detail) };
+            println!("{}\t{}\t{}\t{}{detail}", event.at_ms, event.actor, event.action, event.subject);
         }
     }
     Ok(())

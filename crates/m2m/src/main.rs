@@ -49,6 +49,13 @@ enum Command {
         #[command(subcommand)]
         command: device::QuarantineCommand,
     },
+    /// The audit log of registry and quarantine changes (with the node stopped).
+    Audit {
+        #[command(flatten)]
+        place: device::Place,
+        #[command(subcommand)]
+        command: device::AuditCommand,
+    },
     /// Certificates for TLS and mutual TLS.
     #[command(subcommand)]
     Cert(cert::CertCommand),
@@ -81,6 +88,7 @@ fn main() -> ExitCode {
         Command::Device { place, command } => device::run_device(&place, command),
         Command::Group { place, command } => device::run_group(&place, command),
         Command::Quarantine { place, command } => device::run_quarantine(&place, command),
+        Command::Audit { place, command } => device::run_audit(&place, command),
         Command::Cert(command) => cert::run(command),
     };
     match result {

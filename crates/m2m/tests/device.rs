@@ -194,6 +194,13 @@ async fn a_client_banned_with_the_cli_is_refused_by_the_node_and_released_with_i
         "released quarantine entry 1"
     );
     assert!(fails(&["quarantine", "--data-dir", d, "release", "1"]).await.contains("no quarantine entry 1"));
+    let audit = ok(&["audit", "--data-dir", d, "list"]).await;
+    let actions: Vec<Vec<&str>> = audit.lines().map(|l| l.split('\t').skip(1).take(3).collect()).collect();
+    assert_eq!(
+        actions,
+        [["cli", "quarantine.release", "1"], ["cli", "quarantine.add", "2"], ["cli", "quarantine.add", "1"]],
+        "{audit}"
+    );
     let mut node = start();
     wait_until_listening(&mut node, addr).await;
     assert_eq!(login(addr, "rogue", "x").await, Ok(()));
