@@ -11,6 +11,8 @@ use m2m_session::Permit;
 use m2m_topic::{Subscription, TopicName};
 use tracing::debug;
 
+use crate::detect::{Detectors, DetectorsConfig};
+
 /// Credentials remembered after a successful argon2 verification.
 const VERIFIED_CACHE: usize = 100_000;
 
@@ -25,6 +27,7 @@ pub struct AccessControl {
     router: RouterHandle,
     runtime: tokio::runtime::Handle,
     audit: AuditLog,
+    detectors: Detectors,
     /// Audit events to publish on `$SYS`, in order, by one task.
     announce: tokio::sync::mpsc::Sender<Arc<m2m_session::Message>>,
     cache: VerifiedCache,
@@ -71,6 +74,7 @@ impl AccessControl {
         registry: Registry,
         quarantine: Quarantine,
         audit: AuditLog,
+        detectors: DetectorsConfig,
         metrics: Arc<Metrics>,
         router: RouterHandle,
     ) -> Self {
@@ -85,6 +89,7 @@ impl AccessControl {
         });
         Self {
             audit,
+            detectors: Detectors::new(detectors),
             announce,
             registry: RwLock::new(registry),
             quarantine: RwLock::new(quarantine),
@@ -104,6 +109,21 @@ impl AccessControl {
     /// The quarantine list, to change (it applies to connections made from then on).
     pub fn quarantine_mut(&self) -> RwLockWriteGuard<'_, Quarantine> {
         self.quarantine.write().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Counts a CONNECT from `address` refused for its credentials (a detector).
+    pub(crate) fn auth_failed(&self, address: std::net::IpAddr) {
+        self.detectors.auth_failure(self, address);
+    }
+
+    /// Counts a malformed packet or protocol violation from `address` (a detector).
+    pub(crate) fn malformed(&self, address: std::net::IpAddr) {
+        self.detectors.malformed(self, address);
+    }
+
+    /// Counts a connection of `client_id` taken over by another (a detector).
+    pub(crate) fn taken_over(&self, client_id: &Arc<str>) {
+        self.detectors.taken_over(self, client_id);
     }
 
     /// The audit log.
@@ -141,7 +161,10 @@ impl AccessControl {
 
     /// Records a connected client, for quarantine entries added while it is connected.
     pub(crate) fn connected(&self, conn_id: u64, client: LiveClient) {
+        let client_id = client.client_id.clone();
         self.live.lock().unwrap_or_else(PoisonError::into_inner).insert(conn_id, client);
+        // After it is in the table: a quarantine this connection triggers ends it too.
+        self.detectors.connected(self, &client_id);
     }
 
     /// Forgets a connection that ended.
@@ -333,6 +356,7 @@ impl AclPermit {
     fn refused(&self, what: &str, target: &str, decision: &dyn std::fmt::Display) {
         Metrics::add(&self.access.metrics.access_denied, 1);
         debug!(client_id = %self.client_id, what, target, %decision, "access denied");
+        self.access.detectors.access_denied(&self.access, &self.client_id);
     }
 }
 

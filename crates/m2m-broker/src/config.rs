@@ -83,6 +83,8 @@ pub struct Config {
     /// Access rules for every client, after each device's and its groups' rules (the registry's
     /// devices and groups are in the store).
     pub access_rules: Vec<m2m_access::Rule>,
+    /// The detectors that quarantine misbehaving clients by themselves.
+    pub detectors: crate::detect::DetectorsConfig,
 }
 
 impl Default for Config {
@@ -102,6 +104,7 @@ impl Default for Config {
             limits: Limits::default(),
             store: None,
             access_rules: Vec::new(),
+            detectors: crate::detect::DetectorsConfig::default(),
         }
     }
 }

@@ -234,12 +234,14 @@ async fn read_connect<S: AsyncRead + AsyncWrite + Unpin>(
         Ok(Ok(Some(other))) => {
             info!(%peer, packet = other.name(), "first packet is not CONNECT");
             Metrics::add(&shared.metrics.protocol_errors, 1);
+            shared.access.malformed(conn.peer.ip());
         }
         Ok(Ok(None)) => {}
         Ok(Err(ConnectionError::Decode(e))) => {
             reject_undecodable_connect(conn, &e).await;
             info!(%peer, error = %e, "bad CONNECT");
             Metrics::add(&shared.metrics.protocol_errors, 1);
+            shared.access.malformed(conn.peer.ip());
             Metrics::add(&shared.metrics.connections_rejected, 1);
         }
         Ok(Err(e)) => debug!(%peer, error = %e, "connection failed before CONNECT"),
@@ -398,6 +400,7 @@ async fn accept<S: AsyncRead + AsyncWrite + Unpin>(
             Ok(who) => identity = who,
             Err(refused) => {
                 Metrics::add(&shared.metrics.auth_failures, 1);
+                shared.access.auth_failed(conn.peer.ip());
                 let why = match refused {
                     Refused::BadCredentials => "the certificate names no registered device",
                     Refused::Disabled => "the device is disabled",
@@ -411,6 +414,7 @@ async fn accept<S: AsyncRead + AsyncWrite + Unpin>(
             Ok(who) => identity = who,
             Err(refused) => {
                 Metrics::add(&shared.metrics.auth_failures, 1);
+                shared.access.auth_failed(conn.peer.ip());
                 let (reason, why) = match refused {
                     Refused::BadCredentials => {
                         (ReasonCode::BAD_USER_NAME_OR_PASSWORD, "bad user name or password")
@@ -707,6 +711,9 @@ async fn serve_session<S: AsyncRead + AsyncWrite + Unpin>(
             }
             reason = &mut a.kick => {
                 let reason = reason.unwrap_or(ReasonCode::SESSION_TAKEN_OVER);
+                if reason == ReasonCode::SESSION_TAKEN_OVER {
+                    shared.access.taken_over(&client_id);
+                }
                 disconnect(conn, reason, None);
                 end = Some(End::Abnormal);
             }
@@ -739,6 +746,7 @@ async fn serve_session<S: AsyncRead + AsyncWrite + Unpin>(
                                 Err(e) => {
                                     info!(%client_id, peer = %conn.peer, reason = %e.reason, error = e.message, "protocol violation");
                                     Metrics::add(&shared.metrics.protocol_errors, 1);
+            shared.access.malformed(conn.peer.ip());
                                     actions.truncate(mark);
                                     closing = Some((e.reason, Some(e.message)));
                                     end = Some(End::Abnormal);
@@ -749,6 +757,7 @@ async fn serve_session<S: AsyncRead + AsyncWrite + Unpin>(
                         Err(ConnectionError::Decode(e)) => {
                             info!(%client_id, peer = %conn.peer, error = %e, "undecodable packet");
                             Metrics::add(&shared.metrics.protocol_errors, 1);
+            shared.access.malformed(conn.peer.ip());
                             closing = Some((e.reason_code(), None));
                             end = Some(End::Abnormal);
                         }

@@ -130,8 +130,14 @@ impl Broker {
         }
         let quarantine = Quarantine::open(store.clone())?;
         let audit = AuditLog::new(store.clone());
-        let access =
-            Arc::new(AccessControl::new(registry, quarantine, audit, metrics.clone(), handle.clone()));
+        let access = Arc::new(AccessControl::new(
+            registry,
+            quarantine,
+            audit,
+            config.detectors,
+            metrics.clone(),
+            handle.clone(),
+        ));
         let started = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
         let shared = Shared {
             config: config.clone(),

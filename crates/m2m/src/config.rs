@@ -18,9 +18,80 @@ pub(crate) struct FileConfig {
     pub(crate) mqtt: MqttSection,
     pub(crate) store: StoreSection,
     pub(crate) access: AccessSection,
+    pub(crate) detectors: DetectorsSection,
     pub(crate) log: LogSection,
     /// More listeners besides `mqtt.listen`: `[[listeners]]` entries.
     pub(crate) listeners: Vec<ListenerSection>,
+}
+
+/// `[detectors]`: the detectors that quarantine misbehaving clients, one inline table each.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub(crate) struct DetectorsSection {
+    pub(crate) auth_failures: DetectorSection,
+    pub(crate) flapping: DetectorSection,
+    pub(crate) takeovers: DetectorSection,
+    pub(crate) malformed: DetectorSection,
+    pub(crate) access_denied: DetectorSection,
+}
+
+impl Default for DetectorsSection {
+    fn default() -> Self {
+        let d = m2m_broker::DetectorsConfig::default();
+        Self {
+            auth_failures: d.auth_failures.into(),
+            flapping: d.flapping.into(),
+            takeovers: d.takeovers.into(),
+            malformed: d.malformed.into(),
+            access_denied: d.access_denied.into(),
+        }
+    }
+}
+
+/// One detector: `{ enabled = true, threshold = 20, window_secs = 60, mode = "ban", quarantine_secs = 900 }`.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct DetectorSection {
+    pub(crate) enabled: bool,
+    pub(crate) threshold: u32,
+    pub(crate) window_secs: u64,
+    /// `ban` or `isolate`.
+    pub(crate) mode: String,
+    pub(crate) quarantine_secs: u64,
+}
+
+impl From<m2m_broker::DetectorConfig> for DetectorSection {
+    fn from(d: m2m_broker::DetectorConfig) -> Self {
+        Self {
+            enabled: d.enabled,
+            threshold: d.threshold,
+            window_secs: d.window.as_secs(),
+            mode: if d.mode == m2m_access::Mode::Ban { "ban" } else { "isolate" }.into(),
+            quarantine_secs: d.quarantine_for.as_secs(),
+        }
+    }
+}
+
+impl DetectorSection {
+    fn detector(&self, name: &str) -> anyhow::Result<m2m_broker::DetectorConfig> {
+        let mode = match self.mode.as_str() {
+            "ban" => m2m_access::Mode::Ban,
+            "isolate" => m2m_access::Mode::Isolate,
+            other => {
+                bail!("invalid value for detectors.{name}.mode: {other:?} (expected \"ban\" or \"isolate\")")
+            }
+        };
+        if self.enabled && (self.threshold == 0 || self.window_secs == 0 || self.quarantine_secs == 0) {
+            bail!("invalid detectors.{name}: threshold, window_secs and quarantine_secs must be at least 1");
+        }
+        Ok(m2m_broker::DetectorConfig {
+            enabled: self.enabled,
+            threshold: self.threshold,
+            window: Duration::from_secs(self.window_secs),
+            mode,
+            quarantine_for: Duration::from_secs(self.quarantine_secs),
+        })
+    }
 }
 
 /// `[[listeners]]`: one more listener.
@@ -400,6 +471,13 @@ impl FileConfig {
                 retain_available: m.retain_available,
             },
             store: self.store()?,
+            detectors: m2m_broker::DetectorsConfig {
+                auth_failures: self.detectors.auth_failures.detector("auth_failures")?,
+                flapping: self.detectors.flapping.detector("flapping")?,
+                takeovers: self.detectors.takeovers.detector("takeovers")?,
+                malformed: self.detectors.malformed.detector("malformed")?,
+                access_denied: self.detectors.access_denied.detector("access_denied")?,
+            },
             access_rules: self
                 .access
                 .rules
@@ -517,6 +595,33 @@ mod tests {
             let err = format!("{err:#}");
             assert!(err.contains(want), "{text}: {err}");
         }
+        std::fs::remove_dir_all(dir).unwrap();
+    }
+
+    #[test]
+    fn detectors_are_on_by_default_and_each_can_be_tuned_or_switched_off() {
+        let c = load(None, env(&[]), &[]).unwrap().broker().unwrap();
+        assert_eq!(c.detectors, m2m_broker::DetectorsConfig::default());
+        assert!(c.detectors.flapping.enabled);
+        let dir = std::env::temp_dir().join(format!("m2m-config-detectors-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("m2m.toml");
+        std::fs::write(
+            &path,
+            "[detectors.flapping]\nenabled = false\nthreshold = 5\nwindow_secs = 10\nmode = \"isolate\"\nquarantine_secs = 60\n",
+        )
+        .unwrap();
+        let c = load(Some(&path), env(&[]), &[]).unwrap().broker().unwrap();
+        assert!(!c.detectors.flapping.enabled);
+        assert_eq!(c.detectors.flapping.mode, m2m_access::Mode::Isolate);
+        assert!(c.detectors.takeovers.enabled, "the others keep their defaults");
+        std::fs::write(
+            &path,
+            "[detectors.malformed]\nenabled = true\nthreshold = 5\nwindow_secs = 10\nmode = \"exile\"\nquarantine_secs = 60\n",
+        )
+        .unwrap();
+        let err = format!("{:#}", load(Some(&path), env(&[]), &[]).unwrap().broker().unwrap_err());
+        assert!(err.contains("detectors.malformed.mode"), "{err}");
         std::fs::remove_dir_all(dir).unwrap();
     }
 }

@@ -1,0 +1,200 @@
+//! The detectors, each triggered by a real misbehaving client, and none triggered by a well-behaved
+//! fleet of 1 000 clients reconnecting after a restart of the node.
+
+#![allow(clippy::unwrap_used)]
+
+use std::path::Path;
+use std::time::Duration;
+
+use m2m_access::{Mode, NewDevice, Registry};
+use m2m_broker::{Config, DetectorConfig, DetectorsConfig};
+use m2m_codec::{Connect, Packet, QoS, ReasonCode};
+use m2m_store::{Store, StoreConfig};
+use m2m_test::{
+    expect_disconnect, persistent_connect, raw_connect, raw_connect_ok, raw_publish, v5_connect, RawClient,
+    TempDir, TestBroker,
+};
+
+fn small(threshold: u32, mode: Mode) -> DetectorConfig {
+    DetectorConfig {
+        enabled: true,
+        threshold,
+        window: Duration::from_secs(60),
+        mode,
+        quarantine_for: Duration::from_secs(60),
+    }
+}
+
+/// A node whose store holds one device, `dev-1` (password `pw`, may publish under `dev/`).
+async fn node(dir: &Path, detectors: DetectorsConfig) -> TestBroker {
+    let (store, _) = Store::open(StoreConfig::new(dir.join("store"))).unwrap();
+    let mut registry = Registry::open(Some(store), Vec::new()).unwrap();
+    if registry.device("dev-1").is_none() {
+        let device = NewDevice {
+            id: "dev-1".into(),
+            password: Some("pw".into()),
+            rules: vec!["allow both dev/#".into()],
+            ..NewDevice::default()
+        };
+        registry.add_device(device, 0).unwrap();
+    }
+    drop(registry);
+    let mut config = Config::for_tests();
+    config.sys_interval = None;
+    config.store = Some(StoreConfig::new(dir.join("store")));
+    config.detectors = detectors;
+    TestBroker::start_with(config).await
+}
+
+fn with_password(id: &str, password: &str) -> Connect {
+    let mut c = v5_connect(id);
+    c.username = Some("dev-1".into());
+    c.password = Some(bytes::Bytes::copy_from_slice(password.as_bytes()));
+    c
+}
+
+async fn code(broker: &TestBroker, connect: Connect) -> ReasonCode {
+    raw_connect(broker.addr, connect).await.1.reason_code
+}
+
+/// The actors of the quarantine entries, in order.
+fn quarantined_by(broker: &TestBroker) -> Vec<String> {
+    broker.access.quarantine().entries().map(|e| e.actor.clone()).collect()
+}
+
+#[tokio::test]
+async fn repeated_authentication_failures_ban_the_address() {
+    let dir = TempDir::new("detect-auth");
+    let broker =
+        node(dir.path(), DetectorsConfig { auth_failures: small(5, Mode::Ban), ..Default::default() }).await;
+    for _ in 0..4 {
+        assert_eq!(
+            code(&broker, with_password("guess", "wrong")).await,
+            ReasonCode::BAD_USER_NAME_OR_PASSWORD
+        );
+    }
+    assert_eq!(
+        code(&broker, with_password("ok", "pw")).await,
+        ReasonCode::SUCCESS,
+        "4 failures are tolerated"
+    );
+    assert_eq!(code(&broker, with_password("guess", "wrong")).await, ReasonCode::BAD_USER_NAME_OR_PASSWORD);
+    assert_eq!(
+        code(&broker, with_password("ok", "pw")).await,
+        ReasonCode::BANNED,
+        "the 5th banned the address"
+    );
+    assert_eq!(quarantined_by(&broker), ["detector:auth_failures"]);
+    broker.stop().await;
+}
+
+#[tokio::test]
+async fn a_client_id_that_connects_over_and_over_is_banned() {
+    let dir = TempDir::new("detect-flap");
+    let broker =
+        node(dir.path(), DetectorsConfig { flapping: small(5, Mode::Ban), ..Default::default() }).await;
+    for _ in 0..4 {
+        let mut c = raw_connect_ok(broker.addr, v5_connect("flappy")).await;
+        c.send(&Packet::Disconnect(Default::default())).await;
+        assert_eq!(c.recv().await, None);
+    }
+    // The 5th connect is accepted and trips the detector, which ends it at once.
+    let mut fifth = raw_connect_ok(broker.addr, v5_connect("flappy")).await;
+    expect_disconnect(&mut fifth, ReasonCode::ADMINISTRATIVE_ACTION).await;
+    assert_eq!(code(&broker, v5_connect("flappy")).await, ReasonCode::BANNED);
+    assert_eq!(code(&broker, v5_connect("steady")).await, ReasonCode::SUCCESS, "only that client id");
+    assert_eq!(quarantined_by(&broker), ["detector:flapping"]);
+    broker.stop().await;
+}
+
+#[tokio::test]
+async fn two_machines_fighting_over_one_client_id_get_it_banned() {
+    let dir = TempDir::new("detect-fight");
+    let broker =
+        node(dir.path(), DetectorsConfig { takeovers: small(3, Mode::Ban), ..Default::default() }).await;
+    let mut live = raw_connect_ok(broker.addr, v5_connect("twin")).await;
+    for _ in 0..3 {
+        let next = raw_connect_ok(broker.addr, v5_connect("twin")).await;
+        expect_disconnect(&mut live, ReasonCode::SESSION_TAKEN_OVER).await;
+        live = next;
+    }
+    expect_disconnect(&mut live, ReasonCode::ADMINISTRATIVE_ACTION).await;
+    assert_eq!(code(&broker, v5_connect("twin")).await, ReasonCode::BANNED);
+    assert_eq!(quarantined_by(&broker), ["detector:takeovers"]);
+    broker.stop().await;
+}
+
+#[tokio::test]
+async fn repeated_malformed_packets_ban_the_address() {
+    let dir = TempDir::new("detect-malformed");
+    let broker =
+        node(dir.path(), DetectorsConfig { malformed: small(3, Mode::Ban), ..Default::default() }).await;
+    for _ in 0..3 {
+        let mut c = RawClient::connect(broker.addr, m2m_codec::ProtocolVersion::V5).await;
+        c.write_raw(&[0x00, 0x00]).await; // packet type 0 is reserved
+        assert_eq!(c.recv().await, None);
+    }
+    assert_eq!(code(&broker, v5_connect("innocent")).await, ReasonCode::BANNED);
+    assert_eq!(quarantined_by(&broker), ["detector:malformed"]);
+    broker.stop().await;
+}
+
+#[tokio::test]
+async fn repeated_access_violations_isolate_the_client() {
+    let dir = TempDir::new("detect-acl");
+    let broker =
+        node(dir.path(), DetectorsConfig { access_denied: small(3, Mode::Isolate), ..Default::default() })
+            .await;
+    let mut dev = raw_connect_ok(broker.addr, with_password("dev-1", "pw")).await;
+    for id in 1..=3 {
+        dev.send(&Packet::Publish(raw_publish("plant/secret", QoS::AtLeastOnce, Some(id), b"x"))).await;
+    }
+    // Refusals (0x87) until the third trips the detector and the node ends the connection; that
+    // PUBACK may not make it out first (acknowledgements wait for the store's sync).
+    loop {
+        match dev.recv().await {
+            Some(Packet::PubAck(a)) => assert_eq!(a.reason_code, ReasonCode::NOT_AUTHORIZED),
+            Some(Packet::Disconnect(d)) => {
+                assert_eq!(d.reason_code, ReasonCode::ADMINISTRATIVE_ACTION);
+                break;
+            }
+            other => panic!("expected PUBACK or DISCONNECT, got {other:?}"),
+        }
+    }
+    // Back, but isolated: even its own topics are refused now.
+    let mut dev = raw_connect_ok(broker.addr, with_password("dev-1", "pw")).await;
+    dev.send(&Packet::Publish(raw_publish("dev/ok", QoS::AtLeastOnce, Some(9), b"x"))).await;
+    let Some(Packet::PubAck(a)) = dev.recv().await else { panic!("PUBACK") };
+    assert_eq!(a.reason_code, ReasonCode::NOT_AUTHORIZED);
+    assert_eq!(quarantined_by(&broker), ["detector:access_denied"]);
+    broker.stop().await;
+}
+
+#[tokio::test]
+async fn a_fleet_of_1000_reconnecting_after_a_restart_triggers_nothing() {
+    let dir = TempDir::new("detect-fleet");
+    let broker = node(dir.path(), DetectorsConfig::default()).await;
+    let mut fleet = Vec::new();
+    for i in 0..1000 {
+        let connect = if i % 10 == 0 {
+            with_password(&format!("dev-{i}"), "pw")
+        } else {
+            persistent_connect(&format!("dev-{i}"), true)
+        };
+        fleet.push(raw_connect_ok(broker.addr, connect).await);
+    }
+    broker.stop().await;
+    drop(fleet);
+    let broker = node(dir.path(), DetectorsConfig::default()).await;
+    let mut fleet = Vec::new();
+    for i in 0..1000 {
+        let connect = if i % 10 == 0 {
+            with_password(&format!("dev-{i}"), "pw")
+        } else {
+            persistent_connect(&format!("dev-{i}"), false)
+        };
+        fleet.push(raw_connect_ok(broker.addr, connect).await);
+    }
+    assert!(quarantined_by(&broker).is_empty(), "{:?}", quarantined_by(&broker));
+    broker.stop().await;
+}
