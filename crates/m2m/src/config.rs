@@ -19,9 +19,38 @@ pub(crate) struct FileConfig {
     pub(crate) store: StoreSection,
     pub(crate) access: AccessSection,
     pub(crate) detectors: DetectorsSection,
+    pub(crate) http: HttpSection,
     pub(crate) log: LogSection,
     /// More listeners besides `mqtt.listen`: `[[listeners]]` entries.
     pub(crate) listeners: Vec<ListenerSection>,
+}
+
+/// `[http]`: the HTTP API (devices, groups, quarantine, audit log).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub(crate) struct HttpSection {
+    /// Serve the API.
+    pub(crate) enabled: bool,
+    /// Where; loopback by default.
+    pub(crate) listen: SocketAddr,
+    /// A bearer token every request must carry; empty: only loopback clients are served.
+    pub(crate) token: String,
+}
+
+impl Default for HttpSection {
+    fn default() -> Self {
+        Self { enabled: true, listen: m2m_http::DEFAULT_LISTEN, token: String::new() }
+    }
+}
+
+impl HttpSection {
+    /// The API's settings, if it is enabled.
+    pub(crate) fn config(&self) -> Option<m2m_http::HttpConfig> {
+        self.enabled.then(|| m2m_http::HttpConfig {
+            listen: self.listen,
+            token: Some(self.token.clone()).filter(|t| !t.is_empty()),
+        })
+    }
 }
 
 /// `[detectors]`: the detectors that quarantine misbehaving clients, one inline table each.
@@ -283,7 +312,7 @@ impl Default for MqttSection {
     }
 }
 
-const SECTIONS: [&str; 4] = ["node", "mqtt", "store", "log"];
+const SECTIONS: [&str; 5] = ["node", "mqtt", "store", "http", "log"];
 
 /// `M2M_*` variables that are flags of the command line, not settings.
 const NOT_SETTINGS: [&str; 1] = ["CONFIG"];
@@ -316,7 +345,7 @@ pub(crate) fn load(
             .iter()
             .find_map(|s| rest.strip_prefix(s).and_then(|k| k.strip_prefix('_')).map(|k| (*s, k)))
         else {
-            bail!("unknown setting in environment variable {name}: expected M2M_<NODE|MQTT|STORE|LOG>_<KEY>");
+            bail!("unknown setting in environment variable {name}: expected M2M_<NODE|MQTT|STORE|HTTP|LOG>_<KEY>");
         };
         set(&mut table, section, key, env_value(&value), &format!("environment variable {name}"))?;
     }

@@ -2,7 +2,8 @@
 //! node's data directory.
 //!
 //! These commands open the node's store directly, so the node must not be running on that data
-//! directory (the store is locked while it runs; a running node is changed through its HTTP API).
+//! directory (the store is locked while it runs; a running node is changed through its HTTP API,
+//! `m2m-http`).
 
 use std::collections::BTreeMap;
 use std::io::Read;
@@ -130,7 +131,8 @@ fn open_store(place: &Place) -> anyhow::Result<Store> {
     let path = file.node.data_dir.join("store");
     let (store, _) = Store::open(StoreConfig::new(&path)).map_err(|e| match e {
         StoreError::Locked { .. } => anyhow::anyhow!(
-            "the store in {} is in use: stop the node on that data directory first",
+            "the store in {} is in use: stop the node on that data directory first, or change the \
+             running node over its HTTP API (/api/v1/devices, /api/v1/groups, /api/v1/quarantine)",
             path.display()
         ),
         e => anyhow::Error::new(e).context(format!("cannot open the store in {}", path.display())),

@@ -129,10 +129,27 @@ fn run_node(args: NodeArgs) -> anyhow::Result<()> {
     let runtime = builder.build().context("cannot start runtime")?;
     runtime.block_on(async move {
         let broker = m2m_broker::Broker::bind(&broker_config).await?;
-        info!(mqtt = %broker.local_addr(), data_dir = %file.node.data_dir.display(), "m2m node starting");
+        let http = match file.http.config() {
+            Some(config) => Some(
+                m2m_http::HttpServer::bind(&config, broker.access())
+                    .await
+                    .with_context(|| format!("cannot serve the HTTP API on {}", config.listen))?,
+            ),
+            None => None,
+        };
+        info!(mqtt = %broker.local_addr(), http = ?http.as_ref().map(|h| h.local_addr()),
+            data_dir = %file.node.data_dir.display(), "m2m node starting");
         let shutdown = CancellationToken::new();
         tokio::spawn(stop_on_signal(shutdown.clone()));
+        let http = http.map(|h| tokio::spawn(h.run(shutdown.clone())));
         broker.run(shutdown).await?;
+        if let Some(http) = http {
+            match http.await {
+                Ok(Err(e)) => tracing::warn!(error = %e, "HTTP API failed"),
+                Err(e) => tracing::warn!(error = %e, "HTTP API task failed"),
+                Ok(Ok(())) => {}
+            }
+        }
         info!("m2m node stopped");
         Ok(())
     })

@@ -206,3 +206,54 @@ async fn a_client_banned_with_the_cli_is_refused_by_the_node_and_released_with_i
     assert_eq!(login(addr, "rogue", "x").await, Ok(()));
     node.kill().await.unwrap();
 }
+
+/// One HTTP/1.1 request on a fresh connection; the status and the body.
+async fn http(addr: SocketAddr, method: &str, path: &str, body: &str) -> (u16, String) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut stream = tokio::net::TcpStream::connect(addr).await.expect("connect to the HTTP API");
+    let request = format!(
+        "{method} {path} HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    );
+    stream.write_all(request.as_bytes()).await.expect("send the request");
+    let mut response = String::new();
+    tokio::time::timeout(Duration::from_secs(10), stream.read_to_string(&mut response))
+        .await
+        .expect("an answer within 10 s")
+        .expect("read the answer");
+    let status = response.split(' ').nth(1).and_then(|s| s.parse().ok()).unwrap_or(0);
+    let body = response.split("\r\n\r\n").nth(1).unwrap_or("").to_owned();
+    (status, body)
+}
+
+#[tokio::test]
+async fn a_running_node_is_managed_over_its_http_api() {
+    let dir = TempDir::new("cli-http");
+    let (mqtt, api) = (common::free_port(), common::free_port());
+    let addr: SocketAddr = format!("127.0.0.1:{mqtt}").parse().unwrap();
+    let api: SocketAddr = format!("127.0.0.1:{api}").parse().unwrap();
+    let mut node =
+        m2m(&["node", "--listen", &addr.to_string(), "--data-dir", dir.as_str(), "--log-level", "warn"])
+            .env("M2M_HTTP_LISTEN", api.to_string())
+            .spawn()
+            .unwrap();
+    wait_until_listening(&mut node, addr).await;
+    wait_until_listening(&mut node, api).await;
+    let (status, body) = http(api, "POST", "/api/v1/devices", r#"{"id": "lamp-9", "password": "pw9"}"#).await;
+    assert_eq!(status, 201, "{body}");
+    assert_eq!(login(addr, "lamp-9", "pw9").await, Ok(()));
+    assert_eq!(login(addr, "lamp-9", "nope").await, Err(ConnectReturnCode::BadUserNamePassword));
+    let (status, body) = http(api, "POST", "/api/v1/devices", r#"{"id": "a/b"}"#).await;
+    assert_eq!(status, 400);
+    assert!(body.contains("invalid device id"), "{body}");
+    let ban = r#"{"target": {"kind": "username", "value": "lamp-9"}, "mode": "ban", "reason": "test"}"#;
+    assert_eq!(http(api, "POST", "/api/v1/quarantine", ban).await.0, 201);
+    assert_eq!(login(addr, "lamp-9", "pw9").await, Err(ConnectReturnCode::NotAuthorized));
+    let (status, audit) = http(api, "GET", "/api/v1/audit", "").await;
+    assert_eq!(status, 200);
+    let events: serde_json::Value = serde_json::from_str(&audit).unwrap();
+    let actions: Vec<&str> =
+        events.as_array().unwrap().iter().map(|e| e["action"].as_str().unwrap()).collect();
+    assert_eq!(actions, ["quarantine.add", "device.add"]);
+    node.kill().await.unwrap();
+}

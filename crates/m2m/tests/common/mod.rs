@@ -18,7 +18,13 @@ pub(crate) fn m2m(args: &[&str]) -> Command {
             cmd.env_remove(name);
         }
     }
-    cmd.env_remove("RUST_LOG").args(args).stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped());
+    // Tests run nodes side by side: each one's HTTP API on a port of its own.
+    cmd.env_remove("RUST_LOG")
+        .env("M2M_HTTP_LISTEN", "127.0.0.1:0")
+        .args(args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
     cmd.kill_on_drop(true);
     cmd
 }

@@ -1,0 +1,240 @@
+//! The node's HTTP API: the device registry, groups and the quarantine list of a running node, as
+//! JSON under `/api/v1`.
+//!
+//! # Layout
+//! - [`HttpServer`]: binds ([`HttpServer::bind`], reporting [`HttpServer::local_addr`]), then serves
+//!   until a shutdown token is cancelled ([`HttpServer::run`]); [`serve`] does both.
+//! - [`router`]: the routes as an [`axum::Router`], for embedding or in-process tests.
+//! - [`HttpConfig`]: where to listen and the optional API token.
+//!
+//! # Routes
+//! | method and path | success | body |
+//! |---|---|---|
+//! | `GET /api/v1/devices` | 200 | array of devices |
+//! | `POST /api/v1/devices` | 201 | `{id, password?, groups?, attributes?, disabled?, rules?}` → the device |
+//! | `GET /api/v1/devices/{id}` | 200 | the device |
+//! | `PATCH /api/v1/devices/{id}` | 200 | `{password? (null removes), groups?, attributes? (merged; a null value removes), rules?, enabled?}` → the device |
+//! | `DELETE /api/v1/devices/{id}` | 204 | |
+//! | `POST /api/v1/devices/import` | 200 | `application/json` array or `text/csv` lines `id,password,groups,disabled` → `{"imported": n}` |
+//! | `GET /api/v1/groups` | 200 | array of `{name, rules}` |
+//! | `GET /api/v1/groups/{name}` | 200 | `{name, rules}` |
+//! | `PUT /api/v1/groups/{name}` | 201 (new), 200 | `{rules}` → the group |
+//! | `DELETE /api/v1/groups/{name}` | 204 | |
+//! | `GET /api/v1/quarantine` | 200 | array of entries, each with `expired` |
+//! | `POST /api/v1/quarantine` | 201 | `{target: {kind, value}, mode, reason, actor?, expires_in_secs?}` → the entry |
+//! | `DELETE /api/v1/quarantine/{id}` | 200 | the released entry |
+//!
+//! A device is shown without its password hash: `has_password` says whether it has one. Every
+//! error is a JSON body `{"error": "..."}`: 400 invalid input (a bad id, rule or target, a body that
+//! is not the expected JSON), 401 a missing or wrong token, 403 a client that is not on loopback
+//! when no token is configured, 404 no such device, group, entry or route, 405 a method the route
+//! does not have, 409 a device that exists already, 413 a body over 8 MiB, 415 a body of another
+//! content type, 500 a failure of the node (logged; the client sees a generic message).
+//!
+//! # Security
+//! With a token, every request needs `Authorization: Bearer <token>` (compared in constant time);
+//! without one, only clients on a loopback address are served. The API speaks plain HTTP: serve it
+//! on a non-loopback address only behind something that adds TLS, or the token crosses the
+//! network in clear.
+//!
+//! # What this crate does not do
+//! No TLS, no per-user identities or roles (one token for everything), no request timeouts or rate
+//! limits, no OpenAPI document yet. Password hashing and registry writes run on blocking threads;
+//! an import hashes its passwords while holding the registry's lock (it is all or nothing), so a
+//! large import delays connections' access checks for its duration.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use axum::extract::DefaultBodyLimit;
+use axum::http::StatusCode;
+use axum::routing::{get, post};
+use axum::Router;
+use m2m_broker::AccessControl;
+use tokio::net::TcpListener;
+use tokio::sync::Semaphore;
+use tokio_util::sync::CancellationToken;
+use tracing::{info, warn};
+
+mod auth;
+mod devices;
+mod error;
+mod extract;
+mod groups;
+mod quarantine;
+
+pub use error::HttpError;
+
+use auth::Gate;
+use error::ApiError;
+
+/// The error type of this crate.
+pub type Error = HttpError;
+
+/// A `Result` with this crate's [`Error`].
+pub type Result<T, E = HttpError> = std::result::Result<T, E>;
+
+/// The largest request body accepted (an import of many devices); larger ones get 413.
+pub const BODY_LIMIT: usize = 8 * 1024 * 1024;
+
+/// Where the API listens by default: loopback only.
+pub const DEFAULT_LISTEN: SocketAddr =
+    SocketAddr::new(std::net::IpAddr::V4(std::net::Ipv4Addr::LOCALHOST), 8080);
+
+/// Settings of the HTTP API.
+#[derive(Clone)]
+pub struct HttpConfig {
+    /// Address to listen on; port 0 picks a free port.
+    pub listen: SocketAddr,
+    /// The bearer token every request must carry; `None`: only loopback clients are served.
+    /// Must not be empty.
+    pub token: Option<String>,
+}
+
+impl Default for HttpConfig {
+    fn default() -> Self {
+        Self { listen: DEFAULT_LISTEN, token: None }
+    }
+}
+
+impl std::fmt::Debug for HttpConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // The token is a credential: never in logs.
+        f.debug_struct("HttpConfig")
+            .field("listen", &self.listen)
+            .field("token", &self.token.as_ref().map(|_| "<redacted>"))
+            .finish()
+    }
+}
+
+/// What every handler shares.
+#[derive(Debug, Clone)]
+pub(crate) struct ApiState {
+    pub(crate) access: Arc<AccessControl>,
+    /// Bounds the password hashes in progress: [`CONCURRENT_HASHES`] permits.
+    pub(crate) hashing: Arc<Semaphore>,
+}
+
+/// How many passwords are hashed at once, at most (argon2id takes 19 MiB and tens of milliseconds
+/// each); further requests wait.
+pub(crate) const CONCURRENT_HASHES: usize = 2;
+
+/// The API's routes over `access`, admitting requests as `token` says (see [`HttpConfig::token`]).
+///
+/// Without a token, a request is served only if the connection's address is known to be loopback:
+/// serve the router with `into_make_service_with_connect_info::<SocketAddr>()`, as
+/// [`HttpServer::run`] does, or every request gets 403.
+pub fn router(access: Arc<AccessControl>, token: Option<&str>) -> Router {
+    let gate = Arc::new(Gate::new(token));
+    Router::new()
+        .route("/api/v1/devices", get(devices::list).post(devices::create))
+        .route(
+            "/api/v1/devices/import",
+            post(devices::import)
+                .get(devices::named_import::show)
+                .patch(devices::named_import::change)
+                .delete(devices::named_import::remove),
+        )
+        .route("/api/v1/devices/{id}", get(devices::show).patch(devices::change).delete(devices::remove))
+        .route("/api/v1/groups", get(groups::list))
+        .route("/api/v1/groups/{name}", get(groups::show).put(groups::put).delete(groups::remove))
+        .route("/api/v1/quarantine", get(quarantine::list).post(quarantine::add))
+        .route("/api/v1/quarantine/{id}", axum::routing::delete(quarantine::release))
+        .route("/api/v1/audit", get(quarantine::audit))
+        .fallback(no_route)
+        .method_not_allowed_fallback(no_method)
+        .layer(DefaultBodyLimit::max(BODY_LIMIT))
+        .layer(axum::middleware::from_fn_with_state(gate, auth::check))
+        .with_state(ApiState { access, hashing: Arc::new(Semaphore::new(CONCURRENT_HASHES)) })
+}
+
+async fn no_route() -> ApiError {
+    ApiError::not_found("no such route")
+}
+
+async fn no_method() -> ApiError {
+    ApiError::new(StatusCode::METHOD_NOT_ALLOWED, "the route does not have this method")
+}
+
+/// Runs `f` on a blocking thread: password hashing and registry writes (which commit to the store),
+/// so that they never stall the async threads. A panic in `f` is an internal error.
+pub(crate) async fn blocking<T, F>(f: F) -> Result<T, ApiError>
+where
+    T: Send + 'static,
+    F: FnOnce() -> Result<T, ApiError> + Send + 'static,
+{
+    match tokio::task::spawn_blocking(f).await {
+        Ok(result) => result,
+        Err(joined) => Err(ApiError::internal("a blocking task", &joined)),
+    }
+}
+
+/// Now, in unix milliseconds.
+pub(crate) fn now_ms() -> u64 {
+    m2m_store::unix_ms(std::time::SystemTime::now())
+}
+
+/// The HTTP API server: bound, not yet serving.
+#[derive(Debug)]
+pub struct HttpServer {
+    listener: TcpListener,
+    local_addr: SocketAddr,
+    router: Router,
+}
+
+impl HttpServer {
+    /// Binds `config.listen` and prepares the routes over `access`.
+    ///
+    /// # Errors
+    /// [`HttpError::EmptyToken`] for an empty token; [`HttpError::Bind`] when the address cannot be
+    /// bound.
+    pub async fn bind(config: &HttpConfig, access: Arc<AccessControl>) -> Result<Self> {
+        if config.token.as_deref().is_some_and(str::is_empty) {
+            return Err(HttpError::EmptyToken);
+        }
+        let addr = config.listen;
+        let listener = TcpListener::bind(addr).await.map_err(|source| HttpError::Bind { addr, source })?;
+        let local_addr = listener.local_addr().map_err(|source| HttpError::Bind { addr, source })?;
+        if config.token.is_none() && !addr.ip().to_canonical().is_loopback() {
+            warn!(%local_addr, "HTTP API without a token: only clients on loopback addresses are served");
+        }
+        Ok(Self { listener, local_addr, router: router(access, config.token.as_deref()) })
+    }
+
+    /// The address the server is bound to (with the real port when port 0 was asked for).
+    pub fn local_addr(&self) -> SocketAddr {
+        self.local_addr
+    }
+
+    /// Serves requests until `shutdown` is cancelled, then stops accepting and waits for the
+    /// requests in progress to finish.
+    ///
+    /// # Errors
+    /// [`HttpError::Serve`] when the server fails.
+    ///
+    /// # Cancel safety
+    /// Dropping the future closes the listener and every connection at once; cancel `shutdown` for
+    /// a graceful stop.
+    pub async fn run(self, shutdown: CancellationToken) -> Result<()> {
+        info!(local_addr = %self.local_addr, "HTTP API ready");
+        let service = self.router.into_make_service_with_connect_info::<SocketAddr>();
+        axum::serve(self.listener, service)
+            .with_graceful_shutdown(shutdown.cancelled_owned())
+            .await
+            .map_err(HttpError::Serve)?;
+        info!(local_addr = %self.local_addr, "HTTP API stopped");
+        Ok(())
+    }
+}
+
+/// Binds `config.listen` and serves the API over `access` until `shutdown` is cancelled.
+///
+/// # Errors
+/// As [`HttpServer::bind`] and [`HttpServer::run`].
+pub async fn serve(
+    config: HttpConfig,
+    access: Arc<AccessControl>,
+    shutdown: CancellationToken,
+) -> Result<()> {
+    HttpServer::bind(&config, access).await?.run(shutdown).await
+}

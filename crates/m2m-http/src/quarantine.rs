@@ -1,0 +1,103 @@
+//! `/api/v1/quarantine`: machines cut off until they are repaired.
+
+use axum::extract::State;
+use axum::http::StatusCode;
+use axum::response::IntoResponse;
+use m2m_access::{Mode, QuarantineEntry, Target};
+use serde::{Deserialize, Serialize};
+
+use crate::error::ApiError;
+use crate::extract::{Json, Path};
+use crate::{blocking, now_ms, ApiState};
+
+/// Who an entry is attributed to when the request names no one.
+const DEFAULT_ACTOR: &str = "api";
+
+/// An entry as the API shows it: the stored fields and whether it has expired (at the time of the
+/// request).
+#[derive(Debug, Serialize)]
+pub(crate) struct EntryView {
+    #[serde(flatten)]
+    entry: QuarantineEntry,
+    expired: bool,
+}
+
+impl EntryView {
+    fn new(entry: QuarantineEntry, now_ms: u64) -> Self {
+        let expired = entry.expires_ms.is_some_and(|at| at <= now_ms);
+        Self { entry, expired }
+    }
+}
+
+/// The body of `POST /quarantine`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct NewEntry {
+    /// `{"kind": "client_id" | "username" | "address" | "pattern", "value": "..."}`.
+    target: Target,
+    mode: Mode,
+    reason: String,
+    #[serde(default)]
+    actor: Option<String>,
+    /// The entry lifts itself this many seconds from now (at least 1).
+    #[serde(default)]
+    expires_in_secs: Option<u64>,
+}
+
+/// `GET /quarantine`
+pub(crate) async fn list(State(state): State<ApiState>) -> axum::Json<Vec<EntryView>> {
+    let now = now_ms();
+    let entries = state.access.quarantine().entries().map(|e| EntryView::new(e.clone(), now)).collect();
+    axum::Json(entries)
+}
+
+/// `POST /quarantine`
+pub(crate) async fn add(
+    State(state): State<ApiState>,
+    Json(new): Json<NewEntry>,
+) -> Result<impl IntoResponse, ApiError> {
+    let expires_ms = match new.expires_in_secs {
+        Some(0) => return Err(ApiError::bad_request("expires_in_secs must be at least 1")),
+        Some(secs) => Some(now_ms().saturating_add(secs.saturating_mul(1000))),
+        None => None,
+    };
+    let actor = new.actor.unwrap_or_else(|| DEFAULT_ACTOR.to_owned());
+    let access = state.access.clone();
+    let entry =
+        blocking(move || Ok(access.add_quarantine(new.target, new.mode, &new.reason, &actor, expires_ms)?))
+            .await?;
+    Ok((StatusCode::CREATED, axum::Json(EntryView::new(entry, now_ms()))))
+}
+
+/// `DELETE /quarantine/{id}`: releases the entry and returns it.
+pub(crate) async fn release(
+    State(state): State<ApiState>,
+    Path(id): Path<u64>,
+) -> Result<impl IntoResponse, ApiError> {
+    let access = state.access.clone();
+    let entry = blocking(move || Ok(access.release_quarantine(id, DEFAULT_ACTOR)?)).await?;
+    Ok(axum::Json(EntryView::new(entry, now_ms())))
+}
+
+/// The query of `GET /audit`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct AuditQuery {
+    /// How many events, newest first (default 100, at most 10 000).
+    #[serde(default)]
+    limit: Option<usize>,
+}
+
+/// `GET /audit?limit=N`: registry and quarantine changes, newest first.
+pub(crate) async fn audit(
+    State(state): State<ApiState>,
+    axum::extract::Query(query): axum::extract::Query<AuditQuery>,
+) -> Result<impl IntoResponse, ApiError> {
+    let limit = query.limit.unwrap_or(100).clamp(1, 10_000);
+    let access = state.access.clone();
+    let events = blocking(move || {
+        access.audit_log().recent(None, limit).map_err(|e| ApiError::internal("reading the audit log", &e))
+    })
+    .await?;
+    Ok(axum::Json(events.into_iter().map(|(_, e)| e).collect::<Vec<_>>()))
+}
