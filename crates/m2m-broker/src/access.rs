@@ -28,6 +28,8 @@ pub struct AccessControl {
     runtime: tokio::runtime::Handle,
     audit: AuditLog,
     detectors: Detectors,
+    /// What quarantined clients tried and were refused, newest last, per client id.
+    refusals: std::sync::Mutex<HashMap<Arc<str>, std::collections::VecDeque<Refusal>>>,
     /// Audit events to publish on `$SYS`, in order, by one task.
     announce: tokio::sync::mpsc::Sender<Arc<m2m_session::Message>>,
     cache: VerifiedCache,
@@ -38,6 +40,24 @@ impl std::fmt::Debug for AccessControl {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("AccessControl").field("enabled", &self.is_enabled()).finish_non_exhaustive()
     }
+}
+
+/// Packets of a quarantined client kept for the operator to see why: per client at most this many.
+const REFUSALS_PER_CLIENT: usize = 50;
+/// Clients whose refusals are kept at most.
+const REFUSAL_CLIENTS: usize = 10_000;
+
+/// One thing a quarantined client tried and was refused.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct Refusal {
+    /// When (unix ms).
+    pub at_ms: u64,
+    /// `CONNECT`, `PUBLISH` or `SUBSCRIBE`.
+    pub kind: String,
+    /// The topic or filter (empty for a CONNECT).
+    pub topic: String,
+    /// Why: the quarantine entry.
+    pub reason: String,
 }
 
 /// A connected client, as quarantine entries match it.
@@ -88,6 +108,7 @@ impl AccessControl {
             }
         });
         Self {
+            refusals: std::sync::Mutex::new(HashMap::new()),
             audit,
             detectors: Detectors::new(detectors),
             announce,
@@ -124,6 +145,30 @@ impl AccessControl {
     /// Counts a connection of `client_id` taken over by another (a detector).
     pub(crate) fn taken_over(&self, client_id: &Arc<str>) {
         self.detectors.taken_over(self, client_id);
+    }
+
+    /// Keeps what a quarantined client tried and was refused (the last [`REFUSALS_PER_CLIENT`]).
+    pub(crate) fn refused(&self, client_id: &Arc<str>, kind: &str, topic: &str, entry: u64) {
+        let mut all = self.refusals.lock().unwrap_or_else(PoisonError::into_inner);
+        if all.len() >= REFUSAL_CLIENTS && !all.contains_key(client_id) {
+            return;
+        }
+        let list = all.entry(client_id.clone()).or_default();
+        if list.len() >= REFUSALS_PER_CLIENT {
+            list.pop_front();
+        }
+        list.push_back(Refusal {
+            at_ms: m2m_store::unix_ms(std::time::SystemTime::now()),
+            kind: kind.to_owned(),
+            topic: topic.to_owned(),
+            reason: format!("quarantine entry {entry}"),
+        });
+    }
+
+    /// What the quarantined client `client_id` tried and was refused, oldest first.
+    pub fn refusals(&self, client_id: &str) -> Vec<Refusal> {
+        let all = self.refusals.lock().unwrap_or_else(PoisonError::into_inner);
+        all.get(client_id).map(|l| l.iter().cloned().collect()).unwrap_or_default()
     }
 
     /// The audit log.
@@ -400,19 +445,20 @@ impl IsolatedPermit {
     fn refused(&self, what: &str, target: &str) {
         Metrics::add(&self.access.metrics.access_denied, 1);
         debug!(client_id = %self.client_id, what, target, entry = self.entry, "refused: the client is isolated");
+        self.access.refused(&self.client_id, what, target, self.entry);
     }
 }
 
 impl Permit for IsolatedPermit {
     fn may_publish(&self, topic: &TopicName) -> bool {
-        self.refused("publish", topic.as_str());
+        self.refused("PUBLISH", topic.as_str());
         false
     }
 
     fn may_subscribe(&self, subscription: &Subscription) -> bool {
         let allowed = Self::in_namespace(&self.prefix, subscription);
         if !allowed {
-            self.refused("subscribe", subscription.filter());
+            self.refused("SUBSCRIBE", subscription.filter());
         }
         allowed
     }

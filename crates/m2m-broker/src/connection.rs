@@ -450,6 +450,7 @@ async fn accept<S: AsyncRead + AsyncWrite + Unpin>(
         info!(%client_id, peer = %conn.peer, entry = entry.id, mode = ?entry.mode, reason = %entry.reason,
             "quarantined client connecting");
         if entry.mode == m2m_access::Mode::Ban {
+            shared.access.refused(&client_id, "CONNECT", "", entry.id);
             refuse(conn, shared, ReasonCode::BANNED, "the client is banned").await?;
             return Ok(None);
         }

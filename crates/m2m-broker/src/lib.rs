@@ -21,7 +21,7 @@ mod server;
 mod tls;
 mod ws;
 
-pub use access::AccessControl;
+pub use access::{AccessControl, Refusal};
 pub use auth::{AuthExchange, AuthStep, Authenticator, NoEnhancedAuth};
 pub use config::{Anonymous, Config, Listener, TlsFiles, Transport};
 pub use detect::{DetectorConfig, DetectorsConfig};

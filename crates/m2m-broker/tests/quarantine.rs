@@ -103,6 +103,16 @@ async fn banned_clients_are_refused_and_isolated_ones_reach_only_their_repair_na
     press.send(&Packet::PingReq).await;
     assert_eq!(press.recv().await, Some(Packet::PingResp), "nothing from plant/# reached it");
     assert_eq!(broker.metrics.access_denied.load(std::sync::atomic::Ordering::Relaxed), 3);
+    // What they tried is kept for the operator.
+    let tried: Vec<_> = broker.access.refusals("press-7").into_iter().map(|r| (r.kind, r.topic)).collect();
+    let want = [
+        ("SUBSCRIBE", "plant/#"),
+        ("SUBSCRIBE", "$quarantine/press-8/#"),
+        ("PUBLISH", "plant/press-7/speed"),
+    ];
+    assert_eq!(tried, want.map(|(k, t)| (k.to_owned(), t.to_owned())));
+    let rogue: Vec<_> = broker.access.refusals("rogue").into_iter().map(|r| (r.kind, r.reason)).collect();
+    assert_eq!(rogue, vec![("CONNECT".to_owned(), "quarantine entry 1".to_owned()); 2]);
     drop(press);
     broker.stop().await;
 

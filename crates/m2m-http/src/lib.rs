@@ -141,6 +141,7 @@ pub fn router(access: Arc<AccessControl>, token: Option<&str>) -> Router {
         .route("/api/v1/quarantine", get(quarantine::list).post(quarantine::add))
         .route("/api/v1/quarantine/{id}", axum::routing::delete(quarantine::release))
         .route("/api/v1/audit", get(quarantine::audit))
+        .route("/api/v1/clients/{client_id}/refusals", get(quarantine::refusals))
         .fallback(no_route)
         .method_not_allowed_fallback(no_method)
         .layer(DefaultBodyLimit::max(BODY_LIMIT))

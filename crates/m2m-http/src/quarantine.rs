@@ -101,3 +101,12 @@ pub(crate) async fn audit(
     .await?;
     Ok(axum::Json(events.into_iter().map(|(_, e)| e).collect::<Vec<_>>()))
 }
+
+/// `GET /clients/{client_id}/refusals`: what a quarantined client tried and was refused (the last 50,
+/// oldest first; since the node started).
+pub(crate) async fn refusals(
+    State(state): State<ApiState>,
+    Path(client_id): Path<String>,
+) -> Result<impl IntoResponse, ApiError> {
+    Ok(axum::Json(state.access.refusals(&client_id)))
+}

@@ -341,6 +341,12 @@ async fn a_banned_client_is_refused_until_it_is_released() {
 
     assert_eq!(node.connect_as("rogue-7").await, ReasonCode::BANNED);
     assert_eq!(node.connect_as("good-1").await, ReasonCode::SUCCESS);
+    let refusals = node.get("/api/v1/clients/rogue-7/refusals").await;
+    let refusals = refusals.ok(200);
+    assert_eq!(
+        (&refusals[0]["kind"], &refusals[0]["reason"]),
+        (&json!("CONNECT"), &json!(format!("quarantine entry {id}")))
+    );
     let list = node.get("/api/v1/quarantine").await;
     assert_eq!(list.ok(200), &json!([entry]));
 
