@@ -78,6 +78,7 @@ mod password;
 mod quarantine;
 mod registry;
 mod rule;
+mod scram;
 
 #[cfg(test)]
 mod test_support;
@@ -88,8 +89,9 @@ pub use error::AccessError;
 pub use filter::RuleFilter;
 pub use password::{hash_password, verify_password, VerifiedCache};
 pub use quarantine::{repair_prefix, Entry as QuarantineEntry, Mode, Quarantine, QuarantineError, Target};
-pub use registry::{name_problem, Device, Group, NewDevice, Registry, RegistryError};
+pub use registry::{credentials, name_problem, Device, Group, NewDevice, Registry, RegistryError};
 pub use rule::{Action, Permission, Rule};
+pub use scram::{scram_nonce, ScramCredential, ScramError, ScramServer, SCRAM_SHA_256};
 
 /// The error type of this crate.
 pub type Error = AccessError;

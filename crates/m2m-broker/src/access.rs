@@ -463,3 +463,74 @@ impl Permit for IsolatedPermit {
         allowed
     }
 }
+
+/// MQTT 5 enhanced authentication against the registry: `SCRAM-SHA-256` with a device's credential.
+#[derive(Debug)]
+pub(crate) struct RegistryAuth {
+    pub(crate) access: Arc<AccessControl>,
+}
+
+impl crate::auth::Authenticator for RegistryAuth {
+    fn begin(&self, method: &str, _client_id: &str) -> Option<Box<dyn crate::auth::AuthExchange>> {
+        (method == m2m_access::SCRAM_SHA_256)
+            .then(|| Box::new(ScramExchange { access: self.access.clone(), state: Scram::Start }) as Box<_>)
+    }
+}
+
+#[derive(Debug)]
+enum Scram {
+    Start,
+    Challenged(m2m_access::ScramServer),
+    Done(String),
+    Failed,
+}
+
+/// One SCRAM-SHA-256 exchange.
+#[derive(Debug)]
+struct ScramExchange {
+    access: Arc<AccessControl>,
+    state: Scram,
+}
+
+impl crate::auth::AuthExchange for ScramExchange {
+    fn step(&mut self, data: Option<&[u8]>) -> crate::auth::AuthStep {
+        use crate::auth::AuthStep;
+        let data = data.unwrap_or_default();
+        match std::mem::replace(&mut self.state, Scram::Failed) {
+            Scram::Start => {
+                let lookup = |user: &str| {
+                    let registry = self.access.registry();
+                    registry.device(user).filter(|d| d.enabled).and_then(|d| d.scram.clone())
+                };
+                match m2m_access::ScramServer::start(data, &m2m_access::scram_nonce(), lookup) {
+                    Ok((server, first)) => {
+                        self.state = Scram::Challenged(server);
+                        AuthStep::Continue(bytes::Bytes::from(first))
+                    }
+                    Err(e) => {
+                        debug!(error = %e, "SCRAM exchange refused");
+                        AuthStep::Fail
+                    }
+                }
+            }
+            Scram::Challenged(server) => match server.finish(data) {
+                Ok((user, last)) => {
+                    self.state = Scram::Done(user);
+                    AuthStep::Success(Some(bytes::Bytes::from(last)))
+                }
+                Err(e) => {
+                    debug!(error = %e, "SCRAM exchange refused");
+                    AuthStep::Fail
+                }
+            },
+            Scram::Done(_) | Scram::Failed => AuthStep::Fail,
+        }
+    }
+
+    fn authenticated_as(&self) -> Option<&str> {
+        match &self.state {
+            Scram::Done(user) => Some(user),
+            _ => None,
+        }
+    }
+}

@@ -17,6 +17,12 @@ pub enum AuthStep {
 pub trait AuthExchange: Send {
     /// Takes the client's authentication data (from CONNECT or AUTH) and says what comes next.
     fn step(&mut self, data: Option<&[u8]>) -> AuthStep;
+
+    /// After success: the registered device the client proved to be, if the method says (its rules
+    /// then apply to the connection).
+    fn authenticated_as(&self) -> Option<&str> {
+        None
+    }
 }
 
 /// Authentication methods the node supports.

@@ -388,8 +388,20 @@ async fn accept<S: AsyncRead + AsyncWrite + Unpin>(
             Ok(data) => {
                 ack_props.authentication_method = Some(method.clone());
                 ack_props.authentication_data = data;
+                if let Some(device) = exchange.authenticated_as() {
+                    match shared.access.check_certificate(device) {
+                        Ok(who) => identity = who,
+                        Err(_) => {
+                            refuse(conn, shared, ReasonCode::NOT_AUTHORIZED, "the device is disabled")
+                                .await?;
+                            return Ok(None);
+                        }
+                    }
+                }
             }
             Err(reason) => {
+                Metrics::add(&shared.metrics.auth_failures, 1);
+                shared.access.auth_failed(conn.peer.ip());
                 refuse(conn, shared, reason, "authentication failed").await?;
                 return Ok(None);
             }

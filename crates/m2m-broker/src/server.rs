@@ -15,8 +15,8 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{debug, info, warn};
 
-use crate::access::AccessControl;
-use crate::auth::{Authenticator, NoEnhancedAuth};
+use crate::access::{AccessControl, RegistryAuth};
+use crate::auth::Authenticator;
 use crate::config::{Config, Transport};
 use crate::connection::{serve, Shared};
 use crate::error::{Error, Result};
@@ -143,7 +143,7 @@ impl Broker {
             config: config.clone(),
             router: handle,
             metrics,
-            authenticator: Arc::new(NoEnhancedAuth),
+            authenticator: Arc::new(RegistryAuth { access: access.clone() }),
             shutdown: CancellationToken::new(),
             conn_ids: AtomicU64::new(1),
             id_prefix: format!("m2m-{started:x}-"),

@@ -114,14 +114,13 @@ fn no_device(id: &str) -> ApiError {
 
 /// Hashes `password` on a blocking thread, at most [`crate::CONCURRENT_HASHES`] at a time (each
 /// takes 19 MiB).
-async fn hash(state: &ApiState, password: String) -> Result<String, ApiError> {
+async fn hash(state: &ApiState, password: String) -> Result<(String, m2m_access::ScramCredential), ApiError> {
     let permit =
         state.hashing.clone().acquire_owned().await.map_err(|e| ApiError::internal("hashing", &e))?;
     blocking(move || {
         // Held until the hash is done, even if the request is dropped meanwhile.
         let _permit = permit;
-        m2m_access::hash_password(password.as_bytes())
-            .map_err(|e| ApiError::from(RegistryError::Hash(e.to_string())))
+        Ok(m2m_access::credentials(&password)?)
     })
     .await
 }
@@ -158,7 +157,10 @@ pub(crate) async fn create(
         // Under the same guard, so no connection sees the device without its password. Should the
         // node stop between the two writes, the device is left without a password: it cannot log in.
         match password_hash {
-            Some(hash) => Ok(registry.update_device(&id, |d| d.password_hash = Some(hash))?),
+            Some((hash, scram)) => Ok(registry.update_device(&id, |d| {
+                d.password_hash = Some(hash);
+                d.scram = Some(scram);
+            })?),
             None => Ok(device),
         }
     })
@@ -192,8 +194,10 @@ async fn change_device(
     let access = state.access.clone();
     let device = blocking(move || {
         let device = access.registry_mut().update_device(&id, |d| {
-            if let Some(hash) = password_hash {
+            if let Some(credentials) = password_hash {
+                let (hash, scram) = credentials.unzip();
                 d.password_hash = hash;
+                d.scram = scram;
             }
             if let Some(groups) = change.groups {
                 d.groups = groups;
