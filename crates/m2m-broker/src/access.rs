@@ -76,6 +76,8 @@ pub(crate) struct Identity {
     pub(crate) username: Option<Arc<str>>,
     pub(crate) device: Option<Arc<str>>,
     pub(crate) groups: Arc<[Arc<str>]>,
+    /// Rules of the connection's own (from its token), checked before all others.
+    pub(crate) rules: Option<Arc<Acl>>,
 }
 
 /// Why credentials were refused.
@@ -353,7 +355,41 @@ impl AccessControl {
             return Err(Refused::BadCredentials);
         }
         let name: Arc<str> = Arc::from(username);
-        Ok(Identity { username: Some(name.clone()), device: Some(name), groups })
+        Ok(Identity { username: Some(name.clone()), device: Some(name), groups, rules: None })
+    }
+
+    /// Whether the registry holds a device of this id.
+    pub(crate) fn has_device(&self, id: &str) -> bool {
+        self.registry().device(id).is_some()
+    }
+
+    /// The identity a JSON Web Token (the CONNECT password) gives: its username, the groups of the
+    /// registered device of that name if there is one, and the token's own rules.
+    pub(crate) fn check_jwt(
+        &self,
+        jwt: &m2m_access::JwtConfig,
+        password: Option<&[u8]>,
+        client_id: &str,
+    ) -> Result<Identity, Refused> {
+        let token = password.and_then(|p| std::str::from_utf8(p).ok()).ok_or(Refused::BadCredentials)?;
+        let now = m2m_store::unix_ms(std::time::SystemTime::now()) / 1000;
+        let claims = m2m_access::verify_jwt(token, jwt, client_id, now).map_err(|e| {
+            debug!(client_id, error = %e, "token refused");
+            Refused::BadCredentials
+        })?;
+        let mut identity = match self.check_certificate(&claims.username) {
+            Ok(registered) if self.has_device(&claims.username) => registered,
+            Ok(_) | Err(Refused::BadCredentials) => {
+                Identity { username: Some(Arc::from(claims.username.as_str())), ..Identity::default() }
+            }
+            Err(refused) => return Err(refused),
+        };
+        if !claims.rules.is_empty() {
+            let mut acl = Acl::new(m2m_access::Permission::Deny);
+            acl.set_global_rules(claims.rules);
+            identity.rules = Some(Arc::new(acl));
+        }
+        Ok(identity)
     }
 
     /// The identity of a client whose TLS certificate (verified by the listener) names `name`: the
@@ -362,14 +398,14 @@ impl AccessControl {
         let registry = self.registry();
         let name_arc: Arc<str> = Arc::from(name);
         if !registry.is_enabled() {
-            return Ok(Identity { username: Some(name_arc), device: None, groups: Arc::from([]) });
+            return Ok(Identity { username: Some(name_arc), ..Identity::default() });
         }
         let device = registry.device(name).ok_or(Refused::BadCredentials)?;
         if !device.enabled {
             return Err(Refused::Disabled);
         }
         let groups: Arc<[Arc<str>]> = device.groups.iter().map(|g| Arc::from(g.as_str())).collect();
-        Ok(Identity { username: Some(name_arc.clone()), device: Some(name_arc), groups })
+        Ok(Identity { username: Some(name_arc.clone()), device: Some(name_arc), groups, rules: None })
     }
 
     /// The permit of a connection of `client_id` authenticated as `identity`.
@@ -407,8 +443,19 @@ impl AclPermit {
 
 impl Permit for AclPermit {
     fn may_publish(&self, topic: &TopicName) -> bool {
+        let who = self.who();
+        // The token's own rules first; what they do not decide, the registry's rules do.
+        if let Some(own) = &self.identity.rules {
+            let decision = own.check_publish(&who, topic);
+            if decision.rule().is_some() {
+                if !decision.is_allowed() {
+                    self.refused("publish", topic.as_str(), &decision);
+                }
+                return decision.is_allowed();
+            }
+        }
         let acl = self.access.acl();
-        let decision = acl.check_publish(&self.who(), topic);
+        let decision = acl.check_publish(&who, topic);
         let allowed = decision.is_allowed();
         if !allowed {
             self.refused("publish", topic.as_str(), &decision);
@@ -417,8 +464,18 @@ impl Permit for AclPermit {
     }
 
     fn may_subscribe(&self, subscription: &Subscription) -> bool {
+        let who = self.who();
+        if let Some(own) = &self.identity.rules {
+            let decision = own.check_subscribe(&who, subscription);
+            if decision.rule().is_some() {
+                if !decision.is_allowed() {
+                    self.refused("subscribe", subscription.filter(), &decision);
+                }
+                return decision.is_allowed();
+            }
+        }
         let acl = self.access.acl();
-        let decision = acl.check_subscribe(&self.who(), subscription);
+        let decision = acl.check_subscribe(&who, subscription);
         let allowed = decision.is_allowed();
         if !allowed {
             self.refused("subscribe", subscription.filter(), &decision);

@@ -85,6 +85,8 @@ pub struct Config {
     pub access_rules: Vec<m2m_access::Rule>,
     /// The detectors that quarantine misbehaving clients by themselves.
     pub detectors: crate::detect::DetectorsConfig,
+    /// JSON Web Tokens accepted as passwords (of usernames that are not registered devices).
+    pub jwt: Option<m2m_access::JwtConfig>,
 }
 
 impl Default for Config {
@@ -105,6 +107,7 @@ impl Default for Config {
             store: None,
             access_rules: Vec::new(),
             detectors: crate::detect::DetectorsConfig::default(),
+            jwt: None,
         }
     }
 }

@@ -421,8 +421,16 @@ async fn accept<S: AsyncRead + AsyncWrite + Unpin>(
                 return Ok(None);
             }
         }
-    } else if let (Some(username), true) = (&connect.username, shared.access.is_enabled()) {
-        match shared.access.check_password(username, connect.password.as_deref()).await {
+    } else if let Some(username) =
+        connect.username.as_ref().filter(|_| shared.access.is_enabled() || config.jwt.is_some())
+    {
+        // A registered device's password; else, with tokens configured, the password is a token.
+        let jwt = config.jwt.as_ref().filter(|_| !shared.access.has_device(username));
+        let checked = match jwt {
+            Some(jwt) => shared.access.check_jwt(jwt, connect.password.as_deref(), &client_id),
+            None => shared.access.check_password(username, connect.password.as_deref()).await,
+        };
+        match checked {
             Ok(who) => identity = who,
             Err(refused) => {
                 Metrics::add(&shared.metrics.auth_failures, 1);
@@ -558,7 +566,7 @@ async fn accept<S: AsyncRead + AsyncWrite + Unpin>(
             // The router is gone only when the node is stopping; the connection ends with it.
             let _ = shared.router.send(Command::Unsubscribe { key: reply.key, subscriptions: removed }).await;
         }
-    } else if shared.access.is_enabled() {
+    } else if shared.access.is_enabled() || identity.rules.is_some() {
         session.set_permit(Some(shared.access.permit(client_id.clone(), identity)));
     }
     if let (Some(store), Some(w)) = (&shared.store, &will) {

@@ -20,9 +20,73 @@ pub(crate) struct FileConfig {
     pub(crate) access: AccessSection,
     pub(crate) detectors: DetectorsSection,
     pub(crate) http: HttpSection,
+    pub(crate) jwt: JwtSection,
     pub(crate) log: LogSection,
     /// More listeners besides `mqtt.listen`: `[[listeners]]` entries.
     pub(crate) listeners: Vec<ListenerSection>,
+}
+
+/// `[jwt]`: JSON Web Tokens as the passwords of usernames that are not registered devices.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub(crate) struct JwtSection {
+    pub(crate) enabled: bool,
+    /// `HS256` (with `secret`) or `RS256` (with `public_key_file`, PEM).
+    pub(crate) algorithm: String,
+    pub(crate) secret: String,
+    pub(crate) public_key_file: String,
+    /// The claim holding the username.
+    pub(crate) username_claim: String,
+    /// A claim that must equal the client id; empty: not checked.
+    pub(crate) client_id_claim: String,
+    /// A claim holding access rules (an array of rule lines); empty: none.
+    pub(crate) rules_claim: String,
+}
+
+impl Default for JwtSection {
+    fn default() -> Self {
+        Self {
+            enabled: false,
+            algorithm: "HS256".into(),
+            secret: String::new(),
+            public_key_file: String::new(),
+            username_claim: "sub".into(),
+            client_id_claim: String::new(),
+            rules_claim: "acl".into(),
+        }
+    }
+}
+
+impl JwtSection {
+    fn config(&self) -> anyhow::Result<Option<m2m_access::JwtConfig>> {
+        if !self.enabled {
+            return Ok(None);
+        }
+        let key = match self.algorithm.as_str() {
+            "HS256" if self.secret.is_empty() => bail!("invalid jwt: algorithm HS256 needs jwt.secret"),
+            "HS256" => m2m_access::JwtKey::Hs256(self.secret.clone().into_bytes()),
+            "RS256" if self.public_key_file.is_empty() => {
+                bail!("invalid jwt: algorithm RS256 needs jwt.public_key_file")
+            }
+            "RS256" => {
+                let pem = std::fs::read_to_string(&self.public_key_file)
+                    .with_context(|| format!("cannot read jwt.public_key_file {}", self.public_key_file))?;
+                m2m_access::JwtKey::rs256_from_pem(&pem)
+                    .with_context(|| format!("invalid jwt.public_key_file {}", self.public_key_file))?
+            }
+            other => bail!("invalid value for jwt.algorithm: {other:?} (expected \"HS256\" or \"RS256\")"),
+        };
+        if self.username_claim.is_empty() {
+            bail!("invalid value for jwt.username_claim: must not be empty");
+        }
+        let optional = |s: &str| Some(s.to_owned()).filter(|s| !s.is_empty());
+        Ok(Some(m2m_access::JwtConfig {
+            key,
+            username_claim: self.username_claim.clone(),
+            client_id_claim: optional(&self.client_id_claim),
+            rules_claim: optional(&self.rules_claim),
+        }))
+    }
 }
 
 /// `[http]`: the HTTP API (devices, groups, quarantine, audit log).
@@ -312,7 +376,7 @@ impl Default for MqttSection {
     }
 }
 
-const SECTIONS: [&str; 5] = ["node", "mqtt", "store", "http", "log"];
+const SECTIONS: [&str; 6] = ["node", "mqtt", "store", "http", "jwt", "log"];
 
 /// `M2M_*` variables that are flags of the command line, not settings.
 const NOT_SETTINGS: [&str; 1] = ["CONFIG"];
@@ -345,7 +409,7 @@ pub(crate) fn load(
             .iter()
             .find_map(|s| rest.strip_prefix(s).and_then(|k| k.strip_prefix('_')).map(|k| (*s, k)))
         else {
-            bail!("unknown setting in environment variable {name}: expected M2M_<NODE|MQTT|STORE|HTTP|LOG>_<KEY>");
+            bail!("unknown setting in environment variable {name}: expected M2M_<NODE|MQTT|STORE|HTTP|JWT|LOG>_<KEY>");
         };
         set(&mut table, section, key, env_value(&value), &format!("environment variable {name}"))?;
     }
@@ -500,6 +564,7 @@ impl FileConfig {
                 retain_available: m.retain_available,
             },
             store: self.store()?,
+            jwt: self.jwt.config()?,
             detectors: m2m_broker::DetectorsConfig {
                 auth_failures: self.detectors.auth_failures.detector("auth_failures")?,
                 flapping: self.detectors.flapping.detector("flapping")?,
@@ -652,5 +717,28 @@ mod tests {
         let err = format!("{:#}", load(Some(&path), env(&[]), &[]).unwrap().broker().unwrap_err());
         assert!(err.contains("detectors.malformed.mode"), "{err}");
         std::fs::remove_dir_all(dir).unwrap();
+    }
+
+    #[test]
+    fn jwt_is_off_by_default_and_its_settings_are_checked() {
+        assert!(load(None, env(&[]), &[]).unwrap().broker().unwrap().jwt.is_none());
+        let on = env(&[("M2M_JWT_ENABLED", "true"), ("M2M_JWT_SECRET", "s")]);
+        assert!(load(None, on, &[]).unwrap().broker().unwrap().jwt.is_some());
+        for (vars, want) in [
+            (vec![("M2M_JWT_ENABLED", "true")], "needs jwt.secret"),
+            (vec![("M2M_JWT_ENABLED", "true"), ("M2M_JWT_ALGORITHM", "RS256")], "needs jwt.public_key_file"),
+            (vec![("M2M_JWT_ENABLED", "true"), ("M2M_JWT_ALGORITHM", "ES256")], "jwt.algorithm"),
+            (
+                vec![
+                    ("M2M_JWT_ENABLED", "true"),
+                    ("M2M_JWT_ALGORITHM", "RS256"),
+                    ("M2M_JWT_PUBLIC_KEY_FILE", "/nonexistent.pem"),
+                ],
+                "cannot read jwt.public_key_file",
+            ),
+        ] {
+            let err = format!("{:#}", load(None, env(&vars), &[]).unwrap().broker().unwrap_err());
+            assert!(err.contains(want), "{vars:?}: {err}");
+        }
     }
 }
