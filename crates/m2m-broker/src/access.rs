@@ -240,6 +240,12 @@ impl AccessControl {
         n
     }
 
+    /// Disconnects (0x98 Administrative action) the clients logged in as device `id`: after it was
+    /// removed, disabled or given a new password, they must log in again. Returns how many.
+    pub fn disconnect_device(&self, id: &str) -> usize {
+        self.kick(|c| c.username.as_deref() == Some(id))
+    }
+
     /// Adds a quarantine entry. It applies at once: matching clients connected now are disconnected
     /// (0x98 Administrative action); a banned one cannot come back, an isolated one comes back
     /// restricted to its repair namespace.

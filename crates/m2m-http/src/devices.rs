@@ -186,6 +186,8 @@ async fn change_device(
     if state.access.registry().device(&id).is_none() {
         return Err(no_device(&id));
     }
+    // A new password, or none, or a disabled device: who is logged in must log in again.
+    let relogin = change.password.is_some() || change.enabled == Some(false);
     let password_hash = match change.password {
         Some(Some(p)) => Some(Some(hash(&state, p).await?)),
         Some(None) => Some(None),
@@ -219,6 +221,9 @@ async fn change_device(
     })
     .await?;
     state.access.audit("api", "device.set", &device.id, "");
+    if relogin {
+        state.access.disconnect_device(&device.id);
+    }
     Ok(axum::Json(DeviceView::from(&device)))
 }
 
@@ -234,6 +239,7 @@ async fn remove_device(state: ApiState, id: String) -> Result<StatusCode, ApiErr
     let access = state.access.clone();
     let device = blocking(move || Ok(access.registry_mut().remove_device(&id)?)).await?;
     state.access.audit("api", "device.remove", &device.id, "");
+    state.access.disconnect_device(&device.id);
     Ok(StatusCode::NO_CONTENT)
 }
 

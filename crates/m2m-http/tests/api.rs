@@ -222,8 +222,15 @@ async fn a_changed_password_admits_the_device_and_the_old_one_no_longer_does() {
     let node = Node::start().await;
     node.post("/api/v1/devices", json!({"id": "dev-1", "password": "old"})).await.ok(201);
     assert_eq!(node.login("dev-1", "old").await, ReasonCode::SUCCESS);
+    let mut connected = v5_connect("dev-1-live");
+    connected.username = Some(Arc::from("dev-1"));
+    connected.password = Some(Bytes::from_static(b"old"));
+    let (mut live, ack) = raw_connect(node.mqtt, connected).await;
+    assert_eq!(ack.reason_code, ReasonCode::SUCCESS);
 
     node.json("PATCH", "/api/v1/devices/dev-1", json!({"password": "new"})).await.ok(200);
+    // Logged in with the old password: disconnected, it must log in again.
+    m2m_test::expect_disconnect(&mut live, ReasonCode::ADMINISTRATIVE_ACTION).await;
     assert_eq!(node.login("dev-1", "new").await, ReasonCode::SUCCESS);
     assert_eq!(node.login("dev-1", "old").await, ReasonCode::BAD_USER_NAME_OR_PASSWORD);
 
