@@ -144,6 +144,16 @@ impl AccessControl {
         self.detectors.malformed(self, address);
     }
 
+    /// The publish budget of connections, if it is on.
+    pub(crate) fn publish_budget(&self) -> Option<crate::detect::PublishBudget> {
+        Some(self.detectors.publish_rate).filter(|b| b.enabled && b.rate > 0.0)
+    }
+
+    /// `client_id` stayed over its publish budget too long (a detector).
+    pub(crate) fn over_budget(&self, client_id: &Arc<str>) {
+        self.detectors.over_budget(self, client_id);
+    }
+
     /// Counts a connection of `client_id` taken over by another (a detector).
     pub(crate) fn taken_over(&self, client_id: &Arc<str>) {
         self.detectors.taken_over(self, client_id);

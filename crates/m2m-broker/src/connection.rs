@@ -697,6 +697,11 @@ async fn serve_session<S: AsyncRead + AsyncWrite + Unpin>(
     let max_queued = shared.config.limits.max_queued;
     let drain_below = (shared.config.mailbox_capacity / 2).max(1);
     let mut blocked_since: Option<Instant> = None;
+    // The publish budget: not read from until `rate_until` when over it; quarantined once only.
+    let budget = shared.access.publish_budget();
+    let mut bucket = budget.as_ref().map(|b| crate::detect::Bucket::new(b, Instant::now()));
+    let mut rate_until: Option<Instant> = None;
+    let mut over_reported = false;
     let mut to_router = Vec::new();
     let store = shared.store.as_ref();
     // With `sync = "always"`, acknowledgements wait until what they acknowledge is durable.
@@ -723,6 +728,8 @@ async fn serve_session<S: AsyncRead + AsyncWrite + Unpin>(
             (true, Some(since)) => since.elapsed() >= MAX_THROTTLE,
         };
         let throttle_until = blocked_since.map(|since| since + MAX_THROTTLE);
+        let rate_wait = rate_until.filter(|t| *t > Instant::now());
+        let can_read = can_read && rate_wait.is_none();
         let has_room = a.session.queued() < max_queued;
         tokio::select! {
             biased;
@@ -743,7 +750,7 @@ async fn serve_session<S: AsyncRead + AsyncWrite + Unpin>(
                 // Every packet already buffered is handled before the writes and syncs below, so a
                 // burst of acknowledgements shares one store sync.
                 let mut read = read;
-                let mut budget = READ_BATCH;
+                let mut budget_left = READ_BATCH;
                 loop {
                     match read {
                         Ok(Some(packet)) => {
@@ -752,6 +759,16 @@ async fn serve_session<S: AsyncRead + AsyncWrite + Unpin>(
                             }
                             if matches!(packet, Packet::Publish(_)) {
                                 Metrics::add(&shared.metrics.messages_received, 1);
+                                if let (Some(b), Some(budget)) = (bucket.as_mut(), budget.as_ref()) {
+                                    let now = Instant::now();
+                                    if let Some((wait, since)) = b.take(budget, now) {
+                                        rate_until = Some(now + wait);
+                                        if !over_reported && now.duration_since(since) >= budget.quarantine_after {
+                                            over_reported = true;
+                                            shared.access.over_budget(&client_id);
+                                        }
+                                    }
+                                }
                             }
                             trace!(%client_id, packet = packet.name(), "received");
                             let refused = match &packet {
@@ -784,8 +801,10 @@ async fn serve_session<S: AsyncRead + AsyncWrite + Unpin>(
                         }
                         Err(e) => failure = Some(e),
                     }
-                    budget -= 1;
-                    if end.is_some() || failure.is_some() || budget == 0 {
+                    budget_left -= 1;
+                    // Over the publish budget: nothing more is read until it is within it again.
+                    let over = rate_until.is_some_and(|t| t > Instant::now());
+                    if end.is_some() || failure.is_some() || budget_left == 0 || over {
                         break;
                     }
                     read = match conn.try_packet() {
@@ -808,7 +827,7 @@ async fn serve_session<S: AsyncRead + AsyncWrite + Unpin>(
                     }
                 }
             }
-            () = sleep_until_opt(earliest(deadline, throttle_until.filter(|_| !can_read))) => {
+            () = sleep_until_opt(earliest(deadline, earliest(throttle_until.filter(|_| rate_wait.is_none() && !can_read), rate_wait))) => {
                 // One timer serves both the keep-alive and the throttle limit; only the first ends.
                 if deadline.is_some_and(|d| d <= Instant::now()) {
                     debug!(%client_id, peer = %conn.peer, "keep-alive timeout");

@@ -42,9 +42,69 @@ impl DetectorConfig {
     }
 }
 
+/// The publish budget of a connection: a token bucket of `rate` PUBLISHes a second holding at most
+/// `burst`. A connection over it is not read from until it is within it again (back-pressure); one
+/// that stays over it for `quarantine_after` is quarantined.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct PublishBudget {
+    /// Off: no limit.
+    pub enabled: bool,
+    /// PUBLISHes a second.
+    pub rate: f64,
+    /// The bucket's size: PUBLISHes a connection may send at once.
+    pub burst: f64,
+    /// How long a connection may stay over its budget before it is quarantined.
+    pub quarantine_after: Duration,
+    /// Ban or isolate.
+    pub mode: Mode,
+    /// How long the quarantine lasts.
+    pub quarantine_for: Duration,
+}
+
+impl Default for PublishBudget {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            rate: 20_000.0,
+            burst: 40_000.0,
+            quarantine_after: Duration::from_secs(60),
+            mode: Mode::Isolate,
+            quarantine_for: Duration::from_secs(900),
+        }
+    }
+}
+
+/// One connection's bucket.
+#[derive(Debug)]
+pub(crate) struct Bucket {
+    tokens: f64,
+    at: Instant,
+    over_since: Option<Instant>,
+}
+
+impl Bucket {
+    pub(crate) fn new(budget: &PublishBudget, now: Instant) -> Self {
+        Self { tokens: budget.burst, at: now, over_since: None }
+    }
+
+    /// Takes one PUBLISH out of the bucket. Over budget: how long to stop reading, and since when
+    /// the connection has been over it.
+    pub(crate) fn take(&mut self, budget: &PublishBudget, now: Instant) -> Option<(Duration, Instant)> {
+        let refill = now.saturating_duration_since(self.at).as_secs_f64() * budget.rate;
+        self.tokens = (self.tokens + refill).min(budget.burst) - 1.0;
+        self.at = now;
+        if self.tokens >= 0.0 {
+            self.over_since = None;
+            return None;
+        }
+        let since = *self.over_since.get_or_insert(now);
+        Some((Duration::from_secs_f64(-self.tokens / budget.rate.max(f64::MIN_POSITIVE)), since))
+    }
+}
+
 /// The detectors' settings. The defaults are conservative: a fleet reconnecting after a node restart,
 /// or a client that mistypes its password a few times, does not trigger any.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq)]
 pub struct DetectorsConfig {
     /// Authentication failures from one address (bad password, unknown certificate): ban the address.
     pub auth_failures: DetectorConfig,
@@ -56,6 +116,8 @@ pub struct DetectorsConfig {
     pub malformed: DetectorConfig,
     /// PUBLISH and SUBSCRIBE refused by the access rules for one client id: isolate it.
     pub access_denied: DetectorConfig,
+    /// Each connection's publish budget.
+    pub publish_rate: PublishBudget,
 }
 
 impl Default for DetectorsConfig {
@@ -66,6 +128,7 @@ impl Default for DetectorsConfig {
             takeovers: DetectorConfig::new(10, 60, Mode::Ban, 900),
             malformed: DetectorConfig::new(10, 60, Mode::Ban, 900),
             access_denied: DetectorConfig::new(100, 60, Mode::Isolate, 900),
+            publish_rate: PublishBudget::default(),
         }
     }
 }
@@ -113,6 +176,7 @@ pub(crate) struct Detectors {
     takeovers: Counter<Arc<str>>,
     malformed: Counter<IpAddr>,
     access_denied: Counter<Arc<str>>,
+    pub(crate) publish_rate: PublishBudget,
 }
 
 impl Detectors {
@@ -123,6 +187,7 @@ impl Detectors {
             takeovers: Counter::new(config.takeovers),
             malformed: Counter::new(config.malformed),
             access_denied: Counter::new(config.access_denied),
+            publish_rate: config.publish_rate,
         }
     }
 
@@ -178,6 +243,31 @@ impl Detectors {
             let c = self.takeovers.config;
             let what = "take-overs of the client id (two machines using it?)".into();
             Self::fire(access, "takeovers", &c, Target::ClientId(client_id.to_string()), what);
+        }
+    }
+
+    /// `client_id` stayed over its publish budget for too long.
+    pub(crate) fn over_budget(&self, access: &AccessControl, client_id: &Arc<str>) {
+        let b = self.publish_rate;
+        let config = DetectorConfig {
+            enabled: true,
+            threshold: 1,
+            window: b.quarantine_after,
+            mode: b.mode,
+            quarantine_for: b.quarantine_for,
+        };
+        let what = format!("over {} PUBLISH a second", b.rate);
+        let expires =
+            m2m_store::unix_ms(std::time::SystemTime::now()) + config.quarantine_for.as_millis() as u64;
+        let reason = format!("{what} for {} s", b.quarantine_after.as_secs());
+        if let Err(e) = access.add_quarantine(
+            Target::ClientId(client_id.to_string()),
+            config.mode,
+            &reason,
+            "detector:publish_rate",
+            Some(expires),
+        ) {
+            tracing::error!(detector = "publish_rate", error = %e, "detector could not quarantine");
         }
     }
 

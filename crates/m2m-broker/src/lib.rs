@@ -24,7 +24,7 @@ mod ws;
 pub use access::{AccessControl, Refusal};
 pub use auth::{AuthExchange, AuthStep, Authenticator, NoEnhancedAuth};
 pub use config::{Anonymous, Config, Listener, TlsFiles, Transport};
-pub use detect::{DetectorConfig, DetectorsConfig};
+pub use detect::{DetectorConfig, DetectorsConfig, PublishBudget};
 pub use error::{Error, Result};
 pub use m2m_router::{Metrics, RouterHandle, RouterStats};
 pub use m2m_session::Limits;

@@ -198,3 +198,49 @@ async fn a_fleet_of_1000_reconnecting_after_a_restart_triggers_nothing() {
     assert!(quarantined_by(&broker).is_empty(), "{:?}", quarantined_by(&broker));
     broker.stop().await;
 }
+
+#[tokio::test]
+async fn a_publisher_over_its_budget_is_slowed_then_isolated() {
+    let dir = TempDir::new("detect-rate");
+    let budget = m2m_broker::PublishBudget {
+        enabled: true,
+        rate: 200.0,
+        burst: 20.0,
+        quarantine_after: Duration::from_secs(1),
+        mode: Mode::Isolate,
+        quarantine_for: Duration::from_secs(60),
+    };
+    let broker = node(dir.path(), DetectorsConfig { publish_rate: budget, ..Default::default() }).await;
+    // Both log in as dev-1, whose rules grant dev/#.
+    let mut sub = raw_connect_ok(broker.addr, with_password("watcher", "pw")).await;
+    m2m_test::raw_subscribe(&mut sub, 1, &[("dev/#", QoS::AtMostOnce)]).await;
+    let mut fast = raw_connect_ok(broker.addr, with_password("fast", "pw")).await;
+    // 2 000 QoS 0 PUBLISHes at once: 10 s of budget.
+    let mut frames = bytes::BytesMut::new();
+    for _ in 0..2000 {
+        let p = Packet::Publish(raw_publish("dev/x", QoS::AtMostOnce, None, b"x"));
+        m2m_codec::encode(&p, m2m_codec::ProtocolVersion::V5, &mut frames).unwrap();
+    }
+    let started = std::time::Instant::now();
+    fast.write_raw(&frames).await;
+    // Over budget for a second: isolated, which disconnects it.
+    expect_disconnect(&mut fast, ReasonCode::ADMINISTRATIVE_ACTION).await;
+    let elapsed = started.elapsed().as_secs_f64();
+    let entries: Vec<_> =
+        broker.access.quarantine().entries().map(|e| (e.actor.clone(), e.reason.clone())).collect();
+    assert!(elapsed >= 0.9, "quarantined after {elapsed:.2} s, before the budget's second: {entries:?}");
+    // What reached the subscriber was held to the budget (the burst, then 200 a second).
+    sub.send(&Packet::PingReq).await;
+    let mut delivered = 0;
+    loop {
+        match sub.recv().await {
+            Some(Packet::Publish(_)) => delivered += 1,
+            Some(Packet::PingResp) => break,
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+    let most = 20.0 + 200.0 * elapsed * 1.5 + 64.0;
+    assert!(delivered >= 20 && f64::from(delivered) <= most, "{delivered} delivered in {elapsed:.2} s");
+    assert_eq!(quarantined_by(&broker), ["detector:publish_rate"]);
+    broker.stop().await;
+}

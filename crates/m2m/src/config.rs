@@ -126,6 +126,61 @@ pub(crate) struct DetectorsSection {
     pub(crate) takeovers: DetectorSection,
     pub(crate) malformed: DetectorSection,
     pub(crate) access_denied: DetectorSection,
+    pub(crate) publish_rate: PublishRateSection,
+}
+
+/// `[detectors.publish_rate]`: each connection's publish budget.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct PublishRateSection {
+    pub(crate) enabled: bool,
+    /// PUBLISHes a second.
+    pub(crate) rate: u32,
+    /// PUBLISHes a connection may send at once.
+    pub(crate) burst: u32,
+    /// Seconds over budget before the quarantine.
+    pub(crate) over_secs: u64,
+    /// `ban` or `isolate`.
+    pub(crate) mode: String,
+    pub(crate) quarantine_secs: u64,
+}
+
+impl From<m2m_broker::PublishBudget> for PublishRateSection {
+    fn from(b: m2m_broker::PublishBudget) -> Self {
+        Self {
+            enabled: b.enabled,
+            rate: b.rate as u32,
+            burst: b.burst as u32,
+            over_secs: b.quarantine_after.as_secs(),
+            mode: if b.mode == m2m_access::Mode::Ban { "ban" } else { "isolate" }.into(),
+            quarantine_secs: b.quarantine_for.as_secs(),
+        }
+    }
+}
+
+impl PublishRateSection {
+    fn budget(&self) -> anyhow::Result<m2m_broker::PublishBudget> {
+        let mode = match self.mode.as_str() {
+            "ban" => m2m_access::Mode::Ban,
+            "isolate" => m2m_access::Mode::Isolate,
+            other => bail!(
+                "invalid value for detectors.publish_rate.mode: {other:?} (expected \"ban\" or \"isolate\")"
+            ),
+        };
+        if self.enabled
+            && (self.rate == 0 || self.burst == 0 || self.over_secs == 0 || self.quarantine_secs == 0)
+        {
+            bail!("invalid detectors.publish_rate: rate, burst, over_secs and quarantine_secs must be at least 1");
+        }
+        Ok(m2m_broker::PublishBudget {
+            enabled: self.enabled,
+            rate: f64::from(self.rate),
+            burst: f64::from(self.burst),
+            quarantine_after: Duration::from_secs(self.over_secs),
+            mode,
+            quarantine_for: Duration::from_secs(self.quarantine_secs),
+        })
+    }
 }
 
 impl Default for DetectorsSection {
@@ -137,6 +192,7 @@ impl Default for DetectorsSection {
             takeovers: d.takeovers.into(),
             malformed: d.malformed.into(),
             access_denied: d.access_denied.into(),
+            publish_rate: d.publish_rate.into(),
         }
     }
 }
@@ -571,6 +627,7 @@ impl FileConfig {
                 takeovers: self.detectors.takeovers.detector("takeovers")?,
                 malformed: self.detectors.malformed.detector("malformed")?,
                 access_denied: self.detectors.access_denied.detector("access_denied")?,
+                publish_rate: self.detectors.publish_rate.budget()?,
             },
             access_rules: self
                 .access
