@@ -38,14 +38,17 @@ pub async fn within<F: IntoFuture>(f: F) -> F::Output {
 pub struct TempDir(PathBuf);
 
 impl TempDir {
-    /// Creates `<temp>/m2m-<name>-<pid>-<nanos>`.
+    /// Creates `<temp>/m2m-<name>-<pid>-<nanos>-<n>`: unique within the process even for two tests
+    /// that ask in the same clock tick (`n` counts), and across processes (the pid).
     ///
     /// # Panics
     /// When the directory cannot be created.
     pub fn new(name: &str) -> Self {
+        static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+        let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let nanos =
             std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_nanos());
-        let dir = std::env::temp_dir().join(format!("m2m-{name}-{}-{nanos}", std::process::id()));
+        let dir = std::env::temp_dir().join(format!("m2m-{name}-{}-{nanos}-{n}", std::process::id()));
         std::fs::create_dir_all(&dir).expect("create temp dir");
         Self(dir)
     }
