@@ -128,6 +128,15 @@ impl Broker {
                 "device registry enabled: passwords are checked and access rules enforced"
             );
         }
+        match config.anonymous {
+            crate::config::Anonymous::LoopbackOnly => {
+                info!("anonymous clients are accepted from loopback addresses only (mqtt.anonymous)")
+            }
+            crate::config::Anonymous::Allow => {
+                warn!("anonymous clients are accepted from any address (mqtt.anonymous = \"allow\")")
+            }
+            crate::config::Anonymous::Deny => info!("anonymous clients are refused (mqtt.anonymous)"),
+        }
         let quarantine = Quarantine::open(store.clone())?;
         let audit = AuditLog::new(store.clone());
         let access = Arc::new(AccessControl::new(

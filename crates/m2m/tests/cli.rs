@@ -123,7 +123,7 @@ async fn a_node_serves_mqtt_and_stops_cleanly_on_sigterm() {
         "--data-dir",
         data_dir.to_str().expect("UTF-8 path"),
         "--log-level",
-        "warn",
+        "info",
     ];
     let mut node = m2m(&args).spawn().expect("start the node");
     wait_until_listening(&mut node, addr).await;
@@ -163,4 +163,9 @@ async fn a_node_serves_mqtt_and_stops_cleanly_on_sigterm() {
         Err(_) => panic!("the node did not exit within 5 s of SIGTERM; killed"),
     };
     assert_eq!(output.status.code(), Some(0), "clean exit after SIGTERM; stderr: {}", text(&output.stderr));
+    let log = text(&output.stderr);
+    assert!(
+        log.contains("anonymous clients are accepted from loopback addresses only"),
+        "the start-up log says who may connect without credentials: {log}"
+    );
 }
