@@ -130,11 +130,19 @@ fn run_node(args: NodeArgs) -> anyhow::Result<()> {
     runtime.block_on(async move {
         let broker = m2m_broker::Broker::bind(&broker_config).await?;
         let http = match file.http.config() {
-            Some(config) => Some(
-                m2m_http::HttpServer::bind(&config, broker.access())
-                    .await
-                    .with_context(|| format!("cannot serve the HTTP API on {}", config.listen))?,
-            ),
+            Some(config) => match m2m_http::HttpServer::bind(&config, broker.access()).await {
+                Ok(server) => Some(server),
+                // The embedded default may be taken on this machine: the node still runs.
+                Err(e) if config.listen == m2m_http::DEFAULT_LISTEN => {
+                    tracing::warn!(listen = %config.listen, error = %e,
+                        "HTTP API not served: its default address is in use (set http.listen)");
+                    None
+                }
+                Err(e) => {
+                    return Err(anyhow::Error::new(e)
+                        .context(format!("cannot serve the HTTP API on {}", config.listen)))
+                }
+            },
             None => None,
         };
         info!(mqtt = %broker.local_addr(), http = ?http.as_ref().map(|h| h.local_addr()),

@@ -169,3 +169,22 @@ async fn a_node_serves_mqtt_and_stops_cleanly_on_sigterm() {
         "the start-up log says who may connect without credentials: {log}"
     );
 }
+
+#[tokio::test]
+async fn a_node_on_defaults_starts_even_when_the_default_http_port_is_taken() {
+    // Taken by this test (or by something else already: either way the node must start).
+    let _taken = std::net::TcpListener::bind("127.0.0.1:8080");
+    let dir = TempDir::new("http-port-taken");
+    let port = free_port();
+    let addr = SocketAddr::from(([127, 0, 0, 1], port));
+    let mut cmd =
+        m2m(&["node", "--listen", &addr.to_string(), "--data-dir", dir.as_str(), "--log-level", "warn"]);
+    cmd.env_remove("M2M_HTTP_LISTEN");
+    let mut node = cmd.spawn().expect("start the node");
+    wait_until_listening(&mut node, addr).await;
+    round_trip(addr).await;
+    node.start_kill().expect("stop the node");
+    let output = node.wait_with_output().await.expect("wait for the node");
+    let log = text(&output.stderr);
+    assert!(log.contains("HTTP API not served: its default address is in use"), "{log}");
+}
