@@ -304,12 +304,7 @@ impl Store {
         let engine = self.shared().engine().ok_or(StoreError::Unavailable)?;
         let keyspace = engine.ks(table.ks());
         let start = after.map_or(Bound::Unbounded, |k| Bound::Excluded(k.to_vec()));
-        let mut out = Vec::new();
-        for item in keyspace.range::<Vec<u8>, _>((start, Bound::Unbounded)).take(limit) {
-            let (key, value) = item.into_inner().map_err(|e| StoreError::reading(e, keyspace.path()))?;
-            out.push((key.to_vec(), value.to_vec()));
-        }
-        Ok(out)
+        collect(keyspace, keyspace.range::<Vec<u8>, _>((start, Bound::Unbounded)).take(limit))
     }
 
     /// Up to `limit` records of `table` whose keys come before `before` (from the last if `None`), in
@@ -327,12 +322,7 @@ impl Store {
         let engine = self.shared().engine().ok_or(StoreError::Unavailable)?;
         let keyspace = engine.ks(table.ks());
         let end = before.map_or(Bound::Unbounded, |k| Bound::Excluded(k.to_vec()));
-        let mut out = Vec::new();
-        for item in keyspace.range::<Vec<u8>, _>((Bound::Unbounded, end)).rev().take(limit) {
-            let (key, value) = item.into_inner().map_err(|e| StoreError::reading(e, keyspace.path()))?;
-            out.push((key.to_vec(), value.to_vec()));
-        }
-        Ok(out)
+        collect(keyspace, keyspace.range::<Vec<u8>, _>((Bound::Unbounded, end)).rev().take(limit))
     }
 
     /// The record `key` of `table`, if there is one.
@@ -356,6 +346,19 @@ impl Store {
     pub fn syncs(&self) -> u64 {
         self.shared().syncs.load(std::sync::atomic::Ordering::Relaxed)
     }
+}
+
+/// The records an iteration over `keyspace` yields, copied out.
+fn collect(
+    keyspace: &fjall::Keyspace,
+    items: impl Iterator<Item = fjall::Guard>,
+) -> Result<Vec<Record>, StoreError> {
+    items
+        .map(|item| {
+            let (key, value) = item.into_inner().map_err(|e| StoreError::reading(e, keyspace.path()))?;
+            Ok((key.to_vec(), value.to_vec()))
+        })
+        .collect()
 }
 
 /// Bytes allocated on disk for the files under `path`.
