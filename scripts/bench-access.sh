@@ -12,16 +12,8 @@ SECS=${1:-5}
 CONNS=${2:-2000}
 PORT=${M2M_PORT:-18836}
 
-cargo build --release -p m2m >&2
-BIN=target/release/m2m
-ulimit -n 65536 2>/dev/null || ulimit -n "$(ulimit -Hn)"
-WORK=$(mktemp -d)
-cleanup() {
-  [ -n "${PID:-}" ] && kill "$PID" 2>/dev/null || true
-  wait 2>/dev/null || true
-  rm -rf "$WORK"
-}
-trap cleanup EXIT
+# shellcheck source=node-env.sh
+. scripts/node-env.sh
 
 start() {
   # The load generators publish far above a device's default budget, and the wrong-password run

@@ -12,16 +12,8 @@ SESSIONS=${2:-1000}
 MESSAGES=${3:-1000}
 PORT=${M2M_PORT:-18834}
 
-cargo build --release -p m2m >&2
-BIN=target/release/m2m
-ulimit -n 65536 2>/dev/null || ulimit -n "$(ulimit -Hn)"
-WORK=$(mktemp -d)
-cleanup() {
-  [ -n "${PID:-}" ] && kill "$PID" 2>/dev/null || true
-  wait 2>/dev/null || true
-  rm -rf "$WORK"
-}
-trap cleanup EXIT
+# shellcheck source=node-env.sh
+. scripts/node-env.sh
 "$BIN" node --listen "127.0.0.1:$PORT" --data-dir "$WORK/data" --log-level warn &
 PID=$!
 for _ in $(seq 1 100); do

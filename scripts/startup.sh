@@ -10,16 +10,8 @@ SESSIONS=${1:-1000}
 MESSAGES=${2:-1000}
 PORT=${M2M_PORT:-18833}
 
-cargo build --release -p m2m >&2
-BIN=target/release/m2m
-ulimit -n 65536 2>/dev/null || ulimit -n "$(ulimit -Hn)"
-WORK=$(mktemp -d)
-cleanup() {
-  [ -n "${PID:-}" ] && kill "$PID" 2>/dev/null || true
-  wait 2>/dev/null || true
-  rm -rf "$WORK"
-}
-trap cleanup EXIT
+# shellcheck source=node-env.sh
+. scripts/node-env.sh
 
 # Whether the node answers a CONNECT (MQTT 3.1.1, clean session, empty client id) with a CONNACK. A
 # bound port is not enough: the node binds before it opens its store.
