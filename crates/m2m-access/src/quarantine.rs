@@ -45,6 +45,25 @@ pub enum Mode {
     Isolate,
 }
 
+impl Mode {
+    /// `ban` or `isolate`, as in configuration files, the CLI and the API.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Mode::Ban => "ban",
+            Mode::Isolate => "isolate",
+        }
+    }
+
+    /// The mode named `ban` or `isolate`.
+    pub fn from_name(name: &str) -> Option<Self> {
+        match name {
+            "ban" => Some(Mode::Ban),
+            "isolate" => Some(Mode::Isolate),
+            _ => None,
+        }
+    }
+}
+
 /// One quarantine entry.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Entry {

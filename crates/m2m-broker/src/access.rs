@@ -4,7 +4,9 @@
 use std::collections::HashMap;
 use std::sync::{Arc, PoisonError, RwLock, RwLockReadGuard, RwLockWriteGuard};
 
-use m2m_access::{Acl, AuditEvent, AuditLog, Quarantine, QuarantineEntry, Registry, VerifiedCache, Who};
+use m2m_access::{
+    Acl, AuditEvent, AuditLog, Decision, Quarantine, QuarantineEntry, Registry, VerifiedCache, Who,
+};
 use m2m_codec::ReasonCode;
 use m2m_router::{Command, Metrics, RouterHandle};
 use m2m_session::Permit;
@@ -278,8 +280,8 @@ impl AccessControl {
         };
         tracing::warn!(entry = entry.id, target = %entry.target, mode = ?entry.mode, reason = %entry.reason,
             actor = %entry.actor, disconnected = kicked, "quarantine entry added");
-        let mode = if entry.mode == m2m_access::Mode::Ban { "ban" } else { "isolate" };
-        let detail = format!("{mode} {}: {} ({kicked} disconnected)", entry.target, entry.reason);
+        let detail =
+            format!("{} {}: {} ({kicked} disconnected)", entry.mode.as_str(), entry.target, entry.reason);
         self.audit(actor, "quarantine.add", &entry.id.to_string(), &detail);
         Ok(entry)
     }
@@ -393,7 +395,7 @@ impl AccessControl {
             debug!(client_id, error = %e, "token refused");
             Refused::BadCredentials
         })?;
-        let mut identity = match self.check_certificate(&claims.username) {
+        let mut identity = match self.device_identity(&claims.username) {
             Ok(registered) if self.has_device(&claims.username) => registered,
             Ok(_) | Err(Refused::BadCredentials) => {
                 Identity { username: Some(Arc::from(claims.username.as_str())), ..Identity::default() }
@@ -408,9 +410,9 @@ impl AccessControl {
         Ok(identity)
     }
 
-    /// The identity of a client whose TLS certificate (verified by the listener) names `name`: the
-    /// registered device of that id; with an empty registry, just that name.
-    pub(crate) fn check_certificate(&self, name: &str) -> Result<Identity, Refused> {
+    /// The identity of a client proven to be `name` (by a certificate the listener verified, a SCRAM
+    /// exchange or a token): the registered device of that id; with an empty registry, just that name.
+    pub(crate) fn device_identity(&self, name: &str) -> Result<Identity, Refused> {
         let registry = self.registry();
         let name_arc: Arc<str> = Arc::from(name);
         if !registry.is_enabled() {
@@ -457,46 +459,39 @@ impl AclPermit {
     }
 }
 
+impl AclPermit {
+    /// Asks the token's own rules, then (for what they do not decide) the registry's; a refusal is
+    /// counted and logged as `what` of `target`.
+    fn decide(
+        &self,
+        what: &str,
+        target: &str,
+        check: impl for<'a, 'w> Fn(&'a Acl, &Who<'w>) -> Decision<'a>,
+    ) -> bool {
+        let who = self.who();
+        let own = self.identity.rules.as_deref().map(|own| check(own, &who)).filter(|d| d.rule().is_some());
+        let registry;
+        let decision = match own {
+            Some(decision) => decision,
+            None => {
+                registry = self.access.acl();
+                check(&registry, &who)
+            }
+        };
+        if !decision.is_allowed() {
+            self.refused(what, target, &decision);
+        }
+        decision.is_allowed()
+    }
+}
+
 impl Permit for AclPermit {
     fn may_publish(&self, topic: &TopicName) -> bool {
-        let who = self.who();
-        // The token's own rules first; what they do not decide, the registry's rules do.
-        if let Some(own) = &self.identity.rules {
-            let decision = own.check_publish(&who, topic);
-            if decision.rule().is_some() {
-                if !decision.is_allowed() {
-                    self.refused("publish", topic.as_str(), &decision);
-                }
-                return decision.is_allowed();
-            }
-        }
-        let acl = self.access.acl();
-        let decision = acl.check_publish(&who, topic);
-        let allowed = decision.is_allowed();
-        if !allowed {
-            self.refused("publish", topic.as_str(), &decision);
-        }
-        allowed
+        self.decide("publish", topic.as_str(), |acl, who| acl.check_publish(who, topic))
     }
 
     fn may_subscribe(&self, subscription: &Subscription) -> bool {
-        let who = self.who();
-        if let Some(own) = &self.identity.rules {
-            let decision = own.check_subscribe(&who, subscription);
-            if decision.rule().is_some() {
-                if !decision.is_allowed() {
-                    self.refused("subscribe", subscription.filter(), &decision);
-                }
-                return decision.is_allowed();
-            }
-        }
-        let acl = self.access.acl();
-        let decision = acl.check_subscribe(&who, subscription);
-        let allowed = decision.is_allowed();
-        if !allowed {
-            self.refused("subscribe", subscription.filter(), &decision);
-        }
-        allowed
+        self.decide("subscribe", subscription.filter(), |acl, who| acl.check_subscribe(who, subscription))
     }
 }
 

@@ -389,7 +389,7 @@ async fn accept<S: AsyncRead + AsyncWrite + Unpin>(
                 ack_props.authentication_method = Some(method.clone());
                 ack_props.authentication_data = data;
                 if let Some(device) = exchange.authenticated_as() {
-                    match shared.access.check_certificate(device) {
+                    match shared.access.device_identity(device) {
                         Ok(who) => identity = who,
                         Err(_) => {
                             refuse(conn, shared, ReasonCode::NOT_AUTHORIZED, "the device is disabled")
@@ -408,7 +408,7 @@ async fn accept<S: AsyncRead + AsyncWrite + Unpin>(
         }
     } else if let Some(name) = conn.certificate.clone() {
         // A certificate the listener verified: its common name is the device, no password needed.
-        match shared.access.check_certificate(&name) {
+        match shared.access.device_identity(&name) {
             Ok(who) => identity = who,
             Err(refused) => {
                 Metrics::add(&shared.metrics.auth_failures, 1);

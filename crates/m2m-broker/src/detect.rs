@@ -192,11 +192,22 @@ impl Detectors {
     }
 
     fn fire(access: &AccessControl, name: &str, config: &DetectorConfig, target: Target, what: String) {
-        let expires =
-            m2m_store::unix_ms(std::time::SystemTime::now()) + config.quarantine_for.as_millis() as u64;
         let reason = format!("{what}: {} in {} s", config.threshold, config.window.as_secs());
+        Self::quarantine(access, name, target, config.mode, config.quarantine_for, &reason);
+    }
+
+    /// Quarantines `target` for `duration`, as detector `name`.
+    fn quarantine(
+        access: &AccessControl,
+        name: &str,
+        target: Target,
+        mode: Mode,
+        duration: Duration,
+        reason: &str,
+    ) {
+        let expires = m2m_store::unix_ms(std::time::SystemTime::now()) + duration.as_millis() as u64;
         let actor = format!("detector:{name}");
-        if let Err(e) = access.add_quarantine(target, config.mode, &reason, &actor, Some(expires)) {
+        if let Err(e) = access.add_quarantine(target, mode, reason, &actor, Some(expires)) {
             tracing::error!(detector = name, error = %e, "detector could not quarantine");
         }
     }
@@ -249,26 +260,9 @@ impl Detectors {
     /// `client_id` stayed over its publish budget for too long.
     pub(crate) fn over_budget(&self, access: &AccessControl, client_id: &Arc<str>) {
         let b = self.publish_rate;
-        let config = DetectorConfig {
-            enabled: true,
-            threshold: 1,
-            window: b.quarantine_after,
-            mode: b.mode,
-            quarantine_for: b.quarantine_for,
-        };
-        let what = format!("over {} PUBLISH a second", b.rate);
-        let expires =
-            m2m_store::unix_ms(std::time::SystemTime::now()) + config.quarantine_for.as_millis() as u64;
-        let reason = format!("{what} for {} s", b.quarantine_after.as_secs());
-        if let Err(e) = access.add_quarantine(
-            Target::ClientId(client_id.to_string()),
-            config.mode,
-            &reason,
-            "detector:publish_rate",
-            Some(expires),
-        ) {
-            tracing::error!(detector = "publish_rate", error = %e, "detector could not quarantine");
-        }
+        let reason = format!("over {} PUBLISH a second for {} s", b.rate, b.quarantine_after.as_secs());
+        let target = Target::ClientId(client_id.to_string());
+        Self::quarantine(access, "publish_rate", target, b.mode, b.quarantine_for, &reason);
     }
 
     /// A PUBLISH or SUBSCRIBE of `client_id` refused by the access rules.

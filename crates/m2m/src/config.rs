@@ -152,7 +152,7 @@ impl From<m2m_broker::PublishBudget> for PublishRateSection {
             rate: b.rate as u32,
             burst: b.burst as u32,
             over_secs: b.quarantine_after.as_secs(),
-            mode: if b.mode == m2m_access::Mode::Ban { "ban" } else { "isolate" }.into(),
+            mode: b.mode.as_str().into(),
             quarantine_secs: b.quarantine_for.as_secs(),
         }
     }
@@ -160,13 +160,7 @@ impl From<m2m_broker::PublishBudget> for PublishRateSection {
 
 impl PublishRateSection {
     fn budget(&self) -> anyhow::Result<m2m_broker::PublishBudget> {
-        let mode = match self.mode.as_str() {
-            "ban" => m2m_access::Mode::Ban,
-            "isolate" => m2m_access::Mode::Isolate,
-            other => bail!(
-                "invalid value for detectors.publish_rate.mode: {other:?} (expected \"ban\" or \"isolate\")"
-            ),
-        };
+        let mode = detector_mode("publish_rate", &self.mode)?;
         if self.enabled
             && (self.rate == 0 || self.burst == 0 || self.over_secs == 0 || self.quarantine_secs == 0)
         {
@@ -215,21 +209,22 @@ impl From<m2m_broker::DetectorConfig> for DetectorSection {
             enabled: d.enabled,
             threshold: d.threshold,
             window_secs: d.window.as_secs(),
-            mode: if d.mode == m2m_access::Mode::Ban { "ban" } else { "isolate" }.into(),
+            mode: d.mode.as_str().into(),
             quarantine_secs: d.quarantine_for.as_secs(),
         }
     }
 }
 
+/// The mode of detector `name`, or an error naming the key.
+fn detector_mode(name: &str, mode: &str) -> anyhow::Result<m2m_access::Mode> {
+    m2m_access::Mode::from_name(mode).with_context(|| {
+        format!("invalid value for detectors.{name}.mode: {mode:?} (expected \"ban\" or \"isolate\")")
+    })
+}
+
 impl DetectorSection {
     fn detector(&self, name: &str) -> anyhow::Result<m2m_broker::DetectorConfig> {
-        let mode = match self.mode.as_str() {
-            "ban" => m2m_access::Mode::Ban,
-            "isolate" => m2m_access::Mode::Isolate,
-            other => {
-                bail!("invalid value for detectors.{name}.mode: {other:?} (expected \"ban\" or \"isolate\")")
-            }
-        };
+        let mode = detector_mode(name, &self.mode)?;
         if self.enabled && (self.threshold == 0 || self.window_secs == 0 || self.quarantine_secs == 0) {
             bail!("invalid detectors.{name}: threshold, window_secs and quarantine_secs must be at least 1");
         }

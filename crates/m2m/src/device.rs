@@ -380,11 +380,11 @@ pub(crate) fn run_quarantine(place: &Place, command: QuarantineCommand) -> anyho
                 (_, _, _, Some(p)) => Target::Pattern(p),
                 _ => bail!("name what to quarantine: --client-id, --username, --address or --pattern"),
             };
-            let mode = if mode == "ban" { Mode::Ban } else { Mode::Isolate };
+            let mode = Mode::from_name(&mode).context("--mode must be ban or isolate")?;
             let now = now_ms();
             let expires = expires_in.map(|d| now + d.as_millis() as u64);
             let entry = quarantine.add(target, mode, &reason, &actor, now, expires)?;
-            let mode = if entry.mode == Mode::Ban { "ban" } else { "isolate" };
+            let mode = entry.mode.as_str();
             audit.record(
                 "quarantine.add",
                 &entry.id.to_string(),
@@ -400,7 +400,7 @@ pub(crate) fn run_quarantine(place: &Place, command: QuarantineCommand) -> anyho
             } else {
                 for e in quarantine.entries() {
                     let expired = if e.expires_ms.is_some_and(|at| at <= now) { " (expired)" } else { "" };
-                    let mode = if e.mode == Mode::Ban { "ban" } else { "isolate" };
+                    let mode = e.mode.as_str();
                     println!("{}\t{mode}\t{}\t{}\tby {}{expired}", e.id, e.target, e.reason, e.actor);
                 }
             }
