@@ -58,6 +58,8 @@ pub struct Refusal {
     pub kind: String,
     /// The topic or filter (empty for a CONNECT).
     pub topic: String,
+    /// Payload bytes of a PUBLISH (0 for the others).
+    pub size: usize,
     /// Why: the quarantine entry.
     pub reason: String,
 }
@@ -70,6 +72,22 @@ pub(crate) struct LiveClient {
     pub(crate) address: std::net::IpAddr,
     /// The quarantine entry isolating it, if one does.
     pub(crate) isolated_by: Option<u64>,
+    /// Tells the connection which entry isolates it from now on (`None`: released).
+    pub(crate) isolation: Arc<tokio::sync::watch::Sender<Option<u64>>>,
+}
+
+/// What a change of the quarantine list did to the live connections.
+#[derive(Debug, Default, Clone, Copy)]
+struct Applied {
+    kicked: usize,
+    isolated: usize,
+    released: usize,
+}
+
+impl std::fmt::Display for Applied {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{} disconnected, {} isolated, {} released", self.kicked, self.isolated, self.released)
+    }
 }
 
 /// Who a connection authenticated as: a registered device (its username), or nobody in particular.
@@ -161,8 +179,9 @@ impl AccessControl {
         self.detectors.taken_over(self, client_id);
     }
 
-    /// Keeps what a quarantined client tried and was refused (the last [`REFUSALS_PER_CLIENT`]).
-    pub(crate) fn refused(&self, client_id: &Arc<str>, kind: &str, topic: &str, entry: u64) {
+    /// Keeps what a quarantined client tried and was refused (the last [`REFUSALS_PER_CLIENT`]):
+    /// `kind` of packet, its topic or filter and payload `size`.
+    pub(crate) fn refused(&self, client_id: &Arc<str>, kind: &str, topic: &str, size: usize, entry: u64) {
         let mut all = self.refusals.lock().unwrap_or_else(PoisonError::into_inner);
         if all.len() >= REFUSAL_CLIENTS && !all.contains_key(client_id) {
             return;
@@ -175,6 +194,7 @@ impl AccessControl {
             at_ms: m2m_store::unix_ms(std::time::SystemTime::now()),
             kind: kind.to_owned(),
             topic: topic.to_owned(),
+            size,
             reason: format!("quarantine entry {entry}"),
         });
     }
@@ -238,18 +258,24 @@ impl AccessControl {
             live.values().filter(|c| select(c)).map(|c| c.client_id.clone()).collect()
         };
         let n = clients.len();
-        if n > 0 {
-            let router = self.router.clone();
-            self.runtime.spawn(async move {
-                for client_id in clients {
-                    let reason = ReasonCode::ADMINISTRATIVE_ACTION;
-                    if router.send(Command::Kick { client_id, reason }).await.is_err() {
-                        return;
-                    }
-                }
-            });
-        }
+        self.end(clients);
         n
+    }
+
+    /// Ends the connections of these clients with DISCONNECT 0x98 (Administrative action).
+    fn end(&self, clients: Vec<Arc<str>>) {
+        if clients.is_empty() {
+            return;
+        }
+        let router = self.router.clone();
+        self.runtime.spawn(async move {
+            for client_id in clients {
+                let reason = ReasonCode::ADMINISTRATIVE_ACTION;
+                if router.send(Command::Kick { client_id, reason }).await.is_err() {
+                    return;
+                }
+            }
+        });
     }
 
     /// Disconnects (0x98 Administrative action) the clients logged in as device `id`: after it was
@@ -258,9 +284,10 @@ impl AccessControl {
         self.kick(|c| c.username.as_deref() == Some(id))
     }
 
-    /// Adds a quarantine entry. It applies at once: matching clients connected now are disconnected
-    /// (0x98 Administrative action); a banned one cannot come back, an isolated one comes back
-    /// restricted to its repair namespace.
+    /// Adds a quarantine entry. It applies at once to matching clients connected now: a banned one
+    /// is disconnected (0x98 Administrative action) and cannot come back; an isolated one stays
+    /// connected, restricted to its repair namespace, its other subscriptions set aside and its
+    /// queued messages held.
     ///
     /// # Errors
     /// An invalid target; a store error.
@@ -274,19 +301,17 @@ impl AccessControl {
     ) -> Result<QuarantineEntry, m2m_access::QuarantineError> {
         let now = m2m_store::unix_ms(std::time::SystemTime::now());
         let entry = self.quarantine_mut().add(target, mode, reason, actor, now, expires_ms)?;
-        let kicked = {
-            let quarantine = self.quarantine();
-            self.kick(|c| quarantine.entry_matches(entry.id, &c.client_id, c.username.as_deref(), c.address))
-        };
+        let applied = self.enforce();
         tracing::warn!(entry = entry.id, target = %entry.target, mode = ?entry.mode, reason = %entry.reason,
-            actor = %entry.actor, disconnected = kicked, "quarantine entry added");
-        let detail =
-            format!("{} {}: {} ({kicked} disconnected)", entry.mode.as_str(), entry.target, entry.reason);
+            actor = %entry.actor, disconnected = applied.kicked, isolated = applied.isolated,
+            "quarantine entry added");
+        let detail = format!("{} {}: {} ({applied})", entry.mode.as_str(), entry.target, entry.reason);
         self.audit(actor, "quarantine.add", &entry.id.to_string(), &detail);
         Ok(entry)
     }
 
-    /// Releases the quarantine entry `id`.
+    /// Releases the quarantine entry `id`: the clients it isolated get normal service back at once
+    /// (unless another entry still applies to them).
     ///
     /// # Errors
     /// No such entry; a store error.
@@ -296,13 +321,90 @@ impl AccessControl {
         actor: &str,
     ) -> Result<QuarantineEntry, m2m_access::QuarantineError> {
         let entry = self.quarantine_mut().release(id)?;
-        // Clients it isolated reconnect to normal service.
-        let kicked = self.kick(|c| c.isolated_by == Some(id));
-        tracing::warn!(entry = entry.id, target = %entry.target, %actor, disconnected = kicked,
+        let applied = self.enforce();
+        tracing::warn!(entry = entry.id, target = %entry.target, %actor, released = applied.released,
             "quarantine entry released");
-        let detail = format!("{} ({kicked} disconnected)", entry.target);
+        let detail = format!("{} ({applied})", entry.target);
         self.audit(actor, "quarantine.release", &entry.id.to_string(), &detail);
         Ok(entry)
+    }
+
+    /// Lifts the entries that expired by now (audited as `quarantine.expire` by `node`), and gives
+    /// the clients they isolated normal service back. Returns how many were lifted.
+    pub fn lift_expired(&self) -> usize {
+        let now = m2m_store::unix_ms(std::time::SystemTime::now());
+        let expired: Vec<u64> = self
+            .quarantine()
+            .entries()
+            .filter(|e| e.expires_ms.is_some_and(|at| at <= now))
+            .map(|e| e.id)
+            .collect();
+        let mut lifted = 0;
+        for id in expired {
+            match self.quarantine_mut().release(id) {
+                Ok(entry) => {
+                    lifted += 1;
+                    tracing::info!(entry = id, target = %entry.target, "quarantine entry expired");
+                    self.audit("node", "quarantine.expire", &id.to_string(), &entry.target.to_string());
+                }
+                Err(e) => tracing::warn!(entry = id, error = %e, "expired quarantine entry not lifted"),
+            }
+        }
+        if lifted > 0 {
+            let applied = self.enforce();
+            debug!(lifted, %applied, "expired quarantine entries lifted");
+        }
+        lifted
+    }
+
+    /// Lifts expired quarantine entries every second, for as long as the node runs.
+    pub(crate) fn spawn_expiry(self: &Arc<Self>) {
+        let access = Arc::downgrade(self);
+        self.runtime.spawn(async move {
+            let mut tick = tokio::time::interval(std::time::Duration::from_secs(1));
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+            loop {
+                tick.tick().await;
+                let Some(access) = access.upgrade() else { return };
+                access.lift_expired();
+            }
+        });
+    }
+
+    /// Brings every live connection in line with the quarantine list as it is now: banned ones are
+    /// disconnected, isolated ones restricted, released ones given normal service back.
+    fn enforce(&self) -> Applied {
+        let now = m2m_store::unix_ms(std::time::SystemTime::now());
+        let mut applied = Applied::default();
+        let mut banned = Vec::new();
+        {
+            let quarantine = self.quarantine();
+            let mut live = self.live.lock().unwrap_or_else(PoisonError::into_inner);
+            for c in live.values_mut() {
+                let entry = quarantine.find(&c.client_id, c.username.as_deref(), c.address, now);
+                let isolated_by = match entry {
+                    Some(e) if e.mode == m2m_access::Mode::Ban => {
+                        banned.push(c.client_id.clone());
+                        continue;
+                    }
+                    Some(e) => Some(e.id),
+                    None => None,
+                };
+                if isolated_by == c.isolated_by {
+                    continue;
+                }
+                match isolated_by {
+                    Some(_) if c.isolated_by.is_none() => applied.isolated += 1,
+                    None => applied.released += 1,
+                    Some(_) => {}
+                }
+                c.isolated_by = isolated_by;
+                c.isolation.send_replace(isolated_by);
+            }
+        }
+        applied.kicked = banned.len();
+        self.end(banned);
+        applied
     }
 
     /// The quarantine entry that applies to a client connecting now, if any.
@@ -486,7 +588,7 @@ impl AclPermit {
 }
 
 impl Permit for AclPermit {
-    fn may_publish(&self, topic: &TopicName) -> bool {
+    fn may_publish(&self, topic: &TopicName, _size: usize) -> bool {
         self.decide("publish", topic.as_str(), |acl, who| acl.check_publish(who, topic))
     }
 
@@ -510,23 +612,23 @@ impl IsolatedPermit {
         matches!(subscription, Subscription::Plain(_)) && subscription.filter().starts_with(prefix)
     }
 
-    fn refused(&self, what: &str, target: &str) {
+    fn refused(&self, what: &str, target: &str, size: usize) {
         Metrics::add(&self.access.metrics.access_denied, 1);
         debug!(client_id = %self.client_id, what, target, entry = self.entry, "refused: the client is isolated");
-        self.access.refused(&self.client_id, what, target, self.entry);
+        self.access.refused(&self.client_id, what, target, size, self.entry);
     }
 }
 
 impl Permit for IsolatedPermit {
-    fn may_publish(&self, topic: &TopicName) -> bool {
-        self.refused("PUBLISH", topic.as_str());
+    fn may_publish(&self, topic: &TopicName, size: usize) -> bool {
+        self.refused("PUBLISH", topic.as_str(), size);
         false
     }
 
     fn may_subscribe(&self, subscription: &Subscription) -> bool {
         let allowed = Self::in_namespace(&self.prefix, subscription);
         if !allowed {
-            self.refused("SUBSCRIBE", subscription.filter());
+            self.refused("SUBSCRIBE", subscription.filter(), 0);
         }
         allowed
     }

@@ -22,7 +22,7 @@ use tokio::sync::oneshot;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, trace};
 
-use crate::access::{AccessControl, Identity, IsolatedPermit, LiveClient, Refused};
+use crate::access::{AccessControl, Identity, LiveClient, Refused};
 use crate::auth::{AuthExchange, AuthStep, Authenticator};
 use crate::config::{Anonymous, Config};
 use crate::error::ConnectionError;
@@ -270,6 +270,10 @@ struct Accepted {
     flow: Arc<LinkFlow>,
     will: Option<Box<PendingWill>>,
     auth_method: Option<Arc<str>>,
+    /// Who the client authenticated as, for its permit after a quarantine is released.
+    identity: Identity,
+    /// The quarantine entry isolating the connection, as the access control changes it.
+    isolation: tokio::sync::watch::Receiver<Option<u64>>,
 }
 
 async fn refuse<S: AsyncRead + AsyncWrite + Unpin>(
@@ -470,7 +474,7 @@ async fn accept<S: AsyncRead + AsyncWrite + Unpin>(
         info!(%client_id, peer = %conn.peer, entry = entry.id, mode = ?entry.mode, reason = %entry.reason,
             "quarantined client connecting");
         if entry.mode == m2m_access::Mode::Ban {
-            shared.access.refused(&client_id, "CONNECT", "", entry.id);
+            shared.access.refused(&client_id, "CONNECT", "", 0, entry.id);
             refuse(conn, shared, ReasonCode::BANNED, "the client is banned").await?;
             return Ok(None);
         }
@@ -556,18 +560,15 @@ async fn accept<S: AsyncRead + AsyncWrite + Unpin>(
 
     let mut session = reply.session;
     let mut actions = Vec::new();
+    let isolated_by = quarantine.as_ref().map(|e| e.id);
+    // Before the session is attached, so that what isolation holds is not sent.
+    let mut to_router = Vec::new();
+    set_isolation(&mut session, reply.key, isolated_by, now, &mut actions, &mut to_router);
     session.attach(params, expiry, now, &mut actions);
-    if let Some(entry) = &quarantine {
-        session.set_permit(Some(shared.access.isolated_permit(client_id.clone(), entry.id)));
-        // What a resumed session subscribed to before is cut off too.
-        let prefix = m2m_access::repair_prefix(&client_id);
-        let removed = session.drop_subscriptions(|s| IsolatedPermit::in_namespace(&prefix, s));
-        if !removed.is_empty() {
-            // The router is gone only when the node is stopping; the connection ends with it.
-            let _ = shared.router.send(Command::Unsubscribe { key: reply.key, subscriptions: removed }).await;
-        }
-    } else if shared.access.is_enabled() || identity.rules.is_some() {
-        session.set_permit(Some(shared.access.permit(client_id.clone(), identity)));
+    session.set_permit(permit(shared, &client_id, &identity, isolated_by));
+    for cmd in to_router {
+        // The router is gone only when the node is stopping; the connection ends with it.
+        let _ = shared.router.send(cmd).await;
     }
     if let (Some(store), Some(w)) = (&shared.store, &will) {
         // Kept while the client is connected: if the node stops without a clean close, the will
@@ -579,17 +580,29 @@ async fn accept<S: AsyncRead + AsyncWrite + Unpin>(
             debug!(%client_id, error = %e, "will not kept in the store");
         }
     }
+    let (isolation_tx, isolation) = tokio::sync::watch::channel(isolated_by);
     shared.access.connected(
         conn_id,
         LiveClient {
             client_id: client_id.clone(),
             username,
             address: conn.peer.ip(),
-            isolated_by: quarantine.map(|e| e.id),
+            isolated_by,
+            isolation: Arc::new(isolation_tx),
         },
     );
-    let accepted =
-        Box::new(Accepted { key: reply.key, conn_id, session, mailbox, kick, flow, will, auth_method });
+    let accepted = Box::new(Accepted {
+        key: reply.key,
+        conn_id,
+        session,
+        mailbox,
+        kick,
+        flow,
+        will,
+        auth_method,
+        identity,
+        isolation,
+    });
     // Queued messages sent on attach get their flight state recorded, as in the session loop.
     let store = shared.store.as_ref();
     let mut must_sync = false;
@@ -614,6 +627,51 @@ async fn accept<S: AsyncRead + AsyncWrite + Unpin>(
     debug!(%client_id, peer = %conn.peer, version = ?connect.protocol, clean_start = connect.clean_start,
         session_present = reply.session_present, "client connected");
     Ok(Some(accepted))
+}
+
+/// Isolates the session to its repair namespace (`isolated_by` an entry) or gives it normal service
+/// back (`None`, if it was isolated); the router learns which subscriptions left or came back.
+fn set_isolation(
+    session: &mut Session,
+    key: SessionKey,
+    isolated_by: Option<u64>,
+    now: Instant,
+    actions: &mut Vec<Action>,
+    to_router: &mut Vec<Command>,
+) {
+    match isolated_by {
+        Some(_) => {
+            let prefix = Arc::from(m2m_access::repair_prefix(session.client_id()));
+            let subscriptions = session.isolate(prefix);
+            if !subscriptions.is_empty() {
+                to_router.push(Command::Unsubscribe { key, subscriptions });
+            }
+        }
+        None if session.is_isolated() => {
+            let requests = session.release(now, actions);
+            if !requests.is_empty() {
+                to_router.push(Command::Subscribe { key, requests });
+            }
+        }
+        None => {}
+    }
+}
+
+/// What a connection may do: only its repair namespace while isolated, else what the rules (its
+/// token's, then the registry's) allow; everything when neither has any.
+fn permit(
+    shared: &Shared,
+    client_id: &Arc<str>,
+    identity: &Identity,
+    isolated_by: Option<u64>,
+) -> Option<Arc<dyn m2m_session::Permit>> {
+    match isolated_by {
+        Some(entry) => Some(shared.access.isolated_permit(client_id.clone(), entry)),
+        None if shared.access.is_enabled() || identity.rules.is_some() => {
+            Some(shared.access.permit(client_id.clone(), identity.clone()))
+        }
+        None => None,
+    }
 }
 
 /// Runs an enhanced-authentication exchange (AUTH 0x18 round trips) until success or failure.
@@ -745,6 +803,12 @@ async fn serve_session<S: AsyncRead + AsyncWrite + Unpin>(
                 disconnect(conn, reason, None);
                 end = Some(End::Abnormal);
             }
+            Ok(()) = a.isolation.changed() => {
+                let isolated_by = *a.isolation.borrow_and_update();
+                info!(%client_id, entry = ?isolated_by, "quarantine changed for a connected client");
+                set_isolation(&mut a.session, a.key, isolated_by, Instant::now(), &mut actions, &mut to_router);
+                a.session.set_permit(permit(shared, &client_id, &a.identity, isolated_by));
+            }
             () = a.flow.unblocked.notified(), if !can_read => {}
             read = conn.read_packet(), if can_read => {
                 // Every packet already buffered is handled before the writes and syncs below, so a
@@ -784,7 +848,7 @@ async fn serve_session<S: AsyncRead + AsyncWrite + Unpin>(
                                 Err(e) => {
                                     info!(%client_id, peer = %conn.peer, reason = %e.reason, error = e.message, "protocol violation");
                                     Metrics::add(&shared.metrics.protocol_errors, 1);
-            shared.access.malformed(conn.peer.ip());
+                                    shared.access.malformed(conn.peer.ip());
                                     actions.truncate(mark);
                                     closing = Some((e.reason, Some(e.message)));
                                     end = Some(End::Abnormal);
@@ -795,7 +859,7 @@ async fn serve_session<S: AsyncRead + AsyncWrite + Unpin>(
                         Err(ConnectionError::Decode(e)) => {
                             info!(%client_id, peer = %conn.peer, error = %e, "undecodable packet");
                             Metrics::add(&shared.metrics.protocol_errors, 1);
-            shared.access.malformed(conn.peer.ip());
+                            shared.access.malformed(conn.peer.ip());
                             closing = Some((e.reason_code(), None));
                             end = Some(End::Abnormal);
                         }

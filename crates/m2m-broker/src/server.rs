@@ -147,6 +147,7 @@ impl Broker {
             metrics.clone(),
             handle.clone(),
         ));
+        access.spawn_expiry();
         let started = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
         let shared = Shared {
             config: config.clone(),

@@ -750,7 +750,7 @@ impl Router {
             self.publish(will, None, None, now);
         }
         if let State::Offline { session, .. } = client.state {
-            let dropped = session.queued() as u64;
+            let dropped = (session.queued() + session.held()) as u64;
             Metrics::add(&self.metrics.messages_dropped, dropped);
             self.drop_subscriptions(key, &session);
         }
@@ -1180,7 +1180,14 @@ pub fn session_record(session: &Session, expiry: u32, disconnected_at: Option<u6
         client_id: session.client_id().clone(),
         expiry_interval: expiry,
         disconnected_at,
-        subscriptions: session.subscriptions().iter().map(|(f, e)| (f.clone(), e.clone())).collect(),
+        // Those set aside by an isolation are still the client's: they come back on release, or
+        // after a restart (when the quarantine entry, if still there, sets them aside again).
+        subscriptions: session
+            .subscriptions()
+            .iter()
+            .chain(session.suspended())
+            .map(|(f, e)| (f.clone(), e.clone()))
+            .collect(),
     }
 }
 

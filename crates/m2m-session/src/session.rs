@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 
 use m2m_codec::{
     encoded_len, Ack, AckProperties, Auth, Packet, PacketId, ProtocolVersion, Publish, PublishProperties,
-    QoS, ReasonCode, SubAck, Subscribe, SubscriptionOptions, UnsubAck, Unsubscribe,
+    QoS, ReasonCode, RetainHandling, SubAck, Subscribe, SubscriptionOptions, UnsubAck, Unsubscribe,
 };
 use m2m_topic::{parse_subscription, Subscription, TopicName};
 
@@ -78,8 +78,8 @@ pub struct LinkParams {
 /// every filter it subscribes to. The implementation knows who the client is, and logs and counts
 /// what it refuses.
 pub trait Permit: Send + Sync + std::fmt::Debug {
-    /// Whether the client may publish to `topic`.
-    fn may_publish(&self, topic: &TopicName) -> bool;
+    /// Whether the client may publish `size` payload bytes to `topic`.
+    fn may_publish(&self, topic: &TopicName, size: usize) -> bool;
     /// Whether the client may subscribe to `subscription`.
     fn may_subscribe(&self, subscription: &Subscription) -> bool;
 }
@@ -251,6 +251,19 @@ pub struct Session {
     next_id: u16,
     link: Option<Link>,
     dropped: u64,
+    /// Set while the client is isolated (quarantined to its repair namespace).
+    isolation: Option<Isolation>,
+}
+
+/// What an isolated session keeps aside until it is released.
+#[derive(Debug)]
+struct Isolation {
+    /// Deliveries may still reach the client on topics starting with this (`$quarantine/<id>/`).
+    prefix: Arc<str>,
+    /// Subscriptions outside the namespace, by filter: out of the router until release.
+    suspended: HashMap<Arc<str>, SubscriptionEntry>,
+    /// Deliveries outside the namespace, queued before or since, in order: sent after release.
+    held: VecDeque<Delivery>,
 }
 
 impl Session {
@@ -267,6 +280,7 @@ impl Session {
             next_id: 0,
             link: None,
             dropped: 0,
+            isolation: None,
         }
     }
 
@@ -324,9 +338,79 @@ impl Session {
         removed
     }
 
-    /// Messages queued (not yet sent).
+    /// Messages queued to be sent (held ones not included).
     pub fn queued(&self) -> usize {
         self.queue.len()
+    }
+
+    /// Messages held while the client is isolated, to be sent when it is released.
+    pub fn held(&self) -> usize {
+        self.isolation.as_ref().map_or(0, |i| i.held.len())
+    }
+
+    /// Whether the session is isolated ([`Session::isolate`]).
+    pub fn is_isolated(&self) -> bool {
+        self.isolation.is_some()
+    }
+
+    /// Subscriptions set aside while the session is isolated, by filter; they are still the
+    /// client's (and kept in the store with the others).
+    pub fn suspended(&self) -> impl Iterator<Item = (&Arc<str>, &SubscriptionEntry)> {
+        self.isolation.iter().flat_map(|i| i.suspended.iter())
+    }
+
+    /// Isolates the session to the topics starting with `prefix` (its repair namespace): its other
+    /// subscriptions are set aside and returned (for the router to forget), and the messages queued
+    /// outside the namespace — and any that still arrive — are held, not sent, until
+    /// [`Session::release`]. Messages already in flight complete as usual. Isolating an isolated
+    /// session again only sets aside what it subscribed to since.
+    pub fn isolate(&mut self, prefix: Arc<str>) -> Vec<Subscription> {
+        let isolation = self.isolation.get_or_insert_with(|| Isolation {
+            prefix: prefix.clone(),
+            suspended: HashMap::new(),
+            held: VecDeque::new(),
+        });
+        isolation.prefix = prefix;
+        let inside = |s: &Subscription| {
+            matches!(s, Subscription::Plain(_)) && s.filter().starts_with(&*isolation.prefix)
+        };
+        let mut removed = Vec::new();
+        let outside: Vec<Arc<str>> =
+            self.subscriptions.iter().filter(|(_, e)| !inside(&e.subscription)).map(|(f, _)| f.clone()).collect();
+        for filter in outside {
+            if let Some(entry) = self.subscriptions.remove(&filter) {
+                removed.push(entry.subscription.clone());
+                isolation.suspended.insert(filter, entry);
+            }
+        }
+        let (keep, hold): (VecDeque<Delivery>, VecDeque<Delivery>) = std::mem::take(&mut self.queue)
+            .into_iter()
+            .partition(|d| d.message.topic.as_str().starts_with(&*isolation.prefix));
+        self.queue = keep;
+        isolation.held.extend(hold);
+        removed
+    }
+
+    /// Ends the isolation: the subscriptions set aside come back (returned for the router to add
+    /// again, without retained messages: they were never unsubscribed), and the held messages are
+    /// queued ahead of newer ones and sent as the window allows.
+    pub fn release(&mut self, now: Instant, out: &mut Vec<Action>) -> Vec<SubscribeRequest> {
+        let Some(isolation) = self.isolation.take() else { return Vec::new() };
+        let mut restored = Vec::new();
+        for (filter, entry) in isolation.suspended {
+            let mut request = entry.clone();
+            request.options.retain_handling = RetainHandling::DoNotSend;
+            restored.push(SubscribeRequest { filter: filter.clone(), entry: request, is_new: false });
+            self.subscriptions.entry(filter).or_insert(entry);
+        }
+        let newer = std::mem::replace(&mut self.queue, isolation.held);
+        self.queue.extend(newer);
+        self.pump(now, out);
+        restored
+    }
+
+    fn holds(&self, d: &Delivery) -> bool {
+        self.isolation.as_ref().is_some_and(|i| !d.message.topic.as_str().starts_with(&*i.prefix))
     }
 
     /// Outgoing QoS 1/2 messages sent and not yet acknowledged.
@@ -553,7 +637,7 @@ impl Session {
             self.send(out, packet);
             return Ok(());
         }
-        if self.permit().is_some_and(|permit| !permit.may_publish(&topic)) {
+        if self.permit().is_some_and(|permit| !permit.may_publish(&topic, p.payload.len())) {
             return self.refuse_publish(&p, out);
         }
         let mut properties = p.properties;
@@ -726,7 +810,7 @@ impl Session {
             self.discard(&d, out);
             return DeliveryOutcome::Dropped;
         }
-        if self.link.is_none() {
+        if self.link.is_none() || self.holds(&d) {
             return self.enqueue(d, out);
         }
         if d.qos == QoS::AtMostOnce {
@@ -749,11 +833,17 @@ impl Session {
 
     fn enqueue(&mut self, d: Delivery, out: &mut Vec<Action>) -> DeliveryOutcome {
         let offline_qos0 = self.link.is_none() && d.qos == QoS::AtMostOnce && !self.limits.queue_qos0_offline;
-        if offline_qos0 || self.queue.len() >= self.limits.max_queued {
+        if offline_qos0 || self.queue.len() + self.held() >= self.limits.max_queued {
             self.discard(&d, out);
             return DeliveryOutcome::Dropped;
         }
-        self.queue.push_back(d);
+        if self.holds(&d) {
+            if let Some(isolation) = &mut self.isolation {
+                isolation.held.push_back(d);
+            }
+        } else {
+            self.queue.push_back(d);
+        }
         DeliveryOutcome::Queued
     }
 

@@ -482,7 +482,7 @@ fn a_restored_session_resends_in_flight_messages_with_dup_and_keeps_exactly_once
 struct OnlyOk;
 
 impl Permit for OnlyOk {
-    fn may_publish(&self, topic: &TopicName) -> bool {
+    fn may_publish(&self, topic: &TopicName, _size: usize) -> bool {
         topic.as_str().starts_with("ok/")
     }
     fn may_subscribe(&self, subscription: &Subscription) -> bool {
@@ -543,4 +543,72 @@ fn a_refused_filter_gets_0x87_and_is_not_subscribed() {
     let Some(Packet::SubAck(ack)) = sent(&out).into_iter().next() else { panic!("{out:?}") };
     assert_eq!(ack.reason_codes, [ReasonCode::SUCCESS, ReasonCode::NOT_AUTHORIZED]);
     assert_eq!(s.subscriptions().keys().map(|k| &**k).collect::<Vec<_>>(), ["ok/#"]);
+}
+
+fn subscribe_to(s: &mut Session, filters: &[&str], now: Instant) {
+    let mut out = Vec::new();
+    let filters = filters
+        .iter()
+        .map(|f| (Arc::from(*f), SubscriptionOptions { qos: QoS::AtLeastOnce, ..SubscriptionOptions::default() }))
+        .collect();
+    let sub = Subscribe { packet_id: pid(99), subscription_identifier: None, user_properties: vec![], filters };
+    s.handle_packet(Packet::Subscribe(sub), now, &mut out).unwrap();
+}
+
+fn published_topics(out: &[Action]) -> Vec<String> {
+    sent(out)
+        .into_iter()
+        .filter_map(|p| match p {
+            Packet::Publish(p) => Some(p.topic.to_string()),
+            _ => None,
+        })
+        .collect()
+}
+
+#[test]
+fn an_isolated_session_holds_what_is_outside_its_namespace_and_release_sends_it_in_order() {
+    let (mut s, now) = session(v5_params());
+    subscribe_to(&mut s, &["plant/#", "$quarantine/c1/#"], now);
+    // Offline: two messages queue up.
+    s.detach();
+    let mut out = Vec::new();
+    s.deliver(delivery("plant/a", QoS::AtLeastOnce), now, &mut out);
+    s.deliver(delivery("plant/b", QoS::AtLeastOnce), now, &mut out);
+    let removed = s.isolate(Arc::from("$quarantine/c1/"));
+    assert_eq!(removed.iter().map(Subscription::filter).collect::<Vec<_>>(), ["plant/#"]);
+    assert_eq!(s.subscriptions().keys().map(|k| &**k).collect::<Vec<_>>(), ["$quarantine/c1/#"]);
+    assert_eq!(s.suspended().map(|(f, _)| &**f).collect::<Vec<_>>(), ["plant/#"]);
+    assert_eq!((s.queued(), s.held()), (0, 2));
+
+    // It comes back while isolated: nothing held is sent; its repair command is.
+    s.attach(v5_params(), 60, now, &mut out);
+    assert!(published_topics(&out).is_empty(), "held messages must not be sent: {out:?}");
+    s.deliver(delivery("plant/c", QoS::AtLeastOnce), now, &mut out);
+    s.deliver(delivery("$quarantine/c1/cmd", QoS::AtLeastOnce), now, &mut out);
+    assert_eq!(published_topics(&out), ["$quarantine/c1/cmd"]);
+    assert_eq!(s.held(), 3);
+    out.clear();
+
+    // Released: the subscription comes back without retained messages, held ones go out in order.
+    let restored = s.release(now, &mut out);
+    assert_eq!(restored.len(), 1);
+    assert_eq!(&*restored[0].filter, "plant/#");
+    assert_eq!(restored[0].entry.options.retain_handling, RetainHandling::DoNotSend);
+    assert!(s.subscriptions().contains_key("plant/#") && !s.is_isolated());
+    // The window is 2 and one repair command is in flight: one goes now, the rest as acks come.
+    assert_eq!(published_topics(&out), ["plant/a"]);
+    assert_eq!(s.queued(), 2);
+}
+
+#[test]
+fn held_messages_count_against_the_queue_limit() {
+    let now = Instant::now();
+    let limits = Limits { max_queued: 2, ..Limits::default() };
+    let mut s = Session::new(Arc::from("c1"), Arc::new(limits));
+    s.isolate(Arc::from("$quarantine/c1/"));
+    let mut out = Vec::new();
+    for topic in ["a", "b", "c"] {
+        s.deliver(delivery(topic, QoS::AtLeastOnce), now, &mut out);
+    }
+    assert_eq!((s.held(), s.dropped()), (2, 1));
 }
