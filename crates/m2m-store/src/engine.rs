@@ -1,7 +1,9 @@
 //! The fjall database and its keyspaces, opened as one unit so a failed database can be replaced.
 
+use std::collections::HashMap;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::path::Path;
+use std::sync::{PoisonError, RwLock};
 
 use fjall::{Database, Keyspace, KeyspaceCreateOptions, PersistMode};
 
@@ -86,6 +88,9 @@ pub(crate) struct Engine {
     // Declared before `db` so they are dropped first: every keyspace handle holds the database's lock
     // file, which must be released before the database can be opened again.
     keyspaces: Vec<Keyspace>,
+    /// Keyspaces of series (see `series.rs`), opened or created on first use, by name.
+    series: RwLock<HashMap<String, Keyspace>>,
+    memtable_bytes: u64,
     pub(crate) db: Database,
 }
 
@@ -117,7 +122,50 @@ impl Engine {
                     .map_err(|e| StoreError::reading(e, path))
             })
             .collect::<Result<Vec<_>, _>>()?;
-        Ok(Self { keyspaces, db })
+        Ok(Self { keyspaces, series: RwLock::new(HashMap::new()), memtable_bytes: memtable, db })
+    }
+
+    /// The series keyspace `name`, created if `create` and missing; `None` if missing otherwise.
+    pub(crate) fn series(&self, name: &str, create: bool) -> Result<Option<Keyspace>, StoreError> {
+        if let Some(ks) = self.series.read().unwrap_or_else(PoisonError::into_inner).get(name) {
+            return Ok(Some(ks.clone()));
+        }
+        if !create && !self.db.keyspace_exists(name) {
+            return Ok(None);
+        }
+        let memtable = self.memtable_bytes;
+        let ks = self
+            .db
+            .keyspace(name, || KeyspaceCreateOptions::default().max_memtable_size(memtable))
+            .map_err(StoreError::writing)?;
+        let mut series = self.series.write().unwrap_or_else(PoisonError::into_inner);
+        Ok(Some(series.entry(name.to_owned()).or_insert(ks).clone()))
+    }
+
+    /// The names of the series keyspaces (every keyspace that is not one of [`Ks::ALL`]).
+    pub(crate) fn series_names(&self) -> Vec<String> {
+        self.db
+            .list_keyspace_names()
+            .into_iter()
+            .map(|n| {
+                let name: &str = n.as_ref();
+                name.to_owned()
+            })
+            .filter(|n| !Ks::ALL.iter().any(|ks| ks.name() == n))
+            .collect()
+    }
+
+    /// Deletes the series keyspace `name` and its files.
+    pub(crate) fn drop_series(&self, name: &str) -> Result<(), StoreError> {
+        let removed = self.series.write().unwrap_or_else(PoisonError::into_inner).remove(name);
+        let ks = match removed {
+            Some(ks) => ks,
+            None if self.db.keyspace_exists(name) => {
+                self.db.keyspace(name, KeyspaceCreateOptions::default).map_err(StoreError::writing)?
+            }
+            None => return Ok(()),
+        };
+        self.db.delete_keyspace(ks).map_err(StoreError::writing)
     }
 
     /// Refuses a store written by a newer format; stamps a new one with [`FORMAT_VERSION`].

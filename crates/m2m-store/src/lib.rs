@@ -87,6 +87,7 @@ mod engine;
 mod error;
 mod record;
 mod recover;
+mod series;
 mod store;
 mod table;
 mod tidy;
@@ -97,6 +98,7 @@ pub use batch::Batch;
 pub use config::{StoreConfig, SyncMode};
 pub use error::StoreError;
 pub use record::{Phase, Recovered, RecoveredSession, SessionRecord, StoredDelivery, WillRecord};
+pub use series::{SeriesBatch, SeriesIter};
 pub use store::{Record, Store};
 pub use table::Table;
 

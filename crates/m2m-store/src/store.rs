@@ -213,7 +213,7 @@ impl Store {
         Ok((Store { handle: Arc::new(handle) }, recovered))
     }
 
-    fn shared(&self) -> &Arc<Shared> {
+    pub(crate) fn shared(&self) -> &Arc<Shared> {
         &self.handle.shared
     }
 
