@@ -36,6 +36,8 @@ pub struct RouterConfig {
     pub channel_capacity: usize,
     /// Text published on `$SYS/broker/version`.
     pub version: String,
+    /// What sees every message the node accepts (the history, rules), in the order they are routed.
+    pub taps: Vec<Arc<dyn Tap>>,
 }
 
 impl Default for RouterConfig {
@@ -45,8 +47,17 @@ impl Default for RouterConfig {
             sys_interval: Some(Duration::from_secs(10)),
             channel_capacity: 4096,
             version: concat!("m2m ", env!("CARGO_PKG_VERSION")).to_string(),
+            taps: Vec::new(),
         }
     }
+}
+
+/// Sees every message the router accepts: published by a client (and kept, for QoS 1/2), a will, or
+/// the node's own. Called on the router's thread for each message, so it must only hand the message
+/// on (a bounded queue, counting what it drops) and never block.
+pub trait Tap: Send + Sync + std::fmt::Debug {
+    /// A message was accepted and routed.
+    fn message(&self, message: &Arc<Message>);
 }
 
 /// A will to publish when the connection ends without a clean DISCONNECT.
@@ -899,6 +910,9 @@ impl Router {
             } else {
                 self.retained.insert(&message.topic, message.clone());
             }
+        }
+        for tap in &self.config.taps {
+            tap.message(&message);
         }
         let publisher_flow = match from.and_then(|k| self.clients.get(&k)) {
             Some(Client { state: State::Online { flow, .. }, .. }) => Some(flow.clone()),
