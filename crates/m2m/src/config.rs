@@ -430,7 +430,7 @@ impl Default for MqttSection {
 const SECTIONS: [&str; 6] = ["node", "mqtt", "store", "http", "jwt", "log"];
 
 /// `M2M_*` variables that are flags of the command line, not settings.
-const NOT_SETTINGS: [&str; 1] = ["CONFIG"];
+const NOT_SETTINGS: [&str; 2] = ["CONFIG", "API"];
 
 /// Loads the configuration: defaults, then `file`, then `M2M_<SECTION>_<KEY>` variables from `env`,
 /// then `overrides` (`section.key = value` pairs from flags).

@@ -1,27 +1,46 @@
-//! `m2m device`, `m2m group` and `m2m quarantine`: the device registry and the quarantine list in a
-//! node's data directory.
+//! `m2m device`, `m2m group`, `m2m quarantine` and `m2m audit`: the device registry, the quarantine
+//! list and the audit log of a node.
 //!
-//! These commands open the node's store directly, so the node must not be running on that data
-//! directory (the store is locked while it runs; a running node is changed through its HTTP API,
-//! `m2m-http`).
+//! A stopped node's store is opened directly; what these commands change there is audited with the
+//! actor `cli`. A running node keeps its store locked, so the commands go through its HTTP API
+//! ([`crate::remote`], routes of `m2m-http`) instead: at `--api URL`, or, when the store turns out to
+//! be in use, at the `http.listen` of the node's configuration. Over the API the node makes the
+//! change itself, audits it (actor `api`) and applies it to live connections at once (a quarantine
+//! entry disconnects the clients it matches). Both ways print the same lines and JSON.
 
 use std::collections::BTreeMap;
 use std::io::Read;
 use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context};
-use m2m_access::{AuditEvent, AuditLog, Device, Group, NewDevice, Registry};
+use m2m_access::{
+    AuditEvent, AuditLog, Device, Group, Mode, NewDevice, Quarantine, QuarantineEntry, Registry, Target,
+};
 use m2m_store::{Store, StoreConfig, StoreError};
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
+use serde_json::json;
 
-/// Where the registry is: the node's data directory, as for `m2m node`.
+use crate::remote::{self, segment, RemoteError};
+
+/// Which node: its data directory (as for `m2m node`), or the HTTP API of a running one.
 #[derive(Debug, clap::Args)]
 pub(crate) struct Place {
-    /// TOML configuration file (for `node.data_dir`).
+    /// TOML configuration file (for `node.data_dir`, and `http.listen` and `http.token` to reach the
+    /// node when it is running).
     #[arg(long, env = "M2M_CONFIG", global = true)]
     config: Option<PathBuf>,
     /// Data directory (overrides node.data_dir).
     #[arg(long, global = true)]
     data_dir: Option<PathBuf>,
+    /// The HTTP API of a running node, e.g. `http://127.0.0.1:8080`: every change goes through it
+    /// and no store is opened (--config and --data-dir are not used). Without it, a node found
+    /// running on the data directory is reached at its configured `http.listen`.
+    #[arg(long, env = "M2M_API", global = true, value_name = "URL")]
+    api: Option<String>,
+    /// The API's bearer token (the node's `http.token`); by default the configuration's.
+    #[arg(long, env = "M2M_HTTP_TOKEN", global = true, hide_env_values = true, value_name = "TOKEN")]
+    token: Option<String>,
 }
 
 /// `m2m device ...`
@@ -121,31 +140,112 @@ pub(crate) enum GroupCommand {
     },
 }
 
-/// The store of the node's data directory (refused while the node runs on it).
-fn open_store(place: &Place) -> anyhow::Result<Store> {
+/// Where the commands act.
+enum Node {
+    /// A stopped node: its store, opened by this process.
+    Stopped(Store),
+    /// A running node, through its API.
+    Running(Api),
+}
+
+/// A running node's API, and why it is used.
+struct Api {
+    client: remote::Client,
+    /// When the API is used because the store was found in use (not by `--api`): that, as the
+    /// start of the error should the API not serve us either.
+    in_use: Option<String>,
+}
+
+/// Finds the node: `--api`, else the store of the data directory, else (the store being in use by
+/// a running node) the API at the configuration's `http.listen`.
+fn reach(place: &Place) -> anyhow::Result<Node> {
+    if let Some(url) = &place.api {
+        let client = remote::Client::new(url, place.token.clone())?;
+        return Ok(Node::Running(Api { client, in_use: None }));
+    }
     let mut overrides = Vec::new();
     if let Some(dir) = &place.data_dir {
         overrides.push(("node.data_dir", toml::Value::String(dir.display().to_string())));
     }
     let file = crate::config::load(place.config.as_deref(), std::env::vars(), &overrides)?;
     let path = file.node.data_dir.join("store");
-    let (store, _) = Store::open(StoreConfig::new(&path)).map_err(|e| match e {
-        StoreError::Locked { .. } => anyhow::anyhow!(
-            "the store in {} is in use: stop the node on that data directory first, or change the \
-             running node over its HTTP API (/api/v1/devices, /api/v1/groups, /api/v1/quarantine)",
-            path.display()
-        ),
-        e => anyhow::Error::new(e).context(format!("cannot open the store in {}", path.display())),
-    })?;
-    Ok(store)
+    let locked = match Store::open(StoreConfig::new(&path)) {
+        Ok((store, _)) => return Ok(Node::Stopped(store)),
+        Err(StoreError::Locked { .. }) => path,
+        Err(e) => {
+            return Err(anyhow::Error::new(e).context(format!("cannot open the store in {}", path.display())))
+        }
+    };
+    let in_use = format!(
+        "the store in {} is in use by a running node (stop the node to work on its store), and the \
+         node's HTTP API could not be used instead",
+        locked.display()
+    );
+    let http = &file.http;
+    if !http.enabled {
+        bail!("{in_use}: the configuration switches it off (http.enabled = false)");
+    }
+    if http.listen.port() == 0 {
+        bail!(
+            "{in_use}: http.listen is {}, a port the node picks when it starts; pass --api with the \
+             address in the node's log",
+            http.listen
+        );
+    }
+    let token = place.token.clone().or_else(|| Some(http.token.clone()).filter(|t| !t.is_empty()));
+    let client = remote::Client::for_listen(http.listen, token).with_context(|| in_use.clone())?;
+    Ok(Node::Running(Api { client, in_use: Some(in_use) }))
 }
 
-fn open(place: &Place) -> anyhow::Result<(Registry, Audit)> {
-    let store = open_store(place)?;
-    Ok((Registry::open(Some(store.clone()), Vec::new())?, Audit(AuditLog::new(Some(store)))))
+impl Api {
+    fn get<T: DeserializeOwned>(&self, path: &str) -> anyhow::Result<T> {
+        self.client.get(path).map_err(|e| self.explain(e))
+    }
+
+    fn send<T: DeserializeOwned>(
+        &self,
+        method: &str,
+        path: &str,
+        body: serde_json::Value,
+    ) -> anyhow::Result<T> {
+        self.client.send_json(method, path, &body).map_err(|e| self.explain(e))
+    }
+
+    fn send_bytes<T: DeserializeOwned>(
+        &self,
+        method: &str,
+        path: &str,
+        content_type: &str,
+        body: &[u8],
+    ) -> anyhow::Result<T> {
+        self.client.send(method, path, content_type, body).map_err(|e| self.explain(e))
+    }
+
+    fn delete(&self, path: &str) -> anyhow::Result<()> {
+        self.client.request("DELETE", path, None).map(drop).map_err(|e| self.explain(e))
+    }
+
+    /// The error, with what to do about a refused token, and with the store being in use when the
+    /// API was the way around it.
+    fn explain(&self, error: RemoteError) -> anyhow::Error {
+        let not_served = error.is_not_served();
+        let hint = match error.status() {
+            Some(401) => Some("give the node's http.token with --token or M2M_HTTP_TOKEN"),
+            Some(403) => Some("a node without http.token serves only clients on its own machine"),
+            _ => None,
+        };
+        let error = match hint {
+            Some(hint) => anyhow::anyhow!("{error} ({hint})"),
+            None => anyhow::Error::new(error),
+        };
+        match &self.in_use {
+            Some(in_use) if not_served => error.context(in_use.clone()),
+            _ => error,
+        }
+    }
 }
 
-/// The audit log, for what these commands change (the actor is `cli`).
+/// The audit log, for what these commands change in a store (the actor is `cli`).
 struct Audit(AuditLog);
 
 impl Audit {
@@ -179,22 +279,62 @@ fn password(spec: &Spec) -> anyhow::Result<Option<String>> {
     Ok(spec.password.clone())
 }
 
-/// What `show` and `list --json` print of a device: everything but the password hash.
-fn public(device: &Device) -> serde_json::Value {
-    serde_json::json!({
-        "id": device.id,
-        "has_password": device.password_hash.is_some(),
-        "groups": device.groups,
-        "attributes": device.attributes,
-        "enabled": device.enabled,
-        "created_ms": device.created_ms,
-        "last_seen_ms": device.last_seen_ms,
-        "rules": device.rules,
-    })
+/// What `show` and `list --json` print of a device: everything but the password hash. The API
+/// shows a device the same way.
+#[derive(Debug, Serialize, Deserialize)]
+struct DeviceView {
+    id: String,
+    has_password: bool,
+    groups: Vec<String>,
+    attributes: BTreeMap<String, String>,
+    enabled: bool,
+    created_ms: u64,
+    last_seen_ms: Option<u64>,
+    rules: Vec<String>,
+}
+
+impl From<&Device> for DeviceView {
+    fn from(d: &Device) -> Self {
+        Self {
+            id: d.id.clone(),
+            has_password: d.password_hash.is_some(),
+            groups: d.groups.clone(),
+            attributes: d.attributes.clone(),
+            enabled: d.enabled,
+            created_ms: d.created_ms,
+            last_seen_ms: d.last_seen_ms,
+            rules: d.rules.clone(),
+        }
+    }
+}
+
+fn print_devices(devices: &[DeviceView], json: bool) -> anyhow::Result<()> {
+    if json {
+        println!("{}", serde_json::to_string_pretty(devices)?);
+        return Ok(());
+    }
+    for d in devices {
+        println!(
+            "{}\t{}\tgroups={}\t{}",
+            d.id,
+            if d.enabled { "enabled" } else { "disabled" },
+            d.groups.join(","),
+            if d.has_password { "password" } else { "no password" },
+        );
+    }
+    Ok(())
 }
 
 pub(crate) fn run_device(place: &Place, command: DeviceCommand) -> anyhow::Result<()> {
-    let (mut registry, audit) = open(place)?;
+    match reach(place)? {
+        Node::Stopped(store) => device_in_store(store, command),
+        Node::Running(api) => device_over_api(&api, command),
+    }
+}
+
+fn device_in_store(store: Store, command: DeviceCommand) -> anyhow::Result<()> {
+    let mut registry = Registry::open(Some(store.clone()), Vec::new())?;
+    let audit = Audit(AuditLog::new(Some(store)));
     match command {
         DeviceCommand::Add { id, spec } => {
             let new = NewDevice {
@@ -210,24 +350,12 @@ pub(crate) fn run_device(place: &Place, command: DeviceCommand) -> anyhow::Resul
             println!("added device {}", device.id);
         }
         DeviceCommand::List { json } => {
-            if json {
-                let all: Vec<_> = registry.devices().map(public).collect();
-                println!("{}", serde_json::to_string_pretty(&all)?);
-            } else {
-                for d in registry.devices() {
-                    println!(
-                        "{}\t{}\tgroups={}\t{}",
-                        d.id,
-                        if d.enabled { "enabled" } else { "disabled" },
-                        d.groups.join(","),
-                        if d.password_hash.is_some() { "password" } else { "no password" },
-                    );
-                }
-            }
+            let all: Vec<_> = registry.devices().map(DeviceView::from).collect();
+            print_devices(&all, json)?;
         }
         DeviceCommand::Show { id } => {
             let device = registry.device(&id).with_context(|| format!("no device {id:?}"))?;
-            println!("{}", serde_json::to_string_pretty(&public(device))?);
+            println!("{}", serde_json::to_string_pretty(&DeviceView::from(device))?);
         }
         DeviceCommand::Set { id, spec, enabled, no_password } => {
             let password = password(&spec)?;
@@ -259,14 +387,10 @@ pub(crate) fn run_device(place: &Place, command: DeviceCommand) -> anyhow::Resul
             println!("removed device {id}");
         }
         DeviceCommand::Import { file } => {
-            let text =
-                std::fs::read_to_string(&file).with_context(|| format!("cannot read {}", file.display()))?;
-            let n = match extension(&file) {
-                "json" => registry.import_json(&text, now_ms())?,
-                "csv" => registry.import_csv(&text, now_ms())?,
-                other => {
-                    bail!("cannot import {}: expected a .json or .csv file, not {other:?}", file.display())
-                }
+            let (format, text) = import_file(&file)?;
+            let n = match format {
+                Import::Json => registry.import_json(&text, now_ms())?,
+                Import::Csv => registry.import_csv(&text, now_ms())?,
             };
             audit.record("device.import", &file.display().to_string(), &format!("{n} devices"))?;
             println!("imported {n} devices");
@@ -275,29 +399,137 @@ pub(crate) fn run_device(place: &Place, command: DeviceCommand) -> anyhow::Resul
     Ok(())
 }
 
-fn extension(path: &Path) -> &str {
-    path.extension().and_then(|e| e.to_str()).unwrap_or("")
+fn device_over_api(api: &Api, command: DeviceCommand) -> anyhow::Result<()> {
+    let path = |id: &str| format!("/devices/{}", segment(id));
+    match command {
+        DeviceCommand::Add { id, spec } => {
+            let attributes: BTreeMap<String, String> = spec.attributes.iter().cloned().collect();
+            let body = json!({
+                "id": id,
+                "password": password(&spec)?,
+                "groups": spec.groups,
+                "attributes": attributes,
+                "disabled": spec.disabled,
+                "rules": spec.rules,
+            });
+            let device: DeviceView = api.send("POST", "/devices", body)?;
+            println!("added device {}", device.id);
+        }
+        DeviceCommand::List { json } => print_devices(&api.get::<Vec<DeviceView>>("/devices")?, json)?,
+        DeviceCommand::Show { id } => {
+            let device: DeviceView = api.get(&path(&id))?;
+            println!("{}", serde_json::to_string_pretty(&device)?);
+        }
+        DeviceCommand::Set { id, spec, enabled, no_password } => {
+            // Only what is given: the API leaves absent fields as they are.
+            let mut change = serde_json::Map::new();
+            match password(&spec)? {
+                Some(p) => drop(change.insert("password".into(), p.into())),
+                None if no_password => drop(change.insert("password".into(), serde_json::Value::Null)),
+                None => {}
+            }
+            if !spec.groups.is_empty() {
+                change.insert("groups".into(), json!(spec.groups));
+            }
+            if !spec.rules.is_empty() {
+                change.insert("rules".into(), json!(spec.rules));
+            }
+            if !spec.attributes.is_empty() {
+                let attributes: BTreeMap<String, String> = spec.attributes.into_iter().collect();
+                change.insert("attributes".into(), json!(attributes));
+            }
+            if spec.disabled {
+                change.insert("enabled".into(), false.into());
+            }
+            if enabled {
+                change.insert("enabled".into(), true.into());
+            }
+            let _: DeviceView = api.send("PATCH", &path(&id), change.into())?;
+            println!("changed device {id}");
+        }
+        DeviceCommand::Rm { id } => {
+            api.delete(&path(&id))?;
+            println!("removed device {id}");
+        }
+        DeviceCommand::Import { file } => {
+            let (format, text) = import_file(&file)?;
+            let content_type = match format {
+                Import::Json => "application/json",
+                Import::Csv => "text/csv",
+            };
+            #[derive(Deserialize)]
+            struct Imported {
+                imported: usize,
+            }
+            let Imported { imported } =
+                api.send_bytes("POST", "/devices/import", content_type, text.as_bytes())?;
+            println!("imported {imported} devices");
+        }
+    }
+    Ok(())
+}
+
+/// The formats `m2m device import` reads, by file extension.
+enum Import {
+    Json,
+    Csv,
+}
+
+fn import_file(file: &Path) -> anyhow::Result<(Import, String)> {
+    let format = match file.extension().and_then(|e| e.to_str()).unwrap_or("") {
+        "json" => Import::Json,
+        "csv" => Import::Csv,
+        other => bail!("cannot import {}: expected a .json or .csv file, not {other:?}", file.display()),
+    };
+    let text = std::fs::read_to_string(file).with_context(|| format!("cannot read {}", file.display()))?;
+    Ok((format, text))
+}
+
+fn print_groups<'a>(groups: impl IntoIterator<Item = &'a Group>) {
+    for g in groups {
+        println!("{}", g.name);
+        for r in &g.rules {
+            println!("  {r}");
+        }
+    }
 }
 
 pub(crate) fn run_group(place: &Place, command: GroupCommand) -> anyhow::Result<()> {
-    let (mut registry, audit) = open(place)?;
+    match reach(place)? {
+        Node::Stopped(store) => group_in_store(store, command),
+        Node::Running(api) => group_over_api(&api, command),
+    }
+}
+
+fn group_in_store(store: Store, command: GroupCommand) -> anyhow::Result<()> {
+    let mut registry = Registry::open(Some(store.clone()), Vec::new())?;
+    let audit = Audit(AuditLog::new(Some(store)));
     match command {
         GroupCommand::Set { name, rules } => {
             registry.set_group(Group { name: name.clone(), rules })?;
             audit.record("group.set", &name, "")?;
             println!("set group {name}");
         }
-        GroupCommand::List => {
-            for g in registry.groups() {
-                println!("{}", g.name);
-                for r in &g.rules {
-                    println!("  {r}");
-                }
-            }
-        }
+        GroupCommand::List => print_groups(registry.groups()),
         GroupCommand::Rm { name } => {
             registry.remove_group(&name)?;
             audit.record("group.remove", &name, "")?;
+            println!("removed group {name}");
+        }
+    }
+    Ok(())
+}
+
+fn group_over_api(api: &Api, command: GroupCommand) -> anyhow::Result<()> {
+    match command {
+        GroupCommand::Set { name, rules } => {
+            let _: Group =
+                api.send("PUT", &format!("/groups/{}", segment(&name)), json!({ "rules": rules }))?;
+            println!("set group {name}");
+        }
+        GroupCommand::List => print_groups(&api.get::<Vec<Group>>("/groups")?),
+        GroupCommand::Rm { name } => {
+            api.delete(&format!("/groups/{}", segment(&name)))?;
             println!("removed group {name}");
         }
     }
@@ -345,6 +577,15 @@ pub(crate) enum QuarantineCommand {
         /// The entry's id (from `list`).
         id: u64,
     },
+    /// What a quarantined client tried and was refused (the last 50, oldest first). Only a running
+    /// node knows: it keeps them in memory since it started.
+    Refusals {
+        /// The client id.
+        client_id: String,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 fn parse_duration(s: &str) -> Result<std::time::Duration, String> {
@@ -363,23 +604,67 @@ fn parse_duration(s: &str) -> Result<std::time::Duration, String> {
     Ok(std::time::Duration::from_secs(secs))
 }
 
-fn open_quarantine(place: &Place) -> anyhow::Result<(m2m_access::Quarantine, Audit)> {
-    let store = open_store(place)?;
-    Ok((m2m_access::Quarantine::open(Some(store.clone()))?, Audit(AuditLog::new(Some(store)))))
+/// A quarantine entry as `list` shows it, and as the API does: whether it has expired by now.
+#[derive(Debug, Serialize, Deserialize)]
+struct EntryView {
+    #[serde(flatten)]
+    entry: QuarantineEntry,
+    expired: bool,
+}
+
+fn print_entries(entries: &[EntryView], json: bool) -> anyhow::Result<()> {
+    if json {
+        println!("{}", serde_json::to_string_pretty(entries)?);
+        return Ok(());
+    }
+    for EntryView { entry: e, expired } in entries {
+        let expired = if *expired { " (expired)" } else { "" };
+        let mode = e.mode.as_str();
+        println!("{}\t{mode}\t{}\t{}\tby {}{expired}", e.id, e.target, e.reason, e.actor);
+    }
+    Ok(())
+}
+
+/// One thing a quarantined client tried and was refused, as the API shows it (the fields printed
+/// as text; `--json` prints all the node gives).
+#[derive(Debug, Deserialize)]
+struct Refusal {
+    at_ms: u64,
+    kind: String,
+    #[serde(default)]
+    topic: String,
+    reason: String,
 }
 
 pub(crate) fn run_quarantine(place: &Place, command: QuarantineCommand) -> anyhow::Result<()> {
-    use m2m_access::{Mode, Target};
-    let (mut quarantine, audit) = open_quarantine(place)?;
+    match reach(place)? {
+        Node::Stopped(store) => quarantine_in_store(store, command),
+        Node::Running(api) => quarantine_over_api(&api, command),
+    }
+}
+
+/// What `quarantine add` names: exactly one of its target options.
+fn target(
+    client_id: Option<String>,
+    username: Option<String>,
+    address: Option<String>,
+    pattern: Option<String>,
+) -> anyhow::Result<Target> {
+    Ok(match (client_id, username, address, pattern) {
+        (Some(c), ..) => Target::ClientId(c),
+        (_, Some(u), ..) => Target::Username(u),
+        (_, _, Some(a), _) => Target::Address(a),
+        (_, _, _, Some(p)) => Target::Pattern(p),
+        _ => bail!("name what to quarantine: --client-id, --username, --address or --pattern"),
+    })
+}
+
+fn quarantine_in_store(store: Store, command: QuarantineCommand) -> anyhow::Result<()> {
+    let mut quarantine = Quarantine::open(Some(store.clone()))?;
+    let audit = Audit(AuditLog::new(Some(store)));
     match command {
         QuarantineCommand::Add { client_id, username, address, pattern, mode, reason, expires_in, actor } => {
-            let target = match (client_id, username, address, pattern) {
-                (Some(c), ..) => Target::ClientId(c),
-                (_, Some(u), ..) => Target::Username(u),
-                (_, _, Some(a), _) => Target::Address(a),
-                (_, _, _, Some(p)) => Target::Pattern(p),
-                _ => bail!("name what to quarantine: --client-id, --username, --address or --pattern"),
-            };
+            let target = target(client_id, username, address, pattern)?;
             let mode = Mode::from_name(&mode).context("--mode must be ban or isolate")?;
             let now = now_ms();
             let expires = expires_in.map(|d| now + d.as_millis() as u64);
@@ -394,21 +679,59 @@ pub(crate) fn run_quarantine(place: &Place, command: QuarantineCommand) -> anyho
         }
         QuarantineCommand::List { json } => {
             let now = now_ms();
-            if json {
-                let all: Vec<_> = quarantine.entries().collect();
-                println!("{}", serde_json::to_string_pretty(&all)?);
-            } else {
-                for e in quarantine.entries() {
-                    let expired = if e.expires_ms.is_some_and(|at| at <= now) { " (expired)" } else { "" };
-                    let mode = e.mode.as_str();
-                    println!("{}\t{mode}\t{}\t{}\tby {}{expired}", e.id, e.target, e.reason, e.actor);
-                }
-            }
+            let entries: Vec<_> = quarantine
+                .entries()
+                .map(|e| EntryView { entry: e.clone(), expired: e.expires_ms.is_some_and(|at| at <= now) })
+                .collect();
+            print_entries(&entries, json)?;
         }
         QuarantineCommand::Release { id } => {
             let entry = quarantine.release(id)?;
             audit.record("quarantine.release", &id.to_string(), &entry.target.to_string())?;
             println!("released quarantine entry {id}");
+        }
+        QuarantineCommand::Refusals { .. } => bail!(
+            "refusals are only known to a running node (it keeps them in memory), and no node is \
+             running on this data directory (its store is not in use): start it, or ask a running \
+             node with --api URL"
+        ),
+    }
+    Ok(())
+}
+
+fn quarantine_over_api(api: &Api, command: QuarantineCommand) -> anyhow::Result<()> {
+    match command {
+        QuarantineCommand::Add { client_id, username, address, pattern, mode, reason, expires_in, actor } => {
+            let target = target(client_id, username, address, pattern)?;
+            let mode = Mode::from_name(&mode).context("--mode must be ban or isolate")?;
+            let body = json!({
+                "target": target,
+                "mode": mode,
+                "reason": reason,
+                "actor": actor,
+                "expires_in_secs": expires_in.map(|d| d.as_secs()),
+            });
+            let entry: EntryView = api.send("POST", "/quarantine", body)?;
+            println!("added quarantine entry {}", entry.entry.id);
+        }
+        QuarantineCommand::List { json } => print_entries(&api.get::<Vec<EntryView>>("/quarantine")?, json)?,
+        QuarantineCommand::Release { id } => {
+            api.delete(&format!("/quarantine/{id}"))?;
+            println!("released quarantine entry {id}");
+        }
+        QuarantineCommand::Refusals { client_id, json } => {
+            let path = format!("/clients/{}/refusals", segment(&client_id));
+            let refusals: Vec<serde_json::Value> = api.get(&path)?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&refusals)?);
+            } else {
+                for r in refusals {
+                    let r: Refusal = serde_json::from_value(r).with_context(|| {
+                        format!("unexpected refusal from the HTTP API at {}", api.client.base())
+                    })?;
+                    println!("{}\t{}\t{}\t{}", r.at_ms, r.kind, r.topic, r.reason);
+                }
+            }
         }
     }
     Ok(())
@@ -419,7 +742,7 @@ pub(crate) fn run_quarantine(place: &Place, command: QuarantineCommand) -> anyho
 pub(crate) enum AuditCommand {
     /// The newest events first.
     List {
-        /// How many.
+        /// How many (a running node gives at most 10 000).
         #[arg(long, default_value_t = 50)]
         limit: usize,
         /// Print JSON lines.
@@ -428,16 +751,27 @@ pub(crate) enum AuditCommand {
     },
 }
 
-pub(crate) fn run_audit(place: &Place, command: AuditCommand) -> anyhow::Result<()> {
-    let AuditCommand::List { limit, json } = command;
-    let log = AuditLog::new(Some(open_store(place)?));
-    for (_, event) in log.recent(None, limit)? {
+fn print_audit(events: &[AuditEvent], json: bool) -> anyhow::Result<()> {
+    for event in events {
         if json {
-            println!("{}", serde_json::to_string(&event)?);
+            println!("{}", serde_json::to_string(event)?);
         } else {
             let detail = if event.detail.is_empty() { String::new() } else { format!("\t{}", event.detail) };
             println!("{}\t{}\t{}\t{}{detail}", event.at_ms, event.actor, event.action, event.subject);
         }
     }
     Ok(())
+}
+
+pub(crate) fn run_audit(place: &Place, command: AuditCommand) -> anyhow::Result<()> {
+    let AuditCommand::List { limit, json } = command;
+    let events = match reach(place)? {
+        Node::Stopped(store) => {
+            AuditLog::new(Some(store)).recent(None, limit)?.into_iter().map(|(_, event)| event).collect()
+        }
+        // The API gives at least one event and at most 10 000.
+        Node::Running(_) if limit == 0 => Vec::new(),
+        Node::Running(api) => api.get(&format!("/audit?limit={}", limit.min(10_000)))?,
+    };
+    print_audit(&events, json)
 }

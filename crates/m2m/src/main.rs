@@ -12,6 +12,7 @@ mod bench;
 mod cert;
 mod config;
 mod device;
+mod remote;
 
 /// An edge-first machine-to-machine messaging and data fabric.
 #[derive(Debug, Parser)]
@@ -28,28 +29,29 @@ enum Command {
     /// Load and latency against a running broker (this node or any other).
     #[command(subcommand)]
     Bench(bench::Scenario),
-    /// The device registry of a node's data directory (with the node stopped).
+    /// The device registry: of a running node through its HTTP API (`--api`, or found by its
+    /// configuration), or of a stopped node's data directory.
     Device {
         #[command(flatten)]
         place: device::Place,
         #[command(subcommand)]
         command: device::DeviceCommand,
     },
-    /// Device groups and their access rules (with the node stopped).
+    /// Device groups and their access rules (of a running or a stopped node, as for `device`).
     Group {
         #[command(flatten)]
         place: device::Place,
         #[command(subcommand)]
         command: device::GroupCommand,
     },
-    /// Quarantine: ban or isolate clients (with the node stopped).
+    /// Quarantine: ban or isolate clients (of a running node, at once, or of a stopped one).
     Quarantine {
         #[command(flatten)]
         place: device::Place,
         #[command(subcommand)]
         command: device::QuarantineCommand,
     },
-    /// The audit log of registry and quarantine changes (with the node stopped).
+    /// The audit log of registry and quarantine changes (of a running or a stopped node).
     Audit {
         #[command(flatten)]
         place: device::Place,

@@ -1,5 +1,6 @@
-//! `m2m device` and `m2m group` as a user runs them: on a data directory, then a node started on it
-//! lets the devices in with their passwords (an independent `rumqttc` client).
+//! `m2m device`, `group`, `quarantine` and `audit` as a user runs them: on a stopped node's data
+//! directory, then a node started on it lets the devices in with their passwords (an independent
+//! `rumqttc` client); and on a running node, through its HTTP API, whose changes apply at once.
 
 mod common;
 
@@ -101,9 +102,11 @@ async fn devices_added_with_the_cli_log_in_to_a_node_started_on_that_data_direct
     assert_eq!(login(addr, "lamp-2", "new-pw").await, Ok(()));
     assert_eq!(login(addr, "lamp-2", "pw2").await, Err(ConnectReturnCode::BadUserNamePassword));
     assert_eq!(login(addr, "lamp-3", "pw3").await, Err(ConnectReturnCode::NotAuthorized));
-    // The store is the node's while it runs.
+    // The store is the node's while it runs, and its API is not where the configuration says (the
+    // tests' nodes pick a port for it).
     let err = fails(&["device", "--data-dir", d, "list"]).await;
-    assert!(err.contains("stop the node"), "{err}");
+    assert!(err.contains("is in use by a running node (stop the node"), "{err}");
+    assert!(err.contains("http.listen is 127.0.0.1:0, a port the node picks"), "{err}");
     node.kill().await.unwrap();
 }
 
@@ -256,4 +259,360 @@ async fn a_running_node_is_managed_over_its_http_api() {
         events.as_array().unwrap().iter().map(|e| e["action"].as_str().unwrap()).collect();
     assert_eq!(actions, ["quarantine.add", "device.add"]);
     node.kill().await.unwrap();
+}
+
+/// A node run as a child process, its MQTT and HTTP addresses read from its start-up log.
+struct RunningNode {
+    child: tokio::process::Child,
+    mqtt: SocketAddr,
+    api: SocketAddr,
+}
+
+impl RunningNode {
+    /// Starts `m2m node` on the data directory `dir`, MQTT on a port it picks, with `env` (the
+    /// HTTP API on 127.0.0.1:0 unless `env` sets `M2M_HTTP_LISTEN`).
+    async fn start(dir: &str, env: &[(&str, &str)]) -> Self {
+        use tokio::io::AsyncBufReadExt;
+        let mut cmd = m2m(&["node", "--listen", "127.0.0.1:0", "--data-dir", dir, "--log-level", "info"]);
+        cmd.envs(env.iter().copied());
+        let mut child = cmd.spawn().expect("start the node");
+        let stderr = child.stderr.take().expect("the node's stderr is piped");
+        let mut lines = tokio::io::BufReader::new(stderr).lines();
+        let started = tokio::time::timeout(Duration::from_secs(10), async {
+            loop {
+                match lines.next_line().await.expect("read the node's log") {
+                    Some(line) if line.contains("m2m node starting") => return line,
+                    Some(_) => {}
+                    None => panic!("the node exited before it started"),
+                }
+            }
+        })
+        .await
+        .expect("the node did not start within 10 s");
+        // Go on reading, so that the node never waits on a full pipe.
+        tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
+        // `... m2m node starting mqtt=127.0.0.1:40001 http=Some(127.0.0.1:40002) data_dir=...`
+        let field = |name: &str| -> SocketAddr {
+            let value = started
+                .split_whitespace()
+                .find_map(|w| w.strip_prefix(name))
+                .unwrap_or_else(|| panic!("no {name} in {started:?}"));
+            let value = value.trim_start_matches("Some(").trim_end_matches(')');
+            value.parse().unwrap_or_else(|e| panic!("{name}{value} in {started:?}: {e}"))
+        };
+        Self { mqtt: field("mqtt="), api: field("http="), child }
+    }
+
+    fn url(&self) -> String {
+        format!("http://{}", self.api)
+    }
+
+    async fn stop(mut self) {
+        self.child.kill().await.expect("stop the node");
+    }
+}
+
+/// `args` with `--api url` after the command's name.
+fn with_api<'a>(url: &'a str, args: &[&'a str]) -> Vec<&'a str> {
+    let mut all = vec![args[0], "--api", url];
+    all.extend_from_slice(&args[1..]);
+    all
+}
+
+/// Runs the CLI with these environment variables.
+async fn run_env(args: &[&str], env: &[(&str, &str)]) -> std::process::Output {
+    let mut cmd = m2m(args);
+    cmd.envs(env.iter().copied());
+    run(cmd).await
+}
+
+async fn ok_env(args: &[&str], env: &[(&str, &str)]) -> String {
+    let out = run_env(args, env).await;
+    assert!(out.status.success(), "m2m {args:?} with {env:?} failed: {}", text(&out.stderr));
+    text(&out.stdout)
+}
+
+async fn fails_env(args: &[&str], env: &[(&str, &str)]) -> String {
+    let out = run_env(args, env).await;
+    assert!(!out.status.success(), "m2m {args:?} with {env:?} succeeded: {}", text(&out.stdout));
+    text(&out.stderr)
+}
+
+async fn ok_over(url: &str, args: &[&str]) -> String {
+    ok(&with_api(url, args)).await
+}
+
+async fn fails_over(url: &str, args: &[&str]) -> String {
+    fails(&with_api(url, args)).await
+}
+
+/// `actor action subject` of each line of `m2m audit list`.
+fn audit_actions(audit: &str) -> Vec<String> {
+    audit.lines().map(|l| l.split('\t').skip(1).take(3).collect::<Vec<_>>().join(" ")).collect()
+}
+
+#[tokio::test]
+async fn the_cli_changes_a_running_node_over_its_api_and_prints_what_it_prints_from_the_store() {
+    let dir = TempDir::new("cli-api");
+    let d = dir.as_str();
+    let node = RunningNode::start(d, &[]).await;
+    let url = node.url();
+    let added = ok_over(
+        &url,
+        &[
+            "device",
+            "add",
+            "lamp-1",
+            "--password",
+            "s3cret",
+            "--group",
+            "street",
+            "--attr",
+            "street=Main",
+            "--rule",
+            "allow publish lamps/%u/#",
+        ],
+    )
+    .await;
+    assert_eq!(added.trim(), "added device lamp-1");
+    assert_eq!(login(node.mqtt, "lamp-1", "s3cret").await, Ok(()), "the running node knows it at once");
+    let set = ok_over(&url, &["group", "set", "street", "--rule", "allow subscribe lamps/+/cmd"]).await;
+    assert_eq!(set.trim(), "set group street");
+    let csv = dir.path().join("fleet.csv");
+    std::fs::write(&csv, "id,password,groups,disabled\nlamp-2,pw2,street,\nlamp-3,pw3,street,true\n")
+        .unwrap();
+    let csv = csv.to_str().unwrap().to_owned();
+    let imported = ok(&with_api(&url, &["device", "import", &csv])).await;
+    assert_eq!(imported.trim(), "imported 2 devices");
+    assert_eq!(
+        ok_over(&url, &["device", "set", "lamp-2", "--disabled"]).await.trim(),
+        "changed device lamp-2"
+    );
+    assert_eq!(login(node.mqtt, "lamp-2", "pw2").await, Err(ConnectReturnCode::NotAuthorized));
+    ok_over(&url, &["device", "set", "lamp-2", "--enabled", "--password", "new-pw", "--attr", "pole=7"])
+        .await;
+    assert_eq!(login(node.mqtt, "lamp-2", "new-pw").await, Ok(()));
+    assert_eq!(login(node.mqtt, "lamp-2", "pw2").await, Err(ConnectReturnCode::BadUserNamePassword));
+    assert_eq!(ok_over(&url, &["device", "rm", "lamp-3"]).await.trim(), "removed device lamp-3");
+
+    // Refused changes: the API's message, and its status.
+    let err = fails_over(&url, &["device", "add", "a/b"]).await;
+    assert!(err.contains("answered 400 Bad Request: invalid device id \"a/b\""), "{err}");
+    assert!(fails_over(&url, &["device", "add", "lamp-1"])
+        .await
+        .contains("409 Conflict: device \"lamp-1\" exists already"));
+    assert!(fails_over(&url, &["device", "rm", "ghost"])
+        .await
+        .contains("404 Not Found: no device \"ghost\""));
+    assert!(fails_over(&url, &["device", "show", "ghost"]).await.contains("no device \"ghost\""));
+    assert!(fails_over(&url, &["device", "add", "x", "--rule", "allow nothing #"])
+        .await
+        .contains("unknown action"));
+
+    let entry = ok_over(
+        &url,
+        &[
+            "quarantine",
+            "add",
+            "--pattern",
+            "press-[0-9]+",
+            "--mode",
+            "isolate",
+            "--reason",
+            "flapping",
+            "--expires-in",
+            "2h",
+        ],
+    )
+    .await;
+    assert_eq!(entry.trim(), "added quarantine entry 1");
+    let entry = ok_over(
+        &url,
+        &["quarantine", "add", "--client-id", "cli-rogue", "--mode", "ban", "--reason", "garbage"],
+    )
+    .await;
+    assert_eq!(entry.trim(), "added quarantine entry 2");
+    assert!(fails_over(
+        &url,
+        &["quarantine", "add", "--address", "10.0.0.0/33", "--mode", "ban", "--reason", "x"]
+    )
+    .await
+    .contains("the prefix length must be 0 to 32"));
+    let (_, ack) = m2m_test::raw_connect(node.mqtt, m2m_test::v5_connect("cli-rogue")).await;
+    assert_eq!(ack.reason_code, m2m_codec::ReasonCode::BANNED);
+    let refusals = ok_over(&url, &["quarantine", "refusals", "cli-rogue"]).await;
+    let refusal: Vec<&str> = refusals.trim().split('\t').collect();
+    assert_eq!(refusal[1..], ["CONNECT", "", "quarantine entry 2"], "{refusals}");
+    assert_eq!(ok_over(&url, &["quarantine", "release", "1"]).await.trim(), "released quarantine entry 1");
+    assert!(fails_over(&url, &["quarantine", "release", "1"])
+        .await
+        .contains("404 Not Found: no quarantine entry 1"));
+
+    // The node audited the changes itself: nothing in the name of the CLI.
+    let audit = ok_over(&url, &["audit", "list"]).await;
+    assert_eq!(
+        audit_actions(&audit),
+        [
+            "api quarantine.release 1",
+            "operator quarantine.add 2",
+            "operator quarantine.add 1",
+            "api device.remove lamp-3",
+            "api device.set lamp-2",
+            "api device.set lamp-2",
+            "api device.import ",
+            "api group.set street",
+            "api device.add lamp-1",
+        ],
+        "{audit}"
+    );
+    assert_eq!(ok_over(&url, &["audit", "list", "--limit", "2"]).await.lines().count(), 2);
+
+    let reads: [&[&'static str]; 8] = [
+        &["device", "list"],
+        &["device", "list", "--json"],
+        &["device", "show", "lamp-2"],
+        &["group", "list"],
+        &["quarantine", "list"],
+        &["quarantine", "list", "--json"],
+        &["audit", "list"],
+        &["audit", "list", "--json"],
+    ];
+    let mut over_api = Vec::new();
+    for args in reads {
+        over_api.push(ok_over(&url, args).await);
+    }
+    assert!(
+        over_api[0].starts_with("lamp-1\tenabled\tgroups=street\tpassword\nlamp-2\tenabled"),
+        "{}",
+        over_api[0]
+    );
+    let shown: serde_json::Value = serde_json::from_str(&over_api[2]).unwrap();
+    assert_eq!((&shown["attributes"]["pole"], &shown["has_password"]), (&"7".into(), &true.into()));
+    assert!(over_api[3].starts_with("street\n  allow subscribe lamps/+/cmd\n"), "{}", over_api[3]);
+    assert!(
+        over_api[4].starts_with("2\tban\tclient id \"cli-rogue\"\tgarbage\tby operator"),
+        "{}",
+        over_api[4]
+    );
+
+    // The same reads from the store of the stopped node print the same.
+    node.stop().await;
+    for (args, expected) in reads.iter().zip(&over_api) {
+        let mut local = vec![args[0], "--data-dir", d];
+        local.extend_from_slice(&args[1..]);
+        assert_eq!(&ok(&local).await, expected, "m2m {args:?}");
+    }
+    let err = fails(&["quarantine", "--data-dir", d, "refusals", "cli-rogue"]).await;
+    assert!(err.contains("refusals are only known to a running node"), "{err}");
+}
+
+#[tokio::test]
+async fn a_client_banned_with_the_cli_on_a_running_node_is_disconnected_at_once() {
+    use m2m_codec::ReasonCode;
+    let dir = TempDir::new("cli-api-ban");
+    let node = RunningNode::start(dir.as_str(), &[]).await;
+    let mut live = m2m_test::raw_connect_ok(node.mqtt, m2m_test::v5_connect("press-7")).await;
+    let url = node.url();
+    let added = ok(&with_api(
+        &url,
+        &["quarantine", "add", "--client-id", "press-7", "--mode", "ban", "--reason", "compromised"],
+    ))
+    .await;
+    assert_eq!(added.trim(), "added quarantine entry 1");
+    m2m_test::expect_disconnect(&mut live, ReasonCode::ADMINISTRATIVE_ACTION).await;
+    let (_, ack) = m2m_test::raw_connect(node.mqtt, m2m_test::v5_connect("press-7")).await;
+    assert_eq!(ack.reason_code, ReasonCode::BANNED);
+    node.stop().await;
+}
+
+#[tokio::test]
+async fn with_the_store_in_use_the_cli_falls_back_to_the_configured_api_of_the_running_node() {
+    let dir = TempDir::new("cli-fallback");
+    let d = dir.as_str();
+    let listen = format!("127.0.0.1:{}", common::free_port());
+    let env = [("M2M_HTTP_LISTEN", listen.as_str())];
+    let node = RunningNode::start(d, &env).await;
+    assert_eq!(node.api.to_string(), listen);
+
+    let added = ok_env(&["device", "--data-dir", d, "add", "lamp-1", "--password", "pw"], &env).await;
+    assert_eq!(added.trim(), "added device lamp-1");
+    assert_eq!(login(node.mqtt, "lamp-1", "pw").await, Ok(()));
+    ok_env(
+        &["quarantine", "--data-dir", d, "add", "--client-id", "x", "--mode", "ban", "--reason", "r"],
+        &env,
+    )
+    .await;
+    // Refusals are the running node's; none for this client yet.
+    assert_eq!(ok_env(&["quarantine", "--data-dir", d, "refusals", "x"], &env).await, "");
+    // The configuration file is read as the node reads it.
+    let config = dir.path().join("m2m.toml");
+    std::fs::write(&config, format!("[node]\ndata_dir = {d:?}\n\n[http]\nlisten = {listen:?}\n")).unwrap();
+    let mut cmd = m2m(&["audit", "--config", config.to_str().unwrap(), "list"]);
+    cmd.env_remove("M2M_HTTP_LISTEN");
+    let out = run(cmd).await;
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let audit = text(&out.stdout);
+    assert_eq!(
+        audit_actions(&audit),
+        ["operator quarantine.add 1", "api device.add lamp-1"],
+        "audited once, by the node: {audit}"
+    );
+
+    // No API where the configuration says: both problems named.
+    let elsewhere = format!("127.0.0.1:{}", common::free_port());
+    let err = fails_env(&["device", "--data-dir", d, "list"], &[("M2M_HTTP_LISTEN", &elsewhere)]).await;
+    assert!(
+        err.contains(&format!("the store in {d}")) && err.contains("is in use by a running node"),
+        "{err}"
+    );
+    assert!(err.contains(&format!("cannot connect to the HTTP API at http://{elsewhere}")), "{err}");
+    let err = fails_env(&["device", "--data-dir", d, "list"], &[("M2M_HTTP_ENABLED", "false")]).await;
+    assert!(err.contains("http.enabled = false"), "{err}");
+    node.stop().await;
+}
+
+#[tokio::test]
+async fn a_node_with_an_api_token_serves_the_cli_only_with_that_token() {
+    let dir = TempDir::new("cli-token");
+    let d = dir.as_str();
+    let listen = format!("127.0.0.1:{}", common::free_port());
+    let node =
+        RunningNode::start(d, &[("M2M_HTTP_LISTEN", &listen), ("M2M_HTTP_TOKEN", "s3cret-token")]).await;
+    let url = node.url();
+
+    let err = fails(&with_api(&url, &["device", "list"])).await;
+    assert!(err.contains(&format!("the HTTP API at {url} answered 401 Unauthorized")), "{err}");
+    assert!(err.contains("an `Authorization: Bearer <token>` header is required"), "{err}");
+    assert!(err.contains("--token or M2M_HTTP_TOKEN"), "{err}");
+    let err = fails(&with_api(&url, &["device", "--token", "wrong", "list"])).await;
+    assert!(err.contains("401 Unauthorized: the token is not valid"), "{err}");
+
+    let added = ok(&with_api(&url, &["device", "--token", "s3cret-token", "add", "lamp-1"])).await;
+    assert_eq!(added.trim(), "added device lamp-1");
+    // Both from the environment.
+    let env = [("M2M_API", url.as_str()), ("M2M_HTTP_TOKEN", "s3cret-token")];
+    assert!(ok_env(&["device", "list"], &env).await.starts_with("lamp-1\t"));
+
+    // Found through the configuration, with the configuration's token, unless --token says otherwise.
+    let config = [("M2M_HTTP_LISTEN", listen.as_str()), ("M2M_HTTP_TOKEN", "s3cret-token")];
+    assert!(ok_env(&["device", "--data-dir", d, "list"], &config).await.starts_with("lamp-1\t"));
+    let err = fails_env(&["device", "--data-dir", d, "--token", "wrong", "list"], &config).await;
+    assert!(err.contains("is in use by a running node") && err.contains("the token is not valid"), "{err}");
+    let err = fails_env(&["device", "--data-dir", d, "list"], &config[..1]).await;
+    assert!(err.contains("is in use by a running node") && err.contains("401 Unauthorized"), "{err}");
+    node.stop().await;
+}
+
+#[tokio::test]
+async fn the_api_address_must_be_plain_http_and_reachable() {
+    let err = fails(&["device", "--api", "https://127.0.0.1:8443", "list"]).await;
+    assert!(err.contains("invalid API URL \"https://127.0.0.1:8443\": https is not supported"), "{err}");
+    let err = fails(&["device", "--api", "127.0.0.1:8080", "list"]).await;
+    assert!(err.contains("expected an http:// URL"), "{err}");
+    let nobody = format!("http://127.0.0.1:{}", common::free_port());
+    let err = fails(&["group", "--api", &nobody, "list"]).await;
+    assert!(err.contains(&format!("cannot connect to the HTTP API at {nobody}: ")), "{err}");
+    // M2M_API is the CLI's, not a setting of the node's configuration.
+    let out = run_env(&["node", "--print-config"], &[("M2M_API", &nobody)]).await;
+    assert!(out.status.success(), "{}", text(&out.stderr));
 }
