@@ -223,7 +223,10 @@ async fn an_entry_added_while_clients_are_connected_acts_at_once_and_a_release_t
     let ack = raw_subscribe(&mut press4, 3, &[("$quarantine/press-4/#", QoS::AtLeastOnce)]).await;
     assert_eq!(ack.reason_codes, [ReasonCode::GRANTED_QOS_1]);
     assert_eq!(publish_acked(&mut operator, "plant/c", 3, b"3").await, ReasonCode::SUCCESS);
-    assert_eq!(publish_acked(&mut operator, "$quarantine/press-4/fix", 4, b"reset").await, ReasonCode::SUCCESS);
+    assert_eq!(
+        publish_acked(&mut operator, "$quarantine/press-4/fix", 4, b"reset").await,
+        ReasonCode::SUCCESS
+    );
     assert_eq!(receive(&mut press4).await, ("$quarantine/press-4/fix".to_owned(), b"reset".to_vec()));
     nothing_more(&mut press4, "plant/c must not reach an isolated client").await;
 
@@ -316,6 +319,9 @@ async fn an_expiring_entry_lifts_itself_from_a_connected_client() {
     assert!(broker.access.quarantine().entries().next().is_none(), "the entry is gone");
     let log = broker.access.audit_log().recent(None, 1).unwrap();
     let (action, subject, actor) = (&log[0].1.action, &log[0].1.subject, &log[0].1.actor);
-    assert_eq!((action.as_str(), subject.as_str(), actor.as_str()), ("quarantine.expire", &*entry.id.to_string(), "node"));
+    assert_eq!(
+        (action.as_str(), subject.as_str(), actor.as_str()),
+        ("quarantine.expire", &*entry.id.to_string(), "node")
+    );
     broker.stop().await;
 }

@@ -113,6 +113,8 @@ pub(crate) struct Segment {
     pub(crate) start_us: u64,
     pub(crate) end_us: u64,
     pub(crate) records: u64,
+    /// Bytes of its keys and values (before compression): what size retention counts.
+    pub(crate) bytes: u64,
 }
 
 /// Messages dropped because the queue was full, over a span of time.

@@ -315,14 +315,13 @@ pub struct TopicSeries {
     pub skipped: u64,
 }
 
+/// What a query reads: the topics it matches (id, name), the segments overlapping its range, and
+/// every topic's name by id.
+type Plan = (Vec<(u32, Arc<str>)>, Vec<Arc<str>>, Vec<Option<Arc<str>>>);
+
 impl History {
     /// The topics matching `filter` (id, name) and the segments overlapping `[from, to)`.
-    fn plan(
-        &self,
-        filter: &str,
-        from_us: u64,
-        to_us: u64,
-    ) -> Result<(Vec<(u32, Arc<str>)>, Vec<Arc<str>>, Vec<Option<Arc<str>>>), HistoryError> {
+    fn plan(&self, filter: &str, from_us: u64, to_us: u64) -> Result<Plan, HistoryError> {
         let filter = parse_filter(filter)?;
         if from_us >= to_us {
             return Err(HistoryError::BadRequest(format!(

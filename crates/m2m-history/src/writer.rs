@@ -39,8 +39,8 @@ fn encode_topic(id: u32, t: &TopicEntry) -> Vec<u8> {
 }
 
 fn encode_segment(s: &Segment) -> Vec<u8> {
-    let mut v = Vec::with_capacity(24 + s.class.len());
-    for n in [s.start_us, s.end_us, s.records] {
+    let mut v = Vec::with_capacity(32 + s.class.len());
+    for n in [s.start_us, s.end_us, s.records, s.bytes] {
         v.extend_from_slice(&n.to_be_bytes());
     }
     v.extend_from_slice(s.class.as_bytes());
@@ -96,15 +96,16 @@ pub(crate) fn load(store: &Store) -> Result<Catalog, HistoryError> {
     }
     let existing: Vec<String> =
         store.series_names()?.into_iter().filter(|n| n.starts_with(SEGMENT_PREFIX)).collect();
-    let mut spans: HashMap<String, (u64, u64, u64)> = HashMap::new();
+    let mut spans: HashMap<String, (u64, u64, u64, u64)> = HashMap::new();
     for item in store.series_range(META, (Unbounded, Unbounded))? {
         let (k, v) = item?;
         if let Some(name) = k.strip_prefix(SEG_KEY) {
-            let (Some(start), Some(end), Some(records)) = (u64_at(&v, 0), u64_at(&v, 8), u64_at(&v, 16))
+            let (Some(start), Some(end), Some(records), Some(bytes)) =
+                (u64_at(&v, 0), u64_at(&v, 8), u64_at(&v, 16), u64_at(&v, 24))
             else {
                 return Err(corrupt("a segment record is truncated"));
             };
-            spans.insert(String::from_utf8_lossy(name).into_owned(), (start, end, records));
+            spans.insert(String::from_utf8_lossy(name).into_owned(), (start, end, records, bytes));
         } else if let Some(from) = k.strip_prefix(GAP_KEY) {
             let (Some(from_us), Some(to_us), Some(dropped)) = (u64_at(from, 0), u64_at(&v, 0), u64_at(&v, 8))
             else {
@@ -116,7 +117,7 @@ pub(crate) fn load(store: &Store) -> Result<Catalog, HistoryError> {
     for name in existing {
         let Some((class, seq)) = parse_segment_name(&name) else { continue };
         // A segment created just before a crash may have no span yet: it may hold anything.
-        let (start_us, end_us, records) = spans.get(&name).copied().unwrap_or((0, u64::MAX, 0));
+        let (start_us, end_us, records, bytes) = spans.get(&name).copied().unwrap_or((0, u64::MAX, 0, 0));
         catalog.segments.push(Segment {
             name: Arc::from(name.as_str()),
             class,
@@ -124,6 +125,7 @@ pub(crate) fn load(store: &Store) -> Result<Catalog, HistoryError> {
             start_us,
             end_us,
             records,
+            bytes,
         });
     }
     catalog.segments.sort_by_key(|s| s.seq);
@@ -147,6 +149,9 @@ struct Slot {
 struct Current {
     name: Arc<str>,
     start_us: u64,
+    /// Bytes of keys and values written to it by this writer (before compression): it is closed
+    /// when they reach the class's segment size, so that no segment grows far past it.
+    written: u64,
 }
 
 struct Writer {
@@ -178,12 +183,11 @@ impl Writer {
                 .classes
                 .iter()
                 .map(|c| {
-                    catalog
-                        .segments
-                        .iter()
-                        .rev()
-                        .find(|s| s.class == c.name)
-                        .map(|s| Current { name: s.name.clone(), start_us: s.start_us })
+                    catalog.segments.iter().rev().find(|s| s.class == c.name).map(|s| Current {
+                        name: s.name.clone(),
+                        start_us: s.start_us,
+                        written: s.bytes,
+                    })
                 })
                 .collect();
             (slots, u32::try_from(catalog.topics.len()).unwrap_or(u32::MAX), next_seq, current)
@@ -285,7 +289,7 @@ impl Writer {
         self.next_seq += 1;
         let name: Arc<str> =
             Arc::from(format!("{SEGMENT_PREFIX}{}.{seq:010}", self.shared.classes[class].name));
-        self.current[class] = Some(Current { name: name.clone(), start_us: ts });
+        self.current[class] = Some(Current { name: name.clone(), start_us: ts, written: 0 });
         opened.push(Segment {
             name: name.clone(),
             class: self.shared.classes[class].name.clone(),
@@ -293,6 +297,7 @@ impl Writer {
             start_us: ts,
             end_us: ts,
             records: 0,
+            bytes: 0,
         });
         name
     }
@@ -301,7 +306,7 @@ impl Writer {
         let mut batch = SeriesBatch::new();
         // Per topic written: its entry, and its last message (encoded once, at the end).
         let mut touched: HashMap<u32, (TopicEntry, Arc<Message>, Option<u64>)> = HashMap::new();
-        let mut spans: HashMap<Arc<str>, (u64, u64, u64)> = HashMap::new();
+        let mut spans: HashMap<Arc<str>, (u64, u64, u64, u64)> = HashMap::new();
         let mut opened = Vec::new();
         let stored = items.len() as u64;
         for (message, at) in items {
@@ -323,11 +328,19 @@ impl Writer {
             let publisher_ts = self.publisher_ts(&message, at);
             let mut value = Vec::with_capacity(message.payload.len() + 24);
             encode(&message, publisher_ts, &mut value);
+            let written = 12 + value.len() as u64;
             batch.put(&segment, key(id, ts).to_vec(), value);
-            let span = spans.entry(segment).or_insert((ts, ts, 0));
+            if let Some(cur) = &mut self.current[class] {
+                cur.written += written;
+                if self.shared.classes[class].segment_bytes.is_some_and(|max| cur.written >= max) {
+                    self.current[class] = None;
+                }
+            }
+            let span = spans.entry(segment).or_insert((ts, ts, 0, 0));
             span.0 = span.0.min(ts);
             span.1 = span.1.max(ts);
             span.2 += 1;
+            span.3 += written;
             match touched.get_mut(&id) {
                 Some((t, last, last_ts)) => {
                     t.count += 1;
@@ -374,7 +387,7 @@ impl Writer {
             let catalog = self.shared.catalog();
             spans
                 .iter()
-                .map(|(name, &(start, end, n))| {
+                .map(|(name, &(start, end, n, bytes))| {
                     let mut s = catalog
                         .segments
                         .iter()
@@ -388,10 +401,12 @@ impl Writer {
                             start_us: start,
                             end_us: end,
                             records: 0,
+                            bytes: 0,
                         });
                     s.start_us = s.start_us.min(start);
                     s.end_us = s.end_us.max(end);
                     s.records += n;
+                    s.bytes += bytes;
                     s
                 })
                 .collect()
@@ -461,12 +476,11 @@ impl Writer {
             let known = |s: &Segment| self.shared.classes.iter().any(|c| c.name == s.class);
             let mine: Vec<&Segment> =
                 segments.iter().filter(|s| s.class == class.name || (default && !known(s))).collect();
-            if let Some(cur) = &self.current[ci] {
-                let size = store.series_space(&cur.name);
-                let old = now.saturating_sub(cur.start_us) >= class.period_us;
-                if old || class.segment_bytes.is_some_and(|max| size >= max) {
-                    self.current[ci] = None;
-                }
+            if self.current[ci]
+                .as_ref()
+                .is_some_and(|cur| now.saturating_sub(cur.start_us) >= class.period_us)
+            {
+                self.current[ci] = None;
             }
             if let Some(age) = class.max_age_us {
                 for s in &mine {
@@ -479,7 +493,7 @@ impl Writer {
                 let mut sizes: Vec<(&Segment, u64)> = mine
                     .iter()
                     .filter(|s| !drop.iter().any(|d| d.name == s.name))
-                    .map(|s| (*s, store.series_space(&s.name)))
+                    .map(|s| (*s, s.bytes))
                     .collect();
                 let mut total: u64 = sizes.iter().map(|(_, n)| n).sum();
                 while total > max && sizes.len() > 1 {

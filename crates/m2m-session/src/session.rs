@@ -375,8 +375,12 @@ impl Session {
             matches!(s, Subscription::Plain(_)) && s.filter().starts_with(&*isolation.prefix)
         };
         let mut removed = Vec::new();
-        let outside: Vec<Arc<str>> =
-            self.subscriptions.iter().filter(|(_, e)| !inside(&e.subscription)).map(|(f, _)| f.clone()).collect();
+        let outside: Vec<Arc<str>> = self
+            .subscriptions
+            .iter()
+            .filter(|(_, e)| !inside(&e.subscription))
+            .map(|(f, _)| f.clone())
+            .collect();
         for filter in outside {
             if let Some(entry) = self.subscriptions.remove(&filter) {
                 removed.push(entry.subscription.clone());

@@ -17,10 +17,13 @@ use crate::store::{Shared, Store};
 /// Sealed memtables of a series at which a write waits for the flushes (as [`crate::Batch`] does).
 const FLUSH_BACKLOG: usize = 3;
 
+/// One write: series, key, and the value (`None`: remove the key).
+type SeriesOp = (Arc<str>, Vec<u8>, Option<Vec<u8>>);
+
 /// Writes to series, committed together atomically with [`Store::write_series`].
 #[derive(Debug, Default)]
 pub struct SeriesBatch {
-    ops: Vec<(Arc<str>, Vec<u8>, Option<Vec<u8>>)>,
+    ops: Vec<SeriesOp>,
 }
 
 impl SeriesBatch {

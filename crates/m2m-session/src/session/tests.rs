@@ -549,9 +549,12 @@ fn subscribe_to(s: &mut Session, filters: &[&str], now: Instant) {
     let mut out = Vec::new();
     let filters = filters
         .iter()
-        .map(|f| (Arc::from(*f), SubscriptionOptions { qos: QoS::AtLeastOnce, ..SubscriptionOptions::default() }))
+        .map(|f| {
+            (Arc::from(*f), SubscriptionOptions { qos: QoS::AtLeastOnce, ..SubscriptionOptions::default() })
+        })
         .collect();
-    let sub = Subscribe { packet_id: pid(99), subscription_identifier: None, user_properties: vec![], filters };
+    let sub =
+        Subscribe { packet_id: pid(99), subscription_identifier: None, user_properties: vec![], filters };
     s.handle_packet(Packet::Subscribe(sub), now, &mut out).unwrap();
 }
 
