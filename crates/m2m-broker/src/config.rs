@@ -87,6 +87,8 @@ pub struct Config {
     pub detectors: crate::detect::DetectorsConfig,
     /// JSON Web Tokens accepted as passwords (of usernames that are not registered devices).
     pub jwt: Option<m2m_access::JwtConfig>,
+    /// The history of messages kept in the store and its queries; `None` (or no store): off.
+    pub history: Option<m2m_history::HistoryConfig>,
 }
 
 impl Default for Config {
@@ -108,6 +110,7 @@ impl Default for Config {
             access_rules: Vec::new(),
             detectors: crate::detect::DetectorsConfig::default(),
             jwt: None,
+            history: Some(m2m_history::HistoryConfig::default()),
         }
     }
 }

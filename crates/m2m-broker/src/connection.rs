@@ -41,6 +41,8 @@ pub(crate) struct Shared {
     pub(crate) store: Option<Store>,
     /// The device registry and access rules.
     pub(crate) access: Arc<AccessControl>,
+    /// The history of messages, if it is on.
+    pub(crate) history: Option<m2m_history::History>,
 }
 
 /// Smallest read reservation: what an idle connection holds.

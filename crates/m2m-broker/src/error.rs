@@ -33,6 +33,9 @@ pub enum Error {
     /// The quarantine list could not be read from the store.
     #[error("cannot read the quarantine list: {0}")]
     Quarantine(#[from] m2m_access::QuarantineError),
+    /// The history cannot be opened (a bad setting, or a damaged record).
+    #[error("history: {0}")]
+    History(#[from] m2m_history::HistoryError),
 }
 
 /// Why one connection ended abnormally. Logged once at the task boundary; never ends the node.

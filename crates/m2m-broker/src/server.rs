@@ -95,23 +95,36 @@ impl Broker {
             listeners.push(bind_one(l.addr, transport).await?);
         }
         let metrics = Arc::new(Metrics::default());
-        let router_config = RouterConfig {
+        let mut router_config = RouterConfig {
             limits: Arc::new(config.limits.clone()),
             sys_interval: config.sys_interval,
             ..RouterConfig::default()
         };
+        let mut history = None;
         let (router, handle, store) = match &config.store {
             None => {
+                if config.history.is_some() {
+                    info!("history is off: it is kept in the store, and this node has none");
+                }
                 let (router, handle) = Router::new(router_config, metrics.clone());
                 (router, handle, None)
             }
             Some(store_config) => {
                 let started = std::time::Instant::now();
                 let store_config = store_config.clone();
-                let (store, recovered) =
-                    tokio::task::spawn_blocking(move || Store::open(store_config)).await.map_err(|e| {
-                        m2m_store::StoreError::Engine(format!("store opening task failed: {e}"))
-                    })??;
+                let history_config = config.history.clone();
+                let (store, recovered, opened) = tokio::task::spawn_blocking(move || {
+                    let (store, recovered) = Store::open(store_config)?;
+                    let history = history_config.map(|c| m2m_history::History::open(store.clone(), c));
+                    Ok::<_, m2m_store::StoreError>((store, recovered, history))
+                })
+                .await
+                .map_err(|e| m2m_store::StoreError::Engine(format!("store opening task failed: {e}")))??;
+                if let Some(opened) = opened {
+                    let opened = opened?;
+                    router_config.taps.push(Arc::new(opened.clone()));
+                    history = Some(opened);
+                }
                 let sessions = recovered.sessions.len();
                 let (router, handle) =
                     Router::with_store(router_config, metrics.clone(), store.clone(), recovered);
@@ -159,6 +172,7 @@ impl Broker {
             id_prefix: format!("m2m-{started:x}-"),
             store,
             access,
+            history,
         };
         Ok(Self { listeners, router, shared })
     }
@@ -188,6 +202,11 @@ impl Broker {
     /// The device registry and access rules, for other parts of the node (the API, the CLI).
     pub fn access(&self) -> Arc<AccessControl> {
         self.shared.access.clone()
+    }
+
+    /// The history of messages, if it is on (for the API and the CLI).
+    pub fn history(&self) -> Option<m2m_history::History> {
+        self.shared.history.clone()
     }
 
     /// A handle to the router, for other parts of the node.

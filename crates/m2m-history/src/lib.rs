@@ -414,4 +414,12 @@ impl Tap for History {
             shared.ready.notify_one();
         }
     }
+
+    fn sys_values(&self, out: &mut Vec<(&'static str, String)>) {
+        let stats = self.stats();
+        out.push(("history/stored", stats.stored.load(Ordering::Relaxed).to_string()));
+        out.push(("history/dropped", stats.dropped.load(Ordering::Relaxed).to_string()));
+        out.push(("history/queued", self.queued().to_string()));
+        out.push(("history/topics", self.shared().catalog().topics.iter().flatten().count().to_string()));
+    }
 }

@@ -58,6 +58,11 @@ impl Default for RouterConfig {
 pub trait Tap: Send + Sync + std::fmt::Debug {
     /// A message was accepted and routed.
     fn message(&self, message: &Arc<Message>);
+
+    /// Adds its own `$SYS/broker/<name>` values (e.g. `history/stored`) to `out`.
+    fn sys_values(&self, out: &mut Vec<(&'static str, String)>) {
+        let _ = out;
+    }
 }
 
 /// A will to publish when the connection ends without a clean DISCONNECT.
@@ -1178,6 +1183,9 @@ impl Router {
         if let Some(store) = &self.store {
             values.push(("store/healthy", u8::from(store.is_healthy()).to_string()));
             values.push(("store/bytes", store.disk_space().to_string()));
+        }
+        for tap in &self.config.taps {
+            tap.sys_values(&mut values);
         }
         for (suffix, value) in values {
             let Ok(topic) = TopicName::try_from(format!("$SYS/broker/{suffix}").as_str()) else { continue };

@@ -21,9 +21,130 @@ pub(crate) struct FileConfig {
     pub(crate) detectors: DetectorsSection,
     pub(crate) http: HttpSection,
     pub(crate) jwt: JwtSection,
+    pub(crate) history: HistorySection,
     pub(crate) log: LogSection,
     /// More listeners besides `mqtt.listen`: `[[listeners]]` entries.
     pub(crate) listeners: Vec<ListenerSection>,
+}
+
+/// `[history]`: which messages the node keeps as time series, and for how long.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub(crate) struct HistorySection {
+    pub(crate) enabled: bool,
+    /// Topic filters of the messages kept; `#` leaves out `$SYS` (list `$SYS/#` to keep it).
+    pub(crate) filters: Vec<String>,
+    /// Messages older than this are deleted (`7d`, `12h`); `none`: kept whatever their age.
+    pub(crate) max_age: String,
+    /// When the history takes more than this, the oldest go (`1GiB`, `500MB`); `none`: no limit.
+    pub(crate) max_bytes: String,
+    /// Messages waiting to be written at most; past it they are dropped and recorded as a gap.
+    pub(crate) queue: usize,
+    /// A user property with the publisher's own timestamp; empty: none.
+    pub(crate) timestamp_property: String,
+    /// A JSON field of the payload with the publisher's own timestamp (`payload.ts`); empty: none.
+    pub(crate) timestamp_field: String,
+    /// Retention of some topics: `[[history.retention]]` with `filter`, `max_age`, `max_bytes`.
+    pub(crate) retention: Vec<RetentionSection>,
+}
+
+/// `[[history.retention]]`
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RetentionSection {
+    pub(crate) filter: String,
+    #[serde(default = "none")]
+    pub(crate) max_age: String,
+    #[serde(default = "none")]
+    pub(crate) max_bytes: String,
+}
+
+fn none() -> String {
+    "none".into()
+}
+
+impl Default for HistorySection {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            filters: vec!["#".into()],
+            max_age: "7d".into(),
+            max_bytes: "1GiB".into(),
+            queue: m2m_history::HistoryConfig::DEFAULT_QUEUE,
+            timestamp_property: String::new(),
+            timestamp_field: String::new(),
+            retention: Vec::new(),
+        }
+    }
+}
+
+/// A size such as `1GiB`, `500MB`, `64KiB` or a number of bytes; `none`: no limit.
+fn parse_bytes(key: &str, s: &str) -> anyhow::Result<Option<u64>> {
+    let s = s.trim();
+    if s.eq_ignore_ascii_case("none") {
+        return Ok(None);
+    }
+    let digits = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
+    let n: u64 = s[..digits]
+        .parse()
+        .with_context(|| format!("invalid size for {key}: {s:?} (e.g. 1GiB, 500MB, none)"))?;
+    let unit: u64 = match s[digits..].trim() {
+        "" | "B" => 1,
+        "KB" => 1_000,
+        "KiB" => 1 << 10,
+        "MB" => 1_000_000,
+        "MiB" => 1 << 20,
+        "GB" => 1_000_000_000,
+        "GiB" => 1 << 30,
+        "TB" => 1_000_000_000_000,
+        "TiB" => 1 << 40,
+        other => bail!(
+            "invalid size for {key}: unknown unit {other:?} in {s:?} (B, KB, KiB, MB, MiB, GB, GiB, TB, TiB)"
+        ),
+    };
+    n.checked_mul(unit).map(Some).with_context(|| format!("invalid size for {key}: {s:?} is too large"))
+}
+
+/// A duration such as `7d` or `12h`; `none`: no limit.
+fn parse_age(key: &str, s: &str) -> anyhow::Result<Option<Duration>> {
+    if s.trim().eq_ignore_ascii_case("none") {
+        return Ok(None);
+    }
+    m2m_history::time::parse_duration(s)
+        .map(Some)
+        .map_err(|e| anyhow::anyhow!("invalid value for {key}: {e}"))
+}
+
+impl HistorySection {
+    /// The history settings; `None` when it is off.
+    pub(crate) fn config(&self) -> anyhow::Result<Option<m2m_history::HistoryConfig>> {
+        if !self.enabled {
+            return Ok(None);
+        }
+        let nonempty = |s: &str| Some(s.to_owned()).filter(|s| !s.is_empty());
+        let retention = self
+            .retention
+            .iter()
+            .map(|r| {
+                Ok(m2m_history::Retention {
+                    filter: r.filter.clone(),
+                    max_age: parse_age("history.retention.max_age", &r.max_age)?,
+                    max_bytes: parse_bytes("history.retention.max_bytes", &r.max_bytes)?,
+                })
+            })
+            .collect::<anyhow::Result<_>>()?;
+        let config = m2m_history::HistoryConfig {
+            filters: self.filters.clone(),
+            max_age: parse_age("history.max_age", &self.max_age)?,
+            max_bytes: parse_bytes("history.max_bytes", &self.max_bytes)?,
+            retention,
+            queue_capacity: self.queue,
+            timestamp_property: nonempty(&self.timestamp_property),
+            timestamp_field: nonempty(&self.timestamp_field),
+        };
+        config.validate().map_err(|e| anyhow::anyhow!("invalid history settings: {e}"))?;
+        Ok(Some(config))
+    }
 }
 
 /// `[jwt]`: JSON Web Tokens as the passwords of usernames that are not registered devices.
@@ -427,7 +548,7 @@ impl Default for MqttSection {
     }
 }
 
-const SECTIONS: [&str; 6] = ["node", "mqtt", "store", "http", "jwt", "log"];
+const SECTIONS: [&str; 7] = ["node", "mqtt", "store", "http", "jwt", "history", "log"];
 
 /// `M2M_*` variables that are flags of the command line, not settings.
 const NOT_SETTINGS: [&str; 2] = ["CONFIG", "API"];
@@ -460,7 +581,7 @@ pub(crate) fn load(
             .iter()
             .find_map(|s| rest.strip_prefix(s).and_then(|k| k.strip_prefix('_')).map(|k| (*s, k)))
         else {
-            bail!("unknown setting in environment variable {name}: expected M2M_<NODE|MQTT|STORE|HTTP|JWT|LOG>_<KEY>");
+            bail!("unknown setting in environment variable {name}: expected M2M_<NODE|MQTT|STORE|HTTP|JWT|HISTORY|LOG>_<KEY>");
         };
         set(&mut table, section, key, env_value(&value), &format!("environment variable {name}"))?;
     }
@@ -509,6 +630,12 @@ fn set(
 }
 
 fn env_value(raw: &str) -> toml::Value {
+    // A list, written as in TOML: M2M_HISTORY_FILTERS='["plant/#", "$SYS/#"]'.
+    if raw.trim_start().starts_with('[') {
+        if let Some(v) = format!("v = {raw}").parse::<toml::Table>().ok().and_then(|mut t| t.remove("v")) {
+            return v;
+        }
+    }
     if let Ok(i) = raw.parse::<i64>() {
         toml::Value::Integer(i)
     } else if let Ok(b) = raw.parse::<bool>() {
@@ -616,6 +743,7 @@ impl FileConfig {
             },
             store: self.store()?,
             jwt: self.jwt.config()?,
+            history: self.history.config()?,
             detectors: m2m_broker::DetectorsConfig {
                 auth_failures: self.detectors.auth_failures.detector("auth_failures")?,
                 flapping: self.detectors.flapping.detector("flapping")?,
@@ -769,6 +897,27 @@ mod tests {
         let err = format!("{:#}", load(Some(&path), env(&[]), &[]).unwrap().broker().unwrap_err());
         assert!(err.contains("detectors.malformed.mode"), "{err}");
         std::fs::remove_dir_all(dir).unwrap();
+    }
+
+    #[test]
+    fn history_is_on_by_default_and_its_sizes_ages_and_filters_are_checked() {
+        let h = load(None, env(&[]), &[]).unwrap().broker().unwrap().history.unwrap();
+        assert_eq!(h.filters, ["#"]);
+        assert_eq!((h.max_age, h.max_bytes), (Some(Duration::from_secs(7 * 86_400)), Some(1 << 30)));
+        let off = env(&[("M2M_HISTORY_ENABLED", "false")]);
+        assert!(load(None, off, &[]).unwrap().broker().unwrap().history.is_none());
+        let set = env(&[("M2M_HISTORY_MAX_AGE", "none"), ("M2M_HISTORY_MAX_BYTES", "500MB")]);
+        let h = load(None, set, &[]).unwrap().broker().unwrap().history.unwrap();
+        assert_eq!((h.max_age, h.max_bytes), (None, Some(500_000_000)));
+        for (vars, want) in [
+            (vec![("M2M_HISTORY_MAX_BYTES", "12XB")], "unknown unit"),
+            (vec![("M2M_HISTORY_MAX_AGE", "soon")], "history.max_age"),
+            (vec![("M2M_HISTORY_FILTERS", "[\"a/#/b\"]")], "history filter"),
+            (vec![("M2M_HISTORY_TIMESTAMP_FIELD", "payload..ts")], "empty key"),
+        ] {
+            let err = load(None, env(&vars), &[]).and_then(|c| c.broker()).unwrap_err();
+            assert!(format!("{err:#}").contains(want), "{vars:?}: {err:#}");
+        }
     }
 
     #[test]
