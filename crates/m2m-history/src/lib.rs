@@ -11,8 +11,8 @@
 //! # Retention
 //! Each retention class (a configured filter, or the default) writes into segments: series
 //! keyspaces of the store (`history.s.<class>.<seq>`) covering consecutive spans of time. A segment
-//! is closed after an eighth of the class's maximum age, or when it holds an eighth of its maximum
-//! size. Once a second the writer drops whole segments: those older than the maximum age, and the
+//! spans at most an eighth of the class's maximum age of its records' time (a day without one), and
+//! holds at most an eighth of its maximum size. Once a second the writer drops whole segments: those older than the maximum age, and the
 //! oldest while the class takes more than its maximum size. Dropping a keyspace deletes its files at
 //! once, with no tombstones for compactions to carry, so retention costs ingest nothing.
 //!
@@ -387,6 +387,31 @@ impl History {
             .filter(|g| g.from_us < to_us && g.to_us >= from_us)
             .copied()
             .collect()
+    }
+}
+
+impl History {
+    /// Queues `message` as received at `ts_us` (µs since the epoch), to bring in data recorded
+    /// elsewhere. Per topic, records must come in time order: one not after the topic's last record
+    /// is stored 1 µs after it. Topics outside the filters are ignored (`true`). `false` when the
+    /// queue is full (nothing was taken; [`History::flush`] and try again).
+    pub fn import(&self, message: &Arc<Message>, ts_us: u64) -> bool {
+        let shared = self.shared();
+        if !shared.captures(&message.topic) {
+            return true;
+        }
+        let mut pending = shared.lock_pending();
+        if pending.items.len() >= shared.config.queue_capacity {
+            return false;
+        }
+        let was_empty = pending.items.is_empty();
+        pending.items.push((message.clone(), ts_us));
+        pending.accepted += 1;
+        drop(pending);
+        if was_empty {
+            shared.ready.notify_one();
+        }
+        true
     }
 }
 

@@ -280,10 +280,15 @@ impl Writer {
         parse_number(std::str::from_utf8(raw).ok()?.parse().ok()?)
     }
 
-    /// The segment of `class` to write a record at `ts` to, opening one if needed.
+    /// The segment of `class` to write a record at `ts` to, opening one if needed: a segment spans
+    /// at most the class's period of the records' own time (so that imported old data is cut the
+    /// same way as live data).
     fn segment(&mut self, class: usize, ts: u64, opened: &mut Vec<Segment>) -> Arc<str> {
+        let period = self.shared.classes[class].period_us;
         if let Some(c) = &self.current[class] {
-            return c.name.clone();
+            if ts.saturating_sub(c.start_us) < period {
+                return c.name.clone();
+            }
         }
         let seq = self.next_seq;
         self.next_seq += 1;

@@ -358,3 +358,52 @@ fn h_store(dir: &TempDir) -> Store {
     let (store, _) = Store::open(StoreConfig::new(dir.path().join("other"))).unwrap();
     store
 }
+
+#[test]
+fn imported_data_keeps_its_own_times_and_is_cut_into_segments_by_them() {
+    let dir = TempDir::new("history-import");
+    let config = HistoryConfig {
+        max_age: Some(Duration::from_secs(8 * 3600)),
+        max_bytes: None,
+        ..HistoryConfig::default()
+    };
+    let (store, h) = open(&dir, config);
+    let start = m2m_history::time::parse_time("2026-01-01T00:00:00Z", 0).unwrap();
+    // A reading a minute for 4 hours, on two topics: segments of an hour (an eighth of 8 h).
+    for minute in 0..240u64 {
+        for topic in ["a/t", "b/t"] {
+            assert!(h.import(&message(topic, format!("{minute}")), start + minute * 60_000_000));
+        }
+        if minute % 60 == 59 {
+            assert!(h.flush(Duration::from_secs(10)));
+        }
+    }
+    assert!(h.flush(Duration::from_secs(10)));
+    let segments = store.series_names().unwrap().into_iter().filter(|n| n.starts_with("history.s.")).count();
+    assert_eq!(segments, 4, "one segment per hour of data");
+    let hour = |n: u64| start + n * 3_600_000_000;
+    let q = Query { filter: "a/t".into(), from_us: hour(1), to_us: hour(2), ..all("a/t") };
+    let got: Vec<String> = h
+        .query(&q)
+        .unwrap()
+        .map(|p| String::from_utf8(p.unwrap().record.payload.to_vec()).unwrap())
+        .collect();
+    assert_eq!(got, (60..120).map(|m| m.to_string()).collect::<Vec<_>>());
+    let agg = AggregateQuery {
+        filter: "+/t".into(),
+        from_us: hour(0),
+        to_us: hour(4),
+        field: FieldPath::parse("payload").unwrap(),
+        bucket_us: 3_600_000_000,
+    };
+    let series = h.aggregate(&agg).unwrap();
+    for s in &series {
+        let avgs: Vec<f64> = s.buckets.iter().map(|b| b.get(m2m_history::Agg::Avg)).collect();
+        assert_eq!(avgs, [29.5, 89.5, 149.5, 209.5], "{}", s.topic);
+    }
+    // Out of order for a topic: stored just after its last record.
+    assert!(h.import(&message("a/t", "late"), start));
+    assert!(h.flush(Duration::from_secs(10)));
+    let last = h.latest("a/t").unwrap().remove(0);
+    assert_eq!((last.ts_us, &last.record.payload[..]), (start + 239 * 60_000_000 + 1, &b"late"[..]));
+}
