@@ -12,7 +12,7 @@ use axum::response::IntoResponse;
 use m2m_access::{Device, NewDevice, RegistryError};
 use serde::{Deserialize, Deserializer, Serialize};
 
-use crate::error::ApiError;
+use crate::error::{ApiError, ErrorBody};
 use crate::extract::{Body, Json, Path};
 use crate::{blocking, now_ms, ApiState};
 
@@ -89,12 +89,30 @@ fn present<'de, D: Deserializer<'de>, T: Deserialize<'de>>(d: D) -> Result<Optio
 }
 
 /// `GET /devices`
+#[utoipa::path(
+    get,
+    path = "/api/v1/devices",
+    tag = "devices",
+    responses(
+        (status = 200, description = "Every device, without password hashes", body = serde_json::Value),
+    )
+)]
 pub(crate) async fn list(State(state): State<ApiState>) -> axum::Json<Vec<DeviceView>> {
     let devices = state.access.registry().devices().map(DeviceView::from).collect();
     axum::Json(devices)
 }
 
 /// `GET /devices/{id}`
+#[utoipa::path(
+    get,
+    path = "/api/v1/devices/{id}",
+    tag = "devices",
+    params(("id" = String, Path, description = "Device id")),
+    responses(
+        (status = 200, description = "The device", body = serde_json::Value),
+        (status = 404, description = "No such device", body = ErrorBody),
+    )
+)]
 pub(crate) async fn show(
     State(state): State<ApiState>,
     Path(id): Path<String>,
@@ -126,6 +144,17 @@ async fn hash(state: &ApiState, password: String) -> Result<(String, m2m_access:
 }
 
 /// `POST /devices`
+#[utoipa::path(
+    post,
+    path = "/api/v1/devices",
+    tag = "devices",
+    request_body(content = serde_json::Value, content_type = "application/json"),
+    responses(
+        (status = 201, description = "The device", body = serde_json::Value),
+        (status = 400, description = "An invalid id, rule or body", body = ErrorBody),
+        (status = 409, description = "The device exists already", body = ErrorBody),
+    )
+)]
 pub(crate) async fn create(
     State(state): State<ApiState>,
     Json(body): Json<NewDeviceBody>,
@@ -170,6 +199,18 @@ pub(crate) async fn create(
 }
 
 /// `PATCH /devices/{id}`
+#[utoipa::path(
+    patch,
+    path = "/api/v1/devices/{id}",
+    tag = "devices",
+    params(("id" = String, Path, description = "Device id")),
+    request_body(content = serde_json::Value, content_type = "application/json"),
+    responses(
+        (status = 200, description = "The device", body = serde_json::Value),
+        (status = 400, description = "An invalid rule or body", body = ErrorBody),
+        (status = 404, description = "No such device", body = ErrorBody),
+    )
+)]
 pub(crate) async fn change(
     State(state): State<ApiState>,
     Path(id): Path<String>,
@@ -228,6 +269,16 @@ async fn change_device(
 }
 
 /// `DELETE /devices/{id}`
+#[utoipa::path(
+    delete,
+    path = "/api/v1/devices/{id}",
+    tag = "devices",
+    params(("id" = String, Path, description = "Device id")),
+    responses(
+        (status = 204, description = "Removed"),
+        (status = 404, description = "No such device", body = ErrorBody),
+    )
+)]
 pub(crate) async fn remove(
     State(state): State<ApiState>,
     Path(id): Path<String>,
@@ -264,6 +315,17 @@ fn format(content_type: Option<&str>) -> Option<Format> {
 
 /// `POST /devices/import`: a JSON array of devices or CSV lines `id,password,groups,disabled`; all
 /// or nothing.
+#[utoipa::path(
+    post,
+    path = "/api/v1/devices/import",
+    tag = "devices",
+    request_body(content = String, description = "A JSON array of devices (application/json) or CSV lines id,password,groups,disabled (text/csv)"),
+    responses(
+        (status = 200, description = "{\"imported\": n}", body = serde_json::Value),
+        (status = 400, description = "An invalid device; nothing was imported", body = ErrorBody),
+        (status = 415, description = "Neither JSON nor CSV", body = ErrorBody),
+    )
+)]
 pub(crate) async fn import(
     State(state): State<ApiState>,
     headers: HeaderMap,

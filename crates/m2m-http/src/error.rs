@@ -28,6 +28,14 @@ pub enum HttpError {
     Serve(#[source] std::io::Error),
 }
 
+/// The body of every error answer (for the OpenAPI document).
+#[derive(utoipa::ToSchema)]
+#[allow(dead_code)]
+pub(crate) struct ErrorBody {
+    /// What went wrong.
+    error: String,
+}
+
 /// The message shown to a client instead of an internal error's details (which are logged).
 const INTERNAL: &str = "internal error; see the node's log";
 

@@ -1,4 +1,4 @@
-//! axum's `Json` and `Path` extractors with their rejections turned into [`ApiError`]s, so that every
+//! axum's `Json`, `Path` and `Query` extractors with their rejections turned into [`ApiError`]s, so that every
 //! answer, a refused one included, is JSON.
 
 use axum::extract::{FromRequest, FromRequestParts, Request};
@@ -32,6 +32,21 @@ impl<T: DeserializeOwned + Send, S: Send + Sync> FromRequestParts<S> for Path<T>
     async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, ApiError> {
         match axum::extract::Path::<T>::from_request_parts(parts, state).await {
             Ok(axum::extract::Path(value)) => Ok(Self(value)),
+            Err(rejection) => Err(ApiError::rejected(rejection.status(), rejection.body_text())),
+        }
+    }
+}
+
+/// The query string, decoded into `T`.
+#[derive(Debug)]
+pub(crate) struct Query<T>(pub(crate) T);
+
+impl<T: DeserializeOwned + Send, S: Send + Sync> FromRequestParts<S> for Query<T> {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, ApiError> {
+        match axum::extract::Query::<T>::from_request_parts(parts, state).await {
+            Ok(axum::extract::Query(value)) => Ok(Self(value)),
             Err(rejection) => Err(ApiError::rejected(rejection.status(), rejection.body_text())),
         }
     }

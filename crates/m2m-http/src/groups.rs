@@ -6,7 +6,7 @@ use axum::response::IntoResponse;
 use m2m_access::{Group, RegistryError};
 use serde::Deserialize;
 
-use crate::error::ApiError;
+use crate::error::{ApiError, ErrorBody};
 use crate::extract::{Json, Path};
 use crate::{blocking, ApiState};
 
@@ -19,12 +19,30 @@ pub(crate) struct GroupBody {
 }
 
 /// `GET /groups`
+#[utoipa::path(
+    get,
+    path = "/api/v1/groups",
+    tag = "groups",
+    responses(
+        (status = 200, description = "Every group and its rules", body = serde_json::Value),
+    )
+)]
 pub(crate) async fn list(State(state): State<ApiState>) -> axum::Json<Vec<Group>> {
     let groups = state.access.registry().groups().cloned().collect();
     axum::Json(groups)
 }
 
 /// `GET /groups/{name}`
+#[utoipa::path(
+    get,
+    path = "/api/v1/groups/{name}",
+    tag = "groups",
+    params(("name" = String, Path, description = "Group name")),
+    responses(
+        (status = 200, description = "The group", body = serde_json::Value),
+        (status = 404, description = "No such group", body = ErrorBody),
+    )
+)]
 pub(crate) async fn show(
     State(state): State<ApiState>,
     Path(name): Path<String>,
@@ -34,6 +52,18 @@ pub(crate) async fn show(
 }
 
 /// `PUT /groups/{name}`: creates the group (201) or replaces its rules (200).
+#[utoipa::path(
+    put,
+    path = "/api/v1/groups/{name}",
+    tag = "groups",
+    params(("name" = String, Path, description = "Group name")),
+    request_body(content = serde_json::Value, content_type = "application/json"),
+    responses(
+        (status = 200, description = "The group, its rules replaced", body = serde_json::Value),
+        (status = 201, description = "The group, created", body = serde_json::Value),
+        (status = 400, description = "An invalid rule", body = ErrorBody),
+    )
+)]
 pub(crate) async fn put(
     State(state): State<ApiState>,
     Path(name): Path<String>,
@@ -54,6 +84,16 @@ pub(crate) async fn put(
 }
 
 /// `DELETE /groups/{name}`
+#[utoipa::path(
+    delete,
+    path = "/api/v1/groups/{name}",
+    tag = "groups",
+    params(("name" = String, Path, description = "Group name")),
+    responses(
+        (status = 204, description = "Removed"),
+        (status = 404, description = "No such group", body = ErrorBody),
+    )
+)]
 pub(crate) async fn remove(
     State(state): State<ApiState>,
     Path(name): Path<String>,

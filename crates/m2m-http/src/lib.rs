@@ -1,5 +1,5 @@
-//! The node's HTTP API: the device registry, groups and the quarantine list of a running node, as
-//! JSON under `/api/v1`.
+//! The node's HTTP API: the device registry, groups, the quarantine list and the history of
+//! messages of a running node, as JSON under `/api/v1`.
 //!
 //! # Layout
 //! - [`HttpServer`]: binds ([`HttpServer::bind`], reporting [`HttpServer::local_addr`]), then serves
@@ -23,6 +23,13 @@
 //! | `GET /api/v1/quarantine` | 200 | array of entries, each with `expired` |
 //! | `POST /api/v1/quarantine` | 201 | `{target: {kind, value}, mode, reason, actor?, expires_in_secs?}` → the entry |
 //! | `DELETE /api/v1/quarantine/{id}` | 200 | the released entry |
+//! | `GET /api/v1/audit?limit=N` | 200 | array of audit events, newest first |
+//! | `GET /api/v1/clients/{client_id}/refusals` | 200 | what a quarantined client was refused |
+//! | `GET /api/v1/history?filter=F&from=T&to=T&limit=N&order=asc\|desc&cursor=C&field=P` | 200 | `{points: [point], next: cursor\|null, gaps: [{from, to, dropped}]}`, streamed |
+//! | `GET /api/v1/history/aggregate?filter=F&from=T&to=T&field=P&bucket=D&agg=avg,max` | 200 | `{series: [{topic, skipped, buckets: [{start, start_us, count, avg?, ...}]}]}` |
+//! | `GET /api/v1/latest?filter=F&field=P` | 200 | `{values: [point]}`: the last message of each topic |
+//! | `GET /api/v1/topics?filter=F` | 200 | `{topics: [{topic, messages, first, last, first_us, last_us}]}` |
+//! | `GET /api/v1/openapi.json` | 200 | the OpenAPI 3.1 document of these routes |
 //!
 //! A device is shown without its password hash: `has_password` says whether it has one. Every
 //! error is a JSON body `{"error": "..."}`: 400 invalid input (a bad id, rule or target, a body that
@@ -30,6 +37,26 @@
 //! when no token is configured, 404 no such device, group, entry or route, 405 a method the route
 //! does not have, 409 a device that exists already, 413 a body over 8 MiB, 415 a body of another
 //! content type, 500 a failure of the node (logged; the client sees a generic message).
+//!
+//! # History
+//! A point is `{topic, ts (RFC 3339, µs), ts_us, publisher_ts?, qos, retain, client_id?,
+//! content_type?, user_properties? ([[name, value]]), payload, encoding}`, and `value` (the JSON at
+//! `field`, or `null`) when a field is asked for. `payload` is the JSON value itself when the
+//! payload parses as JSON (unless its content type is `text/*`), else a string: the text when it is
+//! UTF-8 (`encoding: "text"`), else base64 (`"base64"`). Times (`from`, `to`) are RFC 3339, unix
+//! seconds, milliseconds or microseconds, `now`, `now-1h` or `-15m`; `from` is included, `to` is
+//! not; by default the last hour. `limit` is 1000 by default and 100 000 at most; when it stops a
+//! query, `next` is the `cursor` of the next page, and paging with it yields every point once.
+//! Filters are MQTT filters (percent-encode `+` as `%2B` and `#` as `%23` in a query string);
+//! `#` does not match `$SYS/...`. `/history` streams its body (chunked) from a blocking thread as
+//! it reads the store: a bad parameter is a 400 before anything is sent, but a store failure
+//! after the 200 went out is logged and cuts the body off before its closing `}` (an incomplete
+//! chunked body): a client must treat a body it cannot parse to the end as a failed query.
+//! Aggregates show `count` and the functions asked for (`agg`, default all of count, min, max, avg,
+//! sum, first, last) per bucket (`bucket`, a duration, default `1m`) of the numbers found at `field`
+//! (a JSON number, a numeric string, or a boolean as 1/0); `skipped` counts points without one. A
+//! node that keeps no history (`[history] enabled = false`, or no store) answers these routes with
+//! 404 `{"error": "history is off on this node"}`.
 //!
 //! # Security
 //! With a token, every request needs `Authorization: Bearer <token>` (compared in constant time);
@@ -39,7 +66,7 @@
 //!
 //! # What this crate does not do
 //! No TLS, no per-user identities or roles (one token for everything), no request timeouts or rate
-//! limits, no OpenAPI document yet. Password hashing and registry writes run on blocking threads;
+//! limits. The OpenAPI document is behind the same gate as every other route. Password hashing and registry writes run on blocking threads;
 //! an import hashes its passwords while holding the registry's lock (it is all or nothing), so a
 //! large import delays connections' access checks for its duration.
 
@@ -51,6 +78,7 @@ use axum::http::StatusCode;
 use axum::routing::{get, post};
 use axum::Router;
 use m2m_broker::AccessControl;
+use m2m_history::History;
 use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
@@ -61,9 +89,12 @@ mod devices;
 mod error;
 mod extract;
 mod groups;
+mod history;
+mod openapi;
 mod quarantine;
 
 pub use error::HttpError;
+pub use history::{gap_json, point_json, series_json, topic_json, DEFAULT_LIMIT};
 
 use auth::Gate;
 use error::ApiError;
@@ -113,18 +144,21 @@ pub(crate) struct ApiState {
     pub(crate) access: Arc<AccessControl>,
     /// Bounds the password hashes in progress: [`CONCURRENT_HASHES`] permits.
     pub(crate) hashing: Arc<Semaphore>,
+    /// The node's history; `None` when it keeps none (the history routes answer 404).
+    pub(crate) history: Option<History>,
 }
 
 /// How many passwords are hashed at once, at most (argon2id takes 19 MiB and tens of milliseconds
 /// each); further requests wait.
 pub(crate) const CONCURRENT_HASHES: usize = 2;
 
-/// The API's routes over `access`, admitting requests as `token` says (see [`HttpConfig::token`]).
+/// The API's routes over `access` and `history` (if the node keeps one), admitting requests as
+/// `token` says (see [`HttpConfig::token`]).
 ///
 /// Without a token, a request is served only if the connection's address is known to be loopback:
 /// serve the router with `into_make_service_with_connect_info::<SocketAddr>()`, as
 /// [`HttpServer::run`] does, or every request gets 403.
-pub fn router(access: Arc<AccessControl>, token: Option<&str>) -> Router {
+pub fn router(access: Arc<AccessControl>, history: Option<History>, token: Option<&str>) -> Router {
     let gate = Arc::new(Gate::new(token));
     Router::new()
         .route("/api/v1/devices", get(devices::list).post(devices::create))
@@ -142,11 +176,16 @@ pub fn router(access: Arc<AccessControl>, token: Option<&str>) -> Router {
         .route("/api/v1/quarantine/{id}", axum::routing::delete(quarantine::release))
         .route("/api/v1/audit", get(quarantine::audit))
         .route("/api/v1/clients/{client_id}/refusals", get(quarantine::refusals))
+        .route("/api/v1/history", get(history::points))
+        .route("/api/v1/history/aggregate", get(history::aggregate))
+        .route("/api/v1/latest", get(history::latest))
+        .route("/api/v1/topics", get(history::topics))
+        .route("/api/v1/openapi.json", get(openapi::document))
         .fallback(no_route)
         .method_not_allowed_fallback(no_method)
         .layer(DefaultBodyLimit::max(BODY_LIMIT))
         .layer(axum::middleware::from_fn_with_state(gate, auth::check))
-        .with_state(ApiState { access, hashing: Arc::new(Semaphore::new(CONCURRENT_HASHES)) })
+        .with_state(ApiState { access, hashing: Arc::new(Semaphore::new(CONCURRENT_HASHES)), history })
 }
 
 async fn no_route() -> ApiError {
@@ -157,8 +196,8 @@ async fn no_method() -> ApiError {
     ApiError::new(StatusCode::METHOD_NOT_ALLOWED, "the route does not have this method")
 }
 
-/// Runs `f` on a blocking thread: password hashing and registry writes (which commit to the store),
-/// so that they never stall the async threads. A panic in `f` is an internal error.
+/// Runs `f` on a blocking thread: password hashing, registry writes (which commit to the store) and
+/// history reads, so that they never stall the async threads. A panic in `f` is an internal error.
 pub(crate) async fn blocking<T, F>(f: F) -> Result<T, ApiError>
 where
     T: Send + 'static,
@@ -184,12 +223,17 @@ pub struct HttpServer {
 }
 
 impl HttpServer {
-    /// Binds `config.listen` and prepares the routes over `access`.
+    /// Binds `config.listen` and prepares the routes over `access` and `history` (`None`: the node
+    /// keeps no history, and its routes answer 404).
     ///
     /// # Errors
     /// [`HttpError::EmptyToken`] for an empty token; [`HttpError::Bind`] when the address cannot be
     /// bound.
-    pub async fn bind(config: &HttpConfig, access: Arc<AccessControl>) -> Result<Self> {
+    pub async fn bind(
+        config: &HttpConfig,
+        access: Arc<AccessControl>,
+        history: Option<History>,
+    ) -> Result<Self> {
         if config.token.as_deref().is_some_and(str::is_empty) {
             return Err(HttpError::EmptyToken);
         }
@@ -199,7 +243,7 @@ impl HttpServer {
         if config.token.is_none() && !addr.ip().to_canonical().is_loopback() {
             warn!(%local_addr, "HTTP API without a token: only clients on loopback addresses are served");
         }
-        Ok(Self { listener, local_addr, router: router(access, config.token.as_deref()) })
+        Ok(Self { listener, local_addr, router: router(access, history, config.token.as_deref()) })
     }
 
     /// The address the server is bound to (with the real port when port 0 was asked for).
@@ -228,14 +272,16 @@ impl HttpServer {
     }
 }
 
-/// Binds `config.listen` and serves the API over `access` until `shutdown` is cancelled.
+/// Binds `config.listen` and serves the API over `access` and `history` until `shutdown` is
+/// cancelled.
 ///
 /// # Errors
 /// As [`HttpServer::bind`] and [`HttpServer::run`].
 pub async fn serve(
     config: HttpConfig,
     access: Arc<AccessControl>,
+    history: Option<History>,
     shutdown: CancellationToken,
 ) -> Result<()> {
-    HttpServer::bind(&config, access).await?.run(shutdown).await
+    HttpServer::bind(&config, access, history).await?.run(shutdown).await
 }

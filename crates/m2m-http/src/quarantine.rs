@@ -6,7 +6,7 @@ use axum::response::IntoResponse;
 use m2m_access::{Mode, QuarantineEntry, Target};
 use serde::{Deserialize, Serialize};
 
-use crate::error::ApiError;
+use crate::error::{ApiError, ErrorBody};
 use crate::extract::{Json, Path};
 use crate::{blocking, now_ms, ApiState};
 
@@ -45,6 +45,14 @@ pub(crate) struct NewEntry {
 }
 
 /// `GET /quarantine`
+#[utoipa::path(
+    get,
+    path = "/api/v1/quarantine",
+    tag = "quarantine",
+    responses(
+        (status = 200, description = "Every entry, each with `expired`", body = serde_json::Value),
+    )
+)]
 pub(crate) async fn list(State(state): State<ApiState>) -> axum::Json<Vec<EntryView>> {
     let now = now_ms();
     let entries = state.access.quarantine().entries().map(|e| EntryView::new(e.clone(), now)).collect();
@@ -52,6 +60,16 @@ pub(crate) async fn list(State(state): State<ApiState>) -> axum::Json<Vec<EntryV
 }
 
 /// `POST /quarantine`
+#[utoipa::path(
+    post,
+    path = "/api/v1/quarantine",
+    tag = "quarantine",
+    request_body(content = serde_json::Value, content_type = "application/json"),
+    responses(
+        (status = 201, description = "The entry", body = serde_json::Value),
+        (status = 400, description = "An invalid target or body", body = ErrorBody),
+    )
+)]
 pub(crate) async fn add(
     State(state): State<ApiState>,
     Json(new): Json<NewEntry>,
@@ -70,6 +88,16 @@ pub(crate) async fn add(
 }
 
 /// `DELETE /quarantine/{id}`: releases the entry and returns it.
+#[utoipa::path(
+    delete,
+    path = "/api/v1/quarantine/{id}",
+    tag = "quarantine",
+    params(("id" = u64, Path, description = "Entry id")),
+    responses(
+        (status = 200, description = "The released entry", body = serde_json::Value),
+        (status = 404, description = "No such entry", body = ErrorBody),
+    )
+)]
 pub(crate) async fn release(
     State(state): State<ApiState>,
     Path(id): Path<u64>,
@@ -89,6 +117,15 @@ pub(crate) struct AuditQuery {
 }
 
 /// `GET /audit?limit=N`: registry and quarantine changes, newest first.
+#[utoipa::path(
+    get,
+    path = "/api/v1/audit",
+    tag = "quarantine",
+    params(("limit" = Option<usize>, Query, description = "How many events, newest first (default 100, at most 10000)")),
+    responses(
+        (status = 200, description = "Registry and quarantine changes, newest first", body = serde_json::Value),
+    )
+)]
 pub(crate) async fn audit(
     State(state): State<ApiState>,
     axum::extract::Query(query): axum::extract::Query<AuditQuery>,
@@ -104,6 +141,15 @@ pub(crate) async fn audit(
 
 /// `GET /clients/{client_id}/refusals`: what a quarantined client tried and was refused (the last 50,
 /// oldest first; since the node started).
+#[utoipa::path(
+    get,
+    path = "/api/v1/clients/{client_id}/refusals",
+    tag = "quarantine",
+    params(("client_id" = String, Path, description = "Client id")),
+    responses(
+        (status = 200, description = "What the client tried and was refused (the last 50)", body = serde_json::Value),
+    )
+)]
 pub(crate) async fn refusals(
     State(state): State<ApiState>,
     Path(client_id): Path<String>,

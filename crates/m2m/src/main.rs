@@ -12,6 +12,7 @@ mod bench;
 mod cert;
 mod config;
 mod device;
+mod query;
 mod remote;
 
 /// An edge-first machine-to-machine messaging and data fabric.
@@ -61,6 +62,10 @@ enum Command {
     /// Certificates for TLS and mutual TLS.
     #[command(subcommand)]
     Cert(cert::CertCommand),
+    /// The history of messages: points over a time range (`--all` to export every one), the last
+    /// value of each topic (`--latest`), the topics (`--topics`) or aggregates (`--bucket`); of a
+    /// running node through its HTTP API, or read from a stopped node's data directory.
+    Query(query::QueryArgs),
 }
 
 #[derive(Debug, clap::Args)]
@@ -92,6 +97,7 @@ fn main() -> ExitCode {
         Command::Quarantine { place, command } => device::run_quarantine(&place, command),
         Command::Audit { place, command } => device::run_audit(&place, command),
         Command::Cert(command) => cert::run(command),
+        Command::Query(args) => query::run(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -132,19 +138,21 @@ fn run_node(args: NodeArgs) -> anyhow::Result<()> {
     runtime.block_on(async move {
         let broker = m2m_broker::Broker::bind(&broker_config).await?;
         let http = match file.http.config() {
-            Some(config) => match m2m_http::HttpServer::bind(&config, broker.access()).await {
-                Ok(server) => Some(server),
-                // The embedded default may be taken on this machine: the node still runs.
-                Err(e) if config.listen == m2m_http::DEFAULT_LISTEN => {
-                    tracing::warn!(listen = %config.listen, error = %e,
+            Some(config) => {
+                match m2m_http::HttpServer::bind(&config, broker.access(), broker.history()).await {
+                    Ok(server) => Some(server),
+                    // The embedded default may be taken on this machine: the node still runs.
+                    Err(e) if config.listen == m2m_http::DEFAULT_LISTEN => {
+                        tracing::warn!(listen = %config.listen, error = %e,
                         "HTTP API not served: its default address is in use (set http.listen)");
-                    None
+                        None
+                    }
+                    Err(e) => {
+                        return Err(anyhow::Error::new(e)
+                            .context(format!("cannot serve the HTTP API on {}", config.listen)))
+                    }
                 }
-                Err(e) => {
-                    return Err(anyhow::Error::new(e)
-                        .context(format!("cannot serve the HTTP API on {}", config.listen)))
-                }
-            },
+            }
             None => None,
         };
         info!(mqtt = %broker.local_addr(), http = ?http.as_ref().map(|h| h.local_addr()),
