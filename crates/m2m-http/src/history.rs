@@ -30,7 +30,7 @@ use crate::{blocking, ApiState};
 
 /// Points returned when a request names no limit.
 pub const DEFAULT_LIMIT: usize = 1000;
-/// How far back a request without `from` reaches.
+/// How far before `to` a request without `from` starts.
 const DEFAULT_SPAN_US: u64 = 3_600_000_000;
 /// Bytes of JSON gathered before they are handed to the connection.
 const CHUNK: usize = 64 * 1024;
@@ -47,7 +47,7 @@ pub(crate) struct PointsParams {
     #[param(required = true, example = "plant/+/temp")]
     filter: Option<String>,
     /// Start of the range, included: RFC 3339, unix seconds, milliseconds or microseconds, `now`,
-    /// `now-1h` or `-15m`. Default: an hour before `to`'s default (now).
+    /// `now-1h` or `-15m`. Default: an hour before `to`.
     #[param(example = "now-15m")]
     from: Option<String>,
     /// End of the range, excluded (same forms as `from`). Default: now.
@@ -70,7 +70,7 @@ pub(crate) struct AggregateParams {
     /// Topic filter, as for `/history`.
     #[param(required = true)]
     filter: Option<String>,
-    /// Start of the range, included (as for `/history`; default now-1h).
+    /// Start of the range, included (as for `/history`; default an hour before `to`).
     from: Option<String>,
     /// End of the range, excluded (default now).
     to: Option<String>,
@@ -331,7 +331,7 @@ impl ApiState {
     }
 }
 
-/// `(from, to)` in µs: `to` defaults to now, `from` to an hour before now.
+/// `(from, to)` in µs: `to` defaults to now, `from` to an hour before `to`.
 fn range(from: Option<&str>, to: Option<&str>) -> Result<(u64, u64), ApiError> {
     let now = now_us();
     let parse =
@@ -342,7 +342,7 @@ fn range(from: Option<&str>, to: Option<&str>) -> Result<(u64, u64), ApiError> {
     };
     let from_us = match from {
         Some(s) => parse("from", s)?,
-        None => now.saturating_sub(DEFAULT_SPAN_US),
+        None => to_us.saturating_sub(DEFAULT_SPAN_US),
     };
     Ok((from_us, to_us))
 }

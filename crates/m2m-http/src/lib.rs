@@ -45,7 +45,7 @@
 //! payload parses as JSON (unless its content type is `text/*`), else a string: the text when it is
 //! UTF-8 (`encoding: "text"`), else base64 (`"base64"`). Times (`from`, `to`) are RFC 3339, unix
 //! seconds, milliseconds or microseconds, `now`, `now-1h` or `-15m`; `from` is included, `to` is
-//! not; by default the last hour. `limit` is 1000 by default and 100 000 at most; when it stops a
+//! not; `to` is now by default, `from` an hour before `to`. `limit` is 1000 by default and 100 000 at most; when it stops a
 //! query, `next` is the `cursor` of the next page, and paging with it yields every point once.
 //! Filters are MQTT filters (percent-encode `+` as `%2B` and `#` as `%23` in a query string);
 //! `#` does not match `$SYS/...`. `/history` streams its body (chunked) from a blocking thread as

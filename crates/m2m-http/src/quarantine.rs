@@ -128,7 +128,7 @@ pub(crate) struct AuditQuery {
 )]
 pub(crate) async fn audit(
     State(state): State<ApiState>,
-    axum::extract::Query(query): axum::extract::Query<AuditQuery>,
+    crate::extract::Query(query): crate::extract::Query<AuditQuery>,
 ) -> Result<impl IntoResponse, ApiError> {
     let limit = query.limit.unwrap_or(100).clamp(1, 10_000);
     let access = state.access.clone();

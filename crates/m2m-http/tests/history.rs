@@ -350,6 +350,12 @@ async fn published_messages_are_read_back_with_filters_ranges_pages_encodings_an
     assert_eq!(recent["points"].as_array().unwrap().len(), sent.len(), "by default the last hour");
     let future = node.ok("/api/v1/history?filter=%23&from=now%2B1h&to=now%2B2h").await;
     assert_eq!(future["points"], json!([]));
+    let earlier = node.ok("/api/v1/history?filter=%23&to=-2h").await;
+    assert_eq!(earlier["points"], json!([]), "without `from`, the hour before `to`");
+    let last = all[all.len() - 1]["ts_us"].as_u64().unwrap();
+    let before_last = node.ok(&format!("/api/v1/history?filter=%23&to={last}&limit=100000")).await;
+    let expected = all.iter().filter(|p| p["ts_us"].as_u64().unwrap() < last).count();
+    assert_eq!(before_last["points"].as_array().unwrap().len(), expected);
 
     // Limit and cursor: every point exactly once, in order, both ways.
     let asc: Vec<(u64, String)> = all.iter().map(key).collect();

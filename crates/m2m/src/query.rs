@@ -26,7 +26,8 @@ pub(crate) struct QueryArgs {
     /// Topic filter (`+` and `#` wildcards; `#` leaves out `$SYS/...`). Required for points and
     /// aggregates; `#` by default for --latest and --topics.
     filter: Option<String>,
-    /// Start of the range, included: RFC 3339, unix s/ms/µs, `now-1h`, `-15m` (default now-1h).
+    /// Start of the range, included: RFC 3339, unix s/ms/µs, `now-1h`, `-15m` (default an hour
+    /// before --to).
     #[arg(long, allow_hyphen_values = true)]
     from: Option<String>,
     /// End of the range, excluded (default now).
@@ -252,8 +253,8 @@ fn read_only(config: HistoryConfig) -> HistoryConfig {
 /// A point query, as given on the command line.
 struct PointsRequest<'a> {
     filter: &'a str,
-    from: &'a str,
-    to: &'a str,
+    from: Option<&'a str>,
+    to: Option<&'a str>,
     limit: usize,
     order: OrderArg,
     field: Option<&'a str>,
@@ -277,10 +278,18 @@ fn query_string(pairs: &[(&str, Option<&str>)]) -> String {
     }
 }
 
-/// A time of the command line in µs, for a store read here.
-fn time(name: &str, s: &str, now: u64) -> anyhow::Result<u64> {
-    parse_time(s, now).map_err(|e| anyhow::anyhow!("--{name}: {e}"))
+/// `--from` and `--to` in µs, for a store read here, with the API's defaults: `to` now, `from` an
+/// hour before `to`.
+fn range(from: Option<&str>, to: Option<&str>) -> anyhow::Result<(u64, u64)> {
+    let now = now_us();
+    let time = |name: &str, s: &str| parse_time(s, now).map_err(|e| anyhow::anyhow!("--{name}: {e}"));
+    let to_us = to.map(|s| time("to", s)).transpose()?.unwrap_or(now);
+    let from_us = from.map(|s| time("from", s)).transpose()?.unwrap_or(to_us.saturating_sub(DEFAULT_SPAN_US));
+    Ok((from_us, to_us))
 }
+
+/// How far before `--to` a query without `--from` starts (as the API does).
+const DEFAULT_SPAN_US: u64 = 3_600_000_000;
 
 fn field_path(field: Option<&str>) -> anyhow::Result<Option<FieldPath>> {
     field.map(|f| FieldPath::parse(f).map_err(|e| anyhow::anyhow!("--field: {e}"))).transpose()
@@ -295,8 +304,8 @@ impl Source {
                     "/history{}",
                     query_string(&[
                         ("filter", Some(request.filter)),
-                        ("from", Some(request.from)),
-                        ("to", Some(request.to)),
+                        ("from", request.from),
+                        ("to", request.to),
                         ("limit", Some(&limit)),
                         ("order", Some(request.order.name())),
                         ("cursor", cursor),
@@ -315,8 +324,7 @@ impl Source {
                 })
             }
             Source::Store(history) => {
-                let now = now_us();
-                let (from_us, to_us) = (time("from", request.from, now)?, time("to", request.to, now)?);
+                let (from_us, to_us) = range(request.from, request.to)?;
                 let order = match request.order {
                     OrderArg::Asc => Order::Asc,
                     OrderArg::Desc => Order::Desc,
@@ -378,8 +386,8 @@ impl Source {
                     "/history/aggregate{}",
                     query_string(&[
                         ("filter", Some(args.filter)),
-                        ("from", Some(args.from)),
-                        ("to", Some(args.to)),
+                        ("from", args.from),
+                        ("to", args.to),
                         ("field", Some(args.field)),
                         ("bucket", Some(args.bucket)),
                         ("agg", args.agg),
@@ -389,15 +397,15 @@ impl Source {
                 Ok(body["series"].as_array_mut().map(std::mem::take).unwrap_or_default())
             }
             Source::Store(history) => {
-                let now = now_us();
+                let (from_us, to_us) = range(args.from, args.to)?;
                 let aggs = parse_aggs(args.agg)?;
                 let bucket_us = parse_duration(args.bucket)
                     .map(|d| u64::try_from(d.as_micros()).unwrap_or(u64::MAX))
                     .map_err(|e| anyhow::anyhow!("--bucket: {e}"))?;
                 let query = AggregateQuery {
                     filter: args.filter.to_owned(),
-                    from_us: time("from", args.from, now)?,
-                    to_us: time("to", args.to, now)?,
+                    from_us,
+                    to_us,
                     field: FieldPath::parse(args.field).map_err(|e| anyhow::anyhow!("--field: {e}"))?,
                     bucket_us,
                 };
@@ -440,8 +448,8 @@ fn points(source: &Source, args: &QueryArgs, out: &mut dyn Write) -> anyhow::Res
     let limit = args.limit.unwrap_or(if args.all { ALL_PAGE } else { m2m_http::DEFAULT_LIMIT });
     let request = PointsRequest {
         filter: filter(args)?,
-        from: args.from.as_deref().unwrap_or("now-1h"),
-        to: args.to.as_deref().unwrap_or("now"),
+        from: args.from.as_deref(),
+        to: args.to.as_deref(),
         limit,
         order: args.order,
         field: args.field.as_deref(),
@@ -516,8 +524,8 @@ fn topics(source: &Source, args: &QueryArgs, out: &mut dyn Write) -> anyhow::Res
 /// An aggregate query, as given on the command line.
 struct AggregateArgs<'a> {
     filter: &'a str,
-    from: &'a str,
-    to: &'a str,
+    from: Option<&'a str>,
+    to: Option<&'a str>,
     field: &'a str,
     bucket: &'a str,
     agg: Option<&'a str>,
@@ -526,8 +534,8 @@ struct AggregateArgs<'a> {
 fn aggregate(source: &Source, args: &QueryArgs, out: &mut dyn Write) -> anyhow::Result<()> {
     let request = AggregateArgs {
         filter: filter(args)?,
-        from: args.from.as_deref().unwrap_or("now-1h"),
-        to: args.to.as_deref().unwrap_or("now"),
+        from: args.from.as_deref(),
+        to: args.to.as_deref(),
         field: args.field.as_deref().unwrap_or("payload"),
         bucket: args.bucket.as_deref().unwrap_or("1m"),
         agg: args.agg.as_deref(),
