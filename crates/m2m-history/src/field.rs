@@ -63,6 +63,16 @@ impl FieldPath {
         Ok(Self { steps, text: trimmed.to_owned() })
     }
 
+    /// The name the writer's per-minute rollups know this field by: `""` for the payload itself, the
+    /// key for a top-level field; `None` for deeper paths (aggregated from the points).
+    pub(crate) fn rollup_name(&self) -> Option<&str> {
+        match self.steps.as_slice() {
+            [] => Some(""),
+            [Step::Key(k)] => Some(k),
+            _ => None,
+        }
+    }
+
     /// The raw JSON text of the field in `payload`, if the payload is JSON and has it.
     pub fn raw<'a>(&self, payload: &'a [u8]) -> Option<&'a [u8]> {
         let mut at = skip_ws(payload, 0);
@@ -78,7 +88,54 @@ impl FieldPath {
 
     /// The field as a number: a JSON number, or a string holding one, or `true`/`false` as 1/0.
     pub fn number(&self, payload: &[u8]) -> Option<f64> {
-        let raw = self.raw(payload)?;
+        as_number(self.raw(payload)?)
+    }
+
+    /// The field as a JSON value.
+    pub fn value(&self, payload: &[u8]) -> Option<serde_json::Value> {
+        serde_json::from_slice(self.raw(payload)?).ok()
+    }
+}
+
+/// The numbers a payload holds where rollups look for them, as [`FieldPath::number`] reads them: the
+/// payload itself (`""`), or each top-level field of a JSON object (at most `max`; keys written with
+/// escapes are left out).
+pub(crate) fn top_level_numbers(payload: &[u8], max: usize, mut f: impl FnMut(&str, f64)) {
+    let start = skip_ws(payload, 0);
+    if payload.get(start) != Some(&b'{') {
+        if let Some(v) = skip_value(payload, start).and_then(|end| as_number(&payload[start..end])) {
+            f("", v);
+        }
+        return;
+    }
+    let mut j = skip_ws(payload, start + 1);
+    let mut seen = 0;
+    while seen < max && payload.get(j) == Some(&b'"') {
+        let Some(end) = skip_string(payload, j) else { return };
+        let name = &payload[j + 1..end - 1];
+        j = skip_ws(payload, end);
+        if payload.get(j) != Some(&b':') {
+            return;
+        }
+        j = skip_ws(payload, j + 1);
+        let Some(value_end) = skip_value(payload, j) else { return };
+        if !name.contains(&b'\\') {
+            if let (Ok(name), Some(v)) = (std::str::from_utf8(name), as_number(&payload[j..value_end])) {
+                f(name, v);
+                seen += 1;
+            }
+        }
+        j = skip_ws(payload, value_end);
+        match payload.get(j) {
+            Some(b',') => j = skip_ws(payload, j + 1),
+            _ => return,
+        }
+    }
+}
+
+/// A raw JSON value as a number, as [`FieldPath::number`] reads it.
+fn as_number(raw: &[u8]) -> Option<f64> {
+    {
         match raw.first()? {
             b'"' => {
                 let inner = &raw[1..raw.len() - 1];
@@ -88,11 +145,6 @@ impl FieldPath {
             b'f' => Some(0.0),
             _ => std::str::from_utf8(raw).ok()?.parse::<f64>().ok().filter(|v| v.is_finite()),
         }
-    }
-
-    /// The field as a JSON value.
-    pub fn value(&self, payload: &[u8]) -> Option<serde_json::Value> {
-        serde_json::from_slice(self.raw(payload)?).ok()
     }
 }
 
@@ -235,6 +287,26 @@ mod tests {
         assert_eq!(num("payload[1]", "[10, 20]"), Some(20.0));
         let v = FieldPath::parse("payload.engine.rpm").unwrap().value(p.as_bytes()).unwrap();
         assert_eq!(v, serde_json::json!([1, 2, {"a": 3.5}]));
+    }
+
+    #[test]
+    fn top_level_numbers_are_those_paths_read() {
+        let mut got = Vec::new();
+        let p = br#"{"t": 21.5, "s": "3", "deep": {"x": 1}, "on": true, "name": "pump", "a\"b": 4}"#;
+        top_level_numbers(p, 16, |k, v| got.push((k.to_owned(), v)));
+        assert_eq!(got, [("t".to_owned(), 21.5), ("s".to_owned(), 3.0), ("on".to_owned(), 1.0)]);
+        for (k, v) in &got {
+            assert_eq!(FieldPath::parse(&format!("payload.{k}")).unwrap().number(p), Some(*v));
+        }
+        got.clear();
+        top_level_numbers(b" 42 ", 16, |k, v| got.push((k.to_owned(), v)));
+        assert_eq!(got, [(String::new(), 42.0)]);
+        got.clear();
+        top_level_numbers(br#"{"a":1,"b":2,"c":3}"#, 2, |k, v| got.push((k.to_owned(), v)));
+        assert_eq!(got.len(), 2, "at most max");
+        assert_eq!(FieldPath::parse("payload.a").unwrap().rollup_name(), Some("a"));
+        assert_eq!(FieldPath::parse("payload").unwrap().rollup_name(), Some(""));
+        assert_eq!(FieldPath::parse("payload.a.b").unwrap().rollup_name(), None);
     }
 
     #[test]

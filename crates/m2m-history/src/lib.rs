@@ -20,11 +20,20 @@
 //! A query matches the filter against the known topics (in memory), then reads, for each topic,
 //! the range of its records in each segment that overlaps the time range, merged in time order.
 //! Aggregates read payloads only as far as the field they extract.
+//!
+//! # Rollups
+//! The writer also keeps, per topic and minute, the count, min, max, sum, first and last of every
+//! number at the top level of a payload (the payload itself when it is a number, or each top-level
+//! field of a JSON object, at most 16), and the number of messages. They are stored in the same
+//! segment as the records (keys with the topic id's top bit set), so retention drops them together.
+//! An aggregate of such a field in buckets of whole minutes reads the rollups for the whole minutes
+//! of its range and the records only for the partial minutes at its ends.
 
 mod config;
 mod field;
 mod query;
 mod record;
+mod rollup;
 pub mod time;
 mod writer;
 
@@ -134,6 +143,8 @@ pub(crate) struct Catalog {
     pub(crate) topics: Vec<Option<TopicEntry>>,
     pub(crate) segments: Vec<Segment>,
     pub(crate) gaps: Vec<Gap>,
+    /// Ids of the fields the per-minute rollups know, by name (`""`: the payload itself).
+    pub(crate) fields: std::collections::HashMap<String, u16>,
 }
 
 /// A retention class.

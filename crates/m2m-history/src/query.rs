@@ -13,6 +13,7 @@ use m2m_store::SeriesIter;
 use m2m_topic::TopicFilter;
 
 use crate::record::{decode, key, payload_of, split_key, Record};
+use crate::rollup;
 use crate::{FieldPath, History, HistoryError};
 
 /// The most points one query returns.
@@ -278,18 +279,6 @@ pub struct Bucket {
 }
 
 impl Bucket {
-    fn new(start_us: u64, v: f64) -> Self {
-        Self { start_us, count: 1, min: v, max: v, sum: v, first: v, last: v }
-    }
-
-    fn add(&mut self, v: f64) {
-        self.count += 1;
-        self.min = self.min.min(v);
-        self.max = self.max.max(v);
-        self.sum += v;
-        self.last = v;
-    }
-
     /// The value of one function.
     pub fn get(&self, agg: Agg) -> f64 {
         match agg {
@@ -318,6 +307,30 @@ pub struct TopicSeries {
 /// What a query reads: the topics it matches (id, name), the segments overlapping its range, and
 /// every topic's name by id.
 type Plan = (Vec<(u32, Arc<str>)>, Vec<Arc<str>>, Vec<Option<Arc<str>>>);
+
+impl TopicSeries {
+    /// Adds `acc` (values that all came after those added so far) to the bucket starting at `start`.
+    fn add(&mut self, start: u64, acc: &rollup::Acc) {
+        match self.buckets.last_mut() {
+            Some(b) if b.start_us == start => {
+                b.count += acc.count;
+                b.min = b.min.min(acc.min);
+                b.max = b.max.max(acc.max);
+                b.sum += acc.sum;
+                b.last = acc.last;
+            }
+            _ => self.buckets.push(Bucket {
+                start_us: start,
+                count: acc.count,
+                min: acc.min,
+                max: acc.max,
+                sum: acc.sum,
+                first: acc.first,
+                last: acc.last,
+            }),
+        }
+    }
+}
 
 impl History {
     /// The topics matching `filter` (id, name) and the segments overlapping `[from, to)`.
@@ -417,6 +430,9 @@ impl History {
             )));
         }
         let (mut topics, segments, _) = self.plan(&query.filter, query.from_us, query.to_us)?;
+        // Rollups serve a top-level field (`Some(None)`: one no payload has had).
+        let rollup_field =
+            query.field.rollup_name().map(|name| self.shared().catalog().fields.get(name).copied());
         topics.sort_by(|a, b| a.1.cmp(&b.1));
         let threads = std::thread::available_parallelism().map_or(1, |n| n.get()).min(topics.len()).max(1);
         let chunk = topics.len().div_ceil(threads).max(1);
@@ -427,7 +443,7 @@ impl History {
                     let segments = &segments;
                     scope.spawn(move || {
                         part.iter()
-                            .map(|(id, name)| self.aggregate_topic(*id, name, segments, query))
+                            .map(|(id, name)| self.aggregate_topic(*id, name, segments, query, rollup_field))
                             .collect()
                     })
                 })
@@ -454,26 +470,90 @@ impl History {
         name: &Arc<str>,
         segments: &[Arc<str>],
         q: &AggregateQuery,
+        rollup_field: Option<Option<u16>>,
     ) -> Result<TopicSeries, HistoryError> {
-        let store = &self.shared().store;
         let mut series = TopicSeries { topic: name.clone(), buckets: Vec::new(), skipped: 0 };
+        let (inner_from, inner_to) = (
+            q.from_us.div_ceil(rollup::MINUTE).saturating_mul(rollup::MINUTE),
+            q.to_us - q.to_us % rollup::MINUTE,
+        );
+        match rollup_field {
+            // Whole minutes from the rollups, the partial ones at the ends from the records.
+            Some(field) if q.bucket_us % rollup::MINUTE == 0 && inner_from < inner_to => {
+                self.aggregate_points(&mut series, id, segments, q, q.from_us, inner_from)?;
+                self.aggregate_rollups(&mut series, id, segments, q, field, inner_from, inner_to)?;
+                self.aggregate_points(&mut series, id, segments, q, inner_to, q.to_us)?;
+            }
+            _ => self.aggregate_points(&mut series, id, segments, q, q.from_us, q.to_us)?,
+        }
+        Ok(series)
+    }
+
+    /// Adds the records of `[from, to)` to `series`, in time order.
+    fn aggregate_points(
+        &self,
+        series: &mut TopicSeries,
+        id: u32,
+        segments: &[Arc<str>],
+        q: &AggregateQuery,
+        from: u64,
+        to: u64,
+    ) -> Result<(), HistoryError> {
+        if from >= to {
+            return Ok(());
+        }
+        let store = &self.shared().store;
         for segment in segments {
-            let range =
-                (Bound::Included(key(id, q.from_us).to_vec()), Bound::Excluded(key(id, q.to_us).to_vec()));
-            for item in store.series_range(segment, range)? {
-                let (k, v) = item?;
-                let Some((_, ts)) = split_key(&k) else { continue };
-                let Some(value) = payload_of(&v).and_then(|p| q.field.number(p)) else {
-                    series.skipped += 1;
-                    continue;
-                };
-                let start = ts - ts % q.bucket_us;
-                match series.buckets.last_mut() {
-                    Some(b) if b.start_us == start => b.add(value),
-                    _ => series.buckets.push(Bucket::new(start, value)),
+            let range = (Bound::Included(key(id, from).to_vec()), Bound::Excluded(key(id, to).to_vec()));
+            let mut records = store.series_range(segment, range)?;
+            while let Some(item) = records.next_with(false, |k, v| {
+                (split_key(k).map(|(_, ts)| ts), payload_of(v).and_then(|p| q.field.number(p)))
+            }) {
+                let (ts, value) = item?;
+                let Some(ts) = ts else { continue };
+                match value {
+                    Some(v) => series.add(ts - ts % q.bucket_us, &rollup::Acc::new(v)),
+                    None => series.skipped += 1,
                 }
             }
         }
-        Ok(series)
+        Ok(())
+    }
+
+    /// Adds the rollups of the whole minutes `[from, to)` to `series`; `field` is `None` when no
+    /// payload ever had it (every message is then skipped).
+    #[allow(clippy::too_many_arguments)]
+    fn aggregate_rollups(
+        &self,
+        series: &mut TopicSeries,
+        id: u32,
+        segments: &[Arc<str>],
+        q: &AggregateQuery,
+        field: Option<u16>,
+        from: u64,
+        to: u64,
+    ) -> Result<(), HistoryError> {
+        let store = &self.shared().store;
+        let (mut messages, mut values) = (0u64, 0u64);
+        for segment in segments {
+            let range = (
+                Bound::Included(rollup::key(id, from, 0).to_vec()),
+                Bound::Excluded(rollup::key(id, to, 0).to_vec()),
+            );
+            let mut records = store.series_range(segment, range)?;
+            while let Some(item) =
+                records.next_with(false, |k, v| (rollup::split_key(k), rollup::Acc::decode(v)))
+            {
+                let (Some((minute, f)), Some(acc)) = item? else { continue };
+                if f == rollup::COUNT {
+                    messages += acc.count;
+                } else if Some(f) == field {
+                    values += acc.count;
+                    series.add(minute - minute % q.bucket_us, &acc);
+                }
+            }
+        }
+        series.skipped += messages.saturating_sub(values);
+        Ok(())
     }
 }

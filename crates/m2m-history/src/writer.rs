@@ -13,6 +13,7 @@ use m2m_store::{SeriesBatch, Store, StoreError};
 use m2m_topic::TopicName;
 
 use crate::record::{encode, key};
+use crate::rollup::{self, Minute};
 use crate::time::{now_us, parse_time};
 use crate::{
     Catalog, Class, FieldPath, Gap, HistoryError, Segment, Shared, TopicEntry, META, SEGMENT_PREFIX, TOPICS,
@@ -23,6 +24,7 @@ const MAINTENANCE: Duration = Duration::from_secs(1);
 
 const SEG_KEY: &[u8] = b"seg/";
 const GAP_KEY: &[u8] = b"gap/";
+const FIELD_KEY: &[u8] = b"fld/";
 
 fn u64_at(b: &[u8], at: usize) -> Option<u64> {
     Some(u64::from_be_bytes(b.get(at..at + 8)?.try_into().ok()?))
@@ -106,6 +108,12 @@ pub(crate) fn load(store: &Store) -> Result<Catalog, HistoryError> {
                 return Err(corrupt("a segment record is truncated"));
             };
             spans.insert(String::from_utf8_lossy(name).into_owned(), (start, end, records, bytes));
+        } else if let Some(name) = k.strip_prefix(FIELD_KEY) {
+            let id = v.get(..2).and_then(|b| b.try_into().ok()).map(u16::from_be_bytes);
+            let (Ok(name), Some(id)) = (std::str::from_utf8(name), id) else {
+                return Err(corrupt("a field record is malformed"));
+            };
+            catalog.fields.insert(name.to_owned(), id);
         } else if let Some(from) = k.strip_prefix(GAP_KEY) {
             let (Some(from_us), Some(to_us), Some(dropped)) = (u64_at(from, 0), u64_at(&v, 0), u64_at(&v, 8))
             else {
@@ -164,6 +172,14 @@ struct Writer {
     /// Write failures are logged once until a write succeeds again.
     failing: bool,
     buffer: Vec<u8>,
+    /// Each topic's rollups of its current minute.
+    rollups: HashMap<u32, Minute>,
+    /// Rollup field ids by name, and the next free one.
+    fields: HashMap<String, u16>,
+    next_field: u16,
+    /// Topics' last times when the writer started: a minute up to it may have rollups stored
+    /// already (before a restart), to be added to.
+    seed: HashMap<u32, u64>,
 }
 
 impl Writer {
@@ -193,6 +209,9 @@ impl Writer {
             (slots, u32::try_from(catalog.topics.len()).unwrap_or(u32::MAX), next_seq, current)
         };
         let timestamp_field = shared.config.timestamp_field.as_deref().and_then(|f| FieldPath::parse(f).ok());
+        let fields = shared.catalog().fields.clone();
+        let seed = slots.values().map(|s| (s.id, s.last_us)).collect();
+        let next_field = fields.values().max().map_or(1, |m| m.saturating_add(1));
         Self {
             shared,
             slots,
@@ -202,6 +221,10 @@ impl Writer {
             timestamp_field,
             failing: false,
             buffer: Vec::new(),
+            rollups: HashMap::new(),
+            fields,
+            next_field,
+            seed,
         }
     }
 
@@ -307,12 +330,73 @@ impl Writer {
         name
     }
 
+    /// Adds a record of topic `id` at `ts` to its current minute's rollups (a new minute, or a new
+    /// segment, starts them afresh — from what is stored already for a minute that began before a
+    /// restart).
+    fn roll_up(
+        &mut self,
+        batch: &mut SeriesBatch,
+        id: u32,
+        ts: u64,
+        segment: &Arc<str>,
+        payload: &[u8],
+        new_fields: &mut Vec<(String, u16)>,
+    ) {
+        let minute = ts - ts % rollup::MINUTE;
+        let fresh = self.rollups.get(&id).is_none_or(|m| m.minute != minute || m.segment != *segment);
+        if fresh {
+            // The minute it had is over: written now if it changed since the last batch.
+            if let Some(done) = self.rollups.get(&id).filter(|m| m.dirty) {
+                put_rollups(batch, id, done);
+            }
+            let mut m = Minute { segment: segment.clone(), minute, fields: Vec::new(), dirty: false };
+            if self.seed.remove(&id).is_some_and(|last| minute <= last) {
+                self.seed_minute(id, &mut m);
+            }
+            self.rollups.insert(id, m);
+        }
+        let Writer { rollups, fields, next_field, .. } = self;
+        let Some(m) = rollups.get_mut(&id) else { return };
+        m.dirty = true;
+        m.add(rollup::COUNT, 1.0);
+        crate::field::top_level_numbers(payload, rollup::MAX_FIELDS, |name, v| {
+            let field = match fields.get(name) {
+                Some(f) => *f,
+                None if *next_field < u16::MAX => {
+                    let f = *next_field;
+                    *next_field += 1;
+                    fields.insert(name.to_owned(), f);
+                    new_fields.push((name.to_owned(), f));
+                    f
+                }
+                None => return,
+            };
+            m.add(field, v);
+        });
+    }
+
+    /// Reads what was stored of `m`'s minute before a restart.
+    fn seed_minute(&self, id: u32, m: &mut Minute) {
+        use std::ops::Bound::Included;
+        let range = (
+            Included(rollup::key(id, m.minute, 0).to_vec()),
+            Included(rollup::key(id, m.minute, u16::MAX).to_vec()),
+        );
+        let Ok(records) = self.shared.store.series_range(&m.segment, range) else { return };
+        for (k, v) in records.flatten() {
+            if let (Some((_, field)), Some(acc)) = (rollup::split_key(&k), rollup::Acc::decode(&v)) {
+                m.fields.push((field, acc));
+            }
+        }
+    }
+
     fn write(&mut self, items: Vec<(Arc<Message>, u64)>, gap: Option<Gap>) {
         let mut batch = SeriesBatch::new();
         // Per topic written: its entry, and its last message (encoded once, at the end).
         let mut touched: HashMap<u32, (TopicEntry, Arc<Message>, Option<u64>)> = HashMap::new();
         let mut spans: HashMap<Arc<str>, (u64, u64, u64, u64)> = HashMap::new();
         let mut opened = Vec::new();
+        let mut new_fields: Vec<(String, u16)> = Vec::new();
         let stored = items.len() as u64;
         for (message, at) in items {
             let (id, class, ts) = match self.slots.get_mut(message.topic.as_arc()) {
@@ -341,6 +425,7 @@ impl Writer {
                     self.current[class] = None;
                 }
             }
+            self.roll_up(&mut batch, id, ts, &segment, &message.payload, &mut new_fields);
             let span = spans.entry(segment).or_insert((ts, ts, 0, 0));
             span.0 = span.0.min(ts);
             span.1 = span.1.max(ts);
@@ -386,6 +471,13 @@ impl Writer {
         let meta: Arc<str> = Arc::from(META);
         for (id, t) in &touched {
             batch.put(&topics, t.name.as_str().as_bytes().to_vec(), encode_topic(*id, t));
+        }
+        for (id, m) in self.rollups.iter_mut().filter(|(_, m)| m.dirty) {
+            put_rollups(&mut batch, *id, m);
+            m.dirty = false;
+        }
+        for (name, id) in &new_fields {
+            batch.put(&meta, [FIELD_KEY, name.as_bytes()].concat(), id.to_be_bytes().to_vec());
         }
         // The spans of the segments written to, as they will be after this batch.
         let mut segments: Vec<Segment> = {
@@ -450,6 +542,7 @@ impl Writer {
                 if let Some(g) = gap {
                     catalog.gaps.push(g);
                 }
+                catalog.fields.extend(new_fields);
             }
             Err(e) => {
                 if !self.failing {
@@ -523,6 +616,7 @@ impl Writer {
                     *c = None;
                 }
             }
+            self.rollups.retain(|_, m| m.segment != s.name);
             // Out of the catalog first, so that no new query reads it.
             self.shared
                 .catalog
@@ -581,6 +675,13 @@ impl Writer {
                 .gaps
                 .retain(|g| !old.contains(g));
         }
+    }
+}
+
+/// Writes the rollups of one topic's minute into its segment.
+fn put_rollups(batch: &mut SeriesBatch, id: u32, m: &Minute) {
+    for (field, acc) in &m.fields {
+        batch.put(&m.segment, rollup::key(id, m.minute, *field).to_vec(), acc.encode());
     }
 }
 

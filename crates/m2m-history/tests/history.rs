@@ -407,3 +407,91 @@ fn imported_data_keeps_its_own_times_and_is_cut_into_segments_by_them() {
     let last = h.latest("a/t").unwrap().remove(0);
     assert_eq!((last.ts_us, &last.record.payload[..]), (start + 239 * 60_000_000 + 1, &b"late"[..]));
 }
+
+/// Aggregates in whole-minute buckets are served from the writer's per-minute rollups: they must
+/// equal what the points say, across a restart in the middle of a minute, segments closed in the
+/// middle of a minute, partial minutes at both ends of the range, payloads without the field and
+/// numbers written as strings.
+#[test]
+fn rollup_aggregates_equal_what_the_points_say() {
+    let dir = TempDir::new("history-rollup");
+    // Segments of about 2 KiB: several close within a minute.
+    let config = || HistoryConfig { max_age: None, max_bytes: Some(16 * 1024), ..HistoryConfig::default() };
+    let start = m2m_history::time::parse_time("2026-03-01T10:00:00Z", 0).unwrap();
+    let mut t = start;
+    let mut n = 0u64;
+    for part in 0..2 {
+        let (_store, h) = open(&dir, config());
+        // 20 minutes a part; the restart falls in the middle of minute 20.
+        while t < start + (part + 1) * 20 * 60_000_000 + 30_000_000 {
+            n += 1;
+            let payload = match n % 7 {
+                0 => "{\"other\":1}".to_owned(),
+                1 => format!("{{\"t\":\"{}\"}}", n % 13),
+                _ => format!("{{\"t\":{}.5,\"u\":{n}}}", n % 17),
+            };
+            assert!(h.import(&message(if n % 3 == 0 { "r/b" } else { "r/a" }, payload), t));
+            t += 1_000_000 + (n * 7919) % 3_000_000;
+        }
+        assert!(h.flush(Duration::from_secs(10)));
+    }
+    let (_store, h) = open(&dir, config());
+    let (from, to) = (start + 17_000_000, t - 23_000_000);
+    let points: Vec<_> =
+        h.query(&Query { from_us: from, to_us: to, ..all("r/+") }).unwrap().map(Result::unwrap).collect();
+    let field = FieldPath::parse("payload.t").unwrap();
+    for bucket in [60_000_000u64, 300_000_000, 3_600_000_000] {
+        let got = h
+            .aggregate(&AggregateQuery {
+                filter: "r/+".into(),
+                from_us: from,
+                to_us: to,
+                field: field.clone(),
+                bucket_us: bucket,
+            })
+            .unwrap();
+        for s in &got {
+            let mine: Vec<(u64, Option<f64>)> = points
+                .iter()
+                .filter(|p| p.topic == s.topic)
+                .map(|p| (p.ts_us, field.number(&p.record.payload)))
+                .collect();
+            assert_eq!(
+                s.skipped,
+                mine.iter().filter(|(_, v)| v.is_none()).count() as u64,
+                "{} skipped",
+                s.topic
+            );
+            let mut want: Vec<(u64, u64, f64, f64, f64, f64, f64)> = Vec::new();
+            for (ts, v) in mine.iter().filter_map(|(ts, v)| v.map(|v| (*ts, v))) {
+                let b = ts - ts % bucket;
+                match want.last_mut() {
+                    Some(w) if w.0 == b => {
+                        w.1 += 1;
+                        w.2 = w.2.min(v);
+                        w.3 = w.3.max(v);
+                        w.4 += v;
+                        w.6 = v;
+                    }
+                    _ => want.push((b, 1, v, v, v, v, v)),
+                }
+            }
+            let have: Vec<_> = s
+                .buckets
+                .iter()
+                .map(|b| (b.start_us, b.count, b.min, b.max, b.sum, b.first, b.last))
+                .collect();
+            assert_eq!(have.len(), want.len(), "{} buckets of {bucket}", s.topic);
+            for (h, w) in have.iter().zip(&want) {
+                assert_eq!(
+                    (h.0, h.1, h.2, h.3, h.5, h.6),
+                    (w.0, w.1, w.2, w.3, w.5, w.6),
+                    "{} bucket {}",
+                    s.topic,
+                    h.0
+                );
+                assert!((h.4 - w.4).abs() < 1e-6, "sum {} vs {}", h.4, w.4);
+            }
+        }
+    }
+}

@@ -134,10 +134,7 @@ impl Engine {
             return Ok(None);
         }
         let memtable = self.memtable_bytes;
-        let ks = self
-            .db
-            .keyspace(name, || KeyspaceCreateOptions::default().max_memtable_size(memtable))
-            .map_err(StoreError::writing)?;
+        let ks = self.db.keyspace(name, || series_options(memtable)).map_err(StoreError::writing)?;
         let mut series = self.series.write().unwrap_or_else(PoisonError::into_inner);
         Ok(Some(series.entry(name.to_owned()).or_insert(ks).clone()))
     }
@@ -212,6 +209,18 @@ impl Engine {
         batch.commit().map_err(StoreError::writing)?;
         self.db.persist(PersistMode::SyncData).map_err(StoreError::writing)
     }
+}
+
+/// How series keyspaces are made: written once in key order and read by ranges, so their blocks are
+/// compressed at every level (LZ4) and larger than the default, and they carry no Bloom filters
+/// (which serve point reads, and would cost a byte or two per record).
+fn series_options(memtable: u64) -> KeyspaceCreateOptions {
+    use fjall::config::{BlockSizePolicy, CompressionPolicy, FilterPolicy};
+    KeyspaceCreateOptions::default()
+        .max_memtable_size(memtable)
+        .data_block_compression_policy(CompressionPolicy::all(fjall::CompressionType::Lz4))
+        .data_block_size_policy(BlockSizePolicy::all(16 * 1024))
+        .filter_policy(FilterPolicy::disabled())
 }
 
 /// Runs `f`, turning a panic into [`StoreError::Corrupt`] for the store at `path`.

@@ -65,27 +65,31 @@ impl std::fmt::Debug for SeriesIter {
     }
 }
 
+impl SeriesIter {
+    /// The next record (the last one first when `back`), handed to `f` as borrowed key and value
+    /// bytes, without copying them.
+    pub fn next_with<T>(
+        &mut self,
+        back: bool,
+        f: impl FnOnce(&[u8], &[u8]) -> T,
+    ) -> Option<Result<T, StoreError>> {
+        let inner = self.inner.as_mut()?;
+        let item = if back { inner.next_back()? } else { inner.next()? };
+        Some(item.into_inner().map(|(k, v)| f(&k, &v)).map_err(|e| StoreError::reading(e, &self.path)))
+    }
+}
+
 impl Iterator for SeriesIter {
     type Item = Result<(Vec<u8>, Vec<u8>), StoreError>;
 
     fn next(&mut self) -> Option<Self::Item> {
-        let item = self.inner.as_mut()?.next()?;
-        Some(
-            item.into_inner()
-                .map(|(k, v)| (k.to_vec(), v.to_vec()))
-                .map_err(|e| StoreError::reading(e, &self.path)),
-        )
+        self.next_with(false, |k, v| (k.to_vec(), v.to_vec()))
     }
 }
 
 impl DoubleEndedIterator for SeriesIter {
     fn next_back(&mut self) -> Option<Self::Item> {
-        let item = self.inner.as_mut()?.next_back()?;
-        Some(
-            item.into_inner()
-                .map(|(k, v)| (k.to_vec(), v.to_vec()))
-                .map_err(|e| StoreError::reading(e, &self.path)),
-        )
+        self.next_with(true, |k, v| (k.to_vec(), v.to_vec()))
     }
 }
 
