@@ -479,7 +479,7 @@ impl History {
         );
         match rollup_field {
             // Whole minutes from the rollups, the partial ones at the ends from the records.
-            Some(field) if q.bucket_us % rollup::MINUTE == 0 && inner_from < inner_to => {
+            Some(field) if q.bucket_us.is_multiple_of(rollup::MINUTE) && inner_from < inner_to => {
                 self.aggregate_points(&mut series, id, segments, q, q.from_us, inner_from)?;
                 self.aggregate_rollups(&mut series, id, segments, q, field, inner_from, inner_to)?;
                 self.aggregate_points(&mut series, id, segments, q, inner_to, q.to_us)?;
