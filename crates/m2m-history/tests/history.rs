@@ -430,7 +430,7 @@ fn rollup_aggregates_equal_what_the_points_say() {
                 1 => format!("{{\"t\":\"{}\"}}", n % 13),
                 _ => format!("{{\"t\":{}.5,\"u\":{n}}}", n % 17),
             };
-            assert!(h.import(&message(if n % 3 == 0 { "r/b" } else { "r/a" }, payload), t));
+            assert!(h.import(&message(if n.is_multiple_of(3) { "r/b" } else { "r/a" }, payload), t));
             t += 1_000_000 + (n * 7919) % 3_000_000;
         }
         assert!(h.flush(Duration::from_secs(10)));
