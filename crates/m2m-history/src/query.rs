@@ -2,7 +2,7 @@
 //! with a cursor; aggregates of a JSON field per time bucket.
 
 use std::cmp::Reverse;
-use std::collections::BinaryHeap;
+use std::collections::{BinaryHeap, VecDeque};
 use std::fmt;
 use std::ops::Bound;
 use std::str::FromStr;
@@ -12,7 +12,7 @@ use bytes::Bytes;
 use m2m_store::SeriesIter;
 use m2m_topic::TopicFilter;
 
-use crate::record::{decode, key, payload_of, split_key, Record};
+use crate::record::{decode, for_each_in_block, key, payload_of, split_key, Record};
 use crate::rollup;
 use crate::{FieldPath, History, HistoryError};
 
@@ -105,16 +105,48 @@ struct Source {
     topic: u32,
     iter: SeriesIter,
     reverse: bool,
+    from: u64,
+    to: u64,
+    /// Messages of the block read last that are in range and not yet handed out.
+    points: VecDeque<(u64, Bytes)>,
 }
 
 impl Source {
     fn next(&mut self) -> Option<Result<(u64, Bytes), HistoryError>> {
-        let item = if self.reverse { self.iter.next_back()? } else { self.iter.next()? };
-        Some(item.map_err(HistoryError::from).and_then(|(k, v)| {
-            let (_, ts) =
-                split_key(&k).ok_or(HistoryError::BadRequest("a stored key is malformed".into()))?;
-            Ok((ts, Bytes::from(v)))
-        }))
+        loop {
+            let point = if self.reverse { self.points.pop_back() } else { self.points.pop_front() };
+            if let Some(p) = point {
+                return Some(Ok(p));
+            }
+            let item = self.iter.next_with(self.reverse, |k, v| (split_key(k), Bytes::copy_from_slice(v)))?;
+            let (key, block) = match item {
+                Ok(kv) => kv,
+                Err(e) => return Some(Err(e.into())),
+            };
+            let Some((_, first)) = key else { continue };
+            let (from, to, points) = (self.from, self.to, &mut self.points);
+            let read = for_each_in_block(first, &block, |ts, record| {
+                if ts >= from && ts < to {
+                    points.push_back((ts, block.slice_ref(record)));
+                }
+                ts < to
+            });
+            if let Err(e) = read {
+                return Some(Err(e.into()));
+            }
+        }
+    }
+}
+
+/// Where a scan of topic `id` from `from` starts in `segment`: the first time of the block that holds
+/// `from` (blocks are keyed by their first message), or `from` itself.
+fn block_start(store: &m2m_store::Store, segment: &str, id: u32, from: u64) -> Result<u64, HistoryError> {
+    let range = (Bound::Included(key(id, 0).to_vec()), Bound::Included(key(id, from).to_vec()));
+    let mut before = store.series_range(segment, range)?;
+    match before.next_with(true, |k, _| split_key(k)) {
+        Some(Ok(Some((_, first)))) => Ok(first),
+        Some(Err(e)) => Err(e.into()),
+        _ => Ok(from),
     }
 }
 
@@ -392,9 +424,11 @@ impl History {
                 continue;
             }
             for segment in &segments {
+                let start = block_start(store, segment, *id, from)?;
                 let range =
-                    (Bound::Included(key(*id, from).to_vec()), Bound::Excluded(key(*id, to).to_vec()));
-                sources.push(Source { topic: *id, iter: store.series_range(segment, range)?, reverse });
+                    (Bound::Included(key(*id, start).to_vec()), Bound::Excluded(key(*id, to).to_vec()));
+                let iter = store.series_range(segment, range)?;
+                sources.push(Source { topic: *id, iter, reverse, from, to, points: VecDeque::new() });
             }
         }
         let n = sources.len();
@@ -504,17 +538,22 @@ impl History {
         }
         let store = &self.shared().store;
         for segment in segments {
-            let range = (Bound::Included(key(id, from).to_vec()), Bound::Excluded(key(id, to).to_vec()));
-            let mut records = store.series_range(segment, range)?;
-            while let Some(item) = records.next_with(false, |k, v| {
-                (split_key(k).map(|(_, ts)| ts), payload_of(v).and_then(|p| q.field.number(p)))
+            let start = block_start(store, segment, id, from)?;
+            let range = (Bound::Included(key(id, start).to_vec()), Bound::Excluded(key(id, to).to_vec()));
+            let mut blocks = store.series_range(segment, range)?;
+            while let Some(item) = blocks.next_with(false, |k, v| {
+                let Some((_, first)) = split_key(k) else { return Ok(()) };
+                for_each_in_block(first, v, |ts, record| {
+                    if ts >= from && ts < to {
+                        match payload_of(record).and_then(|p| q.field.number(p)) {
+                            Some(v) => series.add(ts - ts % q.bucket_us, &rollup::Acc::new(v)),
+                            None => series.skipped += 1,
+                        }
+                    }
+                    ts < to
+                })
             }) {
-                let (ts, value) = item?;
-                let Some(ts) = ts else { continue };
-                match value {
-                    Some(v) => series.add(ts - ts % q.bucket_us, &rollup::Acc::new(v)),
-                    None => series.skipped += 1,
-                }
+                item??;
             }
         }
         Ok(())

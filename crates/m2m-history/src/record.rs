@@ -1,8 +1,16 @@
 //! How one stored message is laid out.
 //!
-//! Key (12 bytes): topic id `u32` BE, then the node's timestamp in microseconds `u64` BE, so a topic's
-//! records are one contiguous range in time order.
+//! Messages are stored in blocks: one stored record holds up to [`BLOCK_POINTS`] consecutive messages
+//! of one topic (those of one topic in one batch of the writer), so that ingest costs one write per
+//! block, not per message.
 //!
+//! Key (12 bytes): topic id `u32` BE, then the node's timestamp in microseconds of the block's first
+//! message `u64` BE, so a topic's blocks are one contiguous range in time order.
+//!
+//! Block value: a version byte (2), the number of messages (`u16` BE), then per message its time
+//! after the block's first (LEB128), the length of its record (LEB128) and the record.
+//!
+//! Record (one message):
 //! Value: a version byte (1); a flags byte (bits 0–1 QoS, 2 retain, 3 publisher timestamp, 4 client
 //! id, 5 content type, 6 user properties, 7 payload declared UTF-8); then, as the flags say, the
 //! publisher's timestamp (`u64` BE, µs), the client id and the content type (`u16` BE length and
@@ -13,6 +21,11 @@ use bytes::Bytes;
 use m2m_session::Message;
 
 const VERSION: u8 = 1;
+const BLOCK_VERSION: u8 = 2;
+/// Messages in one block at most.
+pub(crate) const BLOCK_POINTS: u16 = 512;
+/// Bytes of records in one block at most (a larger message gets a block of its own).
+pub(crate) const BLOCK_BYTES: usize = 64 * 1024;
 const F_RETAIN: u8 = 1 << 2;
 const F_PUBLISHER_TS: u8 = 1 << 3;
 const F_CLIENT: u8 = 1 << 4;
@@ -169,6 +182,92 @@ pub(crate) fn decode(value: Bytes) -> Result<Record, DecodeError> {
     })
 }
 
+fn put_varint(out: &mut Vec<u8>, mut n: u64) {
+    while n >= 0x80 {
+        out.push((n as u8) | 0x80);
+        n >>= 7;
+    }
+    out.push(n as u8);
+}
+
+fn varint(b: &[u8], at: &mut usize) -> Option<u64> {
+    let mut n: u64 = 0;
+    for shift in (0..64).step_by(7) {
+        let byte = *b.get(*at)?;
+        *at += 1;
+        n |= u64::from(byte & 0x7f) << shift;
+        if byte & 0x80 == 0 {
+            return Some(n);
+        }
+    }
+    None
+}
+
+/// A block being filled: consecutive messages of one topic.
+#[derive(Debug)]
+pub(crate) struct BlockWriter {
+    pub(crate) first_ts: u64,
+    buf: Vec<u8>,
+    count: u16,
+    record: Vec<u8>,
+}
+
+impl BlockWriter {
+    pub(crate) fn new(first_ts: u64) -> Self {
+        let mut buf = Vec::with_capacity(256);
+        buf.extend_from_slice(&[BLOCK_VERSION, 0, 0]);
+        Self { first_ts, buf, count: 0, record: Vec::new() }
+    }
+
+    /// Whether another message fits.
+    pub(crate) fn has_room(&self) -> bool {
+        self.count < BLOCK_POINTS && self.buf.len() < BLOCK_BYTES
+    }
+
+    /// Adds a message at `ts` (not before the block's first); the bytes it added.
+    pub(crate) fn push(&mut self, ts: u64, message: &Message, publisher_ts_us: Option<u64>) -> usize {
+        let before = self.buf.len();
+        self.record.clear();
+        encode(message, publisher_ts_us, &mut self.record);
+        put_varint(&mut self.buf, ts - self.first_ts);
+        put_varint(&mut self.buf, self.record.len() as u64);
+        self.buf.extend_from_slice(&self.record);
+        self.count += 1;
+        self.buf.len() - before
+    }
+
+    /// The stored value.
+    pub(crate) fn finish(mut self) -> Vec<u8> {
+        self.buf[1..3].copy_from_slice(&self.count.to_be_bytes());
+        self.buf
+    }
+}
+
+/// Calls `f` with the time and record bytes of each message of the block stored under `first_ts`,
+/// in order; stops early when `f` returns `false`.
+pub(crate) fn for_each_in_block(
+    first_ts: u64,
+    value: &[u8],
+    mut f: impl FnMut(u64, &[u8]) -> bool,
+) -> Result<(), DecodeError> {
+    if value.first() != Some(&BLOCK_VERSION) {
+        return Err(DecodeError("unknown block version"));
+    }
+    let count =
+        u16::from_be_bytes(value.get(1..3).and_then(|b| b.try_into().ok()).ok_or(DecodeError("truncated"))?);
+    let mut at = 3;
+    for _ in 0..count {
+        let delta = varint(value, &mut at).ok_or(DecodeError("truncated"))?;
+        let len = varint(value, &mut at).ok_or(DecodeError("truncated"))? as usize;
+        let record = value.get(at..at + len).ok_or(DecodeError("truncated"))?;
+        at += len;
+        if !f(first_ts.saturating_add(delta), record) {
+            break;
+        }
+    }
+    Ok(())
+}
+
 /// The payload alone of a stored value, without decoding the rest (for aggregates).
 pub(crate) fn payload_of(value: &[u8]) -> Option<&[u8]> {
     let mut r = Reader { b: value, at: 0 };
@@ -231,5 +330,30 @@ mod tests {
             assert!(decode(Bytes::copy_from_slice(&v[..cut])).is_err());
         }
         assert_eq!(split_key(&key(7, 42)), Some((7, 42)));
+    }
+
+    #[test]
+    fn a_block_gives_back_its_messages_in_order() {
+        let m =
+            |p: &'static [u8]| Message::new(TopicName::try_from("a").unwrap(), p, QoS::AtLeastOnce, false);
+        let mut b = BlockWriter::new(1000);
+        for (ts, p) in [(1000, &b"x"[..]), (1001, b"yy"), (90_000_000_000, b"")] {
+            assert!(b.has_room());
+            b.push(ts, &m(p), None);
+        }
+        let v = b.finish();
+        let mut got = Vec::new();
+        for_each_in_block(1000, &v, |ts, r| {
+            got.push((ts, decode(Bytes::copy_from_slice(r)).unwrap().payload));
+            true
+        })
+        .unwrap();
+        assert_eq!(
+            got,
+            [(1000, Bytes::from("x")), (1001, Bytes::from("yy")), (90_000_000_000, Bytes::new())]
+        );
+        for cut in 0..v.len() {
+            assert!(for_each_in_block(1000, &v[..cut], |_, _| true).is_err(), "cut at {cut}");
+        }
     }
 }

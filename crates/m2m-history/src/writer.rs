@@ -12,7 +12,7 @@ use m2m_session::Message;
 use m2m_store::{SeriesBatch, Store, StoreError};
 use m2m_topic::TopicName;
 
-use crate::record::{encode, key};
+use crate::record::{encode, key, BlockWriter};
 use crate::rollup::{self, Minute};
 use crate::time::{now_us, parse_time};
 use crate::{
@@ -397,6 +397,7 @@ impl Writer {
         let mut spans: HashMap<Arc<str>, (u64, u64, u64, u64)> = HashMap::new();
         let mut opened = Vec::new();
         let mut new_fields: Vec<(String, u16)> = Vec::new();
+        let mut blocks: HashMap<u32, (Arc<str>, BlockWriter)> = HashMap::new();
         let stored = items.len() as u64;
         for (message, at) in items {
             let (id, class, ts) = match self.slots.get_mut(message.topic.as_arc()) {
@@ -415,10 +416,21 @@ impl Writer {
             };
             let segment = self.segment(class, ts, &mut opened);
             let publisher_ts = self.publisher_ts(&message, at);
-            let mut value = Vec::with_capacity(message.payload.len() + 24);
-            encode(&message, publisher_ts, &mut value);
-            let written = 12 + value.len() as u64;
-            batch.put(&segment, key(id, ts).to_vec(), value);
+            // One block per topic per batch (and segment), of at most BLOCK_POINTS messages.
+            let mut written = 0u64;
+            let fits = blocks
+                .get(&id)
+                .is_some_and(|(seg, b): &(Arc<str>, BlockWriter)| *seg == segment && b.has_room());
+            if !fits {
+                if let Some((seg, b)) = blocks.remove(&id) {
+                    batch.put(&seg, key(id, b.first_ts).to_vec(), b.finish());
+                }
+                blocks.insert(id, (segment.clone(), BlockWriter::new(ts)));
+                written += 12;
+            }
+            if let Some((_, b)) = blocks.get_mut(&id) {
+                written += b.push(ts, &message, publisher_ts) as u64;
+            }
             if let Some(cur) = &mut self.current[class] {
                 cur.written += written;
                 if self.shared.classes[class].segment_bytes.is_some_and(|max| cur.written >= max) {
@@ -467,6 +479,9 @@ impl Writer {
                 (id, t)
             })
             .collect();
+        for (id, (segment, block)) in blocks {
+            batch.put(&segment, key(id, block.first_ts).to_vec(), block.finish());
+        }
         let topics: Arc<str> = Arc::from(TOPICS);
         let meta: Arc<str> = Arc::from(META);
         for (id, t) in &touched {
