@@ -201,6 +201,8 @@ pub(crate) struct Pending {
     /// Messages accepted into the queue, and handled by the writer, since the start.
     pub(crate) accepted: u64,
     pub(crate) handled: u64,
+    /// Callers of [`History::flush`] waiting: the writer does not wait to fill a batch.
+    pub(crate) flush_wanted: usize,
     pub(crate) stop: bool,
 }
 
@@ -308,10 +310,13 @@ impl History {
         let mut pending = shared.lock_pending();
         let target = pending.accepted;
         let deadline = std::time::Instant::now() + timeout;
+        pending.flush_wanted += 1;
+        let mut done = true;
         while pending.handled < target {
             let left = deadline.saturating_duration_since(std::time::Instant::now());
             if left.is_zero() {
-                return false;
+                done = false;
+                break;
             }
             shared.ready.notify_one();
             pending = shared
@@ -320,7 +325,8 @@ impl History {
                 .unwrap_or_else(PoisonError::into_inner)
                 .0;
         }
-        true
+        pending.flush_wanted -= 1;
+        done
     }
 
     /// The counters.

@@ -576,20 +576,22 @@ impl History {
         let (mut messages, mut values) = (0u64, 0u64);
         for segment in segments {
             let range = (
-                Bound::Included(rollup::key(id, from, 0).to_vec()),
-                Bound::Excluded(rollup::key(id, to, 0).to_vec()),
+                Bound::Included(rollup::key(id, from).to_vec()),
+                Bound::Excluded(rollup::key(id, to).to_vec()),
             );
             let mut records = store.series_range(segment, range)?;
-            while let Some(item) =
-                records.next_with(false, |k, v| (rollup::split_key(k), rollup::Acc::decode(v)))
-            {
-                let (Some((minute, f)), Some(acc)) = item? else { continue };
-                if f == rollup::COUNT {
-                    messages += acc.count;
-                } else if Some(f) == field {
-                    values += acc.count;
-                    series.add(minute - minute % q.bucket_us, &acc);
-                }
+            while let Some(item) = records.next_with(false, |k, v| {
+                let Some(minute) = rollup::minute_of(k) else { return };
+                rollup::decode(v, |f, acc| {
+                    if f == rollup::COUNT {
+                        messages += acc.count;
+                    } else if Some(f) == field {
+                        values += acc.count;
+                        series.add(minute - minute % q.bucket_us, &acc);
+                    }
+                });
+            }) {
+                item?;
             }
         }
         series.skipped += messages.saturating_sub(values);

@@ -1,8 +1,9 @@
 //! Per-minute rollups of the numbers in payloads, kept by the writer next to the records.
 //!
-//! Key (14 bytes): topic id with its top bit set (`u32` BE, so that no record range of a topic
-//! reaches it), the minute's start in µs (`u64` BE), the field id (`u16` BE; 0 counts messages).
-//! Value (48 bytes): count `u64`, then min, max, sum, first, last as `f64`, all BE.
+//! One record per topic and minute. Key (12 bytes): topic id with its top bit set (`u32` BE, so that
+//! no block range of a topic reaches it), the minute's start in µs (`u64` BE). Value: the number of
+//! fields (`u8`), then per field its id (`u16` BE; 0 counts messages) and its statistics (48 bytes:
+//! count `u64`, then min, max, sum, first, last as `f64`, all BE).
 
 /// A minute, in µs.
 pub(crate) const MINUTE: u64 = 60_000_000;
@@ -60,20 +61,40 @@ impl Acc {
     }
 }
 
-/// The key of the rollup of `field` of topic `id` for the minute starting at `minute_us`.
-pub(crate) fn key(id: u32, minute_us: u64, field: u16) -> [u8; 14] {
-    let mut k = [0u8; 14];
+/// The key of the rollups of topic `id` for the minute starting at `minute_us`.
+pub(crate) fn key(id: u32, minute_us: u64) -> [u8; 12] {
+    let mut k = [0u8; 12];
     k[..4].copy_from_slice(&(id | ROLLUP_BIT).to_be_bytes());
     k[4..12].copy_from_slice(&minute_us.to_be_bytes());
-    k[12..].copy_from_slice(&field.to_be_bytes());
     k
 }
 
-/// The minute and field of a rollup key.
-pub(crate) fn split_key(k: &[u8]) -> Option<(u64, u16)> {
-    let minute = u64::from_be_bytes(k.get(4..12)?.try_into().ok()?);
-    let field = u16::from_be_bytes(k.get(12..14)?.try_into().ok()?);
-    Some((minute, field))
+/// The minute of a rollup key.
+pub(crate) fn minute_of(k: &[u8]) -> Option<u64> {
+    Some(u64::from_be_bytes(k.get(4..12)?.try_into().ok()?))
+}
+
+/// The value of a minute's rollups.
+pub(crate) fn encode(fields: &[(u16, Acc)]) -> Vec<u8> {
+    let n = fields.len().min(usize::from(u8::MAX));
+    let mut v = Vec::with_capacity(1 + n * 50);
+    v.push(n as u8);
+    for (field, acc) in &fields[..n] {
+        v.extend_from_slice(&field.to_be_bytes());
+        v.extend_from_slice(&acc.encode());
+    }
+    v
+}
+
+/// Calls `f` with each field of a minute's rollups.
+pub(crate) fn decode(v: &[u8], mut f: impl FnMut(u16, Acc)) -> Option<()> {
+    let n = usize::from(*v.first()?);
+    for i in 0..n {
+        let at = 1 + i * 50;
+        let field = u16::from_be_bytes(v.get(at..at + 2)?.try_into().ok()?);
+        f(field, Acc::decode(v.get(at + 2..at + 50)?)?);
+    }
+    Some(())
 }
 
 /// The rollups of one topic for its current minute, in the segment they are written to.
@@ -107,10 +128,12 @@ mod tests {
         a.add(10.0);
         assert_eq!(a, Acc { count: 3, min: -1.5, max: 10.0, sum: 11.5, first: 3.0, last: 10.0 });
         assert_eq!(Acc::decode(&a.encode()), Some(a));
-        assert_eq!(split_key(&key(7, 120_000_000, 3)), Some((120_000_000, 3)));
-        assert!(
-            key(7, 0, 0)[..4] > crate::record::key(u32::MAX >> 1, u64::MAX)[..4],
-            "after every record key"
-        );
+        assert_eq!(minute_of(&key(7, 120_000_000)), Some(120_000_000));
+        assert!(key(7, 0)[..4] > crate::record::key(u32::MAX >> 1, u64::MAX)[..4], "after every block key");
+        let fields = [(COUNT, Acc::new(1.0)), (9, a)];
+        let mut back = Vec::new();
+        decode(&encode(&fields), |f, acc| back.push((f, acc))).unwrap();
+        assert_eq!(back, fields);
+        assert!(decode(&encode(&fields)[..60], |_, _| {}).is_none(), "truncated");
     }
 }

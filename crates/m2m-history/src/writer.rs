@@ -21,6 +21,9 @@ use crate::{
 
 /// How often retention and segment closing are checked.
 const MAINTENANCE: Duration = Duration::from_secs(1);
+/// The writer takes the queue at most this often (unless it is half full): what a query may miss of
+/// the newest messages.
+const BATCH_INTERVAL: Duration = Duration::from_millis(50);
 
 const SEG_KEY: &[u8] = b"seg/";
 const GAP_KEY: &[u8] = b"gap/";
@@ -230,6 +233,7 @@ impl Writer {
 
     fn run(mut self) {
         let mut next_maintenance = Instant::now() + MAINTENANCE;
+        let mut last_batch = Instant::now();
         loop {
             let (items, dropped, stop) = {
                 let mut pending = self.shared.lock_pending();
@@ -245,6 +249,27 @@ impl Writer {
                         .unwrap_or_else(PoisonError::into_inner)
                         .0;
                 }
+                // Batches at most every BATCH_INTERVAL: the more messages of a topic one batch holds,
+                // the fewer blocks, topic records and rollups are written for them. A half-full queue,
+                // a flush or the stop do not wait.
+                let due = last_batch + BATCH_INTERVAL;
+                while !pending.items.is_empty()
+                    && !pending.stop
+                    && pending.flush_wanted == 0
+                    && pending.items.len() < self.shared.config.queue_capacity / 2
+                {
+                    let left = due.saturating_duration_since(Instant::now());
+                    if left.is_zero() {
+                        break;
+                    }
+                    pending = self
+                        .shared
+                        .ready
+                        .wait_timeout(pending, left)
+                        .unwrap_or_else(PoisonError::into_inner)
+                        .0;
+                }
+                last_batch = Instant::now();
                 let dropped = (pending.dropped > 0).then(|| Gap {
                     from_us: pending.dropped_since_us,
                     to_us: now_us(),
@@ -377,16 +402,8 @@ impl Writer {
 
     /// Reads what was stored of `m`'s minute before a restart.
     fn seed_minute(&self, id: u32, m: &mut Minute) {
-        use std::ops::Bound::Included;
-        let range = (
-            Included(rollup::key(id, m.minute, 0).to_vec()),
-            Included(rollup::key(id, m.minute, u16::MAX).to_vec()),
-        );
-        let Ok(records) = self.shared.store.series_range(&m.segment, range) else { return };
-        for (k, v) in records.flatten() {
-            if let (Some((_, field)), Some(acc)) = (rollup::split_key(&k), rollup::Acc::decode(&v)) {
-                m.fields.push((field, acc));
-            }
+        if let Ok(Some(v)) = self.shared.store.series_get(&m.segment, &rollup::key(id, m.minute)) {
+            rollup::decode(&v, |field, acc| m.fields.push((field, acc)));
         }
     }
 
@@ -695,9 +712,7 @@ impl Writer {
 
 /// Writes the rollups of one topic's minute into its segment.
 fn put_rollups(batch: &mut SeriesBatch, id: u32, m: &Minute) {
-    for (field, acc) in &m.fields {
-        batch.put(&m.segment, rollup::key(id, m.minute, *field).to_vec(), acc.encode());
-    }
+    batch.put(&m.segment, rollup::key(id, m.minute).to_vec(), rollup::encode(&m.fields));
 }
 
 /// The index of the class of `topic`: the first retention entry whose filter matches, else the
