@@ -16,6 +16,7 @@ use sqlparser::parser::{Parser, ParserError};
 use crate::eval::{Base, Field, Like, Node, Seg};
 use crate::func::{Call, Func};
 use crate::like::LikePattern;
+use crate::payload::Need;
 use crate::source::EVENT_PREFIX;
 use crate::value::{ArithOp, CmpOp, Val};
 use crate::{EventKind, Position, RuleError, Source, MAX_DEPTH, MAX_RULE_LEN};
@@ -42,6 +43,8 @@ pub(crate) struct Compiled {
     pub(crate) sources: Vec<Source>,
     pub(crate) columns: Vec<Column>,
     pub(crate) filter: Option<Node>,
+    /// What the rule reads of the payload.
+    pub(crate) need: Need,
 }
 
 /// Parses and compiles a rule.
@@ -59,7 +62,8 @@ pub(crate) fn compile(sql: &str) -> Result<Compiled, RuleError> {
     let Statement::Query(query) = statement else {
         // The statement's first word, from the text: formatting the statement could recurse deeply.
         let keyword: String = sql.trim_start().chars().take_while(char::is_ascii_alphabetic).collect();
-        let what = if keyword.is_empty() { "this statement".to_owned() } else { keyword.to_ascii_uppercase() };
+        let what =
+            if keyword.is_empty() { "this statement".to_owned() } else { keyword.to_ascii_uppercase() };
         return Err(unsupported(format!("{what} (a rule is a SELECT)"), None));
     };
     let select = check_query(query)?;
@@ -82,7 +86,12 @@ pub(crate) fn compile(sql: &str) -> Result<Compiled, RuleError> {
         }
     }
     let filter = select.selection.as_ref().map(|e| compiler.expr(e, 0)).transpose()?;
-    Ok(Compiled { sources, columns, filter })
+    let nodes = columns.iter().filter_map(|c| match c {
+        Column::Expr { node, .. } => Some(node),
+        Column::All => None,
+    });
+    let need = Need::of(nodes.chain(&filter), columns.iter().any(|c| matches!(c, Column::All)));
+    Ok(Compiled { sources, columns, filter, need })
 }
 
 fn unsupported(what: impl Into<String>, at: Option<Position>) -> RuleError {
@@ -556,11 +565,10 @@ impl Compiler {
                     (Some(from), Some(len)) => self.call(Func::Substr, &[expr, from, len], at, depth)?,
                     // SUBSTRING(s FOR n) starts at 1.
                     (None, Some(len)) => {
-                        let args = vec![self.expr(expr, depth)?, Node::Lit(Val::Int(1)), self.expr(len, depth)?];
-                        Node::Call(Call::new(Func::Substr, args).map_err(|reason| RuleError::InvalidArgument {
-                            func: Func::Substr.name(),
-                            reason,
-                            at,
+                        let args =
+                            vec![self.expr(expr, depth)?, Node::Lit(Val::Int(1)), self.expr(len, depth)?];
+                        Node::Call(Call::new(Func::Substr, args).map_err(|reason| {
+                            RuleError::InvalidArgument { func: Func::Substr.name(), reason, at }
                         })?)
                     }
                     (None, None) => self.call(Func::Substr, &[expr], at, depth)?,

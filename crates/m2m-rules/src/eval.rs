@@ -10,6 +10,7 @@ use serde_json::{Map, Value};
 
 use crate::func::{self, Call};
 use crate::like::LikePattern;
+use crate::payload::{Need, Payload};
 use crate::value::{arith, compare, concat, equal, negate, ArithOp, CmpOp, Val};
 use crate::{EvalError, Input};
 
@@ -100,39 +101,21 @@ pub(crate) enum Seg {
     Index(i64),
 }
 
-/// The payload as the rule reads it.
-#[derive(Debug)]
-enum Payload<'i> {
-    Json(Value),
-    Text(&'i str),
-    Bytes(&'i [u8]),
-}
-
-impl<'i> Payload<'i> {
-    fn parse(bytes: &'i [u8]) -> Payload<'i> {
-        match serde_json::from_slice(bytes) {
-            Ok(v) => Payload::Json(v),
-            Err(_) => match std::str::from_utf8(bytes) {
-                Ok(s) => Payload::Text(s),
-                Err(_) => Payload::Bytes(bytes),
-            },
-        }
-    }
-}
-
 /// The state of one evaluation.
 pub(crate) struct Ctx<'i> {
     pub(crate) input: Input<'i>,
+    /// What the rule reads of the payload.
+    need: &'i Need,
     payload: OnceCell<Payload<'i>>,
 }
 
 impl<'i> Ctx<'i> {
-    pub(crate) fn new(input: Input<'i>) -> Self {
-        Ctx { input, payload: OnceCell::new() }
+    pub(crate) fn new(input: Input<'i>, need: &'i Need) -> Self {
+        Ctx { input, need, payload: OnceCell::new() }
     }
 
     fn payload(&self) -> &Payload<'i> {
-        self.payload.get_or_init(|| Payload::parse(self.input.payload))
+        self.payload.get_or_init(|| Payload::parse(self.input.payload, self.need))
     }
 
     fn event_field(&self, name: &str) -> Option<&'i Value> {

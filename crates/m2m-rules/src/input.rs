@@ -24,7 +24,8 @@ pub struct Input<'a> {
     /// `session_subscribed`, the topic of `message_dropped`), or empty.
     pub topic: &'a str,
     /// The payload as published. Parsed as JSON only if the rule reads `payload`, at most once per
-    /// evaluation; a payload that is not JSON is text (UTF-8) or bytes.
+    /// evaluation and only as far as the rule's paths go; a payload that is not JSON is text (UTF-8)
+    /// or bytes.
     pub payload: &'a [u8],
     /// Client identifier of the publisher or of the client the event is about.
     pub clientid: Option<&'a str>,

@@ -77,7 +77,8 @@
 //! is an event field; elsewhere it is a parse error, which catches typos. `clientid`, `username`,
 //! `peerhost`, `content_type` and `event` fall back to the event's field of the same name when the
 //! input does not set them. The payload is parsed only if the rule reads it, at most once per
-//! evaluation. Names in a path are case-sensitive; `` `backquotes` `` quote odd names.
+//! evaluation, and only as far as the rule's paths go: the members a rule does not read are checked
+//! but not kept. Names in a path are case-sensitive; `` `backquotes` `` quote odd names.
 //!
 //! ## Literals
 //!
@@ -205,6 +206,7 @@ mod eval;
 mod func;
 mod input;
 mod like;
+mod payload;
 mod query;
 mod source;
 mod template;

@@ -8,6 +8,7 @@ use serde_json::{Map, Value};
 
 use crate::compile::{compile, Column};
 use crate::eval::{truth, Ctx, Node};
+use crate::payload::Need;
 use crate::{EvalError, EventKind, Input, RuleError, Source};
 
 /// The output of a rule that matched: column name → value.
@@ -48,6 +49,7 @@ struct Inner {
     sources: Box<[Source]>,
     columns: Box<[Column]>,
     filter: Option<Node>,
+    need: Need,
 }
 
 impl RuleQuery {
@@ -65,6 +67,7 @@ impl RuleQuery {
                 sources: compiled.sources.into(),
                 columns: compiled.columns.into(),
                 filter: compiled.filter,
+                need: compiled.need,
             }),
         })
     }
@@ -107,7 +110,7 @@ impl RuleQuery {
     /// division by zero, integer overflow, a function argument out of its domain. An absent field is
     /// not an error: it is NULL.
     pub fn evaluate(&self, input: &Input<'_>) -> Result<Option<Output>, EvalError> {
-        let ctx = Ctx::new(*input);
+        let ctx = Ctx::new(*input, &self.inner.need);
         if let Some(filter) = &self.inner.filter {
             if truth(&filter.eval(&ctx)?, "WHERE")? != Some(true) {
                 return Ok(None);

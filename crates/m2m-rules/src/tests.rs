@@ -1084,3 +1084,35 @@ proptest! {
         }
     }
 }
+
+/// Random JSON documents with a few recurring keys, so that paths often hit.
+fn json_strategy() -> impl Strategy<Value = Value> {
+    let leaf = prop_oneof![
+        Just(Value::Null),
+        any::<bool>().prop_map(Value::Bool),
+        any::<i64>().prop_map(Value::from),
+        (-1e6f64..1e6).prop_map(Value::from),
+        "[a-z ]{0,6}".prop_map(Value::String),
+    ];
+    leaf.prop_recursive(4, 32, 4, |inner| {
+        prop_oneof![
+            proptest::collection::vec(inner.clone(), 0..4).prop_map(Value::Array),
+            proptest::collection::vec(
+                (prop_oneof![Just("a"), Just("b"), Just("arr"), Just("c d")], inner),
+                0..4
+            )
+            .prop_map(|members| Value::Object(members.into_iter().map(|(k, v)| (k.to_owned(), v)).collect())),
+        ]
+    })
+}
+
+proptest! {
+    #[test]
+    fn reading_part_of_the_payload_gives_what_reading_all_of_it_gives(doc in json_strategy()) {
+        let pruned = rule(r#"SELECT payload.a AS w, payload.a.b AS x, payload.arr[1] AS y, payload.`c d`.a AS z FROM "t""#);
+        let full = rule(r#"SELECT get(payload, 'a') AS w, get(payload, 'a.b') AS x, get(payload, 'arr.1') AS y, get(payload, 'c d.a') AS z FROM "t""#);
+        let bytes = doc.to_string().into_bytes();
+        let input = message(&bytes);
+        prop_assert_eq!(pruned.evaluate(&input).unwrap(), full.evaluate(&input).unwrap());
+    }
+}
