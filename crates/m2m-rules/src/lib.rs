@@ -45,7 +45,10 @@
 //!
 //! A topic filter follows the MQTT rules: `+` matches one level and `#` the rest, each alone in its
 //! level, `#` last; a filter starting with `+` or `#` does not match topics starting with `$`. A rule
-//! may have several filters (`FROM "a/#", "b/+/c"`) and events. Events:
+//! may have several filters (`FROM "a/#", "b/+/c"`) and events. Each is a quoted SQL name, so `/`,
+//! `+`, `#`, `$` and spaces need no escaping and the text goes to the SQL parser as written; a `"`
+//! inside a filter is written `""`. Single quotes work too; an unquoted filter with `/`, `+` or `#`
+//! is a syntax error that says to quote it. Events:
 //!
 //! | source | when |
 //! |---|---|
@@ -92,10 +95,11 @@
 //! | `OR` | logical or |
 //! | `AND` | logical and |
 //! | `NOT` | logical not |
-//! | `=` `<>` `!=` `<` `<=` `>` `>=`, `IS [NOT] NULL`, `IS [NOT] TRUE/FALSE`, `[NOT] IN (…)`, `[NOT] BETWEEN a AND b`, `[NOT] LIKE p [ESCAPE c]`, `[NOT] ILIKE p` | comparisons |
-//! | `\|\|` | string concatenation |
+//! | `IS [NOT] NULL`, `IS [NOT] TRUE`, `IS [NOT] FALSE` | tests |
+//! | `[NOT] LIKE p [ESCAPE c]`, `[NOT] ILIKE p` | pattern match |
+//! | `=` `<>` `!=` `<` `<=` `>` `>=`, `[NOT] BETWEEN a AND b`, `[NOT] IN (…)` | comparisons |
 //! | `+` `-` | addition, subtraction |
-//! | `*` `/` `%` | multiplication, division, remainder |
+//! | `*` `/` `%` `\|\|` | multiplication, division, remainder, string concatenation |
 //! | `-` (unary) | negation |
 //!
 //! plus parentheses, `CASE WHEN c THEN v [WHEN …] [ELSE v] END`, `CASE x WHEN v THEN r … END` and
@@ -115,8 +119,10 @@
 //! ## NULL
 //!
 //! SQL's three-valued logic. Any operator with a NULL operand gives NULL (`NULL = NULL` is NULL; use
-//! `IS NULL`), except `AND` and `OR`: `false AND NULL` is false, `true OR NULL` is true, and otherwise
-//! NULL wins. `NOT NULL` is NULL. `x IN (1, NULL)` is true if `x = 1`, else NULL. A WHERE that is
+//! `IS NULL`), except the `IS` tests, which are always true or false, and `AND` and `OR`:
+//! `false AND NULL` is false, `true OR NULL` is true, and otherwise NULL wins. `NOT NULL` is NULL.
+//! When the left side of `AND`/`OR` decides, the right side is not evaluated (its errors do not
+//! happen), and `CASE` evaluates only the branch it picks. `x IN (1, NULL)` is true if `x = 1`, else NULL. A WHERE that is
 //! NULL rejects the input like false; a `CASE WHEN` that is NULL does not match. Functions return NULL
 //! when a required argument is NULL, except `coalesce`, `concat` (skips NULLs), `is_*`, `json_encode`
 //! (gives `'null'`) and `least`/`greatest` (skip NULLs).
@@ -149,7 +155,8 @@
 //! **Strings** (positions count characters, from 1):
 //! - `lower(s)`, `upper(s)`, `trim(s)`, `ltrim(s)`, `rtrim(s)`.
 //! - `length(s)`: characters (bytes for bytes, members for arrays and objects).
-//! - `substr(s, start[, len])` (also `substring`): SQL positions from 1.
+//! - `substr(s, start[, len])` (also `substring`, and `SUBSTRING(s FROM start FOR len)`): as in SQL,
+//!   positions before 1 count toward `len` (`substr('hello', 0, 3)` is `'he'`).
 //! - `concat(x, …)`: every argument as text, NULLs skipped.
 //! - `replace(s, from, to)`: every occurrence.
 //! - `split(s, sep)` → array of strings (empty parts kept).
@@ -167,7 +174,8 @@
 //!
 //! **JSON**:
 //! - `json_decode(s)`: parse JSON text (an error if it is not JSON); `json_encode(x)`: JSON text.
-//! - `get(x, 'a.b.0'[, default])`: path into an object or array, `default` (or NULL) when absent.
+//! - `get(x, 'a.b.0'[, default])`: path into an object or array (numbers index arrays, negative
+//!   ones from the end), `default` (or NULL) when absent.
 //! - `map_get(key, map[, default])`: one member of an object.
 //!
 //! **Topics**: `topic_level(topic, n)`: the `n`th level, from 1 (NULL beyond the last);

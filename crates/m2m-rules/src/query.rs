@@ -17,8 +17,9 @@ pub type Output = Map<String, Value>;
 /// A rule's query, parsed, validated and compiled: `SELECT … FROM … [WHERE …]`.
 ///
 /// Cheap to clone (the compiled rule is shared) and safe to evaluate from several threads at once.
-/// Evaluation is pure: no IO, no clock (the caller passes "now" in [`Input::now_ms`]), no allocation
-/// beyond the payload's parse and the output.
+/// Evaluation is pure: no IO, no clock (the caller passes "now" in [`Input::now_ms`]). It allocates
+/// only for the part of the payload the rule reads, for values that functions build, and for the
+/// output; a WHERE that compares fields with literals allocates nothing but the payload's members.
 ///
 /// ```
 /// use m2m_rules::{Input, RuleQuery};

@@ -583,6 +583,20 @@ fn arithmetic_with_null_is_null_and_errors_are_reported() {
 }
 
 #[test]
+fn operator_precedence() {
+    check("1 + 2 * 3 - 4 / 2", json!(5));
+    check("2 * 3 || 'x'", json!("6x"));
+    check("'a' || 'b' = 'ab'", json!(true));
+    check("1 + 1 = 2 AND 2 > 1", json!(true));
+    check("true OR false AND false", json!(true));
+    check("NOT payload.missing IS NULL", json!(false));
+    check("NOT 1 = 2 AND true", json!(true));
+    check("payload.rpm BETWEEN 1000 AND 2000 AND true", json!(true));
+    check("1 IN (1) = true", json!(true));
+    fails("1 + 2 || 'x'", "cannot apply + to an integer and a string");
+}
+
+#[test]
 fn string_concatenation() {
     check("'a' || 'b'", json!("ab"));
     check("'t=' || payload.temp", json!("t=85.5"));
