@@ -316,7 +316,9 @@ fn overlong_and_overdeep_rules_are_rejected_without_crashing() {
     let long = format!("SELECT '{}' AS x FROM \"a\"", "x".repeat(crate::MAX_RULE_LEN));
     assert!(matches!(parse_error(&long), RuleError::TooLong { .. }));
 
-    let chain = format!("SELECT 1{} AS x FROM \"a\"", " + 1".repeat(3000));
+    let longest_chain = (crate::MAX_RULE_LEN - "SELECT 1 AS x FROM \"a\"".len()) / 2;
+    let chain = format!("SELECT 1{} AS x FROM \"a\"", "+1".repeat(longest_chain));
+    assert!(chain.len() <= crate::MAX_RULE_LEN);
     assert!(matches!(parse_error(&chain), RuleError::TooDeep { .. }), "a long chain");
     let parens = format!("SELECT {}1{} AS x FROM \"a\"", "(".repeat(500), ")".repeat(500));
     rejects(&parens, "syntax error");
