@@ -1,0 +1,1 @@
+//! HTTP webhooks: to be written.
