@@ -1,6 +1,7 @@
 //! Settings of one node's MQTT side, already validated.
 
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::Duration;
 
 use m2m_session::Limits;
@@ -89,6 +90,8 @@ pub struct Config {
     pub jwt: Option<m2m_access::JwtConfig>,
     /// The history of messages kept in the store and its queries; `None` (or no store): off.
     pub history: Option<m2m_history::HistoryConfig>,
+    /// More parts of the node that see every accepted message and client event (the rules engine).
+    pub taps: Vec<Arc<dyn m2m_router::Tap>>,
 }
 
 impl Default for Config {
@@ -111,6 +114,7 @@ impl Default for Config {
             detectors: crate::detect::DetectorsConfig::default(),
             jwt: None,
             history: Some(m2m_history::HistoryConfig::default()),
+            taps: Vec::new(),
         }
     }
 }

@@ -13,7 +13,7 @@ use m2m_codec::{
 };
 use m2m_router::{
     apply_persist, session_record, ClientLink, Command, ConnectRequest, Disconnected, LinkFlow, Mailbox,
-    Metrics, PendingWill, RouterHandle, SessionKey,
+    Metrics, NodeEvent, PendingWill, RouterHandle, SessionKey,
 };
 use m2m_session::{check_topic_name, Action, LinkParams, Message, Persist, Session};
 use m2m_store::{Batch, Store, WillRecord};
@@ -300,17 +300,46 @@ async fn run<S: AsyncRead + AsyncWrite + Unpin>(
 ) -> Result<(), ConnectionError> {
     // Each phase is boxed so the task only holds the state of the phase it is in: the handshake's
     // large locals are freed before the connection settles into its (mostly idle) life.
+    let (protocol, clean_start, keep_alive) = (connect.protocol, connect.clean_start, connect.keep_alive);
     let Some(accepted) = Box::pin(accept(conn, connect, shared)).await? else { return Ok(()) };
     Metrics::add(&shared.metrics.connections_current, 1);
     Metrics::add(&shared.metrics.connections_total, 1);
     let conn_id = accepted.conn_id;
+    let client_id = accepted.session.client_id().clone();
+    let username = accepted.identity.username.clone();
+    emit(shared, || NodeEvent::ClientConnected {
+        client_id: client_id.clone(),
+        username: username.clone(),
+        peer: conn.peer,
+        protocol: if protocol.is_v5() { 5 } else { 4 },
+        clean_start,
+        keep_alive,
+    });
     let end = Box::pin(serve_session(conn, accepted, shared)).await;
     shared.access.disconnected(conn_id);
+    let reason = match &end {
+        Ok(End::Disconnect { .. }) => "normal",
+        Ok(End::Shutdown) => "shutdown",
+        Ok(End::Abnormal) => "abnormal",
+        Err(_) => "error",
+    };
+    emit(shared, || NodeEvent::ClientDisconnected { client_id, username, peer: conn.peer, reason });
     Metrics::dec(&shared.metrics.connections_current);
     if matches!(end, Ok(End::Abnormal)) {
         conn.linger(&shared.shutdown).await;
     }
     end.map(|_| ())
+}
+
+/// Hands an event to the node's taps (the rules engine), if there are any; `event` is built only then.
+fn emit(shared: &Shared, event: impl FnOnce() -> NodeEvent) {
+    if shared.config.taps.is_empty() {
+        return;
+    }
+    let event = event();
+    for tap in &shared.config.taps {
+        tap.event(&event);
+    }
 }
 
 /// Validates CONNECT, authenticates, obtains the session from the router and sends CONNACK.
@@ -937,10 +966,23 @@ async fn serve_session<S: AsyncRead + AsyncWrite + Unpin>(
                 }
                 Action::Persist(op) => must_sync |= record(store, &a.session, op, &mut batch),
                 Action::Subscribe(requests) => {
+                    for r in &requests {
+                        emit(shared, || NodeEvent::SessionSubscribed {
+                            client_id: client_id.clone(),
+                            filter: r.filter.clone(),
+                            qos: r.entry.options.qos as u8,
+                        });
+                    }
                     to_router.push(Command::Subscribe { key: a.key, requests });
                     must_sync |= keep_session(store, &a.session, &mut batch);
                 }
                 Action::Unsubscribe(subscriptions) => {
+                    for sub in &subscriptions {
+                        emit(shared, || NodeEvent::SessionUnsubscribed {
+                            client_id: client_id.clone(),
+                            filter: Arc::from(sub.filter().as_str()),
+                        });
+                    }
                     to_router.push(Command::Unsubscribe { key: a.key, subscriptions });
                     must_sync |= keep_session(store, &a.session, &mut batch);
                 }

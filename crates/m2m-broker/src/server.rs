@@ -98,6 +98,7 @@ impl Broker {
         let mut router_config = RouterConfig {
             limits: Arc::new(config.limits.clone()),
             sys_interval: config.sys_interval,
+            taps: config.taps.clone(),
             ..RouterConfig::default()
         };
         let mut history = None;
@@ -202,6 +203,11 @@ impl Broker {
     /// The device registry and access rules, for other parts of the node (the API, the CLI).
     pub fn access(&self) -> Arc<AccessControl> {
         self.shared.access.clone()
+    }
+
+    /// The node's store, if it keeps state across restarts (for other parts of the node).
+    pub fn store(&self) -> Option<m2m_store::Store> {
+        self.shared.store.clone()
     }
 
     /// The history of messages, if it is on (for the API and the CLI).

@@ -23,5 +23,5 @@ pub use mailbox::{Mailbox, PushError};
 pub use metrics::Metrics;
 pub use router::{
     apply_persist, session_record, ClientLink, Command, ConnectReply, ConnectRequest, Disconnected, LinkFlow,
-    PendingWill, Router, RouterConfig, RouterGone, RouterHandle, RouterStats, SessionKey, Tap,
+    NodeEvent, PendingWill, Router, RouterConfig, RouterGone, RouterHandle, RouterStats, SessionKey, Tap,
 };

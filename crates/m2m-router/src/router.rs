@@ -63,6 +63,58 @@ pub trait Tap: Send + Sync + std::fmt::Debug {
     fn sys_values(&self, out: &mut Vec<(&'static str, String)>) {
         let _ = out;
     }
+
+    /// Something happened to a client (called from connection tasks; must not block either).
+    fn event(&self, event: &NodeEvent) {
+        let _ = event;
+    }
+}
+
+/// What happened to a client, for taps (the rules engine's `$events/...`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum NodeEvent {
+    /// A client completed CONNECT.
+    ClientConnected {
+        /// Client id.
+        client_id: Arc<str>,
+        /// Username, if it gave or proved one.
+        username: Option<Arc<str>>,
+        /// Its address.
+        peer: std::net::SocketAddr,
+        /// MQTT protocol level (4 for 3.1.1, 5).
+        protocol: u8,
+        /// Clean start / clean session.
+        clean_start: bool,
+        /// Keep-alive in seconds.
+        keep_alive: u16,
+    },
+    /// A client's connection ended.
+    ClientDisconnected {
+        /// Client id.
+        client_id: Arc<str>,
+        /// Username.
+        username: Option<Arc<str>>,
+        /// Its address.
+        peer: std::net::SocketAddr,
+        /// Why: `normal` (DISCONNECT), `taken_over`, `kicked`, `keep_alive_timeout`, `error`, `shutdown`.
+        reason: &'static str,
+    },
+    /// A session added a subscription.
+    SessionSubscribed {
+        /// Client id.
+        client_id: Arc<str>,
+        /// The filter as the client wrote it.
+        filter: Arc<str>,
+        /// Granted QoS.
+        qos: u8,
+    },
+    /// A session removed a subscription.
+    SessionUnsubscribed {
+        /// Client id.
+        client_id: Arc<str>,
+        /// The filter.
+        filter: Arc<str>,
+    },
 }
 
 /// A will to publish when the connection ends without a clean DISCONNECT.
@@ -243,6 +295,15 @@ impl RouterHandle {
     /// Cancel safe: a cancelled call sent nothing.
     pub async fn send(&self, cmd: Command) -> Result<(), RouterGone> {
         self.tx.send(cmd).await.map_err(|_| RouterGone)
+    }
+
+    /// Sends a command from a thread outside the runtime (a worker thread), blocking while the
+    /// channel is full. Must not be called from within the runtime.
+    ///
+    /// # Errors
+    /// [`RouterGone`] when the router has stopped.
+    pub fn blocking_send(&self, cmd: Command) -> Result<(), RouterGone> {
+        self.tx.blocking_send(cmd).map_err(|_| RouterGone)
     }
 
     /// Asks for the router's counts.

@@ -43,12 +43,13 @@ pub(crate) enum Ks {
     Groups,
     Quarantine,
     Audit,
+    Rules,
 }
 
 impl Ks {
     /// Every keyspace, in the order they were introduced: the engine numbers its directories in the
     /// order keyspaces are first created, so new ones go at the end.
-    pub(crate) const ALL: [Ks; 11] = [
+    pub(crate) const ALL: [Ks; 12] = [
         Ks::Meta,
         Ks::Sessions,
         Ks::Deliveries,
@@ -60,6 +61,7 @@ impl Ks {
         Ks::Groups,
         Ks::Quarantine,
         Ks::Audit,
+        Ks::Rules,
     ];
 
     pub(crate) fn name(self) -> &'static str {
@@ -75,6 +77,7 @@ impl Ks {
             Ks::Groups => "groups",
             Ks::Quarantine => "quarantine",
             Ks::Audit => "audit",
+            Ks::Rules => "rules",
         }
     }
 

@@ -14,6 +14,8 @@ pub enum Table {
     Quarantine,
     /// The audit log, by a key that sorts in time order.
     Audit,
+    /// Rules of the rules engine, by rule id.
+    Rules,
 }
 
 impl Table {
@@ -23,6 +25,7 @@ impl Table {
             Table::Groups => Ks::Groups,
             Table::Quarantine => Ks::Quarantine,
             Table::Audit => Ks::Audit,
+            Table::Rules => Ks::Rules,
         }
     }
 }

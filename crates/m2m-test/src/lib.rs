@@ -88,6 +88,10 @@ pub struct TestBroker {
     pub router: RouterHandle,
     /// The device registry and quarantine of the node.
     pub access: Arc<m2m_broker::AccessControl>,
+    /// The node's history, if it keeps one.
+    pub history: Option<m2m_history::History>,
+    /// The node's store, if it has one.
+    pub store: Option<m2m_store::Store>,
     shutdown: CancellationToken,
     task: JoinHandle<m2m_broker::Result<()>>,
     /// The store's directory, for a node started by [`TestBroker::start`].
@@ -125,10 +129,10 @@ impl TestBroker {
         }
         let (addr, metrics, router) = (broker.local_addr(), broker.metrics(), broker.router());
         let listeners = broker.listener_addrs();
-        let access = broker.access();
+        let (access, history, store) = (broker.access(), broker.history(), broker.store());
         let shutdown = CancellationToken::new();
         let task = tokio::spawn(broker.run(shutdown.clone()));
-        Self { addr, listeners, metrics, router, access, shutdown, task, _dir: None }
+        Self { addr, listeners, metrics, router, access, history, store, shutdown, task, _dir: None }
     }
 
     /// Stops the node; fails the test if it panicked or returned an error.

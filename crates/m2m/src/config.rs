@@ -22,9 +22,47 @@ pub(crate) struct FileConfig {
     pub(crate) http: HttpSection,
     pub(crate) jwt: JwtSection,
     pub(crate) history: HistorySection,
+    pub(crate) rules: RulesSection,
     pub(crate) log: LogSection,
     /// More listeners besides `mqtt.listen`: `[[listeners]]` entries.
     pub(crate) listeners: Vec<ListenerSection>,
+}
+
+/// `[rules]`: the rules engine (the rules themselves are kept in the store).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub(crate) struct RulesSection {
+    pub(crate) enabled: bool,
+    /// Messages and events waiting for evaluation at most; beyond, they are dropped and counted.
+    pub(crate) queue: usize,
+    /// A message republished by rules this many times is not given to rules again.
+    pub(crate) max_hops: u8,
+    /// A rule failing this many times in a row is disabled.
+    pub(crate) disable_after: u64,
+}
+
+impl Default for RulesSection {
+    fn default() -> Self {
+        let d = m2m_engine::EngineConfig::default();
+        Self { enabled: true, queue: d.queue, max_hops: d.max_hops, disable_after: d.disable_after }
+    }
+}
+
+impl RulesSection {
+    /// The engine's settings; `None` when it is off.
+    pub(crate) fn config(&self) -> anyhow::Result<Option<m2m_engine::EngineConfig>> {
+        if !self.enabled {
+            return Ok(None);
+        }
+        if self.queue == 0 || self.max_hops == 0 || self.disable_after == 0 {
+            bail!("invalid rules settings: rules.queue, rules.max_hops and rules.disable_after must be at least 1");
+        }
+        Ok(Some(m2m_engine::EngineConfig {
+            queue: self.queue,
+            max_hops: self.max_hops,
+            disable_after: self.disable_after,
+        }))
+    }
 }
 
 /// `[history]`: which messages the node keeps as time series, and for how long.
@@ -548,7 +586,7 @@ impl Default for MqttSection {
     }
 }
 
-const SECTIONS: [&str; 7] = ["node", "mqtt", "store", "http", "jwt", "history", "log"];
+const SECTIONS: [&str; 8] = ["node", "mqtt", "store", "http", "jwt", "history", "rules", "log"];
 
 /// `M2M_*` variables that are flags of the command line, not settings.
 const NOT_SETTINGS: [&str; 2] = ["CONFIG", "API"];
@@ -581,7 +619,7 @@ pub(crate) fn load(
             .iter()
             .find_map(|s| rest.strip_prefix(s).and_then(|k| k.strip_prefix('_')).map(|k| (*s, k)))
         else {
-            bail!("unknown setting in environment variable {name}: expected M2M_<NODE|MQTT|STORE|HTTP|JWT|HISTORY|LOG>_<KEY>");
+            bail!("unknown setting in environment variable {name}: expected M2M_<NODE|MQTT|STORE|HTTP|JWT|HISTORY|RULES|LOG>_<KEY>");
         };
         set(&mut table, section, key, env_value(&value), &format!("environment variable {name}"))?;
     }
@@ -744,6 +782,7 @@ impl FileConfig {
             store: self.store()?,
             jwt: self.jwt.config()?,
             history: self.history.config()?,
+            taps: Vec::new(),
             detectors: m2m_broker::DetectorsConfig {
                 auth_failures: self.detectors.auth_failures.detector("auth_failures")?,
                 flapping: self.detectors.flapping.detector("flapping")?,

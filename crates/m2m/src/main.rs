@@ -125,7 +125,8 @@ fn run_node(args: NodeArgs) -> anyhow::Result<()> {
         return Ok(());
     }
     init_logging(&file.log);
-    let broker_config = file.broker()?;
+    let mut broker_config = file.broker()?;
+    let rules = file.rules.config()?;
     std::fs::create_dir_all(&file.node.data_dir)
         .with_context(|| format!("cannot create data directory {}", file.node.data_dir.display()))?;
     let mut builder = tokio::runtime::Builder::new_multi_thread();
@@ -136,7 +137,16 @@ fn run_node(args: NodeArgs) -> anyhow::Result<()> {
     builder.disable_lifo_slot();
     let runtime = builder.build().context("cannot start runtime")?;
     runtime.block_on(async move {
+        // The rules engine sees every message and event from the start; it reaches the node (and
+        // loads the rules kept in its store) once the node is bound.
+        let engine = rules.map(m2m_engine::Engine::new).transpose()?;
+        if let Some(engine) = &engine {
+            broker_config.taps.push(std::sync::Arc::new(engine.clone()));
+        }
         let broker = m2m_broker::Broker::bind(&broker_config).await?;
+        if let Some(engine) = &engine {
+            engine.attach(broker.router(), broker.access(), broker.history(), broker.store())?;
+        }
         let http = match file.http.config() {
             Some(config) => {
                 match m2m_http::HttpServer::bind(&config, broker.access(), broker.history()).await {

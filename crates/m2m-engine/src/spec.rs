@@ -1,0 +1,118 @@
+//! Rules as users write and store them: an id, the SQL, the actions, and whether it is enabled.
+
+use serde::{Deserialize, Serialize};
+
+/// A rule as stored and managed.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RuleSpec {
+    /// Its name: 1 to 64 of `A-Z a-z 0-9 _ - .`.
+    pub id: String,
+    /// The query (`SELECT ... FROM ... WHERE ...`).
+    pub sql: String,
+    /// What to do with each output, in order.
+    #[serde(default)]
+    pub actions: Vec<ActionSpec>,
+    /// Whether it runs.
+    #[serde(default = "yes")]
+    pub enabled: bool,
+    /// Free text.
+    #[serde(default)]
+    pub description: String,
+}
+
+fn yes() -> bool {
+    true
+}
+
+fn one() -> u8 {
+    1
+}
+
+/// One action of a rule. Text fields are templates: `${name}` is replaced by the output column
+/// `name` (`${payload.a}` reaches into a JSON column).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case", deny_unknown_fields)]
+pub enum ActionSpec {
+    /// Publishes a message, as the node.
+    Republish {
+        /// The topic (a template).
+        topic: String,
+        /// The payload (a template); absent: the output as a JSON object.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        payload: Option<String>,
+        /// QoS 0, 1 or 2.
+        #[serde(default = "one")]
+        qos: u8,
+        /// RETAIN.
+        #[serde(default)]
+        retain: bool,
+        /// User properties (values are templates).
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        user_properties: Vec<(String, String)>,
+    },
+    /// POSTs the output (or `body`) as JSON to a URL.
+    Webhook {
+        /// `http://host[:port]/path`.
+        url: String,
+        /// Extra headers.
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        headers: Vec<(String, String)>,
+        /// A body template; absent: the output as a JSON object.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        body: Option<String>,
+        /// Per attempt, in milliseconds (default 5 000).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        timeout_ms: Option<u64>,
+        /// Retries after the first attempt (default 5).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        max_retries: Option<u32>,
+    },
+    /// Quarantines a client.
+    Quarantine {
+        /// The client id (a template; default `${clientid}`).
+        #[serde(default = "clientid")]
+        client_id: String,
+        /// `ban` or `isolate`.
+        mode: String,
+        /// Why (a template).
+        reason: String,
+        /// Lifts itself after this many seconds.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        expires_secs: Option<u64>,
+    },
+    /// Stores the output in the history as a message on `topic` (a derived series).
+    History {
+        /// The topic (a template).
+        topic: String,
+        /// The payload (a template); absent: the output as a JSON object.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        payload: Option<String>,
+    },
+}
+
+fn clientid() -> String {
+    "${clientid}".into()
+}
+
+impl ActionSpec {
+    /// Its type, as written.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            ActionSpec::Republish { .. } => "republish",
+            ActionSpec::Webhook { .. } => "webhook",
+            ActionSpec::Quarantine { .. } => "quarantine",
+            ActionSpec::History { .. } => "history",
+        }
+    }
+}
+
+/// Why an id is not a rule id, if it is not.
+pub fn id_problem(id: &str) -> Option<&'static str> {
+    if id.is_empty() || id.len() > 64 {
+        return Some("a rule id has 1 to 64 characters");
+    }
+    if !id.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-' | b'.')) {
+        return Some("a rule id has only letters, digits, '_', '-' and '.'");
+    }
+    None
+}
