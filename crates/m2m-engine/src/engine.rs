@@ -1,7 +1,7 @@
 //! The engine: the rule set, the queue between the router and the worker thread, evaluation, actions
 //! and metrics.
 
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex, OnceLock, PoisonError, RwLock};
 use std::thread::JoinHandle;
@@ -15,7 +15,7 @@ use m2m_router::{Command, NodeEvent, RouterHandle, Tap};
 use m2m_rules::{EventKind, Input, RuleQuery, Source, Template};
 use m2m_session::Message;
 use m2m_store::{Store, Table};
-use m2m_topic::{Subscription, SubscriptionTrie, TopicName};
+use m2m_topic::{Subscription, SubscriptionTrie, TopicFilter, TopicName};
 use serde_json::{Map, Value};
 
 use crate::spec::{id_problem, ActionSpec, RuleSpec};
@@ -116,11 +116,53 @@ enum Action {
     },
 }
 
+/// Topics a rule keeps a window for at most, and values in one window at most.
+const MAX_WINDOWS: usize = 10_000;
+const MAX_WINDOW_POINTS: usize = 100_000;
+/// Keys a dead-man rule watches at most.
+const MAX_WATCHED: usize = 100_000;
+/// How often the worker looks for silences.
+const SILENCE_CHECK: Duration = Duration::from_millis(250);
+
+/// A compiled `window`.
+struct Window {
+    field: m2m_history::FieldPath,
+    ms: u64,
+}
+
+/// A compiled `silence`.
+struct Silence {
+    filter: TopicFilter,
+    per_client: bool,
+    after_ms: u64,
+}
+
+/// The last message of one watched key.
+#[derive(Clone)]
+struct Seen {
+    at_ms: u64,
+    topic: String,
+    clientid: Option<String>,
+    payload: Bytes,
+    /// The rule ran for this silence already.
+    fired: bool,
+}
+
+/// What a time-aware rule remembers; touched only by the worker.
+#[derive(Default)]
+struct TimeState {
+    windows: HashMap<Arc<str>, VecDeque<(u64, f64)>>,
+    seen: HashMap<String, Seen>,
+}
+
 /// A rule, compiled.
 struct Live {
     spec: RuleSpec,
     query: RuleQuery,
     actions: Vec<Action>,
+    window: Option<Window>,
+    silence: Option<Silence>,
+    time: Mutex<TimeState>,
     counters: Counters,
     /// Set when the engine disabled it for failing.
     auto_disabled: AtomicBool,
@@ -132,6 +174,8 @@ struct RuleSet {
     rules: Vec<Arc<Live>>,
     /// Topic filters of the enabled rules → rule index.
     topics: SubscriptionTrie<usize, ()>,
+    /// Filters the enabled dead-man rules watch → rule index.
+    silences: SubscriptionTrie<usize, ()>,
     /// Enabled rules on each event.
     events: Vec<(EventKind, Vec<usize>)>,
 }
@@ -298,6 +342,9 @@ impl Engine {
             };
             let index = set.rules.len();
             if spec.enabled && !live.auto_disabled.load(Ordering::Relaxed) {
+                if let Some(silence) = &live.silence {
+                    set.silences.insert(&Subscription::Plain(silence.filter.clone()), index, ());
+                }
                 for source in live.query.sources() {
                     match source {
                         Source::Topic(filter) => {
@@ -576,10 +623,47 @@ fn compile_checked(spec: &RuleSpec) -> Result<Live, EngineError> {
             },
         });
     }
+    let invalid = |what: String| EngineError::Invalid(format!("rule {:?}: {what}", spec.id));
+    let window = match &spec.window {
+        Some(w) => {
+            if !(1..=86_400).contains(&w.secs) {
+                return Err(invalid(format!("window secs {}: expected 1 to 86400", w.secs)));
+            }
+            let field =
+                m2m_history::FieldPath::parse(&w.field).map_err(|e| invalid(format!("window: {e}")))?;
+            Some(Window { field, ms: w.secs * 1000 })
+        }
+        None => None,
+    };
+    let silence = match &spec.silence {
+        Some(d) => {
+            let filter = TopicFilter::try_from(d.filter.as_str())
+                .map_err(|e| invalid(format!("silence filter {:?}: {e}", d.filter)))?;
+            let per_client = match d.per.as_str() {
+                "clientid" => true,
+                "topic" => false,
+                other => return Err(invalid(format!("silence per {other:?}: expected clientid or topic"))),
+            };
+            if d.after_secs == 0 {
+                return Err(invalid("silence after_secs must be at least 1".into()));
+            }
+            if !query.matches_event(EventKind::Silent) {
+                return Err(invalid("a rule with silence reads FROM \"$events/silent\"".into()));
+            }
+            Some(Silence { filter, per_client, after_ms: d.after_secs * 1000 })
+        }
+        None => None,
+    };
+    if window.is_some() && !query.sources().iter().any(|s| matches!(s, Source::Topic(_))) {
+        return Err(invalid("a rule with a window reads FROM topic filters".into()));
+    }
     Ok(Live {
         spec: spec.clone(),
         query,
         actions,
+        window,
+        silence,
+        time: Mutex::new(TimeState::default()),
         counters: Counters::default(),
         auto_disabled: AtomicBool::new(false),
     })
@@ -596,7 +680,8 @@ fn now_ms() -> u64 {
 impl Tap for Engine {
     fn message(&self, message: &Arc<Message>) {
         // Nothing to do without rules on topics; checked without taking the queue's lock.
-        let any = self.inner().set.read().map(|s| !s.topics.is_empty()).unwrap_or(false);
+        let any =
+            self.inner().set.read().map(|s| !s.topics.is_empty() || !s.silences.is_empty()).unwrap_or(false);
         if any {
             self.push(Job::Message(message.clone(), now_ms()));
         }
@@ -610,13 +695,19 @@ impl Tap for Engine {
     }
 }
 
-/// The worker: takes jobs in order, evaluates the rules they match, runs the actions.
+/// The worker: takes jobs in order, evaluates the rules they match, runs the actions; and every
+/// [`SILENCE_CHECK`] looks for silences.
 fn run(inner: &Arc<Inner>) {
+    let mut next_check = Instant::now() + SILENCE_CHECK;
     loop {
         let jobs: Vec<Job> = {
             let mut q = inner.queue.lock().unwrap_or_else(PoisonError::into_inner);
             while q.0.is_empty() && !q.1 {
-                q = inner.ready.wait(q).unwrap_or_else(PoisonError::into_inner);
+                let left = next_check.saturating_duration_since(Instant::now());
+                if left.is_zero() {
+                    break;
+                }
+                q = inner.ready.wait_timeout(q, left).unwrap_or_else(PoisonError::into_inner).0;
             }
             if q.0.is_empty() && q.1 {
                 return;
@@ -631,7 +722,103 @@ fn run(inner: &Arc<Inner>) {
             }
             inner.done_total.fetch_add(1, Ordering::AcqRel);
         }
+        if Instant::now() >= next_check {
+            check_silences(inner, &set, now_ms());
+            next_check = Instant::now() + SILENCE_CHECK;
+        }
     }
+}
+
+/// Runs the dead-man rules whose watched keys have been silent too long (once per silence).
+fn check_silences(inner: &Inner, set: &RuleSet, now: u64) {
+    for rule in &set.rules {
+        let Some(silence) = &rule.silence else { continue };
+        if !rule.spec.enabled || rule.auto_disabled.load(Ordering::Relaxed) {
+            continue;
+        }
+        // The event's fields and the last message of each silence found.
+        let mut fired: Vec<(Map<String, Value>, Seen)> = Vec::new();
+        {
+            let mut time = rule.time.lock().unwrap_or_else(PoisonError::into_inner);
+            for (key, seen) in time.seen.iter_mut() {
+                if seen.fired || now.saturating_sub(seen.at_ms) < silence.after_ms {
+                    continue;
+                }
+                seen.fired = true;
+                let mut f = Map::new();
+                f.insert("filter".into(), silence.filter.as_str().into());
+                f.insert("key".into(), key.clone().into());
+                f.insert("last_seen".into(), seen.at_ms.into());
+                f.insert("silent_ms".into(), now.saturating_sub(seen.at_ms).into());
+                fired.push((f, seen.clone()));
+            }
+        }
+        for (fields, seen) in &fired {
+            let mut input = Input::event(EventKind::Silent, fields, now);
+            input.clientid = seen.clientid.as_deref();
+            input.topic = &seen.topic;
+            input.payload = &seen.payload;
+            evaluate(inner, rule, &input, 0);
+        }
+    }
+}
+
+/// Notes a message on a dead-man rule's watched filter.
+fn watch(rule: &Live, silence: &Silence, m: &Message, at: u64) {
+    let key = if silence.per_client {
+        m.publisher.as_deref().unwrap_or("").to_owned()
+    } else {
+        m.topic.as_str().to_owned()
+    };
+    let mut time = rule.time.lock().unwrap_or_else(PoisonError::into_inner);
+    if time.seen.len() >= MAX_WATCHED && !time.seen.contains_key(&key) {
+        return;
+    }
+    time.seen.insert(
+        key,
+        Seen {
+            at_ms: at,
+            topic: m.topic.as_str().to_owned(),
+            clientid: m.publisher.as_deref().map(str::to_owned),
+            payload: m.payload.clone(),
+            fired: false,
+        },
+    );
+}
+
+/// Adds the message's value to the rule's window over its topic and returns the window's statistics.
+fn window_stats(rule: &Live, window: &Window, m: &Message, at: u64) -> Map<String, Value> {
+    let mut time = rule.time.lock().unwrap_or_else(PoisonError::into_inner);
+    let known = time.windows.contains_key(m.topic.as_arc());
+    let values = if known || time.windows.len() < MAX_WINDOWS {
+        Some(time.windows.entry(m.topic.as_arc().clone()).or_default())
+    } else {
+        None
+    };
+    let mut stats = Map::new();
+    stats.insert("secs".into(), (window.ms / 1000).into());
+    let Some(values) = values else { return stats };
+    if let Some(v) = window.field.number(&m.payload) {
+        if values.len() >= MAX_WINDOW_POINTS {
+            values.pop_front();
+        }
+        values.push_back((at, v));
+    }
+    while values.front().is_some_and(|(t, _)| at.saturating_sub(*t) > window.ms) {
+        values.pop_front();
+    }
+    let n = values.len();
+    stats.insert("count".into(), n.into());
+    if n > 0 {
+        let sum: f64 = values.iter().map(|(_, v)| v).sum();
+        let min = values.iter().map(|(_, v)| *v).fold(f64::INFINITY, f64::min);
+        let max = values.iter().map(|(_, v)| *v).fold(f64::NEG_INFINITY, f64::max);
+        stats.insert("sum".into(), Value::from(sum));
+        stats.insert("avg".into(), Value::from(sum / n as f64));
+        stats.insert("min".into(), Value::from(min));
+        stats.insert("max".into(), Value::from(max));
+    }
+    stats
 }
 
 fn hops(message: &Message) -> u8 {
@@ -645,6 +832,17 @@ fn hops(message: &Message) -> u8 {
 }
 
 fn on_message(inner: &Inner, set: &RuleSet, m: &Arc<Message>, at: u64) {
+    set.silences.match_topic(
+        &m.topic,
+        |i, ()| {
+            if let Some(rule) = set.rules.get(*i) {
+                if let Some(silence) = &rule.silence {
+                    watch(rule, silence, m, at);
+                }
+            }
+        },
+        |_, _| {},
+    );
     let mut matched: Vec<usize> = Vec::new();
     set.topics.match_topic(&m.topic, |i, ()| matched.push(*i), |_, _| {});
     if matched.is_empty() {
@@ -666,8 +864,15 @@ fn on_message(inner: &Inner, set: &RuleSet, m: &Arc<Message>, at: u64) {
     input.user_properties = &m.properties.user_properties;
     input.content_type = m.properties.content_type.as_deref();
     for i in matched {
-        if let Some(rule) = set.rules.get(i) {
-            evaluate(inner, rule, &input, hop);
+        let Some(rule) = set.rules.get(i) else { continue };
+        match &rule.window {
+            Some(window) => {
+                let stats = window_stats(rule, window, m, at);
+                let mut with_window = input;
+                with_window.window = Some(&stats);
+                evaluate(inner, rule, &with_window, hop);
+            }
+            None => evaluate(inner, rule, &input, hop),
         }
     }
 }

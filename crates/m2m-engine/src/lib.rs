@@ -19,4 +19,4 @@ mod spec;
 pub mod webhook;
 
 pub use engine::{Engine, EngineConfig, EngineError, RuleMetrics, RuleStatus, HOPS_PROPERTY};
-pub use spec::{id_problem, ActionSpec, RuleSpec};
+pub use spec::{id_problem, ActionSpec, RuleSpec, SilenceSpec, WindowSpec};

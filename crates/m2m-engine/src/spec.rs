@@ -18,6 +18,41 @@ pub struct RuleSpec {
     /// Free text.
     #[serde(default)]
     pub description: String,
+    /// A time window over the last seconds of one field per topic, read in the SQL as `win.avg`,
+    /// `win.count`, `win.min`, `win.max`, `win.sum`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub window: Option<WindowSpec>,
+    /// A dead-man rule: when nothing arrives on `filter` (from a client, or on a topic) for
+    /// `after_secs`, the rule runs on `$events/silent`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub silence: Option<SilenceSpec>,
+}
+
+/// A sliding time window, per topic.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WindowSpec {
+    /// The number the window keeps (`payload.temp`).
+    pub field: String,
+    /// How far back, in seconds (1 to 86 400).
+    pub secs: u64,
+}
+
+/// What a dead-man rule watches.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SilenceSpec {
+    /// The messages that keep it quiet.
+    pub filter: String,
+    /// `clientid` (each publisher must keep publishing) or `topic` (each topic seen).
+    #[serde(default = "per_client")]
+    pub per: String,
+    /// Seconds of silence that make it fire (once, until messages come again).
+    pub after_secs: u64,
+}
+
+fn per_client() -> String {
+    "clientid".into()
 }
 
 fn yes() -> bool {

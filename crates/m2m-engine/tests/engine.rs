@@ -30,7 +30,15 @@ async fn node(dir: &TempDir, config: EngineConfig) -> (TestBroker, Engine) {
 }
 
 fn rule(id: &str, sql: &str, actions: Vec<ActionSpec>) -> RuleSpec {
-    RuleSpec { id: id.into(), sql: sql.into(), actions, enabled: true, description: String::new() }
+    RuleSpec {
+        id: id.into(),
+        sql: sql.into(),
+        actions,
+        enabled: true,
+        description: String::new(),
+        window: None,
+        silence: None,
+    }
 }
 
 fn republish(topic: &str, payload: Option<&str>) -> ActionSpec {
@@ -314,5 +322,79 @@ async fn rules_change_while_messages_flow() {
         }
     }
     assert!(outs <= 30, "at most 10 rules x 3 hits: {outs}");
+    broker.stop().await;
+}
+
+#[tokio::test]
+async fn a_window_rule_acts_on_the_average_of_the_last_seconds_per_topic() {
+    let dir = TempDir::new("engine-window");
+    let (broker, engine) = node(&dir, EngineConfig::default()).await;
+    let mut spec = rule(
+        "hot",
+        r#"SELECT topic_level(topic, 2) AS m, win.avg AS avg, win.count AS n FROM "m/+/temp" WHERE win.count >= 3 AND win.avg > 80"#,
+        vec![republish("alerts/${m}", Some("${avg} over ${n}"))],
+    );
+    spec.window = Some(m2m_engine::WindowSpec { field: "payload.t".into(), secs: 60 });
+    engine.put(spec, false).unwrap();
+    let mut watcher = raw_connect_ok(broker.addr, v5_connect("watcher")).await;
+    raw_subscribe(&mut watcher, 1, &[("alerts/#", QoS::AtMostOnce)]).await;
+    let mut c = raw_connect_ok(broker.addr, v5_connect("c")).await;
+    for (topic, t) in
+        [("m/1/temp", 70), ("m/2/temp", 99), ("m/1/temp", 90), ("m/2/temp", 99), ("m/1/temp", 95)]
+    {
+        publish(&mut c, topic, &format!("{{\"t\":{t}}}")).await;
+    }
+    let alert = expect_raw_publish(watcher.recv().await);
+    assert_eq!(
+        (&*alert.topic, &alert.payload[..]),
+        ("alerts/1", &b"85.0 over 3"[..]),
+        "m/2 has two values only"
+    );
+    settle(&engine).await;
+    watcher.send(&Packet::PingReq).await;
+    assert_eq!(watcher.recv().await, Some(Packet::PingResp));
+    broker.stop().await;
+}
+
+#[tokio::test]
+async fn a_dead_man_rule_fires_once_per_silence_of_each_client() {
+    let dir = TempDir::new("engine-silence");
+    let (broker, engine) = node(&dir, EngineConfig::default()).await;
+    let mut spec = rule(
+        "deadman",
+        r#"SELECT key, silent_ms FROM "$events/silent""#,
+        vec![republish("alerts/silent/${key}", Some("${silent_ms}"))],
+    );
+    spec.silence = Some(m2m_engine::SilenceSpec {
+        filter: "trucks/+/pos".into(),
+        per: "clientid".into(),
+        after_secs: 2,
+    });
+    engine.put(spec, false).unwrap();
+    let mut watcher = raw_connect_ok(broker.addr, v5_connect("watcher")).await;
+    raw_subscribe(&mut watcher, 1, &[("alerts/#", QoS::AtMostOnce)]).await;
+    let mut t1 = raw_connect_ok(broker.addr, v5_connect("truck-1")).await;
+    let mut t2 = raw_connect_ok(broker.addr, v5_connect("truck-2")).await;
+    publish(&mut t1, "trucks/1/pos", "{}").await;
+    // truck-2 keeps reporting (10 a second) for 4 s; truck-1 falls silent.
+    let started = std::time::Instant::now();
+    while started.elapsed() < Duration::from_secs(4) {
+        publish(&mut t2, "trucks/2/pos", "{}").await;
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let alert = expect_raw_publish(watcher.recv().await);
+    assert_eq!(&*alert.topic, "alerts/silent/truck-1");
+    let silent: u64 = std::str::from_utf8(&alert.payload).unwrap().parse().unwrap();
+    assert!((2000..3500).contains(&silent), "fired about 2 s after: {silent} ms");
+    watcher.send(&Packet::PingReq).await;
+    assert_eq!(watcher.recv().await, Some(Packet::PingResp), "once, and not for truck-2 while it reports");
+    // truck-1 reports again and falls silent again, and truck-2 has stopped: one alert each.
+    publish(&mut t1, "trucks/1/pos", "{}").await;
+    let mut next = vec![
+        expect_raw_publish(watcher.recv().await).topic.to_string(),
+        expect_raw_publish(watcher.recv().await).topic.to_string(),
+    ];
+    next.sort();
+    assert_eq!(next, ["alerts/silent/truck-1", "alerts/silent/truck-2"]);
     broker.stop().await;
 }

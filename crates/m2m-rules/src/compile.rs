@@ -609,11 +609,12 @@ impl Compiler {
             "user_properties" => Base::UserProperties,
             "content_type" => Base::ContentType,
             "event" => Base::Event,
+            "win" => Base::Window,
             _ if self.event_fields => Base::EventField(name.into()),
             _ => return Err(RuleError::UnknownField { name: name.to_owned(), at }),
         };
         let takes_path = match base {
-            Base::Payload | Base::EventField(_) => true,
+            Base::Payload | Base::EventField(_) | Base::Window => true,
             Base::UserProperties => matches!(path.as_slice(), [] | [Seg::Key(_)]),
             _ => path.is_empty(),
         };
@@ -804,5 +805,6 @@ fn base_name(base: &Base) -> &str {
         Base::ContentType => "content_type",
         Base::Event => "event",
         Base::EventField(name) => name,
+        Base::Window => "win",
     }
 }

@@ -90,6 +90,8 @@ pub(crate) enum Base {
     Event,
     /// A field of the event's own map.
     EventField(Box<str>),
+    /// The statistics of the rule's time window (`window.avg`, …), when the engine keeps one.
+    Window,
 }
 
 /// One step of a path.
@@ -168,6 +170,16 @@ impl<'i> Ctx<'i> {
             },
             Base::EventField(name) => {
                 return self.event_field(name).and_then(|v| walk(v, path)).map_or(Val::Null, Val::from_json);
+            }
+            Base::Window => {
+                let Some(window) = self.input.window else { return Val::Null };
+                return match path.split_first() {
+                    None => Val::Json(Cow::Owned(Value::Object(window.clone()))),
+                    Some((Seg::Key(k), rest)) => {
+                        window.get(&**k).and_then(|v| walk(v, rest)).map_or(Val::Null, Val::from_json)
+                    }
+                    Some((Seg::Index(_), _)) => Val::Null,
+                };
             }
         };
         if path.is_empty() {

@@ -50,6 +50,10 @@ pub struct Input<'a> {
     pub event: Option<EventKind>,
     /// The event's own fields, readable in the rule by name (`reason`, `filter`, …).
     pub event_fields: Option<&'a Map<String, Value>>,
+    /// The statistics of the rule's time window over this topic (`count`, `avg`, `min`, `max`,
+    /// `sum`, `secs`), read as `win.avg` …; set by an engine that keeps windows, else `None`
+    /// (and `win.*` is NULL).
+    pub window: Option<&'a Map<String, Value>>,
 }
 
 impl<'a> Input<'a> {
@@ -69,6 +73,7 @@ impl<'a> Input<'a> {
             content_type: None,
             event: None,
             event_fields: None,
+            window: None,
         }
     }
 

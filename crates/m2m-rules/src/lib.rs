@@ -60,6 +60,7 @@
 //! | `$events/message_delivered` | a message was delivered to a subscriber |
 //! | `$events/quarantined` | a client was put in quarantine |
 //! | `$events/released` | a client was released from quarantine |
+//! | `$events/silent` | no message on a watched filter (from a client, or on a topic) for longer than the rule's `silence` allows — a dead-man rule; fields `filter`, `key`, `last_seen` (ms), `silent_ms`, and `topic`, `clientid`, `payload` of the last message |
 //!
 //! ## Fields
 //!
@@ -74,6 +75,7 @@
 //! | `user_properties`, `user_properties.k` | MQTT 5 user properties as an object, or one of them (the first if repeated) |
 //! | `content_type` | MQTT 5 content type |
 //! | `event` | the event's name (`client_connected`…), NULL for messages |
+//! | `win.count`, `win.avg`, `win.min`, `win.max`, `win.sum`, `win.secs` | for a rule with a `window`, the statistics of its field over the last `secs` seconds on this topic, this message included; NULL otherwise |
 //! | any other name | in rules on `$events`, the event's own field of that name (and a path into it) |
 //!
 //! A field or path that is absent is NULL, never an error. In rules on `$events` only, an unknown name

@@ -43,6 +43,8 @@ pub enum EventKind {
     Quarantined,
     /// A client was released from quarantine.
     Released,
+    /// Messages on a watched filter stopped for longer than a rule allows (a dead-man rule).
+    Silent,
 }
 
 /// The prefix of event sources in FROM.
@@ -50,7 +52,7 @@ pub(crate) const EVENT_PREFIX: &str = "$events/";
 
 impl EventKind {
     /// Every event, in the order of the documentation.
-    pub const ALL: [EventKind; 8] = [
+    pub const ALL: [EventKind; 9] = [
         EventKind::ClientConnected,
         EventKind::ClientDisconnected,
         EventKind::SessionSubscribed,
@@ -59,6 +61,7 @@ impl EventKind {
         EventKind::MessageDelivered,
         EventKind::Quarantined,
         EventKind::Released,
+        EventKind::Silent,
     ];
 
     /// The event's name, e.g. `client_connected`; also the value of the `event` field.
@@ -72,6 +75,7 @@ impl EventKind {
             EventKind::MessageDelivered => "message_delivered",
             EventKind::Quarantined => "quarantined",
             EventKind::Released => "released",
+            EventKind::Silent => "silent",
         }
     }
 
@@ -86,6 +90,7 @@ impl EventKind {
             EventKind::MessageDelivered => "$events/message_delivered",
             EventKind::Quarantined => "$events/quarantined",
             EventKind::Released => "$events/released",
+            EventKind::Silent => "$events/silent",
         }
     }
 

@@ -1132,3 +1132,30 @@ proptest! {
         prop_assert_eq!(pruned.evaluate(&input).unwrap(), full.evaluate(&input).unwrap());
     }
 }
+
+#[test]
+fn window_fields_read_the_statistics_the_engine_gives_and_are_null_without() {
+    let rule = RuleQuery::parse(r#"SELECT win.avg AS avg, win FROM "t/#" WHERE win.count >= 2"#).unwrap();
+    let mut stats = serde_json::Map::new();
+    stats.insert("count".into(), 3.into());
+    stats.insert("avg".into(), serde_json::json!(81.5));
+    let mut input = Input::message("t/a", b"{}", 0);
+    input.window = Some(&stats);
+    let out = rule.evaluate(&input).unwrap().unwrap();
+    assert_eq!(out["avg"], serde_json::json!(81.5));
+    assert_eq!(out["win"]["count"], serde_json::json!(3));
+    input.window = None;
+    assert_eq!(rule.evaluate(&input).unwrap(), None, "no window: win.count is NULL, WHERE is not true");
+}
+
+#[test]
+fn the_silent_event_is_a_source() {
+    let rule =
+        RuleQuery::parse(r#"SELECT key, silent_ms FROM "$events/silent" WHERE silent_ms > 1000"#).unwrap();
+    assert!(rule.matches_event(EventKind::Silent));
+    let mut f = serde_json::Map::new();
+    f.insert("key".into(), "truck-4".into());
+    f.insert("silent_ms".into(), 61_000.into());
+    let out = rule.evaluate(&Input::event(EventKind::Silent, &f, 0)).unwrap().unwrap();
+    assert_eq!(out["key"], serde_json::json!("truck-4"));
+}
