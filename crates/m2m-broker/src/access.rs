@@ -36,6 +36,8 @@ pub struct AccessControl {
     announce: tokio::sync::mpsc::Sender<Arc<m2m_session::Message>>,
     cache: VerifiedCache,
     metrics: Arc<Metrics>,
+    /// Parts of the node told of quarantines and releases (the rules engine).
+    taps: Vec<Arc<dyn m2m_router::Tap>>,
 }
 
 impl std::fmt::Debug for AccessControl {
@@ -119,6 +121,7 @@ impl AccessControl {
         detectors: DetectorsConfig,
         metrics: Arc<Metrics>,
         router: RouterHandle,
+        taps: Vec<Arc<dyn m2m_router::Tap>>,
     ) -> Self {
         let (announce, mut announcements) = tokio::sync::mpsc::channel::<Arc<m2m_session::Message>>(1024);
         let to_router = router.clone();
@@ -141,6 +144,7 @@ impl AccessControl {
             runtime: tokio::runtime::Handle::current(),
             cache: VerifiedCache::new(VERIFIED_CACHE),
             metrics,
+            taps,
         }
     }
 
@@ -307,7 +311,39 @@ impl AccessControl {
             "quarantine entry added");
         let detail = format!("{} {}: {} ({applied})", entry.mode.as_str(), entry.target, entry.reason);
         self.audit(actor, "quarantine.add", &entry.id.to_string(), &detail);
+        self.announce_entry(&entry, true, actor);
         Ok(entry)
+    }
+
+    /// Tells the taps of a quarantine entry added (`added`) or released.
+    fn announce_entry(&self, entry: &QuarantineEntry, added: bool, actor: &str) {
+        if self.taps.is_empty() {
+            return;
+        }
+        let client_id = match &entry.target {
+            m2m_access::Target::ClientId(c) => Some(Arc::from(c.as_str())),
+            _ => None,
+        };
+        let event = if added {
+            m2m_router::NodeEvent::Quarantined {
+                entry: entry.id,
+                target: entry.target.to_string(),
+                client_id,
+                mode: entry.mode.as_str(),
+                reason: entry.reason.clone(),
+                actor: actor.to_owned(),
+            }
+        } else {
+            m2m_router::NodeEvent::Released {
+                entry: entry.id,
+                target: entry.target.to_string(),
+                client_id,
+                actor: actor.to_owned(),
+            }
+        };
+        for tap in &self.taps {
+            tap.event(&event);
+        }
     }
 
     /// Releases the quarantine entry `id`: the clients it isolated get normal service back at once
@@ -326,6 +362,7 @@ impl AccessControl {
             "quarantine entry released");
         let detail = format!("{} ({applied})", entry.target);
         self.audit(actor, "quarantine.release", &entry.id.to_string(), &detail);
+        self.announce_entry(&entry, false, actor);
         Ok(entry)
     }
 
@@ -346,6 +383,7 @@ impl AccessControl {
                     lifted += 1;
                     tracing::info!(entry = id, target = %entry.target, "quarantine entry expired");
                     self.audit("node", "quarantine.expire", &id.to_string(), &entry.target.to_string());
+                    self.announce_entry(&entry, false, "node");
                 }
                 Err(e) => tracing::warn!(entry = id, error = %e, "expired quarantine entry not lifted"),
             }

@@ -160,6 +160,7 @@ impl Broker {
             config.detectors,
             metrics.clone(),
             handle.clone(),
+            config.taps.clone(),
         ));
         access.spawn_expiry();
         let started = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);

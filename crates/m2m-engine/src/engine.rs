@@ -917,6 +917,20 @@ fn event_input(event: &NodeEvent) -> (EventKind, Map<String, Value>, &str, Optio
         NodeEvent::SessionUnsubscribed { client_id, filter } => {
             (EventKind::SessionUnsubscribed, f, client_id, None, filter)
         }
+        NodeEvent::Quarantined { entry, target, client_id, mode, reason, actor } => {
+            f.insert("entry".into(), (*entry).into());
+            f.insert("target".into(), target.clone().into());
+            f.insert("mode".into(), (*mode).into());
+            f.insert("reason".into(), reason.clone().into());
+            f.insert("actor".into(), actor.clone().into());
+            (EventKind::Quarantined, f, client_id.as_deref().unwrap_or(""), None, "")
+        }
+        NodeEvent::Released { entry, target, client_id, actor } => {
+            f.insert("entry".into(), (*entry).into());
+            f.insert("target".into(), target.clone().into());
+            f.insert("actor".into(), actor.clone().into());
+            (EventKind::Released, f, client_id.as_deref().unwrap_or(""), None, "")
+        }
     }
 }
 

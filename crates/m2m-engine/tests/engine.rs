@@ -398,3 +398,41 @@ async fn a_dead_man_rule_fires_once_per_silence_of_each_client() {
     assert_eq!(next, ["alerts/silent/truck-1", "alerts/silent/truck-2"]);
     broker.stop().await;
 }
+
+#[tokio::test]
+async fn quarantines_and_releases_are_events_for_rules() {
+    let dir = TempDir::new("engine-quarantine-events");
+    let (broker, engine) = node(&dir, EngineConfig::default()).await;
+    engine
+        .put(
+            rule(
+                "tell",
+                r#"SELECT event, clientid, mode, actor FROM "$events/quarantined", "$events/released""#,
+                vec![republish("ops/${event}/${clientid}", Some("${mode} by ${actor}"))],
+            ),
+            false,
+        )
+        .unwrap();
+    let mut ops = raw_connect_ok(broker.addr, v5_connect("ops")).await;
+    raw_subscribe(&mut ops, 1, &[("ops/#", QoS::AtMostOnce)]).await;
+    let entry = broker
+        .access
+        .add_quarantine(
+            m2m_access::Target::ClientId("press-1".into()),
+            m2m_access::Mode::Isolate,
+            "testing",
+            "operator",
+            None,
+        )
+        .unwrap();
+    let p = expect_raw_publish(ops.recv().await);
+    assert_eq!((&*p.topic, &p.payload[..]), ("ops/quarantined/press-1", &b"isolate by operator"[..]));
+    broker.access.release_quarantine(entry.id, "api").unwrap();
+    let p = expect_raw_publish(ops.recv().await);
+    assert_eq!(
+        (&*p.topic, &p.payload[..]),
+        ("ops/released/press-1", &b" by api"[..]),
+        "no mode on a release"
+    );
+    broker.stop().await;
+}

@@ -115,6 +115,32 @@ pub enum NodeEvent {
         /// The filter.
         filter: Arc<str>,
     },
+    /// A quarantine entry was added.
+    Quarantined {
+        /// The entry's id.
+        entry: u64,
+        /// What it names, e.g. `client id "press-7"`.
+        target: String,
+        /// The client id, when the entry names one.
+        client_id: Option<Arc<str>>,
+        /// `ban` or `isolate`.
+        mode: &'static str,
+        /// Why.
+        reason: String,
+        /// Who: `api`, `cli`, `detector:<name>`, `rule:<id>`…
+        actor: String,
+    },
+    /// A quarantine entry was released (or expired).
+    Released {
+        /// The entry's id.
+        entry: u64,
+        /// What it named.
+        target: String,
+        /// The client id, when the entry named one.
+        client_id: Option<Arc<str>>,
+        /// Who released it (`node` for an expiry).
+        actor: String,
+    },
 }
 
 /// A will to publish when the connection ends without a clean DISCONNECT.
