@@ -188,7 +188,8 @@ enum Job {
 /// What actions reach: the router, access control and the history.
 struct Node {
     router: RouterHandle,
-    access: Arc<AccessControl>,
+    /// Weak: access control tells the engine of quarantines (it holds the engine as a tap).
+    access: std::sync::Weak<AccessControl>,
     history: Option<History>,
 }
 
@@ -287,7 +288,7 @@ impl Engine {
         history: Option<History>,
         store: Option<Store>,
     ) -> Result<(), EngineError> {
-        let _ = self.inner().node.set(Node { router, access, history });
+        let _ = self.inner().node.set(Node { router, access: Arc::downgrade(&access), history });
         let Some(store) = store else { return Ok(()) };
         let mut loaded = BTreeMap::new();
         for (key, value) in store.records(Table::Rules)? {
@@ -678,10 +679,31 @@ fn now_ms() -> u64 {
 }
 
 impl Tap for Engine {
+    fn sys_values(&self, out: &mut Vec<(&'static str, String)>) {
+        let set = self.inner().set.read().unwrap_or_else(PoisonError::into_inner).clone();
+        let running =
+            set.rules.iter().filter(|r| r.spec.enabled && !r.auto_disabled.load(Ordering::Relaxed)).count();
+        let matched: u64 = set.rules.iter().map(|r| r.counters.matched.load(Ordering::Relaxed)).sum();
+        let (dropped, loops) = self.dropped();
+        out.push(("rules/running", running.to_string()));
+        out.push(("rules/evaluations", matched.to_string()));
+        out.push(("rules/dropped", dropped.to_string()));
+        out.push(("rules/hop_limited", loops.to_string()));
+    }
+
     fn message(&self, message: &Arc<Message>) {
-        // Nothing to do without rules on topics; checked without taking the queue's lock.
-        let any =
-            self.inner().set.read().map(|s| !s.topics.is_empty() || !s.silences.is_empty()).unwrap_or(false);
+        // Only what some rule's filter (or a dead-man rule's) matches goes to the worker: one trie
+        // walk here saves the queue for the messages that matter.
+        let any = self.inner().set.read().is_ok_and(|s| {
+            let mut hit = false;
+            if !s.topics.is_empty() {
+                s.topics.match_topic(&message.topic, |_, ()| hit = true, |_, _| {});
+            }
+            if !hit && !s.silences.is_empty() {
+                s.silences.match_topic(&message.topic, |_, ()| hit = true, |_, _| {});
+            }
+            hit
+        });
         if any {
             self.push(Job::Message(message.clone(), now_ms()));
         }
@@ -940,8 +962,8 @@ fn fail(inner: &Inner, rule: &Live, error: String) {
     let failing = c.failing.fetch_add(1, Ordering::Relaxed) + 1;
     if failing >= inner.config.disable_after && !rule.auto_disabled.swap(true, Ordering::Relaxed) {
         tracing::warn!(rule = %rule.spec.id, failures = failing, error = %error, "rule disabled: it keeps failing");
-        if let Some(node) = inner.node.get() {
-            node.access.audit(
+        if let Some(access) = inner.node.get().and_then(|n| n.access.upgrade()) {
+            access.audit(
                 "rules",
                 "rule.disable",
                 &rule.spec.id,
@@ -1043,7 +1065,8 @@ fn act(
             }
             let expires_ms = expires.map(|d| now_ms() + u64::try_from(d.as_millis()).unwrap_or(u64::MAX));
             let actor = format!("rule:{}", rule.spec.id);
-            node.access
+            let access = node.access.upgrade().ok_or("the node is stopping")?;
+            access
                 .add_quarantine(
                     m2m_access::Target::ClientId(client),
                     *mode,
