@@ -1,5 +1,5 @@
-//! The node's HTTP API: the device registry, groups, the quarantine list and the history of
-//! messages of a running node, as JSON under `/api/v1`.
+//! The node's HTTP API: the device registry, groups, the quarantine list, the history of messages
+//! and the rules of a running node, as JSON under `/api/v1`.
 //!
 //! # Layout
 //! - [`HttpServer`]: binds ([`HttpServer::bind`], reporting [`HttpServer::local_addr`]), then serves
@@ -29,14 +29,21 @@
 //! | `GET /api/v1/history/aggregate?filter=F&from=T&to=T&field=P&bucket=D&agg=avg,max` | 200 | `{series: [{topic, skipped, buckets: [{start, start_us, count, avg?, ...}]}]}` |
 //! | `GET /api/v1/latest?filter=F&field=P` | 200 | `{values: [point]}`: the last message of each topic |
 //! | `GET /api/v1/topics?filter=F` | 200 | `{topics: [{topic, messages, first, last, first_us, last_us}]}` |
+//! | `GET /api/v1/rules` | 200 | array of rules, each with `state` and `metrics` |
+//! | `POST /api/v1/rules` | 201 | `{id, sql, actions?, enabled?, description?, window?, silence?}` → the rule |
+//! | `GET /api/v1/rules/{id}` | 200 | the rule |
+//! | `PUT /api/v1/rules/{id}` | 201 (new), 200 | `{id? (the path's), sql, actions?, ...}` → the rule |
+//! | `DELETE /api/v1/rules/{id}` | 204 | |
+//! | `POST /api/v1/rules/{id}/enable`, `.../disable` | 200 | the rule |
+//! | `POST /api/v1/rules/test` | 200 | `{sql, topic, payload, clientid?}` → `{output: {...}\|null}` |
 //! | `GET /api/v1/openapi.json` | 200 | the OpenAPI 3.1 document of these routes |
 //!
 //! A device is shown without its password hash: `has_password` says whether it has one. Every
 //! error is a JSON body `{"error": "..."}`: 400 invalid input (a bad id, rule or target, a body that
 //! is not the expected JSON), 401 a missing or wrong token, 403 a client that is not on loopback
-//! when no token is configured, 404 no such device, group, entry or route, 405 a method the route
-//! does not have, 409 a device that exists already, 413 a body over 8 MiB, 415 a body of another
-//! content type, 500 a failure of the node (logged; the client sees a generic message).
+//! when no token is configured, 404 no such device, group, entry, rule or route, 405 a method the
+//! route does not have, 409 a device or rule that exists already, 413 a body over 8 MiB, 415 a body
+//! of another content type, 500 a failure of the node (logged; the client sees a generic message).
 //!
 //! # History
 //! A point is `{topic, ts (RFC 3339, µs), ts_us, publisher_ts?, qos, retain, client_id?,
@@ -58,6 +65,18 @@
 //! node that keeps no history (`[history] enabled = false`, or no store) answers these routes with
 //! 404 `{"error": "history is off on this node"}`.
 //!
+//! # Rules
+//! A rule is shown as the engine reports it (`m2m_engine::RuleStatus`): its members, `state`
+//! (`running`, `disabled`, `disabled_failing` when the engine stopped it for failing, `invalid` when
+//! a stored rule no longer compiles) and `metrics` (`matched`, `passed`, `failed`, `actions_ok`,
+//! `actions_failed`, `eval_mean_ns`, `last_error`). A body with a member a rule does not have is a
+//! 400, as is a rule the engine refuses (its message says why). Changes are audited (actor `api`,
+//! actions `rule.add`, `rule.replace`, `rule.remove`, `rule.enable`, `rule.disable`). `POST
+//! /rules/test` evaluates a query on a sample message (a `payload` string is its text, another JSON
+//! value is sent as JSON) and runs no action. A rule may be called `test`: `GET`, `PUT` and
+//! `DELETE /rules/test` act on it. A node whose rules engine is off (`[rules] enabled = false`)
+//! answers these routes with 404 `{"error": "rules are off on this node"}`.
+//!
 //! # Security
 //! With a token, every request needs `Authorization: Bearer <token>` (compared in constant time);
 //! without one, only clients on a loopback address are served. The API speaks plain HTTP: serve it
@@ -78,6 +97,7 @@ use axum::http::StatusCode;
 use axum::routing::{get, post};
 use axum::Router;
 use m2m_broker::AccessControl;
+use m2m_engine::Engine;
 use m2m_history::History;
 use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
@@ -92,9 +112,11 @@ mod groups;
 mod history;
 mod openapi;
 mod quarantine;
+mod rules;
 
 pub use error::HttpError;
 pub use history::{gap_json, point_json, series_json, topic_json, DEFAULT_LIMIT};
+pub use rules::rule_from_json;
 
 use auth::Gate;
 use error::ApiError;
@@ -146,19 +168,26 @@ pub(crate) struct ApiState {
     pub(crate) hashing: Arc<Semaphore>,
     /// The node's history; `None` when it keeps none (the history routes answer 404).
     pub(crate) history: Option<History>,
+    /// The node's rules engine; `None` when it runs none (the rules routes answer 404).
+    pub(crate) engine: Option<Engine>,
 }
 
 /// How many passwords are hashed at once, at most (argon2id takes 19 MiB and tens of milliseconds
 /// each); further requests wait.
 pub(crate) const CONCURRENT_HASHES: usize = 2;
 
-/// The API's routes over `access` and `history` (if the node keeps one), admitting requests as
-/// `token` says (see [`HttpConfig::token`]).
+/// The API's routes over `access`, `history` (if the node keeps one) and `engine` (if it runs
+/// rules), admitting requests as `token` says (see [`HttpConfig::token`]).
 ///
 /// Without a token, a request is served only if the connection's address is known to be loopback:
 /// serve the router with `into_make_service_with_connect_info::<SocketAddr>()`, as
 /// [`HttpServer::run`] does, or every request gets 403.
-pub fn router(access: Arc<AccessControl>, history: Option<History>, token: Option<&str>) -> Router {
+pub fn router(
+    access: Arc<AccessControl>,
+    history: Option<History>,
+    engine: Option<Engine>,
+    token: Option<&str>,
+) -> Router {
     let gate = Arc::new(Gate::new(token));
     Router::new()
         .route("/api/v1/devices", get(devices::list).post(devices::create))
@@ -180,12 +209,28 @@ pub fn router(access: Arc<AccessControl>, history: Option<History>, token: Optio
         .route("/api/v1/history/aggregate", get(history::aggregate))
         .route("/api/v1/latest", get(history::latest))
         .route("/api/v1/topics", get(history::topics))
+        .route("/api/v1/rules", get(rules::list).post(rules::create))
+        .route(
+            "/api/v1/rules/test",
+            post(rules::test)
+                .get(rules::named_test::show)
+                .put(rules::named_test::put)
+                .delete(rules::named_test::remove),
+        )
+        .route("/api/v1/rules/{id}", get(rules::show).put(rules::put).delete(rules::remove))
+        .route("/api/v1/rules/{id}/enable", post(rules::enable))
+        .route("/api/v1/rules/{id}/disable", post(rules::disable))
         .route("/api/v1/openapi.json", get(openapi::document))
         .fallback(no_route)
         .method_not_allowed_fallback(no_method)
         .layer(DefaultBodyLimit::max(BODY_LIMIT))
         .layer(axum::middleware::from_fn_with_state(gate, auth::check))
-        .with_state(ApiState { access, hashing: Arc::new(Semaphore::new(CONCURRENT_HASHES)), history })
+        .with_state(ApiState {
+            access,
+            hashing: Arc::new(Semaphore::new(CONCURRENT_HASHES)),
+            history,
+            engine,
+        })
 }
 
 async fn no_route() -> ApiError {
@@ -223,8 +268,9 @@ pub struct HttpServer {
 }
 
 impl HttpServer {
-    /// Binds `config.listen` and prepares the routes over `access` and `history` (`None`: the node
-    /// keeps no history, and its routes answer 404).
+    /// Binds `config.listen` and prepares the routes over `access`, `history` (`None`: the node
+    /// keeps no history, and its routes answer 404) and `engine` (`None`: the node runs no rules,
+    /// and the rules routes answer 404).
     ///
     /// # Errors
     /// [`HttpError::EmptyToken`] for an empty token; [`HttpError::Bind`] when the address cannot be
@@ -233,6 +279,7 @@ impl HttpServer {
         config: &HttpConfig,
         access: Arc<AccessControl>,
         history: Option<History>,
+        engine: Option<Engine>,
     ) -> Result<Self> {
         if config.token.as_deref().is_some_and(str::is_empty) {
             return Err(HttpError::EmptyToken);
@@ -243,7 +290,7 @@ impl HttpServer {
         if config.token.is_none() && !addr.ip().to_canonical().is_loopback() {
             warn!(%local_addr, "HTTP API without a token: only clients on loopback addresses are served");
         }
-        Ok(Self { listener, local_addr, router: router(access, history, config.token.as_deref()) })
+        Ok(Self { listener, local_addr, router: router(access, history, engine, config.token.as_deref()) })
     }
 
     /// The address the server is bound to (with the real port when port 0 was asked for).
@@ -272,8 +319,8 @@ impl HttpServer {
     }
 }
 
-/// Binds `config.listen` and serves the API over `access` and `history` until `shutdown` is
-/// cancelled.
+/// Binds `config.listen` and serves the API over `access`, `history` and `engine` until `shutdown`
+/// is cancelled.
 ///
 /// # Errors
 /// As [`HttpServer::bind`] and [`HttpServer::run`].
@@ -281,7 +328,8 @@ pub async fn serve(
     config: HttpConfig,
     access: Arc<AccessControl>,
     history: Option<History>,
+    engine: Option<Engine>,
     shutdown: CancellationToken,
 ) -> Result<()> {
-    HttpServer::bind(&config, access, history).await?.run(shutdown).await
+    HttpServer::bind(&config, access, history, engine).await?.run(shutdown).await
 }

@@ -7,16 +7,16 @@ use axum::http::{header, HeaderValue};
 use axum::response::{IntoResponse, Response};
 use utoipa::OpenApi;
 
-use crate::{devices, groups, history, quarantine};
+use crate::{devices, groups, history, quarantine, rules};
 
 /// The document's description of the API.
 #[derive(OpenApi)]
 #[openapi(
     info(
         title = "m2m node API",
-        description = "Devices, groups, quarantine and the history of messages of one m2m node. Every \
-            route needs `Authorization: Bearer <token>` when the node has an http.token; without one, \
-            only clients on loopback are served. Errors are `{\"error\": \"...\"}`."
+        description = "Devices, groups, quarantine, the history of messages and the rules of one m2m \
+            node. Every route needs `Authorization: Bearer <token>` when the node has an http.token; \
+            without one, only clients on loopback are served. Errors are `{\"error\": \"...\"}`."
     ),
     paths(
         history::points,
@@ -38,6 +38,14 @@ use crate::{devices, groups, history, quarantine};
         quarantine::release,
         quarantine::audit,
         quarantine::refusals,
+        rules::list,
+        rules::create,
+        rules::show,
+        rules::put,
+        rules::remove,
+        rules::enable,
+        rules::disable,
+        rules::test,
         document,
     ),
     tags(
@@ -45,6 +53,7 @@ use crate::{devices, groups, history, quarantine};
         (name = "devices", description = "The device registry"),
         (name = "groups", description = "Groups of devices and their access rules"),
         (name = "quarantine", description = "Banned and isolated clients, and the audit log"),
+        (name = "rules", description = "Rules: SQL over messages and client events, and their actions"),
         (name = "meta", description = "This document"),
     )
 )]

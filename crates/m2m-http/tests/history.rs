@@ -48,7 +48,7 @@ impl Node {
         let (mqtt, access, history) = (broker.local_addr(), broker.access(), broker.history());
         let http_config = HttpConfig { listen: SocketAddr::from(([127, 0, 0, 1], 0)), token: None };
         let server =
-            HttpServer::bind(&http_config, access, history.clone()).await.expect("bind the HTTP API");
+            HttpServer::bind(&http_config, access, history.clone(), None).await.expect("bind the HTTP API");
         let http = server.local_addr();
         let shutdown = CancellationToken::new();
         let broker = tokio::spawn(broker.run(shutdown.clone()));

@@ -141,7 +141,7 @@ pub(crate) enum GroupCommand {
 }
 
 /// Where the commands act.
-enum Node {
+pub(crate) enum Node {
     /// A stopped node: its store, opened by this process.
     Stopped(Store),
     /// A running node, through its API.
@@ -149,7 +149,7 @@ enum Node {
 }
 
 /// A running node's API, and why it is used.
-struct Api {
+pub(crate) struct Api {
     client: remote::Client,
     /// When the API is used because the store was found in use (not by `--api`): that, as the
     /// start of the error should the API not serve us either.
@@ -158,7 +158,7 @@ struct Api {
 
 /// Finds the node: `--api`, else the store of the data directory, else (the store being in use by
 /// a running node) the API at the configuration's `http.listen`.
-fn reach(place: &Place) -> anyhow::Result<Node> {
+pub(crate) fn reach(place: &Place) -> anyhow::Result<Node> {
     if let Some(url) = &place.api {
         let client = remote::Client::new(url, place.token.clone())?;
         return Ok(Node::Running(Api { client, in_use: None }));
@@ -198,11 +198,11 @@ fn reach(place: &Place) -> anyhow::Result<Node> {
 }
 
 impl Api {
-    fn get<T: DeserializeOwned>(&self, path: &str) -> anyhow::Result<T> {
+    pub(crate) fn get<T: DeserializeOwned>(&self, path: &str) -> anyhow::Result<T> {
         self.client.get(path).map_err(|e| self.explain(e))
     }
 
-    fn send<T: DeserializeOwned>(
+    pub(crate) fn send<T: DeserializeOwned>(
         &self,
         method: &str,
         path: &str,
@@ -221,7 +221,7 @@ impl Api {
         self.client.send(method, path, content_type, body).map_err(|e| self.explain(e))
     }
 
-    fn delete(&self, path: &str) -> anyhow::Result<()> {
+    pub(crate) fn delete(&self, path: &str) -> anyhow::Result<()> {
         self.client.request("DELETE", path, None).map(drop).map_err(|e| self.explain(e))
     }
 
@@ -246,10 +246,10 @@ impl Api {
 }
 
 /// The audit log, for what these commands change in a store (the actor is `cli`).
-struct Audit(AuditLog);
+pub(crate) struct Audit(pub(crate) AuditLog);
 
 impl Audit {
-    fn record(&self, action: &str, subject: &str, detail: &str) -> anyhow::Result<()> {
+    pub(crate) fn record(&self, action: &str, subject: &str, detail: &str) -> anyhow::Result<()> {
         let event = AuditEvent {
             at_ms: now_ms(),
             actor: "cli".into(),

@@ -14,6 +14,7 @@ mod config;
 mod device;
 mod query;
 mod remote;
+mod rule;
 
 /// An edge-first machine-to-machine messaging and data fabric.
 #[derive(Debug, Parser)]
@@ -59,6 +60,15 @@ enum Command {
         #[command(subcommand)]
         command: device::AuditCommand,
     },
+    /// Rules: SQL over messages and client events and the actions taken on what it selects (of a
+    /// running node, at once, or of a stopped one, as for `device`); `test` tries a rule on a sample
+    /// message without a node.
+    Rule {
+        #[command(flatten)]
+        place: device::Place,
+        #[command(subcommand)]
+        command: rule::RuleCommand,
+    },
     /// Certificates for TLS and mutual TLS.
     #[command(subcommand)]
     Cert(cert::CertCommand),
@@ -96,6 +106,7 @@ fn main() -> ExitCode {
         Command::Group { place, command } => device::run_group(&place, command),
         Command::Quarantine { place, command } => device::run_quarantine(&place, command),
         Command::Audit { place, command } => device::run_audit(&place, command),
+        Command::Rule { place, command } => rule::run(&place, command),
         Command::Cert(command) => cert::run(command),
         Command::Query(args) => query::run(args),
     };
@@ -149,7 +160,9 @@ fn run_node(args: NodeArgs) -> anyhow::Result<()> {
         }
         let http = match file.http.config() {
             Some(config) => {
-                match m2m_http::HttpServer::bind(&config, broker.access(), broker.history()).await {
+                match m2m_http::HttpServer::bind(&config, broker.access(), broker.history(), engine.clone())
+                    .await
+                {
                     Ok(server) => Some(server),
                     // The embedded default may be taken on this machine: the node still runs.
                     Err(e) if config.listen == m2m_http::DEFAULT_LISTEN => {
