@@ -389,6 +389,15 @@ impl Engine {
         if let Some(p) = id_problem(&spec.id) {
             return Err(EngineError::Invalid(format!("rule id {:?}: {p}", spec.id)));
         }
+        if tokio::runtime::Handle::try_current().is_ok() {
+            return compile_checked(spec).map(|_| ());
+        }
+        // Compiling starts a webhook's sender on the current runtime: outside one (a tool checking a
+        // rule file), a throwaway runtime is entered, and the sender, never polled, goes with it.
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .map_err(|e| EngineError::Invalid(format!("cannot check the rule: {e}")))?;
+        let _entered = runtime.enter();
         compile_checked(spec).map(|_| ())
     }
 

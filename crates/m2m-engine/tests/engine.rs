@@ -436,3 +436,25 @@ async fn quarantines_and_releases_are_events_for_rules() {
     );
     broker.stop().await;
 }
+
+#[test]
+fn a_rule_with_a_webhook_is_checked_outside_a_runtime() {
+    let mut spec = rule("hook", r#"SELECT * FROM "a/#""#, vec![]);
+    spec.actions.push(ActionSpec::Webhook {
+        url: "http://127.0.0.1:9/alerts".into(),
+        headers: vec![],
+        body: None,
+        timeout_ms: None,
+        max_retries: None,
+    });
+    assert!(Engine::check(&spec).is_ok());
+    spec.actions[0] = ActionSpec::Webhook {
+        url: "https://127.0.0.1/".into(),
+        headers: vec![],
+        body: None,
+        timeout_ms: None,
+        max_retries: None,
+    };
+    let err = Engine::check(&spec).unwrap_err().to_string();
+    assert!(err.contains("webhook"), "{err}");
+}
