@@ -341,9 +341,7 @@ impl AccessControl {
                 actor: actor.to_owned(),
             }
         };
-        for tap in &self.taps {
-            tap.event(&event);
-        }
+        m2m_router::emit_event(&self.taps, event.kind(), || event);
     }
 
     /// Releases the quarantine entry `id`: the clients it isolated get normal service back at once

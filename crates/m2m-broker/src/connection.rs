@@ -13,7 +13,7 @@ use m2m_codec::{
 };
 use m2m_router::{
     apply_persist, session_record, ClientLink, Command, ConnectRequest, Disconnected, LinkFlow, Mailbox,
-    Metrics, NodeEvent, PendingWill, RouterHandle, SessionKey,
+    Metrics, NodeEvent, NodeEventKind, PendingWill, RouterHandle, SessionKey,
 };
 use m2m_session::{check_topic_name, Action, LinkParams, Message, Persist, Session};
 use m2m_store::{Batch, Store, WillRecord};
@@ -307,7 +307,7 @@ async fn run<S: AsyncRead + AsyncWrite + Unpin>(
     let conn_id = accepted.conn_id;
     let client_id = accepted.session.client_id().clone();
     let username = accepted.identity.username.clone();
-    emit(shared, || NodeEvent::ClientConnected {
+    emit(shared, NodeEventKind::ClientConnected, || NodeEvent::ClientConnected {
         client_id: client_id.clone(),
         username: username.clone(),
         peer: conn.peer,
@@ -323,7 +323,12 @@ async fn run<S: AsyncRead + AsyncWrite + Unpin>(
         Ok(End::Abnormal) => "abnormal",
         Err(_) => "error",
     };
-    emit(shared, || NodeEvent::ClientDisconnected { client_id, username, peer: conn.peer, reason });
+    emit(shared, NodeEventKind::ClientDisconnected, || NodeEvent::ClientDisconnected {
+        client_id,
+        username,
+        peer: conn.peer,
+        reason,
+    });
     Metrics::dec(&shared.metrics.connections_current);
     if matches!(end, Ok(End::Abnormal)) {
         conn.linger(&shared.shutdown).await;
@@ -331,15 +336,17 @@ async fn run<S: AsyncRead + AsyncWrite + Unpin>(
     end.map(|_| ())
 }
 
-/// Hands an event to the node's taps (the rules engine), if there are any; `event` is built only then.
-fn emit(shared: &Shared, event: impl FnOnce() -> NodeEvent) {
-    if shared.config.taps.is_empty() {
-        return;
-    }
-    let event = event();
-    for tap in &shared.config.taps {
-        tap.event(&event);
-    }
+/// Hands an event to the node's taps (the rules engine) that want its kind; `event` is built only then.
+fn emit(shared: &Shared, kind: NodeEventKind, event: impl FnOnce() -> NodeEvent) {
+    m2m_router::emit_event(&shared.config.taps, kind, event);
+}
+
+/// Whether a rule wants to hear of deliveries or drops: the session then reports them.
+fn observing(shared: &Shared) -> bool {
+    let taps = &shared.config.taps;
+    !taps.is_empty()
+        && (m2m_router::wants_event(taps, NodeEventKind::MessageDelivered)
+            || m2m_router::wants_event(taps, NodeEventKind::MessageDropped))
 }
 
 /// Validates CONNECT, authenticates, obtains the session from the router and sends CONNACK.
@@ -595,6 +602,7 @@ async fn accept<S: AsyncRead + AsyncWrite + Unpin>(
     // Before the session is attached, so that what isolation holds is not sent.
     let mut to_router = Vec::new();
     set_isolation(&mut session, reply.key, isolated_by, now, &mut actions, &mut to_router);
+    session.observe(observing(shared));
     session.attach(params, expiry, now, &mut actions);
     session.set_permit(permit(shared, &client_id, &identity, isolated_by));
     for cmd in to_router {
@@ -642,6 +650,9 @@ async fn accept<S: AsyncRead + AsyncWrite + Unpin>(
         match action {
             Action::Send(p) => queue_counted(conn, &p)?,
             Action::Persist(op) => must_sync |= record(store, &accepted.session, op, &mut batch),
+            observed @ (Action::Delivered { .. } | Action::Dropped { .. }) => {
+                m2m_router::observe_reports(&shared.config.taps, &client_id, &[observed]);
+            }
             _ => {}
         }
     }
@@ -820,6 +831,7 @@ async fn serve_session<S: AsyncRead + AsyncWrite + Unpin>(
         let rate_wait = rate_until.filter(|t| *t > Instant::now());
         let can_read = can_read && rate_wait.is_none();
         let has_room = a.session.queued() < max_queued;
+        a.session.observe(observing(shared));
         tokio::select! {
             biased;
             () = shared.shutdown.cancelled() => {
@@ -967,7 +979,7 @@ async fn serve_session<S: AsyncRead + AsyncWrite + Unpin>(
                 Action::Persist(op) => must_sync |= record(store, &a.session, op, &mut batch),
                 Action::Subscribe(requests) => {
                     for r in &requests {
-                        emit(shared, || NodeEvent::SessionSubscribed {
+                        emit(shared, NodeEventKind::SessionSubscribed, || NodeEvent::SessionSubscribed {
                             client_id: client_id.clone(),
                             filter: r.filter.clone(),
                             qos: r.entry.options.qos as u8,
@@ -978,7 +990,7 @@ async fn serve_session<S: AsyncRead + AsyncWrite + Unpin>(
                 }
                 Action::Unsubscribe(subscriptions) => {
                     for sub in &subscriptions {
-                        emit(shared, || NodeEvent::SessionUnsubscribed {
+                        emit(shared, NodeEventKind::SessionUnsubscribed, || NodeEvent::SessionUnsubscribed {
                             client_id: client_id.clone(),
                             filter: Arc::from(sub.filter().as_str()),
                         });
@@ -997,6 +1009,9 @@ async fn serve_session<S: AsyncRead + AsyncWrite + Unpin>(
                         disconnect(conn, reason, Some("re-authentication failed"));
                         end = Some(End::Abnormal);
                     }
+                }
+                observed @ (Action::Delivered { .. } | Action::Dropped { .. }) => {
+                    m2m_router::observe_reports(&shared.config.taps, &client_id, &[observed]);
                 }
             }
         }
@@ -1168,6 +1183,7 @@ async fn hand_back(a: Box<Accepted>, shared: &Shared, end: End) {
             Metrics::add(&shared.metrics.messages_dropped, 1);
         }
     }
+    m2m_router::observe_reports(&shared.config.taps, session.client_id(), &reports);
     let mut batch = None;
     for action in reports {
         if let Action::Persist(op) = action {

@@ -2,7 +2,7 @@
 //! and metrics.
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex, OnceLock, PoisonError, RwLock};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
@@ -11,7 +11,7 @@ use bytes::Bytes;
 use m2m_broker::AccessControl;
 use m2m_codec::QoS;
 use m2m_history::History;
-use m2m_router::{Command, NodeEvent, RouterHandle, Tap};
+use m2m_router::{Command, NodeEvent, NodeEventKind, RouterHandle, Tap};
 use m2m_rules::{EventKind, Input, RuleQuery, Source, Template};
 use m2m_session::Message;
 use m2m_store::{Store, Table};
@@ -205,6 +205,8 @@ struct Inner {
     node: OnceLock<Node>,
     dropped: AtomicU64,
     loops: AtomicU64,
+    /// The node events some enabled rule reads, one bit per [`NodeEventKind`].
+    wanted: AtomicU32,
     /// Jobs taken by the worker, and handed to it: for [`Engine::flush`].
     queued_total: AtomicU64,
     done_total: AtomicU64,
@@ -259,6 +261,7 @@ impl Engine {
             node: OnceLock::new(),
             dropped: AtomicU64::new(0),
             loops: AtomicU64::new(0),
+            wanted: AtomicU32::new(0),
             queued_total: AtomicU64::new(0),
             done_total: AtomicU64::new(0),
         });
@@ -360,6 +363,8 @@ impl Engine {
             set.rules.push(live);
         }
         set.events = events.into_values().collect();
+        let wanted = set.events.iter().filter_map(|(k, _)| node_kind(*k)).fold(0, |m, k| m | bit(k));
+        self.inner().wanted.store(wanted, Ordering::Relaxed);
         *self.inner().set.write().unwrap_or_else(PoisonError::into_inner) = Arc::new(set);
     }
 
@@ -719,11 +724,34 @@ impl Tap for Engine {
     }
 
     fn event(&self, event: &NodeEvent) {
-        let any = self.inner().set.read().map(|s| !s.events.is_empty()).unwrap_or(false);
-        if any {
+        if self.wants(event.kind()) {
             self.push(Job::Event(event.clone(), now_ms()));
         }
     }
+
+    fn wants(&self, kind: NodeEventKind) -> bool {
+        self.inner().wanted.load(Ordering::Relaxed) & bit(kind) != 0
+    }
+}
+
+/// The node event a rule's event source hears; `None` for the engine's own (`silent`).
+fn node_kind(kind: EventKind) -> Option<NodeEventKind> {
+    Some(match kind {
+        EventKind::ClientConnected => NodeEventKind::ClientConnected,
+        EventKind::ClientDisconnected => NodeEventKind::ClientDisconnected,
+        EventKind::SessionSubscribed => NodeEventKind::SessionSubscribed,
+        EventKind::SessionUnsubscribed => NodeEventKind::SessionUnsubscribed,
+        EventKind::MessageDropped => NodeEventKind::MessageDropped,
+        EventKind::MessageDelivered => NodeEventKind::MessageDelivered,
+        EventKind::Quarantined => NodeEventKind::Quarantined,
+        EventKind::Released => NodeEventKind::Released,
+        // `silent`, which the engine raises itself.
+        _ => return None,
+    })
+}
+
+fn bit(kind: NodeEventKind) -> u32 {
+    1 << (kind as u32)
 }
 
 /// The worker: takes jobs in order, evaluates the rules they match, runs the actions; and every
@@ -918,9 +946,27 @@ fn on_event(inner: &Inner, set: &RuleSet, event: &NodeEvent, at: u64) {
     input.now_ms = now_ms();
     let peer = fields.get("peerhost").and_then(Value::as_str).map(str::to_owned);
     input.peerhost = peer.as_deref();
+    let mut hop = 0;
+    if let NodeEvent::MessageDelivered { message: m, .. } | NodeEvent::MessageDropped { message: m, .. } =
+        event
+    {
+        hop = hops(m);
+        if hop >= inner.config.max_hops {
+            inner.loops.fetch_add(1, Ordering::Relaxed);
+            return;
+        }
+        input.payload = &m.payload;
+        input.qos = match event {
+            NodeEvent::MessageDelivered { qos, .. } => *qos,
+            _ => m.qos as u8,
+        };
+        input.retain = m.retain;
+        input.user_properties = &m.properties.user_properties;
+        input.content_type = m.properties.content_type.as_deref();
+    }
     for &i in rules {
         if let Some(rule) = set.rules.get(i) {
-            evaluate(inner, rule, &input, 0);
+            evaluate(inner, rule, &input, hop);
         }
     }
 }
@@ -955,6 +1001,16 @@ fn event_input(event: &NodeEvent) -> (EventKind, Map<String, Value>, &str, Optio
             f.insert("reason".into(), reason.clone().into());
             f.insert("actor".into(), actor.clone().into());
             (EventKind::Quarantined, f, client_id.as_deref().unwrap_or(""), None, "")
+        }
+        NodeEvent::MessageDelivered { client_id, message, .. } => {
+            f.insert("from_clientid".into(), message.publisher.as_deref().unwrap_or("").into());
+            (EventKind::MessageDelivered, f, client_id, None, message.topic.as_str())
+        }
+        NodeEvent::MessageDropped { client_id, message, reason } => {
+            let from = message.publisher.as_deref().unwrap_or("");
+            f.insert("from_clientid".into(), from.into());
+            f.insert("reason".into(), (*reason).into());
+            (EventKind::MessageDropped, f, client_id.as_deref().unwrap_or(from), None, message.topic.as_str())
         }
         NodeEvent::Released { entry, target, client_id, actor } => {
             f.insert("entry".into(), (*entry).into());

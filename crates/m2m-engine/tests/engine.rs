@@ -458,3 +458,58 @@ fn a_rule_with_a_webhook_is_checked_outside_a_runtime() {
     let err = Engine::check(&spec).unwrap_err().to_string();
     assert!(err.contains("webhook"), "{err}");
 }
+
+#[tokio::test]
+async fn deliveries_and_drops_are_events_for_rules() {
+    let dir = TempDir::new("engine-delivery-events");
+    let (broker, engine) = node(&dir, EngineConfig::default()).await;
+    engine
+        .put(
+            rule(
+                "lost",
+                r#"SELECT reason, clientid, from_clientid, topic, payload FROM "$events/message_dropped" WHERE topic NOT LIKE 'ops/%'"#,
+                vec![republish("ops/dropped/${reason}/${clientid}", Some("${from_clientid} ${topic} ${payload}"))],
+            ),
+            false,
+        )
+        .unwrap();
+    engine
+        .put(
+            rule(
+                "seen",
+                r#"SELECT clientid, from_clientid, qos FROM "$events/message_delivered" WHERE topic = 'cmd/pump'"#,
+                vec![republish("ops/delivered/${clientid}", Some("${from_clientid} q${qos}"))],
+            ),
+            false,
+        )
+        .unwrap();
+    let mut ops = raw_connect_ok(broker.addr, v5_connect("ops")).await;
+    raw_subscribe(&mut ops, 1, &[("ops/#", QoS::AtMostOnce)]).await;
+    // A persistent subscriber that goes away: QoS 0 for it is dropped while it is offline.
+    let mut cold = raw_connect_ok(broker.addr, m2m_test::persistent_connect("cold", true)).await;
+    raw_subscribe(&mut cold, 1, &[("cold/#", QoS::AtMostOnce)]).await;
+    cold.send(&Packet::Disconnect(m2m_codec::Disconnect::default())).await;
+    assert!(cold.until_closed().await.is_empty());
+    let mut pump = raw_connect_ok(broker.addr, v5_connect("pump")).await;
+    raw_subscribe(&mut pump, 1, &[("cmd/pump", QoS::AtLeastOnce)]).await;
+
+    let mut controller = raw_connect_ok(broker.addr, v5_connect("controller")).await;
+    publish(&mut controller, "nowhere/1", "a").await;
+    let p = expect_raw_publish(ops.recv().await);
+    assert_eq!(
+        (&*p.topic, &p.payload[..]),
+        ("ops/dropped/no_subscribers/controller", &b"controller nowhere/1 a"[..])
+    );
+    publish(&mut controller, "cold/1", "b").await;
+    let p = expect_raw_publish(ops.recv().await);
+    assert_eq!((&*p.topic, &p.payload[..]), ("ops/dropped/offline/cold", &b"controller cold/1 b"[..]));
+    publish(&mut controller, "cmd/pump", "on").await;
+    let p = expect_raw_publish(pump.recv().await);
+    assert_eq!(&p.payload[..], b"on");
+    let p = expect_raw_publish(ops.recv().await);
+    assert_eq!((&*p.topic, &p.payload[..]), ("ops/delivered/pump", &b"controller q0"[..]));
+    settle(&engine).await;
+    let show = engine.get("seen").unwrap();
+    assert_eq!(show.metrics.passed, 1, "one delivery of cmd/pump; the others fail WHERE");
+    broker.stop().await;
+}

@@ -22,6 +22,7 @@ mod router;
 pub use mailbox::{Mailbox, PushError};
 pub use metrics::Metrics;
 pub use router::{
-    apply_persist, session_record, ClientLink, Command, ConnectReply, ConnectRequest, Disconnected, LinkFlow,
-    NodeEvent, PendingWill, Router, RouterConfig, RouterGone, RouterHandle, RouterStats, SessionKey, Tap,
+    apply_persist, emit_event, observe_reports, session_record, wants_event, ClientLink, Command,
+    ConnectReply, ConnectRequest, Disconnected, LinkFlow, NodeEvent, NodeEventKind, PendingWill, Router,
+    RouterConfig, RouterGone, RouterHandle, RouterStats, SessionKey, Tap,
 };

@@ -64,9 +64,71 @@ pub trait Tap: Send + Sync + std::fmt::Debug {
         let _ = out;
     }
 
-    /// Something happened to a client (called from connection tasks; must not block either).
+    /// Something happened to a client (called from connection tasks; must not block either). Only
+    /// events of the kinds [`Tap::wants`] are given.
     fn event(&self, event: &NodeEvent) {
         let _ = event;
+    }
+
+    /// Whether it wants events of this kind now (asked before each event is built; must be cheap).
+    fn wants(&self, kind: NodeEventKind) -> bool {
+        let _ = kind;
+        false
+    }
+}
+
+/// Whether any of `taps` wants events of `kind`.
+pub fn wants_event(taps: &[Arc<dyn Tap>], kind: NodeEventKind) -> bool {
+    taps.iter().any(|t| t.wants(kind))
+}
+
+/// Builds the event (only if some tap wants its kind) and gives it to the taps that want it.
+pub fn emit_event(taps: &[Arc<dyn Tap>], kind: NodeEventKind, event: impl FnOnce() -> NodeEvent) {
+    if !wants_event(taps, kind) {
+        return;
+    }
+    let event = event();
+    for tap in taps {
+        if tap.wants(kind) {
+            tap.event(&event);
+        }
+    }
+}
+
+/// The kinds of [`NodeEvent`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum NodeEventKind {
+    /// [`NodeEvent::ClientConnected`].
+    ClientConnected,
+    /// [`NodeEvent::ClientDisconnected`].
+    ClientDisconnected,
+    /// [`NodeEvent::SessionSubscribed`].
+    SessionSubscribed,
+    /// [`NodeEvent::SessionUnsubscribed`].
+    SessionUnsubscribed,
+    /// [`NodeEvent::MessageDelivered`].
+    MessageDelivered,
+    /// [`NodeEvent::MessageDropped`].
+    MessageDropped,
+    /// [`NodeEvent::Quarantined`].
+    Quarantined,
+    /// [`NodeEvent::Released`].
+    Released,
+}
+
+impl NodeEvent {
+    /// Its kind.
+    pub fn kind(&self) -> NodeEventKind {
+        match self {
+            NodeEvent::ClientConnected { .. } => NodeEventKind::ClientConnected,
+            NodeEvent::ClientDisconnected { .. } => NodeEventKind::ClientDisconnected,
+            NodeEvent::SessionSubscribed { .. } => NodeEventKind::SessionSubscribed,
+            NodeEvent::SessionUnsubscribed { .. } => NodeEventKind::SessionUnsubscribed,
+            NodeEvent::MessageDelivered { .. } => NodeEventKind::MessageDelivered,
+            NodeEvent::MessageDropped { .. } => NodeEventKind::MessageDropped,
+            NodeEvent::Quarantined { .. } => NodeEventKind::Quarantined,
+            NodeEvent::Released { .. } => NodeEventKind::Released,
+        }
     }
 }
 
@@ -114,6 +176,25 @@ pub enum NodeEvent {
         client_id: Arc<str>,
         /// The filter.
         filter: Arc<str>,
+    },
+    /// A message went out to a subscriber (the first time; resends are not counted).
+    MessageDelivered {
+        /// The subscriber's client id.
+        client_id: Arc<str>,
+        /// The message (its publisher, topic, payload, properties).
+        message: Arc<Message>,
+        /// QoS it went out with.
+        qos: u8,
+    },
+    /// A message was dropped: for a subscriber (queue full, expired, offline, too large), or because
+    /// no subscription matched it (`no_subscribers`).
+    MessageDropped {
+        /// The subscriber that lost it; `None` for `no_subscribers`.
+        client_id: Option<Arc<str>>,
+        /// The message.
+        message: Arc<Message>,
+        /// `queue_full`, `expired`, `offline`, `too_large` or `no_subscribers`.
+        reason: &'static str,
     },
     /// A quarantine entry was added.
     Quarantined {
@@ -773,11 +854,13 @@ impl Router {
         }
         let State::Offline { session, .. } = &mut client.state else { return };
         let mut reports = Vec::new();
+        session.observe(wants_event(&self.config.taps, NodeEventKind::MessageDropped));
         for delivery in overflow {
             if session.deliver(delivery, now, &mut reports) == m2m_session::DeliveryOutcome::Dropped {
                 Metrics::add(&self.metrics.messages_dropped, 1);
             }
         }
+        observe_reports(&self.config.taps, &client.client_id, &reports);
         let expiry = session.expiry_interval;
         client.expiry = expiry;
         let client_id = client.client_id.clone();
@@ -1006,6 +1089,13 @@ impl Router {
         for tap in &self.config.taps {
             tap.message(&message);
         }
+        if targets.is_empty() && !message.topic.is_sys() {
+            emit_event(&self.config.taps, NodeEventKind::MessageDropped, || NodeEvent::MessageDropped {
+                client_id: None,
+                message: message.clone(),
+                reason: "no_subscribers",
+            });
+        }
         let publisher_flow = match from.and_then(|k| self.clients.get(&k)) {
             Some(Client { state: State::Online { flow, .. }, .. }) => Some(flow.clone()),
             _ => None,
@@ -1169,6 +1259,9 @@ impl Router {
         // acknowledged QoS 1/2 messages from being dropped while the throttle takes hold.
         let max_overflow = self.config.limits.max_queued + self.config.channel_capacity;
         let mut reports = Vec::new();
+        let observe = wants_event(&self.config.taps, NodeEventKind::MessageDropped);
+        // The message of a delivery dropped here (the session reports its own drops).
+        let mut lost = None;
         let dropped = match &mut client.state {
             State::Online { mailbox, overflow, flow, waiters, .. } => {
                 let delivery = if overflow.is_empty() {
@@ -1181,11 +1274,15 @@ impl Router {
                 };
                 match delivery {
                     None => false,
-                    Some(d) if d.qos == QoS::AtMostOnce && !mailbox.is_closed() => true,
+                    Some(d) if d.qos == QoS::AtMostOnce && !mailbox.is_closed() => {
+                        lost = Some(d.message);
+                        true
+                    }
                     Some(d) if overflow.len() >= max_overflow => {
                         if let Some(seq) = d.stored {
                             reports.push(Action::Persist(Persist::Done { seq }));
                         }
+                        lost = Some(d.message);
                         true
                     }
                     Some(d) => {
@@ -1202,12 +1299,24 @@ impl Router {
                 }
             }
             State::Offline { session, .. } => {
+                session.observe(observe);
                 session.deliver(delivery, now, &mut reports) == m2m_session::DeliveryOutcome::Dropped
             }
         };
         if dropped {
             Metrics::add(&self.metrics.messages_dropped, 1);
             trace!(client_id = %client.client_id, "delivery dropped: queue full");
+        }
+        if observe {
+            let client_id = &client.client_id;
+            if let Some(message) = lost {
+                emit_event(&self.config.taps, NodeEventKind::MessageDropped, || NodeEvent::MessageDropped {
+                    client_id: Some(client_id.clone()),
+                    message,
+                    reason: "queue_full",
+                });
+            }
+            observe_reports(&self.config.taps, client_id, &reports);
         }
         if !reports.is_empty() {
             let client_id = client.client_id.clone();
@@ -1311,6 +1420,29 @@ pub fn apply_persist(batch: &mut Batch, client_id: &str, op: Persist) {
 }
 
 /// Applies the [`Action::Persist`] reports among `actions` to a batch.
+/// Gives the taps the deliveries and drops a session reported (while it was observed).
+pub fn observe_reports(taps: &[Arc<dyn Tap>], client_id: &Arc<str>, actions: &[Action]) {
+    for action in actions {
+        match action {
+            Action::Delivered { message, qos } => {
+                emit_event(taps, NodeEventKind::MessageDelivered, || NodeEvent::MessageDelivered {
+                    client_id: client_id.clone(),
+                    message: message.clone(),
+                    qos: *qos as u8,
+                });
+            }
+            Action::Dropped { message, reason } => {
+                emit_event(taps, NodeEventKind::MessageDropped, || NodeEvent::MessageDropped {
+                    client_id: Some(client_id.clone()),
+                    message: message.clone(),
+                    reason: reason.as_str(),
+                });
+            }
+            _ => {}
+        }
+    }
+}
+
 fn apply_reports(batch: &mut Batch, client_id: &str, actions: &[Action]) {
     for action in actions {
         if let Action::Persist(op) = action {

@@ -56,8 +56,8 @@
 //! | `$events/client_disconnected` | a client's connection ended |
 //! | `$events/session_subscribed` | a session added a subscription |
 //! | `$events/session_unsubscribed` | a session removed a subscription |
-//! | `$events/message_dropped` | a message was dropped |
-//! | `$events/message_delivered` | a message was delivered to a subscriber |
+//! | `$events/message_dropped` | a message was dropped: for a subscriber (`reason` `queue_full`, `expired`, `offline` for QoS 0 to a disconnected client, `too_large`), or no subscription matched it (`no_subscribers`); `clientid` is the subscriber (the publisher for `no_subscribers`), `from_clientid` the publisher; `topic`, `payload`, `qos`, `retain`, `user_properties` are the message's |
+//! | `$events/message_delivered` | a message went out to a subscriber (resends not counted): `clientid` is the subscriber, `from_clientid` the publisher, `qos` the QoS it went out with; `topic`, `payload`, `user_properties` are the message's |
 //! | `$events/quarantined` | a client was put in quarantine |
 //! | `$events/released` | a client was released from quarantine |
 //! | `$events/silent` | no message on a watched filter (from a client, or on a topic) for longer than the rule's `silence` allows — a dead-man rule; fields `filter`, `key`, `last_seen` (ms), `silent_ms`, and `topic`, `clientid`, `payload` of the last message |

@@ -15,6 +15,6 @@ mod session;
 
 pub use message::{expiry_deadline, Delivery, Message};
 pub use session::{
-    check_topic_name, Action, DeliveryOutcome, Limits, LinkParams, Permit, Persist, ProtocolError, Session,
-    SubscribeRequest, SubscriptionEntry,
+    check_topic_name, Action, DeliveryOutcome, DropReason, Limits, LinkParams, Permit, Persist,
+    ProtocolError, Session, SubscribeRequest, SubscriptionEntry,
 };

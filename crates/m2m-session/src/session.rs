@@ -145,6 +145,46 @@ pub enum Action {
     },
     /// The client sent AUTH (re-authentication); the shell runs the authenticator.
     Auth(Auth),
+    /// A message went out to the client for the first time (only while [`Session::observe`] is on,
+    /// for the rules' `$events/message_delivered`).
+    Delivered {
+        /// The message.
+        message: Arc<Message>,
+        /// The QoS it went out with.
+        qos: QoS,
+    },
+    /// A delivery was dropped (only while [`Session::observe`] is on).
+    Dropped {
+        /// The message.
+        message: Arc<Message>,
+        /// Why.
+        reason: DropReason,
+    },
+}
+
+/// Why a session dropped a delivery.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DropReason {
+    /// Its Message Expiry Interval passed before it could be sent.
+    Expired,
+    /// The session's queue was full.
+    QueueFull,
+    /// QoS 0 for a client that is not connected (not queued by configuration).
+    Offline,
+    /// Larger than the client's Maximum Packet Size.
+    TooLarge,
+}
+
+impl DropReason {
+    /// The reason as rules and logs name it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            DropReason::Expired => "expired",
+            DropReason::QueueFull => "queue_full",
+            DropReason::Offline => "offline",
+            DropReason::TooLarge => "too_large",
+        }
+    }
 }
 
 /// A change to what the store keeps of a session, reported by sequence number (see
@@ -251,6 +291,8 @@ pub struct Session {
     next_id: u16,
     link: Option<Link>,
     dropped: u64,
+    /// Whether deliveries and drops are reported as [`Action::Delivered`] and [`Action::Dropped`].
+    observe: bool,
     /// Set while the client is isolated (quarantined to its repair namespace).
     isolation: Option<Isolation>,
 }
@@ -280,6 +322,7 @@ impl Session {
             next_id: 0,
             link: None,
             dropped: 0,
+            observe: false,
             isolation: None,
         }
     }
@@ -425,6 +468,12 @@ impl Session {
     /// Deliveries dropped so far because the queue was full or the message expired.
     pub fn dropped(&self) -> u64 {
         self.dropped
+    }
+
+    /// Turns the reporting of deliveries and drops ([`Action::Delivered`], [`Action::Dropped`]) on or
+    /// off; off by default, as nothing but a rule on those events wants them.
+    pub fn observe(&mut self, on: bool) {
+        self.observe = on;
     }
 
     /// Attaches a new connection: resends unacknowledged messages (PUBLISH with DUP, PUBREL) in their
@@ -811,16 +860,14 @@ impl Session {
     /// A stored delivery that is dropped is reported as [`Persist::Done`].
     pub fn deliver(&mut self, d: Delivery, now: Instant, out: &mut Vec<Action>) -> DeliveryOutcome {
         if d.message.is_expired(now) {
-            self.discard(&d, out);
+            self.discard(&d, DropReason::Expired, out);
             return DeliveryOutcome::Dropped;
         }
         if self.link.is_none() || self.holds(&d) {
             return self.enqueue(d, out);
         }
         if d.qos == QoS::AtMostOnce {
-            if let Some(p) = self.build_publish(&d, None, false, now) {
-                out.push(Action::Send(p));
-            }
+            self.send_qos0(&d, now, out);
             return DeliveryOutcome::Sent;
         }
         if !self.queue.is_empty() || self.outgoing.len() >= self.window() {
@@ -838,7 +885,8 @@ impl Session {
     fn enqueue(&mut self, d: Delivery, out: &mut Vec<Action>) -> DeliveryOutcome {
         let offline_qos0 = self.link.is_none() && d.qos == QoS::AtMostOnce && !self.limits.queue_qos0_offline;
         if offline_qos0 || self.queue.len() + self.held() >= self.limits.max_queued {
-            self.discard(&d, out);
+            let reason = if offline_qos0 { DropReason::Offline } else { DropReason::QueueFull };
+            self.discard(&d, reason, out);
             return DeliveryOutcome::Dropped;
         }
         if self.holds(&d) {
@@ -859,13 +907,11 @@ impl Session {
         while self.outgoing.len() < self.window() {
             let Some(d) = self.queue.pop_front() else { break };
             if d.message.is_expired(now) {
-                self.discard(&d, out);
+                self.discard(&d, DropReason::Expired, out);
                 continue;
             }
             if d.qos == QoS::AtMostOnce {
-                if let Some(p) = self.build_publish(&d, None, false, now) {
-                    out.push(Action::Send(p));
-                }
+                self.send_qos0(&d, now, out);
             } else {
                 self.send_qos(d, now, out);
             }
@@ -881,18 +927,40 @@ impl Session {
                     out.push(Action::Persist(Persist::Sent { seq, id, exactly_once }));
                 }
                 out.push(Action::Send(p));
+                if self.observe {
+                    out.push(Action::Delivered { message: d.message.clone(), qos: d.qos });
+                }
                 self.outgoing.push_back(Outgoing { id, state: OutState::AwaitAck(d) });
             }
             // Too large for the client: discarded as if delivered (MQTT-3.1.2-25).
-            None => self.discard(&d, out),
+            None => self.discard(&d, DropReason::TooLarge, out),
+        }
+    }
+
+    fn send_qos0(&mut self, d: &Delivery, now: Instant, out: &mut Vec<Action>) {
+        match self.build_publish(d, None, false, now) {
+            Some(p) => {
+                out.push(Action::Send(p));
+                if self.observe {
+                    out.push(Action::Delivered { message: d.message.clone(), qos: QoS::AtMostOnce });
+                }
+            }
+            // Too large for the client: discarded as if delivered (MQTT-3.1.2-25), not counted.
+            None if self.observe => {
+                out.push(Action::Dropped { message: d.message.clone(), reason: DropReason::TooLarge });
+            }
+            None => {}
         }
     }
 
     /// Counts a dropped delivery and, if it is stored, reports it.
-    fn discard(&mut self, d: &Delivery, out: &mut Vec<Action>) {
+    fn discard(&mut self, d: &Delivery, reason: DropReason, out: &mut Vec<Action>) {
         self.dropped += 1;
         if let Some(seq) = d.stored {
             out.push(Action::Persist(Persist::Done { seq }));
+        }
+        if self.observe {
+            out.push(Action::Dropped { message: d.message.clone(), reason });
         }
     }
 

@@ -615,3 +615,43 @@ fn held_messages_count_against_the_queue_limit() {
     }
     assert_eq!((s.held(), s.dropped()), (2, 1));
 }
+
+fn observed(out: &[Action]) -> Vec<(&str, &str)> {
+    out.iter()
+        .filter_map(|a| match a {
+            Action::Delivered { message, .. } => Some((message.topic.as_str(), "delivered")),
+            Action::Dropped { message, reason } => Some((message.topic.as_str(), reason.as_str())),
+            _ => None,
+        })
+        .collect()
+}
+
+#[test]
+fn an_observed_session_reports_each_first_delivery_and_each_drop_with_its_reason() {
+    let (mut s, now) = session(v5_params());
+    let mut out = Vec::new();
+    s.deliver(delivery("quiet/1", QoS::AtMostOnce), now, &mut out);
+    assert!(observed(&out).is_empty(), "nothing is reported unless observed");
+    s.observe(true);
+    out.clear();
+    // The window is 2: the third QoS 1 waits, and is reported when it goes out after a PUBACK.
+    for t in ["a/1", "a/2", "a/3"] {
+        s.deliver(delivery(t, QoS::AtLeastOnce), now, &mut out);
+    }
+    assert_eq!(observed(&out), [("a/1", "delivered"), ("a/2", "delivered")]);
+    out.clear();
+    s.handle_packet(Packet::PubAck(Ack::new(pid(1))), now, &mut out).unwrap();
+    assert_eq!(observed(&out), [("a/3", "delivered")]);
+    out.clear();
+    let mut expired = delivery("old/1", QoS::AtLeastOnce);
+    let mut message = (*expired.message).clone();
+    message.expires_at = Some(now);
+    expired.message = Arc::new(message);
+    s.deliver(expired, now + Duration::from_secs(1), &mut out);
+    // A resend on reattach is not a new delivery.
+    s.detach();
+    s.deliver(delivery("off/1", QoS::AtMostOnce), now, &mut out);
+    s.attach(v5_params(), 60, now, &mut out);
+    assert_eq!(observed(&out), [("old/1", "expired"), ("off/1", "offline")]);
+    assert_eq!(sent(&out).len(), 2, "the two unacknowledged messages are resent");
+}
