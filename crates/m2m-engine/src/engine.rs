@@ -486,20 +486,37 @@ impl Engine {
         self.list().into_iter().find(|r| r.spec.id == id).ok_or_else(|| EngineError::NotFound(id.to_owned()))
     }
 
-    /// Evaluates `sql` on a sample message (no actions run): the output, or `None` when WHERE rejects it.
+    /// Evaluates `sql` on a sample message or event (no actions run): the output, or `None` when
+    /// WHERE rejects it.
     ///
     /// # Errors
-    /// An invalid rule or an evaluation error, as text.
-    pub fn test(
-        sql: &str,
-        topic: &str,
-        payload: &[u8],
-        clientid: Option<&str>,
-    ) -> Result<Option<Map<String, Value>>, EngineError> {
+    /// An invalid rule, an unknown event, or an evaluation error, as text.
+    pub fn test(sql: &str, sample: &Sample) -> Result<Option<Map<String, Value>>, EngineError> {
         let query = RuleQuery::parse(sql).map_err(|e| EngineError::Invalid(e.to_string()))?;
         let now = now_ms();
-        let mut input = Input::message(topic, payload, now);
-        input.clientid = clientid;
+        let mut input = match &sample.event {
+            None => Input::message(&sample.topic, &sample.payload, now),
+            Some(name) => {
+                let name = name.strip_prefix("$events/").unwrap_or(name);
+                let Some(kind) = EventKind::ALL.into_iter().find(|k| k.as_str() == name) else {
+                    let known: Vec<_> = EventKind::ALL.iter().map(|k| k.as_str()).collect();
+                    return Err(EngineError::Invalid(format!(
+                        "no event {name:?}; events: {}",
+                        known.join(", ")
+                    )));
+                };
+                let mut input = Input::event(kind, &sample.fields, now);
+                input.topic = &sample.topic;
+                input.payload = &sample.payload;
+                input.peerhost = sample.fields.get("peerhost").and_then(Value::as_str);
+                input
+            }
+        };
+        input.clientid = sample.clientid.as_deref();
+        input.username = sample.username.as_deref();
+        input.qos = sample.qos;
+        input.retain = sample.retain;
+        input.window = sample.window.as_ref();
         query.evaluate(&input).map_err(|e| EngineError::Invalid(e.to_string()))
     }
 
@@ -537,6 +554,30 @@ impl Engine {
             inner.ready.notify_one();
         }
     }
+}
+
+/// What [`Engine::test`] evaluates a rule on: a message, or an event with its fields.
+#[derive(Debug, Clone, Default)]
+pub struct Sample {
+    /// The message's topic (for an event, the topic it is about, or empty).
+    pub topic: String,
+    /// The payload.
+    pub payload: Vec<u8>,
+    /// The publisher's (or the event's) client id.
+    pub clientid: Option<String>,
+    /// Its user name.
+    pub username: Option<String>,
+    /// QoS of the message.
+    pub qos: u8,
+    /// Its retain flag.
+    pub retain: bool,
+    /// Evaluate as this event (`client_connected` or `$events/client_connected`…) instead of a
+    /// message.
+    pub event: Option<String>,
+    /// The event's own fields (`reason`, `peerhost`, `filter`…).
+    pub fields: Map<String, Value>,
+    /// The `win.*` statistics a window rule sees (`count`, `avg`, `min`, `max`, `sum`, `secs`).
+    pub window: Option<Map<String, Value>>,
 }
 
 /// A rule as reported: its spec, whether it runs, and its metrics.

@@ -18,5 +18,5 @@ mod engine;
 mod spec;
 pub mod webhook;
 
-pub use engine::{Engine, EngineConfig, EngineError, RuleMetrics, RuleStatus, HOPS_PROPERTY};
+pub use engine::{Engine, EngineConfig, EngineError, RuleMetrics, RuleStatus, Sample, HOPS_PROPERTY};
 pub use spec::{id_problem, ActionSpec, RuleSpec, SilenceSpec, WindowSpec};

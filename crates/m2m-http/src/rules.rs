@@ -8,7 +8,7 @@
 use axum::extract::State;
 use axum::http::StatusCode;
 use axum::response::IntoResponse;
-use m2m_engine::{Engine, EngineError, RuleSpec, RuleStatus};
+use m2m_engine::{Engine, EngineError, RuleSpec, RuleStatus, Sample};
 use serde::Deserialize;
 use serde_json::{Map, Value};
 
@@ -267,7 +267,8 @@ async fn set_enabled(
 pub(crate) struct TestBody {
     /// The rule's query.
     sql: String,
-    /// The sample message's topic.
+    /// The sample message's topic (for an event, the topic it is about; may be absent).
+    #[serde(default)]
     topic: String,
     /// Its payload: a string is sent as its text; any other JSON value as that JSON; absent, an
     /// empty payload.
@@ -276,6 +277,24 @@ pub(crate) struct TestBody {
     /// The publisher's client id.
     #[serde(default)]
     clientid: Option<String>,
+    /// Its user name.
+    #[serde(default)]
+    username: Option<String>,
+    /// QoS of the message.
+    #[serde(default)]
+    qos: u8,
+    /// Its retain flag.
+    #[serde(default)]
+    retain: bool,
+    /// Evaluate as this event (`client_connected`…) instead of a message.
+    #[serde(default)]
+    event: Option<String>,
+    /// The event's fields.
+    #[serde(default)]
+    fields: Map<String, Value>,
+    /// The `win.*` statistics for a window rule.
+    #[serde(default)]
+    window: Option<Map<String, Value>>,
 }
 
 /// `POST /rules/test`: evaluates a query on a sample message; no action runs and nothing changes.
@@ -285,7 +304,9 @@ pub(crate) struct TestBody {
     tag = "rules",
     request_body(content = serde_json::Value, content_type = "application/json",
         description = "`{sql, topic, payload (a string is the payload's text; any other JSON value is \
-            sent as JSON; absent, an empty payload), clientid?}`"),
+            sent as JSON; absent, an empty payload), clientid?, username?, qos?, retain?, event? (evaluate \
+            as this event: client_connected…), fields? (the event's fields), window? (win.* values: count, \
+            avg, min, max, sum, secs)}`"),
     responses(
         (status = 200, description = "`{\"output\": {...}}`, or `{\"output\": null}` when WHERE rejects \
             the message", body = serde_json::Value),
@@ -303,9 +324,22 @@ pub(crate) async fn test(
         Some(Value::String(text)) => text.into_bytes(),
         Some(json) => json.to_string().into_bytes(),
     };
+    if body.qos > 2 {
+        return Err(ApiError::bad_request(format!("qos must be 0, 1 or 2, not {}", body.qos)));
+    }
+    let sample = Sample {
+        topic: body.topic,
+        payload,
+        clientid: body.clientid,
+        username: body.username,
+        qos: body.qos,
+        retain: body.retain,
+        event: body.event,
+        fields: body.fields,
+        window: body.window,
+    };
     // Pure evaluation of one bounded query: no IO, no lock.
-    let output: Option<Map<String, Value>> =
-        Engine::test(&body.sql, &body.topic, &payload, body.clientid.as_deref())?;
+    let output: Option<Map<String, Value>> = Engine::test(&body.sql, &sample)?;
     Ok(axum::Json(serde_json::json!({ "output": output })))
 }
 

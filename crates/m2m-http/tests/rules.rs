@@ -335,8 +335,33 @@ async fn a_rule_is_tried_on_a_sample_message_without_being_added() {
         )
         .await;
     assert!(eval.error(400).contains("by zero"), "{eval:?}");
-    let unknown = node.post("/api/v1/rules/test", json!({"sql": HOT, "topic": "t", "qos": 1})).await;
-    assert!(unknown.error(400).contains("unknown field `qos`"), "{unknown:?}");
+    let unknown = node.post("/api/v1/rules/test", json!({"sql": HOT, "topic": "t", "colour": 1})).await;
+    assert!(unknown.error(400).contains("unknown field `colour`"), "{unknown:?}");
+    let qos = node.post("/api/v1/rules/test", json!({"sql": HOT, "topic": "t", "qos": 3})).await;
+    assert!(qos.error(400).contains("qos must be 0, 1 or 2"), "{qos:?}");
+
+    // An event, with its fields, and a window rule's statistics.
+    let event = node
+        .post(
+            "/api/v1/rules/test",
+            json!({"sql": "SELECT clientid, reason FROM \"$events/client_disconnected\" WHERE reason <> 'normal'",
+                "event": "client_disconnected", "clientid": "van-3", "fields": {"reason": "keep_alive_timeout"}}),
+        )
+        .await;
+    assert_eq!(event.ok(200), &json!({"output": {"clientid": "van-3", "reason": "keep_alive_timeout"}}));
+    let window = node
+        .post(
+            "/api/v1/rules/test",
+            json!({"sql": "SELECT win.avg AS avg FROM \"kiln/+/temp\" WHERE win.avg > 80 AND win.count >= 3",
+                "topic": "kiln/1/temp", "payload": {"temp": 85}, "window": {"avg": 82.5, "count": 4}}),
+        )
+        .await;
+    assert_eq!(window.ok(200), &json!({"output": {"avg": 82.5}}));
+    let no_event = node.post("/api/v1/rules/test", json!({"sql": HOT, "event": "client_exploded"})).await;
+    assert!(
+        no_event.error(400).contains("no event \"client_exploded\"; events: client_connected"),
+        "{no_event:?}"
+    );
     assert_eq!(node.get("/api/v1/rules").await.ok(200), &json!([]), "nothing was added");
     node.stop().await;
 }

@@ -13,10 +13,10 @@ use std::path::PathBuf;
 
 use anyhow::Context;
 use m2m_access::AuditLog;
-use m2m_engine::{ActionSpec, Engine, EngineError, RuleSpec};
+use m2m_engine::{ActionSpec, Engine, EngineError, RuleSpec, Sample};
 use m2m_store::{Store, Table};
 use serde::Serialize;
-use serde_json::{json, Value};
+use serde_json::{json, Map, Value};
 
 use crate::device::{reach, Api, Audit, Node, Place};
 use crate::remote::segment;
@@ -58,15 +58,33 @@ pub(crate) enum RuleCommand {
         /// The query.
         #[arg(long)]
         sql: String,
-        /// The message's topic.
-        #[arg(long)]
+        /// The message's topic (for an event, the topic it is about).
+        #[arg(long, default_value = "")]
         topic: String,
         /// The message's payload, as text (JSON, or anything else).
         #[arg(long, default_value = "")]
         payload: String,
-        /// The publisher's client id.
+        /// The publisher's (or the event's) client id.
         #[arg(long)]
         clientid: Option<String>,
+        /// The client's user name.
+        #[arg(long)]
+        username: Option<String>,
+        /// QoS of the message.
+        #[arg(long, default_value_t = 0, value_parser = clap::value_parser!(u8).range(0..=2))]
+        qos: u8,
+        /// The message is retained.
+        #[arg(long)]
+        retain: bool,
+        /// Evaluate as this event (`client_connected`, `silent`…) instead of a message.
+        #[arg(long)]
+        event: Option<String>,
+        /// The event's fields as a JSON object, e.g. `{"reason": "keep_alive_timeout"}`.
+        #[arg(long, value_name = "JSON")]
+        fields: Option<String>,
+        /// The `win.*` statistics a window rule sees, as a JSON object, e.g. `{"avg": 81.5, "count": 12}`.
+        #[arg(long, value_name = "JSON")]
+        window: Option<String>,
     },
 }
 
@@ -100,8 +118,8 @@ pub(crate) struct AddArgs {
 }
 
 pub(crate) fn run(place: &Place, command: RuleCommand) -> anyhow::Result<()> {
-    if let RuleCommand::Test { sql, topic, payload, clientid } = command {
-        return test(&sql, &topic, &payload, clientid.as_deref());
+    if matches!(command, RuleCommand::Test { .. }) {
+        return run_test(command);
     }
     match reach(place)? {
         Node::Stopped(store) => in_store(&store, command),
@@ -109,9 +127,32 @@ pub(crate) fn run(place: &Place, command: RuleCommand) -> anyhow::Result<()> {
     }
 }
 
-fn test(sql: &str, topic: &str, payload: &str, clientid: Option<&str>) -> anyhow::Result<()> {
-    let output =
-        Engine::test(sql, topic, payload.as_bytes(), clientid).context("cannot evaluate the rule")?;
+/// `m2m rule test`: needs no node.
+fn run_test(command: RuleCommand) -> anyhow::Result<()> {
+    let RuleCommand::Test { sql, topic, payload, clientid, username, qos, retain, event, fields, window } =
+        command
+    else {
+        return Ok(());
+    };
+    let object = |what: &str, text: Option<String>| -> anyhow::Result<Option<Map<String, Value>>> {
+        text.map(|t| {
+            serde_json::from_str::<Map<String, Value>>(&t)
+                .with_context(|| format!("--{what} must be a JSON object, e.g. {{\"reason\": \"normal\"}}"))
+        })
+        .transpose()
+    };
+    let sample = Sample {
+        topic,
+        payload: payload.into_bytes(),
+        clientid,
+        username,
+        qos,
+        retain,
+        event,
+        fields: object("fields", fields)?.unwrap_or_default(),
+        window: object("window", window)?,
+    };
+    let output = Engine::test(&sql, &sample).context("cannot evaluate the rule")?;
     match output {
         Some(output) => println!("{}", serde_json::to_string_pretty(&output)?),
         None => println!("no output (WHERE is false)"),
@@ -251,9 +292,7 @@ fn in_store(store: &Store, command: RuleCommand) -> anyhow::Result<()> {
             audit.record("rule.remove", &id, "")?;
             println!("removed rule {id}");
         }
-        RuleCommand::Test { sql, topic, payload, clientid } => {
-            test(&sql, &topic, &payload, clientid.as_deref())?
-        }
+        test @ RuleCommand::Test { .. } => run_test(test)?,
     }
     Ok(())
 }
@@ -301,9 +340,7 @@ fn over_api(api: &Api, command: RuleCommand) -> anyhow::Result<()> {
             api.delete(&path(&id))?;
             println!("removed rule {id}");
         }
-        RuleCommand::Test { sql, topic, payload, clientid } => {
-            test(&sql, &topic, &payload, clientid.as_deref())?
-        }
+        test @ RuleCommand::Test { .. } => run_test(test)?,
     }
     Ok(())
 }

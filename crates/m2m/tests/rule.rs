@@ -274,6 +274,37 @@ async fn a_rule_is_tried_on_a_sample_message_without_a_node() {
     ])
     .await;
     assert!(err.contains("by zero"), "{err}");
+    let out = ok(&[
+        "rule",
+        "test",
+        "--sql",
+        r#"SELECT clientid, reason FROM "$events/client_disconnected" WHERE reason <> 'normal'"#,
+        "--event",
+        "$events/client_disconnected",
+        "--clientid",
+        "van-3",
+        "--fields",
+        r#"{"reason": "keep_alive_timeout"}"#,
+    ])
+    .await;
+    let output: Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(output, json!({"clientid": "van-3", "reason": "keep_alive_timeout"}));
+    let window = r#"SELECT win.avg AS avg, win.count AS n FROM "kiln/+/temp" WHERE win.avg > 80"#;
+    let out = ok(&[
+        "rule",
+        "test",
+        "--sql",
+        window,
+        "--topic",
+        "kiln/1/temp",
+        "--window",
+        r#"{"avg": 82.5, "count": 4}"#,
+    ])
+    .await;
+    let output: Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(output, json!({"avg": 82.5, "n": 4}));
+    let err = fails(&["rule", "test", "--sql", window, "--window", "[1]"]).await;
+    assert!(err.contains("--window must be a JSON object"), "{err}");
 }
 
 #[tokio::test]
