@@ -646,9 +646,13 @@ fn compile_checked(spec: &RuleSpec) -> Result<Live, EngineError> {
                     .map(|(k, v)| Ok((k.clone(), template("user property", v)?)))
                     .collect::<Result<_, EngineError>>()?,
             },
-            ActionSpec::Webhook { url, headers, body, timeout_ms, max_retries } => {
-                let mut config =
-                    WebhookConfig { url: url.clone(), headers: headers.clone(), ..WebhookConfig::default() };
+            ActionSpec::Webhook { url, ca, headers, body, timeout_ms, max_retries } => {
+                let mut config = WebhookConfig {
+                    url: url.clone(),
+                    ca: ca.as_ref().map(Into::into),
+                    headers: headers.clone(),
+                    ..WebhookConfig::default()
+                };
                 if let Some(ms) = timeout_ms {
                     config.timeout = Duration::from_millis(*ms);
                 }

@@ -87,8 +87,11 @@ pub enum ActionSpec {
     },
     /// POSTs the output (or `body`) as JSON to a URL.
     Webhook {
-        /// `http://host[:port]/path`.
+        /// `http://host[:port]/path` or `https://…`.
         url: String,
+        /// For https: a PEM file of the certificate authorities to trust instead of the public roots.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        ca: Option<String>,
         /// Extra headers.
         #[serde(default, skip_serializing_if = "Vec::is_empty")]
         headers: Vec<(String, String)>,

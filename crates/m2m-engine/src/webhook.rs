@@ -63,7 +63,8 @@
 //! it, counts the bodies still queued as dropped, closes its connection and ends.
 //!
 //! # What this module does not do
-//! - `https://` URLs are refused with [`WebhookError::HttpsUnsupported`]: there is no TLS client yet.
+//! - `https://` checks the server's certificate against the public roots built in (Mozilla's), or
+//!   against the authorities of [`WebhookConfig::ca`] only; there is no way to skip the check.
 //! - No proxies, no redirects, no credentials in the URL (put them in an `Authorization` header), no
 //!   request compression; host names are resolved by the system resolver on every new connection.
 //! - Dead letters are counted and logged, not stored for a later replay.
@@ -72,14 +73,18 @@ use std::collections::hash_map::RandomState;
 use std::fmt;
 use std::hash::{BuildHasher, Hasher};
 use std::io;
+use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bytes::{Buf, BytesMut};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use rustls_pki_types::pem::PemObject;
+use rustls_pki_types::{CertificateDer, ServerName};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::sync::{mpsc, watch};
+use tokio_rustls::TlsConnector;
 use tracing::{debug, info, trace, warn};
 
 /// The most of a response body that is read (and discarded) before the connection is closed instead.
@@ -98,9 +103,12 @@ const RESERVED_HEADERS: [&str; 8] =
 /// Where and how a [`Webhook`] delivers its bodies.
 #[derive(Clone)]
 pub struct WebhookConfig {
-    /// `http://host[:port]/path?query`. The host is a name, an IPv4 address or a bracketed IPv6
-    /// address; the port defaults to 80; a `#fragment` is not sent. `https://` is refused for now.
+    /// `http://host[:port]/path?query` or `https://…`. The host is a name, an IPv4 address or a
+    /// bracketed IPv6 address; the port defaults to 80 (443 for https); a `#fragment` is not sent.
     pub url: String,
+    /// For `https://`: a PEM file of the certificate authorities to trust instead of the public roots
+    /// (a site's own CA).
+    pub ca: Option<PathBuf>,
     /// Extra request headers, e.g. `("Authorization", "Bearer …")`. Names must be HTTP tokens and values
     /// must not hold control characters other than tab; framing headers (`Content-Length`,
     /// `Transfer-Encoding`, `Connection`…) are refused.
@@ -124,6 +132,7 @@ impl Default for WebhookConfig {
     fn default() -> Self {
         Self {
             url: String::new(),
+            ca: None,
             headers: Vec::new(),
             timeout: Duration::from_secs(5),
             max_retries: 5,
@@ -140,6 +149,7 @@ impl fmt::Debug for WebhookConfig {
         let header_names: Vec<&str> = self.headers.iter().map(|(name, _)| name.as_str()).collect();
         f.debug_struct("WebhookConfig")
             .field("url", &self.url)
+            .field("ca", &self.ca)
             .field("headers", &header_names)
             .field("timeout", &self.timeout)
             .field("max_retries", &self.max_retries)
@@ -154,9 +164,9 @@ impl fmt::Debug for WebhookConfig {
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum WebhookError {
-    /// The URL starts with `https://`, which needs a TLS client this module does not have yet.
-    #[error("https webhook URLs are not supported yet; use an http:// URL")]
-    HttpsUnsupported,
+    /// The certificate authorities for `https://` could not be loaded.
+    #[error("webhook TLS: {0}")]
+    Tls(String),
     /// The URL is not of the form `http://host[:port]/path?query`.
     #[error("invalid webhook URL {url:?}: {reason}")]
     InvalidUrl {
@@ -260,7 +270,7 @@ impl Webhook {
     /// Validates `config` and spawns the task that delivers the bodies.
     ///
     /// # Errors
-    /// [`WebhookError::HttpsUnsupported`], [`WebhookError::InvalidUrl`], a header error or
+    /// [`WebhookError::InvalidUrl`], [`WebhookError::Tls`] (an unreadable CA file), a header error or
     /// [`WebhookError::InvalidConfig`] (a zero `queue` or `timeout`) when the configuration is invalid;
     /// [`WebhookError::NoRuntime`] when called outside a tokio runtime.
     pub fn start(config: WebhookConfig) -> Result<Webhook, WebhookError> {
@@ -272,6 +282,10 @@ impl Webhook {
         if config.timeout.is_zero() {
             return Err(WebhookError::InvalidConfig { reason: "the timeout must be longer than zero" });
         }
+        let tls = match target.tls {
+            false => None,
+            true => Some(tls_client(&target, config.ca.as_ref())?),
+        };
         let runtime = tokio::runtime::Handle::try_current().map_err(WebhookError::NoRuntime)?;
 
         let shared = Arc::new(Shared {
@@ -283,6 +297,7 @@ impl Webhook {
         let authority = format!("{}:{}", target.host_header_host(), target.port);
         let worker = Worker {
             target,
+            tls,
             request_head,
             timeout: config.timeout,
             max_retries: config.max_retries,
@@ -345,9 +360,11 @@ impl fmt::Debug for Webhook {
 // ---------------------------------------------------------------------------------------------------
 // Configuration checks
 
-/// A parsed `http://` URL.
+/// A parsed `http://` or `https://` URL.
 #[derive(Debug, Clone, PartialEq, Eq)]
 struct Target {
+    /// `https://`.
+    tls: bool,
     /// The host to connect to: a name or an IP address, without brackets.
     host: String,
     port: u16,
@@ -360,11 +377,9 @@ impl Target {
         let invalid = |reason| WebhookError::InvalidUrl { url: url.to_owned(), reason };
         let scheme_end = url.find("://").ok_or_else(|| invalid("expected http://host[:port]/path"))?;
         let scheme = &url[..scheme_end];
-        if scheme.eq_ignore_ascii_case("https") {
-            return Err(WebhookError::HttpsUnsupported);
-        }
-        if !scheme.eq_ignore_ascii_case("http") {
-            return Err(invalid("the scheme must be http"));
+        let tls = scheme.eq_ignore_ascii_case("https");
+        if !tls && !scheme.eq_ignore_ascii_case("http") {
+            return Err(invalid("the scheme must be http or https"));
         }
         let rest = &url[scheme_end + 3..];
         if let Some(c) = rest.chars().find(|c| !c.is_ascii_graphic()) {
@@ -406,6 +421,7 @@ impl Target {
             return Err(invalid("the host may hold only letters, digits, `-`, `.` and `_`"));
         }
         let port = match port {
+            None if tls => 443,
             None => 80,
             Some(digits) => match digits.parse::<u16>() {
                 Ok(0) => return Err(invalid("port 0 cannot be connected to")),
@@ -415,7 +431,7 @@ impl Target {
             },
         };
         let path = if path.starts_with('/') { path.to_owned() } else { format!("/{path}") };
-        Ok(Target { host: host.to_owned(), port, path })
+        Ok(Target { tls, host: host.to_owned(), port, path })
     }
 
     /// The host as it appears in a URL or `Host` header: IPv6 addresses in brackets.
@@ -429,7 +445,8 @@ impl Target {
 
     fn host_header(&self) -> String {
         match self.port {
-            80 => self.host_header_host(),
+            443 if self.tls => self.host_header_host(),
+            80 if !self.tls => self.host_header_host(),
             port => format!("{}:{port}", self.host_header_host()),
         }
     }
@@ -474,6 +491,8 @@ fn request_head(target: &Target, headers: &[(String, String)]) -> Result<Vec<u8>
 /// The task's state: the parsed configuration and the kept-alive connection.
 struct Worker {
     target: Target,
+    /// For `https://`: the TLS client and the name the certificate must carry.
+    tls: Option<(TlsConnector, ServerName<'static>)>,
     request_head: Vec<u8>,
     timeout: Duration,
     max_retries: u32,
@@ -635,6 +654,12 @@ impl Worker {
             .map_err(Failure::Connect)?;
         // Requests are written in one piece and answered before the next: Nagle only adds delay.
         stream.set_nodelay(true).map_err(Failure::Connect)?;
+        let stream: Box<dyn Io> = match &self.tls {
+            None => Box::new(stream),
+            Some((connector, name)) => {
+                Box::new(connector.connect(name.clone(), stream).await.map_err(Failure::Connect)?)
+            }
+        };
         let connection = self.connection.insert(Connection {
             stream,
             buf: BytesMut::with_capacity(8 * 1024),
@@ -729,9 +754,47 @@ fn judge(outcome: Result<Response, Failure>) -> Verdict {
     }
 }
 
+/// A byte stream to the server: TCP, or TLS over TCP.
+trait Io: AsyncRead + AsyncWrite + Unpin + Send {}
+
+impl<T: AsyncRead + AsyncWrite + Unpin + Send> Io for T {}
+
+/// The TLS client for `target`: the public roots, or the authorities in `ca` only.
+fn tls_client(
+    target: &Target,
+    ca: Option<&PathBuf>,
+) -> Result<(TlsConnector, ServerName<'static>), WebhookError> {
+    let mut roots = rustls::RootCertStore::empty();
+    match ca {
+        None => roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned()),
+        Some(path) => {
+            let certs = CertificateDer::pem_file_iter(path)
+                .and_then(Iterator::collect::<Result<Vec<_>, _>>)
+                .map_err(|e| WebhookError::Tls(format!("cannot read the CA file {}: {e}", path.display())))?;
+            if certs.is_empty() {
+                return Err(WebhookError::Tls(format!("no certificate in the CA file {}", path.display())));
+            }
+            for cert in certs {
+                roots.add(cert).map_err(|e| {
+                    WebhookError::Tls(format!("a certificate in {} is not usable: {e}", path.display()))
+                })?;
+            }
+        }
+    }
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let config = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|e| WebhookError::Tls(e.to_string()))?
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    let name = ServerName::try_from(target.host.clone())
+        .map_err(|_| WebhookError::Tls(format!("{:?} is not a valid TLS server name", target.host)))?;
+    Ok((TlsConnector::from(Arc::new(config)), name))
+}
+
 /// A client connection and the bytes read from it but not yet parsed.
 struct Connection {
-    stream: TcpStream,
+    stream: Box<dyn Io>,
     buf: BytesMut,
     /// Whether any byte of the current response arrived, which tells a connection the server had
     /// already closed from one that failed while answering.
@@ -1083,10 +1146,12 @@ mod tests {
 
     #[test]
     fn malformed_urls_are_refused_with_the_reason() {
-        assert!(matches!(Target::parse("https://example.com/"), Err(WebhookError::HttpsUnsupported)));
-        assert!(matches!(Target::parse("HTTPS://example.com/"), Err(WebhookError::HttpsUnsupported)));
+        let t = Target::parse("HTTPS://example.com/x").unwrap();
+        assert_eq!((t.tls, t.port, t.host_header()), (true, 443, "example.com".to_owned()));
+        let t = Target::parse("https://example.com:8443/x").unwrap();
+        assert_eq!((t.tls, t.port, t.host_header()), (true, 8443, "example.com:8443".to_owned()));
         assert_eq!(url_error("example.com/hook"), "expected http://host[:port]/path");
-        assert_eq!(url_error("ftp://example.com/"), "the scheme must be http");
+        assert_eq!(url_error("ftp://example.com/"), "the scheme must be http or https");
         assert_eq!(url_error("http:///hook"), "missing host");
         assert_eq!(url_error("http://:80/hook"), "missing host");
         assert_eq!(url_error("http://h:99999/"), "the port must be a number from 1 to 65535");

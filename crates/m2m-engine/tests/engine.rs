@@ -442,6 +442,7 @@ fn a_rule_with_a_webhook_is_checked_outside_a_runtime() {
     let mut spec = rule("hook", r#"SELECT * FROM "a/#""#, vec![]);
     spec.actions.push(ActionSpec::Webhook {
         url: "http://127.0.0.1:9/alerts".into(),
+        ca: None,
         headers: vec![],
         body: None,
         timeout_ms: None,
@@ -450,13 +451,14 @@ fn a_rule_with_a_webhook_is_checked_outside_a_runtime() {
     assert!(Engine::check(&spec).is_ok());
     spec.actions[0] = ActionSpec::Webhook {
         url: "https://127.0.0.1/".into(),
+        ca: Some("/nonexistent/ca.pem".into()),
         headers: vec![],
         body: None,
         timeout_ms: None,
         max_retries: None,
     };
     let err = Engine::check(&spec).unwrap_err().to_string();
-    assert!(err.contains("webhook"), "{err}");
+    assert!(err.contains("webhook") && err.contains("cannot read the CA file"), "{err}");
 }
 
 #[tokio::test]

@@ -3,6 +3,8 @@
 //! The server here is a small HTTP/1.1 server of its own (not the client's parser turned around):
 //! it records every request it reads and answers as each test scripts it, down to the bytes.
 
+#![allow(clippy::unwrap_used)]
+
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -626,11 +628,6 @@ fn invalid_url_reason(url: &str) -> &'static str {
 
 #[test]
 fn invalid_urls_are_refused() {
-    let https =
-        start_error(WebhookConfig { url: "https://alerts.example/hook".to_owned(), ..Default::default() });
-    assert!(matches!(https, WebhookError::HttpsUnsupported));
-    assert_eq!(https.to_string(), "https webhook URLs are not supported yet; use an http:// URL");
-
     assert_eq!(invalid_url_reason(""), "expected http://host[:port]/path");
     assert_eq!(invalid_url_reason("http:///hook"), "missing host");
     assert_eq!(invalid_url_reason("http://:8080/hook"), "missing host");
@@ -639,7 +636,7 @@ fn invalid_urls_are_refused() {
     assert_eq!(invalid_url_reason("http://alerts:0/hook"), "port 0 cannot be connected to");
     assert_eq!(invalid_url_reason("http://alerts/a\nb"), "contains whitespace or a control character");
     let error = start_error(WebhookConfig { url: "mqtt://alerts/".to_owned(), ..Default::default() });
-    assert_eq!(error.to_string(), "invalid webhook URL \"mqtt://alerts/\": the scheme must be http");
+    assert_eq!(error.to_string(), "invalid webhook URL \"mqtt://alerts/\": the scheme must be http or https");
 }
 
 #[test]
@@ -692,4 +689,98 @@ fn stats_serialize_as_json_objects() {
         serde_json::to_value(&stats).unwrap(),
         json!({ "sent": 3, "retries": 0, "failed": 1, "dropped": 0, "queued": 0, "last_error": "HTTP status 400" })
     );
+}
+
+/// An HTTPS server on a loopback port with a certificate (for `127.0.0.1` and `localhost`) from a CA
+/// of its own, written to `<dir>/ca.pem`. Answers every request 200 and hands on its body.
+async fn https_server(dir: &std::path::Path) -> (String, mpsc::UnboundedReceiver<Vec<u8>>) {
+    use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, Issuer, KeyPair, KeyUsagePurpose};
+    let mut ca = CertificateParams::new(Vec::new()).unwrap();
+    ca.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    ca.distinguished_name.push(DnType::CommonName, "site ca");
+    ca.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::DigitalSignature];
+    let ca_key = KeyPair::generate().unwrap();
+    std::fs::write(dir.join("ca.pem"), ca.self_signed(&ca_key).unwrap().pem()).unwrap();
+    let issuer = Issuer::new(ca, ca_key);
+    let params = CertificateParams::new(vec!["127.0.0.1".to_owned(), "localhost".to_owned()]).unwrap();
+    let key = KeyPair::generate().unwrap();
+    let cert = params.signed_by(&key, &issuer).unwrap();
+    let key = rustls_pki_types::PrivateKeyDer::Pkcs8(key.serialize_der().into());
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let config = rustls::ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_no_client_auth()
+        .with_single_cert(vec![cert.der().clone()], key)
+        .unwrap();
+    let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let (tx, rx) = mpsc::unbounded_channel();
+    tokio::spawn(async move {
+        while let Ok((tcp, _)) = listener.accept().await {
+            let (acceptor, tx) = (acceptor.clone(), tx.clone());
+            tokio::spawn(async move {
+                // A client that does not trust the certificate ends the handshake: nothing to serve.
+                let Ok(mut tls) = acceptor.accept(tcp).await else { return };
+                let mut buf = Vec::new();
+                loop {
+                    let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") else {
+                        let mut chunk = [0u8; 4096];
+                        match tls.read(&mut chunk).await {
+                            Ok(0) | Err(_) => return,
+                            Ok(n) => buf.extend_from_slice(&chunk[..n]),
+                        }
+                        continue;
+                    };
+                    let head = String::from_utf8_lossy(&buf[..end]).to_ascii_lowercase();
+                    let len: usize = head
+                        .lines()
+                        .find_map(|l| l.strip_prefix("content-length:"))
+                        .and_then(|v| v.trim().parse().ok())
+                        .unwrap_or(0);
+                    while buf.len() < end + 4 + len {
+                        let mut chunk = [0u8; 4096];
+                        match tls.read(&mut chunk).await {
+                            Ok(0) | Err(_) => return,
+                            Ok(n) => buf.extend_from_slice(&chunk[..n]),
+                        }
+                    }
+                    let _ = tx.send(buf[end + 4..end + 4 + len].to_vec());
+                    buf.drain(..end + 4 + len);
+                    if tls.write_all(&response("200 OK", "", "{}")).await.is_err() {
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    (format!("https://127.0.0.1:{port}/hook"), rx)
+}
+
+#[tokio::test]
+async fn https_bodies_arrive_when_the_servers_certificate_is_trusted_and_fail_when_it_is_not() {
+    let dir = m2m_test::TempDir::new("webhook-https");
+    let (url, mut bodies) = https_server(dir.path()).await;
+    let trusting =
+        Webhook::start(WebhookConfig { ca: Some(dir.path().join("ca.pem")), ..config(url.clone()) }).unwrap();
+    assert!(trusting.send(json!({"alarm": "overheat"})));
+    assert!(trusting.send(json!({"alarm": "cleared"})));
+    let stats = until(&trusting, |s| s.sent == 2).await;
+    assert_eq!((stats.failed, stats.retries), (0, 0));
+    let first: serde_json::Value = serde_json::from_slice(&within(bodies.recv()).await.unwrap()).unwrap();
+    assert_eq!(first, json!({"alarm": "overheat"}));
+
+    // The public roots do not know the site's CA: the handshake fails, the body is a dead letter.
+    let public = Webhook::start(WebhookConfig { max_retries: 0, ..config(url) }).unwrap();
+    assert!(public.send(json!({"alarm": "nobody hears"})));
+    let stats = until(&public, |s| s.failed == 1).await;
+    assert_eq!(stats.sent, 0);
+    let error = stats.last_error.unwrap_or_default();
+    assert!(error.contains("certificate"), "{error}");
+
+    let missing = dir.path().join("nope.pem");
+    let error = start_error(WebhookConfig { ca: Some(missing), ..config("https://127.0.0.1:1/".into()) });
+    assert!(matches!(error, WebhookError::Tls(_)), "{error:?}");
+    assert!(error.to_string().contains("cannot read the CA file"), "{error}");
 }
