@@ -15,10 +15,12 @@
 //! `max_queued`) and the publisher is throttled through its [`LinkFlow`] until the subscriber catches
 //! up, so one slow subscriber slows only those who publish to it.
 
+mod interest;
 mod mailbox;
 mod metrics;
 mod router;
 
+pub use interest::Interest;
 pub use mailbox::{Mailbox, PushError};
 pub use metrics::Metrics;
 pub use router::{

@@ -13,6 +13,7 @@ use m2m_topic::{Match, SharedGroupId, Subscription, SubscriptionTrie, TopicName,
 use tokio::sync::{mpsc, oneshot, Notify};
 use tracing::{debug, error, info, trace};
 
+use crate::interest::Interest;
 use crate::mailbox::{Mailbox, PushError};
 use crate::metrics::Metrics;
 
@@ -38,6 +39,8 @@ pub struct RouterConfig {
     pub version: String,
     /// What sees every message the node accepts (the history, rules), in the order they are routed.
     pub taps: Vec<Arc<dyn Tap>>,
+    /// Kept up to date with the filters subscribed to, for the mesh.
+    pub interest: Option<Arc<Interest>>,
 }
 
 impl Default for RouterConfig {
@@ -48,6 +51,7 @@ impl Default for RouterConfig {
             channel_capacity: 4096,
             version: concat!("m2m ", env!("CARGO_PKG_VERSION")).to_string(),
             taps: Vec::new(),
+            interest: None,
         }
     }
 }
@@ -598,7 +602,7 @@ impl Router {
             let key = self.next_key;
             self.next_key += 1;
             for entry in session.subscriptions().values() {
-                self.trie.insert(&entry.subscription, key, SubData { entry: entry.clone() });
+                self.trie_insert(&entry.subscription, key, SubData { entry: entry.clone() });
             }
             let expires_at = ends_at.and_then(at_instant);
             if let Some(at) = expires_at {
@@ -730,7 +734,7 @@ impl Router {
             Command::Subscribe { key, requests } => self.subscribe(key, requests, now),
             Command::Unsubscribe { key, subscriptions } => {
                 for sub in &subscriptions {
-                    self.trie.remove(sub, &key);
+                    self.trie_remove(sub, key);
                 }
             }
             Command::Kick { client_id, reason } => {
@@ -945,7 +949,23 @@ impl Router {
 
     fn drop_subscriptions(&mut self, key: SessionKey, session: &Session) {
         for entry in session.subscriptions().values() {
-            self.trie.remove(&entry.subscription, &key);
+            self.trie_remove(&entry.subscription, key);
+        }
+    }
+
+    fn trie_insert(&mut self, sub: &Subscription, key: SessionKey, data: SubData) {
+        if self.trie.insert(sub, key, data).is_none() {
+            if let Some(interest) = &self.config.interest {
+                interest.add(sub);
+            }
+        }
+    }
+
+    fn trie_remove(&mut self, sub: &Subscription, key: SessionKey) {
+        if self.trie.remove(sub, &key).is_some() {
+            if let Some(interest) = &self.config.interest {
+                interest.remove(sub);
+            }
         }
     }
 
@@ -987,7 +1007,7 @@ impl Router {
         let mut retained = Vec::new();
         for req in requests {
             let entry = &req.entry;
-            self.trie.insert(&entry.subscription, key, SubData { entry: entry.clone() });
+            self.trie_insert(&entry.subscription, key, SubData { entry: entry.clone() });
             let Subscription::Plain(filter) = &entry.subscription else {
                 // Retained messages are not sent to shared subscriptions (MQTT 5.0 §4.8.2).
                 continue;

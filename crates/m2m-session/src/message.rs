@@ -27,6 +27,9 @@ pub struct Message {
     pub expires_at: Option<Instant>,
     /// Client id of the publisher, for No Local; `None` for messages the node makes itself.
     pub publisher: Option<Arc<str>>,
+    /// The node it came from through the mesh; `None` when it was published on this node. Not kept in
+    /// the store.
+    pub origin: Option<Arc<str>>,
 }
 
 impl Message {
@@ -40,6 +43,7 @@ impl Message {
             properties: PublishProperties::default(),
             expires_at: None,
             publisher: None,
+            origin: None,
         }
     }
 
@@ -63,6 +67,7 @@ impl Message {
             expires_at: expiry_deadline(properties.message_expiry_interval, now),
             properties,
             publisher: Some(publisher),
+            origin: None,
         }
     }
 

@@ -703,6 +703,7 @@ impl Session {
             expires_at: expiry_deadline(properties.message_expiry_interval, now),
             properties,
             publisher: Some(self.client_id.clone()),
+            origin: None,
         };
         match p.qos {
             QoS::AtMostOnce => out.push(Action::Publish { message: Arc::new(message), ack: None }),

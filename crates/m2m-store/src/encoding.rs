@@ -290,7 +290,7 @@ const PROP_UTF8: u8 = 1 << 6;
 /// | user properties: count, (name, value)* | subscription ids: count, varint*
 /// ```
 fn put_message(buf: &mut Vec<u8>, m: &Message, clock: Clock) {
-    let Message { topic, payload, qos, retain, properties, expires_at, publisher } = m;
+    let Message { topic, payload, qos, retain, properties, expires_at, publisher, origin: _ } = m;
     let expires = expires_at.map(|at| clock.to_wall(at));
     let mut flags = *qos as u8;
     if *retain {
@@ -392,6 +392,7 @@ fn read_message(r: &mut Reader<'_>) -> Result<RawMessage> {
         properties,
         expires_at: None,
         publisher,
+        origin: None,
     };
     Ok(RawMessage { message, expires_ms })
 }

@@ -1,0 +1,13 @@
+//! The mesh of m2m nodes: each node embeds a zenoh router; MQTT messages published on one node
+//! reach the matching subscribers on every node, through intermediate nodes, and only the nodes that
+//! want them.
+//!
+//! - [`keyexpr`]: MQTT topics and filters as zenoh key expressions (escaping).
+//! - [`wire`]: a message as it travels between nodes.
+//! - [`Mesh`]: the runtime: a router [`Tap`](m2m_router::Tap) out, zenoh subscribers per filter in.
+
+pub mod keyexpr;
+mod mesh;
+pub mod wire;
+
+pub use mesh::{guarded, Mesh, MeshConfig, MeshError, MeshStats, DATA_PREFIX, NODE_PREFIX};

@@ -1,0 +1,414 @@
+//! The mesh runtime: an embedded zenoh router per node, MQTT traffic carried between nodes by topic.
+//!
+//! ```text
+//!  router ──Tap──▶ outbound queue ──▶ put m2m/t/<topic key> ──▶ zenoh ──▶ other nodes
+//!  router ◀── inbound queue ◀── subscriber callbacks on m2m/t/<filter key> ◀── zenoh
+//!        (one zenoh subscriber per filter the node's sessions subscribe to: interest, not flooding)
+//! ```
+//!
+//! A message that came through the mesh carries its origin and is never sent on again, so a message
+//! crosses each link at most once whatever the topology; zenoh routes it (through intermediate
+//! nodes) only to nodes that declared a matching subscriber. A node whose filters overlap receives
+//! one copy per matching subscriber: frames are numbered per origin and run, and a number already
+//! seen is dropped.
+//!
+//! zenoh calls the subscriber callbacks on its own threads; a panic there would silently wedge the
+//! link, so every callback runs inside [`guarded`], which catches it, counts it and logs it.
+
+use std::collections::HashMap;
+use std::panic::AssertUnwindSafe;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, OnceLock, PoisonError};
+use std::time::{Instant, SystemTime, UNIX_EPOCH};
+
+use m2m_codec::QoS;
+use m2m_router::{Command, Interest, RouterHandle, Tap};
+use m2m_session::Message;
+use tokio::sync::mpsc;
+use tokio::task::JoinHandle;
+use tracing::{debug, error, info, warn};
+use zenoh::qos::CongestionControl;
+use zenoh::sample::Sample;
+use zenoh::Session;
+
+use crate::keyexpr::{filter_to_key, topic_to_key};
+use crate::wire::{self, Stamp};
+
+/// The key space of MQTT messages: `m2m/t/<escaped topic>`.
+pub const DATA_PREFIX: &str = "m2m/t";
+/// The liveliness token of each node: `m2m/node/<node id>`.
+pub const NODE_PREFIX: &str = "m2m/node";
+
+/// How a node joins the mesh.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MeshConfig {
+    /// This node's name in the mesh: unique, 1 to 64 of `A-Z a-z 0-9 - _ .`.
+    pub node_id: String,
+    /// zenoh endpoints to listen on, e.g. `tcp/0.0.0.0:7447`.
+    pub listen: Vec<String>,
+    /// zenoh endpoints of other nodes to connect to (retried until they answer).
+    pub connect: Vec<String>,
+    /// Messages waiting to go out, and to come in, at most; beyond, QoS 0 is dropped and counted.
+    pub queue: usize,
+}
+
+impl Default for MeshConfig {
+    fn default() -> Self {
+        Self { node_id: String::new(), listen: Vec::new(), connect: Vec::new(), queue: 65_536 }
+    }
+}
+
+/// Why the mesh could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum MeshError {
+    /// The node id is empty, too long or holds characters other than `A-Z a-z 0-9 - _ .`.
+    #[error("invalid mesh node id {0:?}: use 1 to 64 of A-Z a-z 0-9 - _ .")]
+    NodeId(String),
+    /// An endpoint is not of the form `tcp/host:port`.
+    #[error("invalid mesh endpoint {0:?}: expected tcp/host:port")]
+    Endpoint(String),
+    /// zenoh refused the configuration or could not open.
+    #[error("the mesh could not start: {0}")]
+    Zenoh(String),
+}
+
+/// Counters of the mesh, for `$SYS/broker/mesh/...` and the API.
+#[derive(Debug, Default)]
+pub struct MeshStats {
+    /// Messages put into the mesh.
+    pub sent: AtomicU64,
+    /// Messages received from other nodes and handed to the router.
+    pub received: AtomicU64,
+    /// Messages not sent: the outbound queue was full.
+    pub dropped_out: AtomicU64,
+    /// Messages received but dropped: the inbound queue was full.
+    pub dropped_in: AtomicU64,
+    /// Copies of a message already received (overlapping filters), dropped.
+    pub duplicates: AtomicU64,
+    /// Frames that could not be read.
+    pub malformed: AtomicU64,
+    /// Panics caught in zenoh callbacks.
+    pub panics: AtomicU64,
+}
+
+/// A node's place in the mesh: a cheap handle. Give it to the router as a [`Tap`] and its
+/// [`Mesh::interest`] as the router's interest, then [`Mesh::start`] it.
+#[derive(Debug, Clone)]
+pub struct Mesh {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    config: MeshConfig,
+    node_id: Arc<str>,
+    boot: u64,
+    seq: AtomicU64,
+    interest: Arc<Interest>,
+    out_tx: mpsc::Sender<Arc<Message>>,
+    out_rx: Mutex<Option<mpsc::Receiver<Arc<Message>>>>,
+    in_tx: mpsc::Sender<Message>,
+    in_rx: Mutex<Option<mpsc::Receiver<Message>>>,
+    stats: MeshStats,
+    /// The highest frame number seen per (origin, run).
+    seen: Mutex<HashMap<(Arc<str>, u64), u64>>,
+    session: OnceLock<Session>,
+    token: OnceLock<zenoh::liveliness::LivelinessToken>,
+    tasks: Mutex<Vec<JoinHandle<()>>>,
+}
+
+impl std::fmt::Debug for Inner {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Mesh").field("node_id", &self.node_id).field("config", &self.config).finish()
+    }
+}
+
+impl Mesh {
+    /// Checks `config` and prepares the queues; nothing is opened until [`Mesh::start`].
+    ///
+    /// # Errors
+    /// [`MeshError::NodeId`] or [`MeshError::Endpoint`].
+    pub fn new(config: MeshConfig) -> Result<Mesh, MeshError> {
+        let id = &config.node_id;
+        if id.is_empty()
+            || id.len() > 64
+            || !id.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'))
+        {
+            return Err(MeshError::NodeId(id.clone()));
+        }
+        for e in config.listen.iter().chain(&config.connect) {
+            let ok = e
+                .strip_prefix("tcp/")
+                .and_then(|a| a.rsplit_once(':'))
+                .is_some_and(|(host, port)| !host.is_empty() && port.parse::<u16>().is_ok());
+            if !ok {
+                return Err(MeshError::Endpoint(e.clone()));
+            }
+        }
+        let queue = config.queue.max(1);
+        let (out_tx, out_rx) = mpsc::channel(queue);
+        let (in_tx, in_rx) = mpsc::channel(queue);
+        let boot = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| u64::try_from(d.as_micros()).unwrap_or(u64::MAX));
+        Ok(Mesh {
+            inner: Arc::new(Inner {
+                node_id: config.node_id.as_str().into(),
+                config,
+                boot,
+                seq: AtomicU64::new(0),
+                interest: Arc::new(Interest::new()),
+                out_tx,
+                out_rx: Mutex::new(Some(out_rx)),
+                in_tx,
+                in_rx: Mutex::new(Some(in_rx)),
+                stats: MeshStats::default(),
+                seen: Mutex::new(HashMap::new()),
+                session: OnceLock::new(),
+                token: OnceLock::new(),
+                tasks: Mutex::new(Vec::new()),
+            }),
+        })
+    }
+
+    /// The set of filters the router keeps for the mesh (its `RouterConfig::interest`).
+    pub fn interest(&self) -> Arc<Interest> {
+        self.inner.interest.clone()
+    }
+
+    /// This node's id.
+    pub fn node_id(&self) -> &str {
+        &self.inner.node_id
+    }
+
+    /// The counters.
+    pub fn stats(&self) -> &MeshStats {
+        &self.inner.stats
+    }
+
+    /// Opens the embedded zenoh router (router mode, scouting off, the configured endpoints),
+    /// announces the node and starts carrying messages. Connections to `connect` endpoints are
+    /// retried in the background until they answer, and after they drop.
+    ///
+    /// # Errors
+    /// [`MeshError::Zenoh`] when zenoh cannot open (a listen endpoint in use, say).
+    pub async fn start(&self, router: RouterHandle) -> Result<(), MeshError> {
+        let inner = &self.inner;
+        let config = serde_json::json!({
+            "mode": "router",
+            "metadata": { "name": &*inner.node_id },
+            "listen": { "endpoints": inner.config.listen },
+            "connect": {
+                "endpoints": inner.config.connect,
+                "retry": { "period_init_ms": 250, "period_max_ms": 2000, "period_increase_factor": 2.0 },
+            },
+            "scouting": { "multicast": { "enabled": false }, "gossip": { "enabled": false } },
+        });
+        let zconfig =
+            zenoh::Config::from_json5(&config.to_string()).map_err(|e| MeshError::Zenoh(e.to_string()))?;
+        let session = zenoh::open(zconfig).await.map_err(|e| MeshError::Zenoh(e.to_string()))?;
+        let token = format!("{NODE_PREFIX}/{}", inner.node_id);
+        // Other nodes see this node while the token lives: until the session closes.
+        let token =
+            session.liveliness().declare_token(token).await.map_err(|e| MeshError::Zenoh(e.to_string()))?;
+        let _ = inner.token.set(token);
+        let session = inner.session.get_or_init(|| session).clone();
+        info!(node = %inner.node_id, listen = ?inner.config.listen, connect = ?inner.config.connect, "mesh started");
+
+        let out_rx = inner.out_rx.lock().unwrap_or_else(PoisonError::into_inner).take();
+        let in_rx = inner.in_rx.lock().unwrap_or_else(PoisonError::into_inner).take();
+        let mut tasks = inner.tasks.lock().unwrap_or_else(PoisonError::into_inner);
+        if let Some(rx) = out_rx {
+            tasks.push(tokio::spawn(outbound(self.inner.clone(), session.clone(), rx)));
+        }
+        if let Some(rx) = in_rx {
+            tasks.push(tokio::spawn(inbound(self.inner.clone(), router, rx)));
+        }
+        tasks.push(tokio::spawn(follow_interest(self.inner.clone(), session)));
+        Ok(())
+    }
+
+    /// The ids of the nodes reachable now (this one included), sorted.
+    pub async fn nodes(&self) -> Vec<String> {
+        let Some(session) = self.inner.session.get() else { return Vec::new() };
+        let mut nodes = Vec::new();
+        if let Ok(replies) = session.liveliness().get(format!("{NODE_PREFIX}/*")).await {
+            while let Ok(reply) = replies.recv_async().await {
+                if let Ok(sample) = reply.result() {
+                    if let Some(id) =
+                        sample.key_expr().as_str().strip_prefix(NODE_PREFIX).and_then(|r| r.strip_prefix('/'))
+                    {
+                        nodes.push(id.to_owned());
+                    }
+                }
+            }
+        }
+        nodes.sort();
+        nodes.dedup();
+        nodes
+    }
+
+    /// Stops carrying messages and closes the zenoh session.
+    pub async fn close(&self) {
+        let tasks = std::mem::take(&mut *self.inner.tasks.lock().unwrap_or_else(PoisonError::into_inner));
+        for t in tasks {
+            t.abort();
+        }
+        if let Some(session) = self.inner.session.get() {
+            if let Err(e) = session.close().await {
+                warn!(error = %e, "mesh session did not close cleanly");
+            }
+        }
+    }
+}
+
+impl Tap for Mesh {
+    fn message(&self, message: &Arc<Message>) {
+        // What came through the mesh is not sent on; `$` topics stay on their node.
+        if message.origin.is_some() || message.topic.as_str().starts_with('$') {
+            return;
+        }
+        if self.inner.out_tx.try_send(message.clone()).is_err() {
+            self.inner.stats.dropped_out.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    fn sys_values(&self, out: &mut Vec<(&'static str, String)>) {
+        let s = &self.inner.stats;
+        out.push(("mesh/sent", s.sent.load(Ordering::Relaxed).to_string()));
+        out.push(("mesh/received", s.received.load(Ordering::Relaxed).to_string()));
+        out.push((
+            "mesh/dropped",
+            (s.dropped_out.load(Ordering::Relaxed) + s.dropped_in.load(Ordering::Relaxed)).to_string(),
+        ));
+    }
+}
+
+/// Puts each message the node accepted into the mesh, under its topic's key.
+async fn outbound(inner: Arc<Inner>, session: Session, mut rx: mpsc::Receiver<Arc<Message>>) {
+    let mut batch = Vec::with_capacity(256);
+    while rx.recv_many(&mut batch, 256).await > 0 {
+        for m in batch.drain(..) {
+            let seq = inner.seq.fetch_add(1, Ordering::Relaxed) + 1;
+            let stamp = Stamp { origin: inner.node_id.clone(), boot: inner.boot, seq };
+            let frame = wire::encode(&m, &stamp, Instant::now());
+            let key = format!("{DATA_PREFIX}/{}", topic_to_key(m.topic.as_str()));
+            let congestion =
+                if m.qos == QoS::AtMostOnce { CongestionControl::Drop } else { CongestionControl::Block };
+            match session.put(key, frame).congestion_control(congestion).await {
+                Ok(()) => {
+                    inner.stats.sent.fetch_add(1, Ordering::Relaxed);
+                }
+                Err(e) => {
+                    inner.stats.dropped_out.fetch_add(1, Ordering::Relaxed);
+                    debug!(error = %e, topic = %m.topic, "mesh put failed");
+                }
+            }
+        }
+    }
+}
+
+/// Hands what the mesh brought to the router, in order.
+async fn inbound(inner: Arc<Inner>, router: RouterHandle, mut rx: mpsc::Receiver<Message>) {
+    while let Some(m) = rx.recv().await {
+        let cmd = Command::Publish { message: Arc::new(m), from: None, ack: None };
+        if router.send(cmd).await.is_err() {
+            break;
+        }
+        inner.stats.received.fetch_add(1, Ordering::Relaxed);
+    }
+}
+
+/// Keeps one zenoh subscriber per filter the node's sessions subscribe to.
+async fn follow_interest(inner: Arc<Inner>, session: Session) {
+    let mut declared: HashMap<String, zenoh::pubsub::Subscriber<()>> = HashMap::new();
+    loop {
+        let (_, filters) = inner.interest.snapshot();
+        declared.retain(|f, _| filters.binary_search(f).is_ok());
+        for filter in filters {
+            if declared.contains_key(&filter) {
+                continue;
+            }
+            let key = format!("{DATA_PREFIX}/{}", filter_to_key(&filter));
+            let handler = inner.clone();
+            let declared_sub = session
+                .declare_subscriber(key)
+                .callback(move |sample| guarded(&handler.stats, || receive(&handler, &sample)))
+                .await;
+            match declared_sub {
+                Ok(sub) => {
+                    debug!(%filter, "mesh subscriber declared");
+                    declared.insert(filter, sub);
+                }
+                Err(e) => error!(%filter, error = %e, "mesh subscriber could not be declared"),
+            }
+        }
+        inner.interest.changed().await;
+    }
+}
+
+/// Runs `f`, catching a panic (counted in `stats.panics` and logged) so that it never unwinds into
+/// zenoh.
+pub fn guarded(stats: &MeshStats, f: impl FnOnce()) {
+    if std::panic::catch_unwind(AssertUnwindSafe(f)).is_err() {
+        stats.panics.fetch_add(1, Ordering::Relaxed);
+        error!("a mesh callback panicked; the message was dropped");
+    }
+}
+
+fn receive(inner: &Inner, sample: &Sample) {
+    let frame = sample.payload().to_bytes();
+    let (stamp, message) = match wire::decode(&frame, Instant::now()) {
+        Ok(x) => x,
+        Err(e) => {
+            inner.stats.malformed.fetch_add(1, Ordering::Relaxed);
+            debug!(key = %sample.key_expr(), error = %e, "mesh frame dropped");
+            return;
+        }
+    };
+    if stamp.origin == inner.node_id {
+        return;
+    }
+    {
+        let mut seen = inner.seen.lock().unwrap_or_else(PoisonError::into_inner);
+        let last = seen.entry((stamp.origin.clone(), stamp.boot)).or_insert(0);
+        if stamp.seq <= *last {
+            inner.stats.duplicates.fetch_add(1, Ordering::Relaxed);
+            return;
+        }
+        *last = stamp.seq;
+    }
+    if inner.in_tx.try_send(message).is_err() {
+        inner.stats.dropped_in.fetch_add(1, Ordering::Relaxed);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_panic_in_a_callback_is_caught_and_counted() {
+        let stats = MeshStats::default();
+        guarded(&stats, || panic!("boom"));
+        let mut ran = false;
+        guarded(&stats, || ran = true);
+        assert!(ran);
+        assert_eq!(stats.panics.load(Ordering::Relaxed), 1);
+    }
+
+    #[test]
+    fn bad_node_ids_and_endpoints_are_refused() {
+        let config = |id: &str, e: &str| MeshConfig {
+            node_id: id.into(),
+            listen: vec![e.into()],
+            ..MeshConfig::default()
+        };
+        assert!(Mesh::new(config("plant-1", "tcp/127.0.0.1:7447")).is_ok());
+        for id in ["", "a/b", "a*", &"x".repeat(65)] {
+            assert!(matches!(Mesh::new(config(id, "tcp/127.0.0.1:7447")), Err(MeshError::NodeId(_))), "{id}");
+        }
+        for e in ["127.0.0.1:7447", "udp/127.0.0.1:7447", "tcp/127.0.0.1", "tcp/:80", "tcp/h:99999"] {
+            assert!(matches!(Mesh::new(config("n", e)), Err(MeshError::Endpoint(_))), "{e}");
+        }
+    }
+}
