@@ -92,6 +92,8 @@ pub struct Config {
     pub history: Option<m2m_history::HistoryConfig>,
     /// More parts of the node that see every accepted message and client event (the rules engine).
     pub taps: Vec<Arc<dyn m2m_router::Tap>>,
+    /// Kept up to date with the filters this node's sessions subscribe to (for the mesh).
+    pub interest: Option<Arc<m2m_router::Interest>>,
 }
 
 impl Default for Config {
@@ -115,6 +117,7 @@ impl Default for Config {
             jwt: None,
             history: Some(m2m_history::HistoryConfig::default()),
             taps: Vec::new(),
+            interest: None,
         }
     }
 }

@@ -99,6 +99,7 @@ impl Broker {
             limits: Arc::new(config.limits.clone()),
             sys_interval: config.sys_interval,
             taps: config.taps.clone(),
+            interest: config.interest.clone(),
             ..RouterConfig::default()
         };
         let mut history = None;

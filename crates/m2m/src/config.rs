@@ -23,9 +23,64 @@ pub(crate) struct FileConfig {
     pub(crate) jwt: JwtSection,
     pub(crate) history: HistorySection,
     pub(crate) rules: RulesSection,
+    pub(crate) mesh: MeshSection,
     pub(crate) log: LogSection,
     /// More listeners besides `mqtt.listen`: `[[listeners]]` entries.
     pub(crate) listeners: Vec<ListenerSection>,
+}
+
+/// `[mesh]`: this node in a mesh of nodes. Off while `listen` and `connect` are both empty.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub(crate) struct MeshSection {
+    /// This node's unique name in the mesh; empty: the machine's host name.
+    pub(crate) node_id: String,
+    /// Endpoints other nodes connect to, e.g. `tcp/0.0.0.0:7447`.
+    pub(crate) listen: Vec<String>,
+    /// Endpoints of other nodes, e.g. `tcp/10.0.0.2:7447`; retried until they answer.
+    pub(crate) connect: Vec<String>,
+    /// Messages waiting to go out or come in at most; beyond, QoS 0 is dropped and counted.
+    pub(crate) queue: usize,
+}
+
+impl Default for MeshSection {
+    fn default() -> Self {
+        let d = m2m_mesh::MeshConfig::default();
+        Self { node_id: String::new(), listen: d.listen, connect: d.connect, queue: d.queue }
+    }
+}
+
+impl MeshSection {
+    /// The mesh settings; `None` when the node is on its own.
+    pub(crate) fn config(&self) -> anyhow::Result<Option<m2m_mesh::MeshConfig>> {
+        if self.listen.is_empty() && self.connect.is_empty() {
+            return Ok(None);
+        }
+        let node_id = if self.node_id.is_empty() { host_name() } else { self.node_id.clone() };
+        if self.queue == 0 {
+            bail!("invalid mesh settings: mesh.queue must be at least 1");
+        }
+        Ok(Some(m2m_mesh::MeshConfig {
+            node_id,
+            listen: self.listen.clone(),
+            connect: self.connect.clone(),
+            queue: self.queue,
+        }))
+    }
+}
+
+/// The machine's host name, or `m2m` when it has none that makes a node id.
+fn host_name() -> String {
+    let name = std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .or_else(|_| std::fs::read_to_string("/etc/hostname"))
+        .unwrap_or_default();
+    let name = name.trim();
+    if !name.is_empty() && name.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'))
+    {
+        name.chars().take(64).collect()
+    } else {
+        "m2m".to_owned()
+    }
 }
 
 /// `[rules]`: the rules engine (the rules themselves are kept in the store).
@@ -586,7 +641,7 @@ impl Default for MqttSection {
     }
 }
 
-const SECTIONS: [&str; 8] = ["node", "mqtt", "store", "http", "jwt", "history", "rules", "log"];
+const SECTIONS: [&str; 9] = ["node", "mqtt", "store", "http", "jwt", "history", "rules", "mesh", "log"];
 
 /// `M2M_*` variables that are flags of the command line, not settings.
 const NOT_SETTINGS: [&str; 2] = ["CONFIG", "API"];
@@ -619,7 +674,7 @@ pub(crate) fn load(
             .iter()
             .find_map(|s| rest.strip_prefix(s).and_then(|k| k.strip_prefix('_')).map(|k| (*s, k)))
         else {
-            bail!("unknown setting in environment variable {name}: expected M2M_<NODE|MQTT|STORE|HTTP|JWT|HISTORY|RULES|LOG>_<KEY>");
+            bail!("unknown setting in environment variable {name}: expected M2M_<NODE|MQTT|STORE|HTTP|JWT|HISTORY|RULES|MESH|LOG>_<KEY>");
         };
         set(&mut table, section, key, env_value(&value), &format!("environment variable {name}"))?;
     }
@@ -783,6 +838,7 @@ impl FileConfig {
             jwt: self.jwt.config()?,
             history: self.history.config()?,
             taps: Vec::new(),
+            interest: None,
             detectors: m2m_broker::DetectorsConfig {
                 auth_failures: self.detectors.auth_failures.detector("auth_failures")?,
                 flapping: self.detectors.flapping.detector("flapping")?,

@@ -92,6 +92,15 @@ struct NodeArgs {
     /// Log filter (overrides log.level), e.g. `debug` or `m2m_broker=trace`.
     #[arg(long)]
     log_level: Option<String>,
+    /// This node's name in the mesh (overrides mesh.node_id).
+    #[arg(long)]
+    node_id: Option<String>,
+    /// A mesh endpoint to listen on, e.g. `tcp/0.0.0.0:7447` (repeatable; overrides mesh.listen).
+    #[arg(long = "mesh-listen", value_name = "ENDPOINT")]
+    mesh_listen: Vec<String>,
+    /// A mesh endpoint of another node, e.g. `tcp/10.0.0.2:7447` (repeatable; overrides mesh.connect).
+    #[arg(long = "mesh-connect", value_name = "ENDPOINT")]
+    mesh_connect: Vec<String>,
     /// Print the effective configuration as TOML and exit.
     #[arg(long)]
     print_config: bool,
@@ -130,6 +139,17 @@ fn run_node(args: NodeArgs) -> anyhow::Result<()> {
     if let Some(level) = &args.log_level {
         overrides.push(("log.level", toml::Value::String(level.clone())));
     }
+    if let Some(id) = &args.node_id {
+        overrides.push(("mesh.node_id", toml::Value::String(id.clone())));
+    }
+    let list =
+        |items: &[String]| toml::Value::Array(items.iter().cloned().map(toml::Value::String).collect());
+    if !args.mesh_listen.is_empty() {
+        overrides.push(("mesh.listen", list(&args.mesh_listen)));
+    }
+    if !args.mesh_connect.is_empty() {
+        overrides.push(("mesh.connect", list(&args.mesh_connect)));
+    }
     let file = config::load(args.config.as_deref(), std::env::vars(), &overrides)?;
     if args.print_config {
         print!("{}", toml::to_string_pretty(&file).context("cannot print the configuration")?);
@@ -138,6 +158,11 @@ fn run_node(args: NodeArgs) -> anyhow::Result<()> {
     init_logging(&file.log);
     let mut broker_config = file.broker()?;
     let rules = file.rules.config()?;
+    let mesh = file.mesh.config()?.map(m2m_mesh::Mesh::new).transpose()?;
+    if let Some(mesh) = &mesh {
+        broker_config.taps.push(std::sync::Arc::new(mesh.clone()));
+        broker_config.interest = Some(mesh.interest());
+    }
     std::fs::create_dir_all(&file.node.data_dir)
         .with_context(|| format!("cannot create data directory {}", file.node.data_dir.display()))?;
     let mut builder = tokio::runtime::Builder::new_multi_thread();
@@ -157,6 +182,9 @@ fn run_node(args: NodeArgs) -> anyhow::Result<()> {
         let broker = m2m_broker::Broker::bind(&broker_config).await?;
         if let Some(engine) = &engine {
             engine.attach(broker.router(), broker.access(), broker.history(), broker.store())?;
+        }
+        if let Some(mesh) = &mesh {
+            mesh.start(broker.router()).await?;
         }
         let http = match file.http.config() {
             Some(config) => {
@@ -184,6 +212,9 @@ fn run_node(args: NodeArgs) -> anyhow::Result<()> {
         tokio::spawn(stop_on_signal(shutdown.clone()));
         let http = http.map(|h| tokio::spawn(h.run(shutdown.clone())));
         broker.run(shutdown).await?;
+        if let Some(mesh) = &mesh {
+            mesh.close().await;
+        }
         if let Some(http) = http {
             match http.await {
                 Ok(Err(e)) => tracing::warn!(error = %e, "HTTP API failed"),

@@ -1,0 +1,225 @@
+//! Nodes joined into a mesh, each a real `m2m node` process on loopback: a line A–B–C where messages
+//! published on A reach a subscriber on C through B with their MQTT 5 properties, exactly once; and a
+//! triangle, where no message loops or arrives twice.
+
+#![allow(clippy::unwrap_used)]
+
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use m2m_codec::{Packet, PublishProperties, QoS};
+use m2m_test::{raw_connect_ok, raw_publish, raw_subscribe, v5_connect, RawClient, TempDir};
+use tokio::process::Child;
+
+mod common;
+use common::{free_port, m2m, wait_until_listening};
+
+/// A node of the test mesh: its process and MQTT address.
+struct Node {
+    _process: Child,
+    mqtt: SocketAddr,
+}
+
+async fn node(dir: &TempDir, id: &str, mesh_port: u16, connect: &[u16]) -> Node {
+    let mqtt: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+    let data = dir.path().join(id);
+    let (listen, data) = (mqtt.to_string(), data.to_str().unwrap().to_owned());
+    let mesh_listen = format!("tcp/127.0.0.1:{mesh_port}");
+    let mut args = vec!["node", "--listen", &listen, "--data-dir", &data, "--log-level", "warn"];
+    args.extend(["--node-id", id, "--mesh-listen", &mesh_listen]);
+    let connects: Vec<String> = connect.iter().map(|p| format!("tcp/127.0.0.1:{p}")).collect();
+    for c in &connects {
+        args.extend(["--mesh-connect", c.as_str()]);
+    }
+    let mut process = m2m(&args).spawn().expect("start m2m");
+    wait_until_listening(&mut process, mqtt).await;
+    Node { _process: process, mqtt }
+}
+
+async fn client(node: &Node, id: &str) -> RawClient {
+    raw_connect_ok(node.mqtt, v5_connect(id)).await
+}
+
+async fn publish(c: &mut RawClient, topic: &str, qos: QoS, id: u16, payload: &str, props: PublishProperties) {
+    let mut p = raw_publish(topic, qos, (qos != QoS::AtMostOnce).then_some(id), b"");
+    p.payload = Bytes::copy_from_slice(payload.as_bytes());
+    p.properties = props;
+    c.send(&Packet::Publish(p)).await;
+    if qos == QoS::AtLeastOnce {
+        assert!(matches!(c.recv().await, Some(Packet::PubAck(_))));
+    }
+}
+
+/// The next PUBLISH on `c` within `wait`, acknowledged if it is QoS 1; `None` if none came.
+async fn next(c: &mut RawClient, wait: Duration) -> Option<m2m_codec::Publish> {
+    let p = match tokio::time::timeout(wait, c.recv()).await {
+        Ok(Some(Packet::Publish(p))) => p,
+        Ok(other) => panic!("expected PUBLISH, got {other:?}"),
+        Err(_) => return None,
+    };
+    if let Some(id) = p.packet_id {
+        c.send(&Packet::PubAck(m2m_codec::Ack::new(id))).await;
+    }
+    Some(p)
+}
+
+/// Publishes `probe` on `from` until `to` (subscribed to it) receives one: the mesh has propagated
+/// the subscription. Then reads what is left of the probes.
+async fn until_routed(from: &mut RawClient, to: &mut RawClient, probe: &str) {
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        publish(from, probe, QoS::AtMostOnce, 0, "probe", PublishProperties::default()).await;
+        if next(to, Duration::from_millis(200)).await.is_some() {
+            break;
+        }
+        assert!(Instant::now() < deadline, "{probe} never crossed the mesh");
+    }
+    while next(to, Duration::from_millis(300)).await.is_some() {}
+}
+
+#[tokio::test]
+async fn a_message_published_on_a_reaches_c_through_b_once_with_its_properties() {
+    let dir = TempDir::new("mesh-line");
+    let (pa, pb) = (free_port(), free_port());
+    let a = node(&dir, "a", pa, &[]).await;
+    let b = node(&dir, "b", pb, &[pa]).await;
+    let c = node(&dir, "c", free_port(), &[pb]).await;
+
+    let mut sub_c = client(&c, "sub-c").await;
+    raw_subscribe(&mut sub_c, 1, &[("plant/#", QoS::AtLeastOnce), ("probe/c", QoS::AtMostOnce)]).await;
+    // An overlapping filter on the same node: still one copy per message.
+    raw_subscribe(&mut sub_c, 2, &[("plant/+/temp", QoS::AtLeastOnce)]).await;
+    let mut sub_b = client(&b, "sub-b").await;
+    raw_subscribe(&mut sub_b, 1, &[("office/#", QoS::AtMostOnce)]).await;
+    let mut pub_a = client(&a, "pub-a").await;
+    until_routed(&mut pub_a, &mut sub_c, "probe/c").await;
+
+    let props = PublishProperties {
+        content_type: Some("application/json".into()),
+        response_topic: Some("plant/1/reply".into()),
+        correlation_data: Some(Bytes::from_static(b"req-7")),
+        user_properties: vec![("site".into(), "north".into()), ("site".into(), "south".into())],
+        message_expiry_interval: Some(3600),
+        payload_format_indicator: Some(true),
+        ..PublishProperties::default()
+    };
+    publish(&mut pub_a, "plant/1/temp", QoS::AtLeastOnce, 1, "{\"t\":21.5}", props.clone()).await;
+    let got = next(&mut sub_c, Duration::from_secs(10)).await.expect("the message reached C");
+    assert_eq!(
+        (&*got.topic, &got.payload[..], got.qos),
+        ("plant/1/temp", &b"{\"t\":21.5}"[..], QoS::AtLeastOnce)
+    );
+    assert_eq!(got.properties.content_type, props.content_type);
+    assert_eq!(got.properties.response_topic, props.response_topic);
+    assert_eq!(got.properties.correlation_data, props.correlation_data);
+    assert_eq!(got.properties.user_properties, props.user_properties);
+    assert_eq!(got.properties.payload_format_indicator, Some(true));
+    let left = got.properties.message_expiry_interval.unwrap();
+    assert!((3590..=3600).contains(&left), "expiry reduced by the time spent: {left}");
+
+    for i in 0..50 {
+        let qos = if i % 2 == 0 { QoS::AtMostOnce } else { QoS::AtLeastOnce };
+        publish(
+            &mut pub_a,
+            &format!("plant/{i}/temp"),
+            qos,
+            100 + i,
+            &i.to_string(),
+            PublishProperties::default(),
+        )
+        .await;
+    }
+    let mut payloads = Vec::new();
+    while let Some(p) = next(&mut sub_c, Duration::from_secs(2)).await {
+        payloads.push(String::from_utf8(p.payload.to_vec()).unwrap());
+    }
+    let expected: Vec<String> = (0..50).map(|i| i.to_string()).collect();
+    assert_eq!(payloads, expected, "each message once, in order");
+    assert!(next(&mut sub_b, Duration::from_millis(300)).await.is_none(), "B's subscriber wants none of it");
+}
+
+#[tokio::test]
+async fn in_a_triangle_no_message_loops_or_arrives_twice() {
+    let dir = TempDir::new("mesh-triangle");
+    let (pa, pb) = (free_port(), free_port());
+    let a = node(&dir, "a", pa, &[]).await;
+    let b = node(&dir, "b", pb, &[pa]).await;
+    let c = node(&dir, "c", free_port(), &[pa, pb]).await;
+
+    let mut subs = Vec::new();
+    for (n, name) in [(&a, "a"), (&b, "b"), (&c, "c")] {
+        let mut s = client(n, &format!("sub-{name}")).await;
+        raw_subscribe(
+            &mut s,
+            1,
+            &[("line/#", QoS::AtLeastOnce), (&format!("probe/{name}"), QoS::AtMostOnce)],
+        )
+        .await;
+        subs.push(s);
+    }
+    let mut pub_a = client(&a, "pub-a").await;
+    let mut pub_c = client(&c, "pub-c").await;
+    for (i, name) in ["b", "c"].into_iter().enumerate() {
+        until_routed(&mut pub_a, &mut subs[i + 1], &format!("probe/{name}")).await;
+    }
+    until_routed(&mut pub_c, &mut subs[0], "probe/a").await;
+
+    for i in 0..20u16 {
+        publish(
+            &mut pub_a,
+            "line/a",
+            QoS::AtLeastOnce,
+            i + 1,
+            &format!("a{i}"),
+            PublishProperties::default(),
+        )
+        .await;
+        publish(
+            &mut pub_c,
+            "line/c",
+            QoS::AtLeastOnce,
+            i + 1,
+            &format!("c{i}"),
+            PublishProperties::default(),
+        )
+        .await;
+    }
+    for (name, s) in ["a", "b", "c"].iter().zip(subs.iter_mut()) {
+        let mut got = Vec::new();
+        while let Some(p) = next(s, Duration::from_secs(2)).await {
+            got.push(String::from_utf8(p.payload.to_vec()).unwrap());
+        }
+        let from_a: Vec<_> = got.iter().filter(|p| p.starts_with('a')).cloned().collect();
+        let from_c: Vec<_> = got.iter().filter(|p| p.starts_with('c')).cloned().collect();
+        assert_eq!(from_a, (0..20).map(|i| format!("a{i}")).collect::<Vec<_>>(), "on {name}");
+        assert_eq!(from_c, (0..20).map(|i| format!("c{i}")).collect::<Vec<_>>(), "on {name}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn garbage_on_the_mesh_key_space_is_dropped_and_the_link_keeps_working() {
+    let dir = TempDir::new("mesh-garbage");
+    let pa = free_port();
+    let a = node(&dir, "a", pa, &[]).await;
+    let b = node(&dir, "b", free_port(), &[pa]).await;
+    let mut sub_b = client(&b, "sub-b").await;
+    raw_subscribe(&mut sub_b, 1, &[("plant/#", QoS::AtMostOnce), ("probe/b", QoS::AtMostOnce)]).await;
+    let mut pub_a = client(&a, "pub-a").await;
+    until_routed(&mut pub_a, &mut sub_b, "probe/b").await;
+
+    // A foreign zenoh peer puts frames that are not ours on the keys B subscribes to.
+    let config = format!(
+        r#"{{"mode": "peer", "connect": {{"endpoints": ["tcp/127.0.0.1:{pa}"]}}, "listen": {{"endpoints": []}},
+            "scouting": {{"multicast": {{"enabled": false}}, "gossip": {{"enabled": false}}}}}}"#
+    );
+    let rogue = zenoh::open(zenoh::Config::from_json5(&config).unwrap()).await.unwrap();
+    for garbage in [&b""[..], b"\x01", b"\x09garbage", &[1, 3, 0, 200][..]] {
+        rogue.put("m2m/t/plant/1/temp", garbage.to_vec()).await.unwrap();
+    }
+    publish(&mut pub_a, "plant/1/temp", QoS::AtMostOnce, 0, "real", PublishProperties::default()).await;
+    let p = next(&mut sub_b, Duration::from_secs(5)).await.unwrap();
+    assert_eq!(&p.payload[..], b"real", "only the real message arrives");
+    assert!(next(&mut sub_b, Duration::from_millis(300)).await.is_none());
+    rogue.close().await.unwrap();
+}
