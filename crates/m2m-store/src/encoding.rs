@@ -682,6 +682,7 @@ mod tests {
             },
             expires_at: Some(clock.now + Duration::from_secs(60)),
             publisher: Some("pub-1".into()),
+            origin: None,
         }
     }
 

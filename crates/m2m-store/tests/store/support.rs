@@ -64,6 +64,7 @@ pub(crate) fn full_message(t: &str, now: Instant, expires_in: Duration) -> Messa
         },
         expires_at: Some(now + expires_in),
         publisher: Some("publisher-1".into()),
+        origin: None,
     }
 }
 
