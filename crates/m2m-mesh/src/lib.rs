@@ -8,6 +8,8 @@
 
 pub mod keyexpr;
 mod mesh;
+mod outbox;
 pub mod wire;
 
 pub use mesh::{guarded, Mesh, MeshConfig, MeshError, MeshStats, DATA_PREFIX, NODE_PREFIX};
+pub use outbox::{OutboxStats, ACK_PREFIX, INTEREST_PREFIX, OUT_PREFIX, RESEND_AFTER, WINDOW};

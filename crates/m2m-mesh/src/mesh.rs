@@ -32,6 +32,7 @@ use zenoh::sample::Sample;
 use zenoh::Session;
 
 use crate::keyexpr::{filter_to_key, topic_to_key};
+use crate::outbox::Reliable;
 use crate::wire::{self, Stamp};
 
 /// The key space of MQTT messages: `m2m/t/<escaped topic>`.
@@ -50,11 +51,20 @@ pub struct MeshConfig {
     pub connect: Vec<String>,
     /// Messages waiting to go out, and to come in, at most; beyond, QoS 0 is dropped and counted.
     pub queue: usize,
+    /// Messages kept for one unreachable node at most (QoS 1 and 2); beyond, new ones for it are
+    /// dropped and counted.
+    pub outbox_limit: u64,
 }
 
 impl Default for MeshConfig {
     fn default() -> Self {
-        Self { node_id: String::new(), listen: Vec::new(), connect: Vec::new(), queue: 65_536 }
+        Self {
+            node_id: String::new(),
+            listen: Vec::new(),
+            connect: Vec::new(),
+            queue: 65_536,
+            outbox_limit: 10_000_000,
+        }
     }
 }
 
@@ -108,7 +118,9 @@ struct Inner {
     out_rx: Mutex<Option<mpsc::Receiver<Arc<Message>>>>,
     in_tx: mpsc::Sender<Message>,
     in_rx: Mutex<Option<mpsc::Receiver<Message>>>,
-    stats: MeshStats,
+    stats: Arc<MeshStats>,
+    /// QoS 1 and 2 through durable outboxes, once started on a node with a store.
+    reliable: OnceLock<Arc<Reliable>>,
     /// The highest frame number seen per (origin, run).
     seen: Mutex<HashMap<(Arc<str>, u64), u64>>,
     session: OnceLock<Session>,
@@ -161,7 +173,8 @@ impl Mesh {
                 out_rx: Mutex::new(Some(out_rx)),
                 in_tx,
                 in_rx: Mutex::new(Some(in_rx)),
-                stats: MeshStats::default(),
+                stats: Arc::new(MeshStats::default()),
+                reliable: OnceLock::new(),
                 seen: Mutex::new(HashMap::new()),
                 session: OnceLock::new(),
                 token: OnceLock::new(),
@@ -191,7 +204,11 @@ impl Mesh {
     ///
     /// # Errors
     /// [`MeshError::Zenoh`] when zenoh cannot open (a listen endpoint in use, say).
-    pub async fn start(&self, router: RouterHandle) -> Result<(), MeshError> {
+    pub async fn start(
+        &self,
+        router: RouterHandle,
+        store: Option<m2m_store::Store>,
+    ) -> Result<(), MeshError> {
         let inner = &self.inner;
         let config = serde_json::json!({
             "mode": "router",
@@ -212,6 +229,20 @@ impl Mesh {
             session.liveliness().declare_token(token).await.map_err(|e| MeshError::Zenoh(e.to_string()))?;
         let _ = inner.token.set(token);
         let session = inner.session.get_or_init(|| session).clone();
+        if let Some(store) = store {
+            let reliable = Reliable::start(
+                inner.node_id.clone(),
+                inner.boot,
+                store,
+                session.clone(),
+                router.clone(),
+                inner.config.outbox_limit.max(1),
+                inner.stats.clone(),
+            )
+            .await
+            .map_err(MeshError::Zenoh)?;
+            let _ = inner.reliable.set(reliable);
+        }
         info!(node = %inner.node_id, listen = ?inner.config.listen, connect = ?inner.config.connect, "mesh started");
 
         let out_rx = inner.out_rx.lock().unwrap_or_else(PoisonError::into_inner).take();
@@ -267,6 +298,12 @@ impl Tap for Mesh {
         if message.origin.is_some() || message.topic.as_str().starts_with('$') {
             return;
         }
+        if message.qos != QoS::AtMostOnce {
+            if let Some(reliable) = self.inner.reliable.get() {
+                reliable.enqueue(message);
+                return;
+            }
+        }
         if self.inner.out_tx.try_send(message.clone()).is_err() {
             self.inner.stats.dropped_out.fetch_add(1, Ordering::Relaxed);
         }
@@ -275,6 +312,12 @@ impl Tap for Mesh {
     fn sys_values(&self, out: &mut Vec<(&'static str, String)>) {
         let s = &self.inner.stats;
         out.push(("mesh/sent", s.sent.load(Ordering::Relaxed).to_string()));
+        if let Some(r) = self.inner.reliable.get() {
+            let backlog: u64 = r.backlogs().iter().map(|b| b.1).sum();
+            out.push(("mesh/outbox/backlog", backlog.to_string()));
+            out.push(("mesh/outbox/acknowledged", r.stats.acknowledged.load(Ordering::Relaxed).to_string()));
+            out.push(("mesh/outbox/overflow", r.stats.overflow.load(Ordering::Relaxed).to_string()));
+        }
         out.push(("mesh/received", s.received.load(Ordering::Relaxed).to_string()));
         out.push((
             "mesh/dropped",
@@ -341,6 +384,10 @@ async fn follow_interest(inner: Arc<Inner>, session: Session) {
                 }
                 Err(e) => error!(%filter, error = %e, "mesh subscriber could not be declared"),
             }
+        }
+        if let Some(reliable) = inner.reliable.get() {
+            let (_, filters) = inner.interest.snapshot();
+            reliable.announce(&filters).await;
         }
         inner.interest.changed().await;
     }

@@ -151,6 +151,30 @@ pub fn decode(frame: &[u8], now: Instant) -> Result<(Stamp, Message), Malformed>
     Ok((Stamp { origin, boot, seq }, message))
 }
 
+/// A frame after time spent waiting (in an outbox).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Aged {
+    /// It has no expiry: unchanged.
+    Same,
+    /// Its expiry, reduced by the time spent.
+    Updated(Vec<u8>),
+    /// It expired meanwhile.
+    Expired,
+}
+
+/// `frame` after `spent` waiting: its Message Expiry Interval reduced by that time.
+pub fn age(frame: &[u8], spent: std::time::Duration) -> Aged {
+    if frame.get(1).is_none_or(|flags| flags & EXPIRY == 0) {
+        return Aged::Same;
+    }
+    let now = Instant::now();
+    let Ok((stamp, m)) = decode(frame, now) else { return Aged::Same };
+    match m.expires_at {
+        Some(at) if at <= now + spent => Aged::Expired,
+        _ => Aged::Updated(encode(&m, &stamp, now + spent)),
+    }
+}
+
 fn put_str(out: &mut Vec<u8>, s: &str) {
     put_bytes(out, s.as_bytes());
 }
@@ -246,6 +270,18 @@ mod tests {
         expected.expires_at = back.expires_at;
         expected.origin = back.origin.clone();
         assert_eq!(back, expected);
+    }
+
+    #[test]
+    fn time_spent_waiting_counts_against_the_expiry() {
+        let now = Instant::now();
+        let mut m = Message::new(TopicName::try_from("a").unwrap(), &b"x"[..], QoS::AtLeastOnce, false);
+        assert_eq!(age(&encode(&m, &stamp(), now), Duration::from_secs(99)), Aged::Same);
+        m.expires_at = Some(now + Duration::from_secs(60));
+        let frame = encode(&m, &stamp(), now);
+        let Aged::Updated(aged) = age(&frame, Duration::from_secs(45)) else { panic!("not updated") };
+        assert_eq!(decode(&aged, now).unwrap().1.properties.message_expiry_interval, Some(15));
+        assert_eq!(age(&frame, Duration::from_secs(61)), Aged::Expired);
     }
 
     #[test]

@@ -44,12 +44,14 @@ pub(crate) enum Ks {
     Quarantine,
     Audit,
     Rules,
+    Outbox,
+    Mesh,
 }
 
 impl Ks {
     /// Every keyspace, in the order they were introduced: the engine numbers its directories in the
     /// order keyspaces are first created, so new ones go at the end.
-    pub(crate) const ALL: [Ks; 12] = [
+    pub(crate) const ALL: [Ks; 14] = [
         Ks::Meta,
         Ks::Sessions,
         Ks::Deliveries,
@@ -62,6 +64,8 @@ impl Ks {
         Ks::Quarantine,
         Ks::Audit,
         Ks::Rules,
+        Ks::Outbox,
+        Ks::Mesh,
     ];
 
     pub(crate) fn name(self) -> &'static str {
@@ -78,6 +82,8 @@ impl Ks {
             Ks::Quarantine => "quarantine",
             Ks::Audit => "audit",
             Ks::Rules => "rules",
+            Ks::Outbox => "outbox",
+            Ks::Mesh => "mesh",
         }
     }
 

@@ -16,6 +16,10 @@ pub enum Table {
     Audit,
     /// Rules of the rules engine, by rule id.
     Rules,
+    /// Messages waiting for another node of the mesh, by node id, run and number.
+    Outbox,
+    /// What the mesh remembers of other nodes: their filters, what was received from them.
+    Mesh,
 }
 
 impl Table {
@@ -26,6 +30,8 @@ impl Table {
             Table::Quarantine => Ks::Quarantine,
             Table::Audit => Ks::Audit,
             Table::Rules => Ks::Rules,
+            Table::Outbox => Ks::Outbox,
+            Table::Mesh => Ks::Mesh,
         }
     }
 }

@@ -41,12 +41,20 @@ pub(crate) struct MeshSection {
     pub(crate) connect: Vec<String>,
     /// Messages waiting to go out or come in at most; beyond, QoS 0 is dropped and counted.
     pub(crate) queue: usize,
+    /// QoS 1 and 2 messages kept for one unreachable node at most.
+    pub(crate) outbox_limit: u64,
 }
 
 impl Default for MeshSection {
     fn default() -> Self {
         let d = m2m_mesh::MeshConfig::default();
-        Self { node_id: String::new(), listen: d.listen, connect: d.connect, queue: d.queue }
+        Self {
+            node_id: String::new(),
+            listen: d.listen,
+            connect: d.connect,
+            queue: d.queue,
+            outbox_limit: d.outbox_limit,
+        }
     }
 }
 
@@ -57,14 +65,15 @@ impl MeshSection {
             return Ok(None);
         }
         let node_id = if self.node_id.is_empty() { host_name() } else { self.node_id.clone() };
-        if self.queue == 0 {
-            bail!("invalid mesh settings: mesh.queue must be at least 1");
+        if self.queue == 0 || self.outbox_limit == 0 {
+            bail!("invalid mesh settings: mesh.queue and mesh.outbox_limit must be at least 1");
         }
         Ok(Some(m2m_mesh::MeshConfig {
             node_id,
             listen: self.listen.clone(),
             connect: self.connect.clone(),
             queue: self.queue,
+            outbox_limit: self.outbox_limit,
         }))
     }
 }

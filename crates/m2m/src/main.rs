@@ -184,7 +184,7 @@ fn run_node(args: NodeArgs) -> anyhow::Result<()> {
             engine.attach(broker.router(), broker.access(), broker.history(), broker.store())?;
         }
         if let Some(mesh) = &mesh {
-            mesh.start(broker.router()).await?;
+            mesh.start(broker.router(), broker.store()).await?;
         }
         let http = match file.http.config() {
             Some(config) => {
