@@ -46,12 +46,13 @@ pub(crate) enum Ks {
     Rules,
     Outbox,
     Mesh,
+    Uplink,
 }
 
 impl Ks {
     /// Every keyspace, in the order they were introduced: the engine numbers its directories in the
     /// order keyspaces are first created, so new ones go at the end.
-    pub(crate) const ALL: [Ks; 14] = [
+    pub(crate) const ALL: [Ks; 15] = [
         Ks::Meta,
         Ks::Sessions,
         Ks::Deliveries,
@@ -66,6 +67,7 @@ impl Ks {
         Ks::Rules,
         Ks::Outbox,
         Ks::Mesh,
+        Ks::Uplink,
     ];
 
     pub(crate) fn name(self) -> &'static str {
@@ -84,6 +86,7 @@ impl Ks {
             Ks::Rules => "rules",
             Ks::Outbox => "outbox",
             Ks::Mesh => "mesh",
+            Ks::Uplink => "uplink",
         }
     }
 

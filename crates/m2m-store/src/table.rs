@@ -20,6 +20,8 @@ pub enum Table {
     Outbox,
     /// What the mesh remembers of other nodes: their filters, what was received from them.
     Mesh,
+    /// Messages waiting for an uplink to an external broker, by uplink name and number.
+    Uplink,
 }
 
 impl Table {
@@ -32,6 +34,7 @@ impl Table {
             Table::Rules => Ks::Rules,
             Table::Outbox => Ks::Outbox,
             Table::Mesh => Ks::Mesh,
+            Table::Uplink => Ks::Uplink,
         }
     }
 }

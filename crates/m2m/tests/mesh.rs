@@ -227,3 +227,120 @@ async fn garbage_on_the_mesh_key_space_is_dropped_and_the_link_keeps_working() {
     assert!(next(&mut sub_b, Duration::from_millis(300)).await.is_none());
     rogue.close().await.unwrap();
 }
+
+/// Publishes `count` messages `<tag>-<n>` on `topic` at `rate` per second; returns how many the node
+/// acknowledged (PUBACK, or PUBCOMP for QoS 2).
+async fn paced_publisher(
+    addr: SocketAddr,
+    id: &str,
+    topic: &str,
+    qos: rumqttc::QoS,
+    count: u64,
+    rate: u64,
+) -> u64 {
+    let mut options = rumqttc::MqttOptions::new(id, addr.ip().to_string(), addr.port());
+    options.set_keep_alive(Duration::from_secs(30));
+    let (client, mut eventloop) = rumqttc::AsyncClient::new(options, 256);
+    let (topic, tag) = (topic.to_owned(), id.to_owned());
+    let sender = tokio::spawn(async move {
+        let mut tick = tokio::time::interval(Duration::from_micros(1_000_000 / rate));
+        for n in 0..count {
+            tick.tick().await;
+            client.publish(&topic, qos, false, format!("{tag}-{n}")).await.unwrap();
+        }
+        client
+    });
+    let mut acked = 0;
+    while acked < count {
+        match tokio::time::timeout(Duration::from_secs(30), eventloop.poll()).await {
+            Ok(Ok(rumqttc::Event::Incoming(rumqttc::Packet::PubAck(_) | rumqttc::Packet::PubComp(_)))) => {
+                acked += 1
+            }
+            Ok(Ok(_)) => {}
+            Ok(Err(e)) => panic!("publisher {id}: {e}"),
+            Err(_) => break,
+        }
+    }
+    drop(sender.await);
+    acked
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn messages_published_while_the_middle_node_is_down_all_arrive_and_qos2_once() {
+    let dir = TempDir::new("mesh-partition");
+    let (pa, pb, pc) = (free_port(), free_port(), free_port());
+    let a = node(&dir, "a", pa, &[]).await;
+    let mut b = node(&dir, "b", pb, &[pa]).await;
+    let c = node(&dir, "c", pc, &[pb]).await;
+
+    // A persistent subscriber on C, counting every copy it receives.
+    let mut options = rumqttc::MqttOptions::new("sub-c", c.mqtt.ip().to_string(), c.mqtt.port());
+    options.set_clean_session(false);
+    options.set_keep_alive(Duration::from_secs(30));
+    let (sub, mut events) = rumqttc::AsyncClient::new(options, 1024);
+    sub.subscribe("load/#", rumqttc::QoS::ExactlyOnce).await.unwrap();
+    let (tx, mut received) = tokio::sync::mpsc::unbounded_channel::<String>();
+    let subscriber = tokio::spawn(async move {
+        loop {
+            match events.poll().await {
+                Ok(rumqttc::Event::Incoming(rumqttc::Packet::Publish(p))) => {
+                    let _ = tx.send(String::from_utf8_lossy(&p.payload).into_owned());
+                }
+                Ok(_) => {}
+                Err(_) => tokio::time::sleep(Duration::from_millis(100)).await,
+            }
+        }
+    });
+    // Wait until A knows C's filter and the path works.
+    let mut probe = client(&a, "probe-a").await;
+    let deadline = Instant::now() + Duration::from_secs(20);
+    'routed: loop {
+        publish(&mut probe, "load/probe", QoS::AtLeastOnce, 1, "probe", PublishProperties::default()).await;
+        while let Ok(Some(p)) = tokio::time::timeout(Duration::from_millis(300), received.recv()).await {
+            if p == "probe" {
+                break 'routed;
+            }
+        }
+        assert!(Instant::now() < deadline, "C's subscription never reached A");
+    }
+    while tokio::time::timeout(Duration::from_millis(500), received.recv()).await.is_ok() {}
+
+    // 16 s of load: QoS 1 at 1 000 msg/s and QoS 2 at 250 msg/s; B is down from 3 s to 13 s.
+    let (q1, q2) = (16_000u64, 4_000u64);
+    let p1 = tokio::spawn(paced_publisher(a.mqtt, "q1", "load/q1", rumqttc::QoS::AtLeastOnce, q1, 1000));
+    let p2 = tokio::spawn(paced_publisher(a.mqtt, "q2", "load/q2", rumqttc::QoS::ExactlyOnce, q2, 250));
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    b._process.start_kill().unwrap();
+    b._process.wait().await.unwrap();
+    tokio::time::sleep(Duration::from_secs(10)).await;
+    b = node(&dir, "b", pb, &[pa]).await;
+    assert_eq!(p1.await.unwrap(), q1, "A acknowledged every QoS 1 message");
+    assert_eq!(p2.await.unwrap(), q2, "A acknowledged every QoS 2 message");
+
+    let mut counts: std::collections::HashMap<String, u32> = std::collections::HashMap::new();
+    let all = (q1 + q2) as usize;
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while counts.len() < all && Instant::now() < deadline {
+        if let Ok(Some(p)) = tokio::time::timeout(Duration::from_secs(1), received.recv()).await {
+            if p != "probe" {
+                *counts.entry(p).or_default() += 1;
+            }
+        }
+    }
+    // Anything still on its way would be a duplicate.
+    while let Ok(Some(p)) = tokio::time::timeout(Duration::from_secs(2), received.recv()).await {
+        *counts.entry(p).or_default() += 1;
+    }
+    let missing_q1 = (0..q1).filter(|n| !counts.contains_key(&format!("q1-{n}"))).count();
+    let missing_q2 = (0..q2).filter(|n| !counts.contains_key(&format!("q2-{n}"))).count();
+    let twice_q1 = counts.iter().filter(|(k, n)| k.starts_with("q1-") && **n > 1).count();
+    let twice_q2 = counts.iter().filter(|(k, n)| k.starts_with("q2-") && **n > 1).count();
+    println!(
+        "partition: sent {q1} QoS 1 + {q2} QoS 2; missing {missing_q1} + {missing_q2}; \
+         duplicated {twice_q1} + {twice_q2}"
+    );
+    assert_eq!((missing_q1, missing_q2), (0, 0), "every message arrived");
+    assert_eq!(twice_q2, 0, "no QoS 2 message twice");
+    subscriber.abort();
+    drop(b);
+}
