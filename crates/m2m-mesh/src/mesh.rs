@@ -39,6 +39,23 @@ use crate::wire::{self, Stamp};
 pub const DATA_PREFIX: &str = "m2m/t";
 /// The liveliness token of each node: `m2m/node/<node id>`.
 pub const NODE_PREFIX: &str = "m2m/node";
+/// Retained messages, replicated to every node: `m2m/r/<escaped topic>` (also answered as queries).
+pub const RETAINED_PREFIX: &str = "m2m/r";
+
+/// What goes out: a message by topic (QoS 0, or any QoS without a store), or a retained message to
+/// replicate.
+#[derive(Debug)]
+enum Out {
+    Topic(Arc<Message>),
+    Retained(Arc<Message>),
+}
+
+/// What came in: a message to route, or another node's retained message to keep.
+#[derive(Debug)]
+enum In {
+    Publish(Message),
+    Retain(Message),
+}
 
 /// How a node joins the mesh.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -114,10 +131,10 @@ struct Inner {
     boot: u64,
     seq: AtomicU64,
     interest: Arc<Interest>,
-    out_tx: mpsc::Sender<Arc<Message>>,
-    out_rx: Mutex<Option<mpsc::Receiver<Arc<Message>>>>,
-    in_tx: mpsc::Sender<Message>,
-    in_rx: Mutex<Option<mpsc::Receiver<Message>>>,
+    out_tx: mpsc::Sender<Out>,
+    out_rx: Mutex<Option<mpsc::Receiver<Out>>>,
+    in_tx: mpsc::Sender<In>,
+    in_rx: Mutex<Option<mpsc::Receiver<In>>>,
     stats: Arc<MeshStats>,
     /// QoS 1 and 2 through durable outboxes, once started on a node with a store.
     reliable: OnceLock<Arc<Reliable>>,
@@ -252,9 +269,75 @@ impl Mesh {
             tasks.push(tokio::spawn(outbound(self.inner.clone(), session.clone(), rx)));
         }
         if let Some(rx) = in_rx {
-            tasks.push(tokio::spawn(inbound(self.inner.clone(), router, rx)));
+            tasks.push(tokio::spawn(inbound(self.inner.clone(), router.clone(), rx)));
         }
-        tasks.push(tokio::spawn(follow_interest(self.inner.clone(), session)));
+        tasks.push(tokio::spawn(follow_interest(self.inner.clone(), session.clone())));
+        drop(tasks);
+        self.replicate_retained(&session, router).await?;
+        Ok(())
+    }
+
+    /// Keeps other nodes' retained messages here: live as they are set, and, when a node appears
+    /// (and at start), those this node lacks.
+    async fn replicate_retained(&self, session: &Session, router: RouterHandle) -> Result<(), MeshError> {
+        let zerr = |e: zenoh::Error| MeshError::Zenoh(e.to_string());
+        let inner = self.inner.clone();
+        session
+            .declare_subscriber(format!("{RETAINED_PREFIX}/**"))
+            .callback(move |sample| {
+                guarded(&inner.stats, || {
+                    let Ok((stamp, m)) = wire::decode(&sample.payload().to_bytes(), Instant::now()) else {
+                        inner.stats.malformed.fetch_add(1, Ordering::Relaxed);
+                        return;
+                    };
+                    if stamp.origin != inner.node_id && inner.in_tx.try_send(In::Retain(m)).is_err() {
+                        inner.stats.dropped_in.fetch_add(1, Ordering::Relaxed);
+                    }
+                });
+            })
+            .background()
+            .await
+            .map_err(zerr)?;
+        let (inner, answering) = (self.inner.clone(), router.clone());
+        let runtime = tokio::runtime::Handle::current();
+        session
+            .declare_queryable(format!("{RETAINED_PREFIX}/**"))
+            .callback(move |query| {
+                let (inner, router) = (inner.clone(), answering.clone());
+                runtime.spawn(async move {
+                    let stamp = Stamp { origin: inner.node_id.clone(), boot: inner.boot, seq: 0 };
+                    for m in local_retained(&router).await {
+                        let key = format!("{RETAINED_PREFIX}/{}", topic_to_key(m.topic.as_str()));
+                        let _ = query.reply(key, wire::encode(&m, &stamp, Instant::now())).await;
+                    }
+                });
+            })
+            .background()
+            .await
+            .map_err(zerr)?;
+        let wake = Arc::new(tokio::sync::Notify::new());
+        let on_node = wake.clone();
+        session
+            .liveliness()
+            .declare_subscriber(format!("{NODE_PREFIX}/*"))
+            .callback(move |sample| {
+                if sample.kind() == zenoh::sample::SampleKind::Put {
+                    on_node.notify_one();
+                }
+            })
+            .background()
+            .await
+            .map_err(zerr)?;
+        let (inner, session) = (self.inner.clone(), session.clone());
+        let task = tokio::spawn(async move {
+            loop {
+                sync_retained(&inner, &session, &router).await;
+                wake.notified().await;
+                // Nodes often appear together: one sync for a burst.
+                tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+            }
+        });
+        self.inner.tasks.lock().unwrap_or_else(PoisonError::into_inner).push(task);
         Ok(())
     }
 
@@ -298,13 +381,16 @@ impl Tap for Mesh {
         if message.origin.is_some() || message.topic.as_str().starts_with('$') {
             return;
         }
+        if message.retain && self.inner.out_tx.try_send(Out::Retained(message.clone())).is_err() {
+            self.inner.stats.dropped_out.fetch_add(1, Ordering::Relaxed);
+        }
         if message.qos != QoS::AtMostOnce {
             if let Some(reliable) = self.inner.reliable.get() {
                 reliable.enqueue(message);
                 return;
             }
         }
-        if self.inner.out_tx.try_send(message.clone()).is_err() {
+        if self.inner.out_tx.try_send(Out::Topic(message.clone())).is_err() {
             self.inner.stats.dropped_out.fetch_add(1, Ordering::Relaxed);
         }
     }
@@ -327,16 +413,19 @@ impl Tap for Mesh {
 }
 
 /// Puts each message the node accepted into the mesh, under its topic's key.
-async fn outbound(inner: Arc<Inner>, session: Session, mut rx: mpsc::Receiver<Arc<Message>>) {
+async fn outbound(inner: Arc<Inner>, session: Session, mut rx: mpsc::Receiver<Out>) {
     let mut batch = Vec::with_capacity(256);
     while rx.recv_many(&mut batch, 256).await > 0 {
-        for m in batch.drain(..) {
-            let seq = inner.seq.fetch_add(1, Ordering::Relaxed) + 1;
+        for out in batch.drain(..) {
+            let (m, prefix, congestion) = match out {
+                Out::Topic(m) if m.qos == QoS::AtMostOnce => (m, DATA_PREFIX, CongestionControl::Drop),
+                Out::Topic(m) => (m, DATA_PREFIX, CongestionControl::Block),
+                Out::Retained(m) => (m, RETAINED_PREFIX, CongestionControl::Block),
+            };
+            let seq = if prefix == DATA_PREFIX { inner.seq.fetch_add(1, Ordering::Relaxed) + 1 } else { 0 };
             let stamp = Stamp { origin: inner.node_id.clone(), boot: inner.boot, seq };
             let frame = wire::encode(&m, &stamp, Instant::now());
-            let key = format!("{DATA_PREFIX}/{}", topic_to_key(m.topic.as_str()));
-            let congestion =
-                if m.qos == QoS::AtMostOnce { CongestionControl::Drop } else { CongestionControl::Block };
+            let key = format!("{prefix}/{}", topic_to_key(m.topic.as_str()));
             match session.put(key, frame).congestion_control(congestion).await {
                 Ok(()) => {
                     inner.stats.sent.fetch_add(1, Ordering::Relaxed);
@@ -351,13 +440,18 @@ async fn outbound(inner: Arc<Inner>, session: Session, mut rx: mpsc::Receiver<Ar
 }
 
 /// Hands what the mesh brought to the router, in order.
-async fn inbound(inner: Arc<Inner>, router: RouterHandle, mut rx: mpsc::Receiver<Message>) {
+async fn inbound(inner: Arc<Inner>, router: RouterHandle, mut rx: mpsc::Receiver<In>) {
     while let Some(m) = rx.recv().await {
-        let cmd = Command::Publish { message: Arc::new(m), from: None, ack: None };
+        let cmd = match m {
+            In::Publish(m) => {
+                inner.stats.received.fetch_add(1, Ordering::Relaxed);
+                Command::Publish { message: Arc::new(m), from: None, ack: None }
+            }
+            In::Retain(m) => Command::Retain(Arc::new(m)),
+        };
         if router.send(cmd).await.is_err() {
             break;
         }
-        inner.stats.received.fetch_add(1, Ordering::Relaxed);
     }
 }
 
@@ -393,6 +487,47 @@ async fn follow_interest(inner: Arc<Inner>, session: Session) {
     }
 }
 
+/// This node's retained messages (all topics).
+async fn local_retained(router: &RouterHandle) -> Vec<Arc<Message>> {
+    let Ok(all) = m2m_topic::TopicFilter::try_from("#") else { return Vec::new() };
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    if router.send(Command::Retained { filter: all, reply: tx }).await.is_err() {
+        return Vec::new();
+    }
+    rx.await.unwrap_or_default()
+}
+
+/// Asks every node for its retained messages and keeps those whose topic this node has none for.
+async fn sync_retained(inner: &Inner, session: &Session, router: &RouterHandle) {
+    let have: std::collections::HashSet<String> =
+        local_retained(router).await.iter().map(|m| m.topic.as_str().to_owned()).collect();
+    let replies = session
+        .get(format!("{RETAINED_PREFIX}/**"))
+        .target(zenoh::query::QueryTarget::All)
+        .consolidation(zenoh::query::ConsolidationMode::None)
+        .timeout(std::time::Duration::from_secs(3))
+        .await;
+    let Ok(replies) = replies else { return };
+    let mut kept = std::collections::HashSet::new();
+    while let Ok(reply) = replies.recv_async().await {
+        let Ok(sample) = reply.result() else { continue };
+        let Ok((stamp, m)) = wire::decode(&sample.payload().to_bytes(), Instant::now()) else {
+            inner.stats.malformed.fetch_add(1, Ordering::Relaxed);
+            continue;
+        };
+        let topic = m.topic.as_str().to_owned();
+        if stamp.origin == inner.node_id || have.contains(&topic) || !kept.insert(topic) {
+            continue;
+        }
+        if router.send(Command::Retain(Arc::new(m))).await.is_err() {
+            return;
+        }
+    }
+    if !kept.is_empty() {
+        debug!(count = kept.len(), "retained messages of other nodes kept");
+    }
+}
+
 /// Runs `f`, catching a panic (counted in `stats.panics` and logged) so that it never unwinds into
 /// zenoh.
 pub fn guarded(stats: &MeshStats, f: impl FnOnce()) {
@@ -424,7 +559,7 @@ fn receive(inner: &Inner, sample: &Sample) {
         }
         *last = stamp.seq;
     }
-    if inner.in_tx.try_send(message).is_err() {
+    if inner.in_tx.try_send(In::Publish(message)).is_err() {
         inner.stats.dropped_in.fetch_add(1, Ordering::Relaxed);
     }
 }

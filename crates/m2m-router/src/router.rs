@@ -9,7 +9,7 @@ use std::time::{Duration, Instant, SystemTime};
 use m2m_codec::{Packet, PacketId, QoS, ReasonCode, RetainHandling};
 use m2m_session::{Action, Delivery, Limits, Message, Persist, Session, SubscribeRequest, SubscriptionEntry};
 use m2m_store::{unix_ms, Batch, Phase, Recovered, SessionRecord, Store, WillRecord};
-use m2m_topic::{Match, SharedGroupId, Subscription, SubscriptionTrie, TopicName, TopicTree};
+use m2m_topic::{Match, SharedGroupId, Subscription, SubscriptionTrie, TopicFilter, TopicName, TopicTree};
 use tokio::sync::{mpsc, oneshot, Notify};
 use tracing::{debug, error, info, trace};
 
@@ -368,6 +368,16 @@ pub enum Command {
     Disconnected(Box<Disconnected>),
     /// Reports counts for `$SYS` and the API.
     Stats(oneshot::Sender<RouterStats>),
+    /// Keeps a retained message that came from another node (an empty payload removes the topic's),
+    /// without delivering it: subscribers got it, if they wanted it, on its way.
+    Retain(Arc<Message>),
+    /// Answers the retained messages matching a filter (not expired).
+    Retained {
+        /// The filter.
+        filter: TopicFilter,
+        /// Where the answer goes.
+        reply: oneshot::Sender<Vec<Arc<Message>>>,
+    },
     /// Stops the router after the commands before it; sent by the node once its connections ended.
     Stop,
 }
@@ -730,6 +740,16 @@ impl Router {
         match cmd {
             Command::Connect(req) => self.connect(*req, now),
             Command::Publish { message, from, ack } => self.publish(message, from, ack, now),
+            Command::Retain(message) => self.retain_only(&message, now),
+            Command::Retained { filter, reply } => {
+                let mut found = Vec::new();
+                self.retained.match_filter(&filter, |_, m| {
+                    if !m.is_expired(now) {
+                        found.push(m.clone());
+                    }
+                });
+                let _ = reply.send(found);
+            }
             Command::Drained { key } => self.drained(key),
             Command::Subscribe { key, requests } => self.subscribe(key, requests, now),
             Command::Unsubscribe { key, subscriptions } => {
@@ -1341,6 +1361,24 @@ impl Router {
         if !reports.is_empty() {
             let client_id = client.client_id.clone();
             self.write_persist(&client_id, &reports);
+        }
+    }
+
+    fn retain_only(&mut self, message: &Arc<Message>, now: Instant) {
+        if message.topic.is_sys() {
+            return;
+        }
+        self.write(|b| {
+            if message.payload.is_empty() {
+                b.remove_retained(message.topic.as_str());
+            } else {
+                b.put_retained(message, now);
+            }
+        });
+        if message.payload.is_empty() {
+            self.retained.remove(&message.topic);
+        } else {
+            self.retained.insert(&message.topic, message.clone());
         }
     }
 

@@ -344,3 +344,52 @@ async fn messages_published_while_the_middle_node_is_down_all_arrive_and_qos2_on
     subscriber.abort();
     drop(b);
 }
+
+/// Subscribes a fresh client on `node` to `filter` until a retained message arrives (or `wait`
+/// passes); returns its payload.
+async fn retained_on(node: &Node, filter: &str, wait: Duration) -> Option<String> {
+    let deadline = Instant::now() + wait;
+    let mut n = 0;
+    loop {
+        n += 1;
+        let mut c = client(node, &format!("look-{n}")).await;
+        raw_subscribe(&mut c, 1, &[(filter, QoS::AtMostOnce)]).await;
+        if let Some(p) = next(&mut c, Duration::from_millis(300)).await {
+            assert!(p.retain, "a retained message is sent with RETAIN");
+            return Some(String::from_utf8(p.payload.to_vec()).unwrap());
+        }
+        if Instant::now() >= deadline {
+            return None;
+        }
+    }
+}
+
+#[tokio::test]
+async fn a_new_subscriber_on_any_node_gets_the_retained_messages_of_the_mesh() {
+    let dir = TempDir::new("mesh-retained");
+    let pa = free_port();
+    let a = node(&dir, "a", pa, &[]).await;
+    let b = node(&dir, "b", free_port(), &[pa]).await;
+    let mut pub_a = client(&a, "pub-a").await;
+    let mut p = raw_publish("state/lamp/1", QoS::AtLeastOnce, Some(1), b"on");
+    p.retain = true;
+    pub_a.send(&Packet::Publish(p)).await;
+    assert!(matches!(pub_a.recv().await, Some(Packet::PubAck(_))));
+    assert_eq!(retained_on(&b, "state/#", Duration::from_secs(15)).await.as_deref(), Some("on"));
+
+    // A node joining later gets it too, from the others.
+    let c = node(&dir, "c", free_port(), &[pa]).await;
+    assert_eq!(retained_on(&c, "state/+/1", Duration::from_secs(15)).await.as_deref(), Some("on"));
+
+    // Cleared on A: cleared everywhere.
+    let mut clear = raw_publish("state/lamp/1", QoS::AtLeastOnce, Some(2), b"");
+    clear.retain = true;
+    pub_a.send(&Packet::Publish(clear)).await;
+    assert!(matches!(pub_a.recv().await, Some(Packet::PubAck(_))));
+    let deadline = Instant::now() + Duration::from_secs(15);
+    for (name, n) in [("B", &b), ("C", &c)] {
+        while retained_on(n, "state/#", Duration::ZERO).await.is_some() {
+            assert!(Instant::now() < deadline, "the retained message was not cleared on {name}");
+        }
+    }
+}
