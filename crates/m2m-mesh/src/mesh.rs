@@ -264,15 +264,14 @@ impl Mesh {
 
         let out_rx = inner.out_rx.lock().unwrap_or_else(PoisonError::into_inner).take();
         let in_rx = inner.in_rx.lock().unwrap_or_else(PoisonError::into_inner).take();
-        let mut tasks = inner.tasks.lock().unwrap_or_else(PoisonError::into_inner);
+        let mut spawned = vec![tokio::spawn(follow_interest(self.inner.clone(), session.clone()))];
         if let Some(rx) = out_rx {
-            tasks.push(tokio::spawn(outbound(self.inner.clone(), session.clone(), rx)));
+            spawned.push(tokio::spawn(outbound(self.inner.clone(), session.clone(), rx)));
         }
         if let Some(rx) = in_rx {
-            tasks.push(tokio::spawn(inbound(self.inner.clone(), router.clone(), rx)));
+            spawned.push(tokio::spawn(inbound(self.inner.clone(), router.clone(), rx)));
         }
-        tasks.push(tokio::spawn(follow_interest(self.inner.clone(), session.clone())));
-        drop(tasks);
+        inner.tasks.lock().unwrap_or_else(PoisonError::into_inner).extend(spawned);
         self.replicate_retained(&session, router).await?;
         Ok(())
     }
