@@ -28,6 +28,7 @@
 //! | `GET /api/v1/history?filter=F&from=T&to=T&limit=N&order=asc\|desc&cursor=C&field=P` | 200 | `{points: [point], next: cursor\|null, gaps: [{from, to, dropped}]}`, streamed |
 //! | `GET /api/v1/history/aggregate?filter=F&from=T&to=T&field=P&bucket=D&agg=avg,max` | 200 | `{series: [{topic, skipped, buckets: [{start, start_us, count, avg?, ...}]}]}` |
 //! | `GET /api/v1/latest?filter=F&field=P` | 200 | `{values: [point]}`: the last message of each topic |
+//! | `GET /api/v1/mesh` | 200 | the mesh as this node sees it: other nodes, reachable, round trips, backlogs, filters |
 //! | `GET /api/v1/topics?filter=F` | 200 | `{topics: [{topic, messages, first, last, first_us, last_us}]}` |
 //! | `GET /api/v1/rules` | 200 | array of rules, each with `state` and `metrics` |
 //! | `POST /api/v1/rules` | 201 | `{id, sql, actions?, enabled?, description?, window?, silence?}` → the rule |
@@ -99,6 +100,7 @@ use axum::Router;
 use m2m_broker::AccessControl;
 use m2m_engine::Engine;
 use m2m_history::History;
+use m2m_mesh::Mesh;
 use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
@@ -110,6 +112,7 @@ mod error;
 mod extract;
 mod groups;
 mod history;
+mod mesh;
 mod openapi;
 mod quarantine;
 mod rules;
@@ -170,6 +173,28 @@ pub(crate) struct ApiState {
     pub(crate) history: Option<History>,
     /// The node's rules engine; `None` when it runs none (the rules routes answer 404).
     pub(crate) engine: Option<Engine>,
+    /// The node's place in a mesh; `None` when it is on its own (the mesh route answers 404).
+    pub(crate) mesh: Option<Mesh>,
+}
+
+/// The parts of a running node the API reaches.
+#[derive(Debug, Clone)]
+pub struct NodeParts {
+    /// Devices, groups, quarantine and the audit log.
+    pub access: Arc<AccessControl>,
+    /// The history; `None`: the node keeps none.
+    pub history: Option<History>,
+    /// The rules engine; `None`: the node runs no rules.
+    pub engine: Option<Engine>,
+    /// The mesh; `None`: the node is on its own.
+    pub mesh: Option<Mesh>,
+}
+
+impl NodeParts {
+    /// A node with access control only: no history, no rules, no mesh.
+    pub fn new(access: Arc<AccessControl>) -> Self {
+        Self { access, history: None, engine: None, mesh: None }
+    }
 }
 
 /// How many passwords are hashed at once, at most (argon2id takes 19 MiB and tens of milliseconds
@@ -182,12 +207,8 @@ pub(crate) const CONCURRENT_HASHES: usize = 2;
 /// Without a token, a request is served only if the connection's address is known to be loopback:
 /// serve the router with `into_make_service_with_connect_info::<SocketAddr>()`, as
 /// [`HttpServer::run`] does, or every request gets 403.
-pub fn router(
-    access: Arc<AccessControl>,
-    history: Option<History>,
-    engine: Option<Engine>,
-    token: Option<&str>,
-) -> Router {
+pub fn router(parts: NodeParts, token: Option<&str>) -> Router {
+    let NodeParts { access, history, engine, mesh } = parts;
     let gate = Arc::new(Gate::new(token));
     Router::new()
         .route("/api/v1/devices", get(devices::list).post(devices::create))
@@ -220,6 +241,7 @@ pub fn router(
         .route("/api/v1/rules/{id}", get(rules::show).put(rules::put).delete(rules::remove))
         .route("/api/v1/rules/{id}/enable", post(rules::enable))
         .route("/api/v1/rules/{id}/disable", post(rules::disable))
+        .route("/api/v1/mesh", get(mesh::status))
         .route("/api/v1/openapi.json", get(openapi::document))
         .fallback(no_route)
         .method_not_allowed_fallback(no_method)
@@ -230,6 +252,7 @@ pub fn router(
             hashing: Arc::new(Semaphore::new(CONCURRENT_HASHES)),
             history,
             engine,
+            mesh,
         })
 }
 
@@ -275,12 +298,7 @@ impl HttpServer {
     /// # Errors
     /// [`HttpError::EmptyToken`] for an empty token; [`HttpError::Bind`] when the address cannot be
     /// bound.
-    pub async fn bind(
-        config: &HttpConfig,
-        access: Arc<AccessControl>,
-        history: Option<History>,
-        engine: Option<Engine>,
-    ) -> Result<Self> {
+    pub async fn bind(config: &HttpConfig, parts: NodeParts) -> Result<Self> {
         if config.token.as_deref().is_some_and(str::is_empty) {
             return Err(HttpError::EmptyToken);
         }
@@ -290,7 +308,7 @@ impl HttpServer {
         if config.token.is_none() && !addr.ip().to_canonical().is_loopback() {
             warn!(%local_addr, "HTTP API without a token: only clients on loopback addresses are served");
         }
-        Ok(Self { listener, local_addr, router: router(access, history, engine, config.token.as_deref()) })
+        Ok(Self { listener, local_addr, router: router(parts, config.token.as_deref()) })
     }
 
     /// The address the server is bound to (with the real port when port 0 was asked for).
@@ -324,12 +342,6 @@ impl HttpServer {
 ///
 /// # Errors
 /// As [`HttpServer::bind`] and [`HttpServer::run`].
-pub async fn serve(
-    config: HttpConfig,
-    access: Arc<AccessControl>,
-    history: Option<History>,
-    engine: Option<Engine>,
-    shutdown: CancellationToken,
-) -> Result<()> {
-    HttpServer::bind(&config, access, history, engine).await?.run(shutdown).await
+pub async fn serve(config: HttpConfig, parts: NodeParts, shutdown: CancellationToken) -> Result<()> {
+    HttpServer::bind(&config, parts).await?.run(shutdown).await
 }

@@ -7,7 +7,7 @@ use axum::http::{header, HeaderValue};
 use axum::response::{IntoResponse, Response};
 use utoipa::OpenApi;
 
-use crate::{devices, groups, history, quarantine, rules};
+use crate::{devices, groups, history, mesh, quarantine, rules};
 
 /// The document's description of the API.
 #[derive(OpenApi)]
@@ -46,6 +46,7 @@ use crate::{devices, groups, history, quarantine, rules};
         rules::enable,
         rules::disable,
         rules::test,
+        mesh::status,
         document,
     ),
     tags(
@@ -54,6 +55,7 @@ use crate::{devices, groups, history, quarantine, rules};
         (name = "groups", description = "Groups of devices and their access rules"),
         (name = "quarantine", description = "Banned and isolated clients, and the audit log"),
         (name = "rules", description = "Rules: SQL over messages and client events, and their actions"),
+        (name = "mesh", description = "This node in a mesh of nodes"),
         (name = "meta", description = "This document"),
     )
 )]

@@ -10,7 +10,7 @@ use hyper::Request;
 use hyper_util::rt::TokioIo;
 use m2m_broker::{Broker, Config};
 use m2m_codec::ReasonCode;
-use m2m_http::{HttpConfig, HttpServer, BODY_LIMIT};
+use m2m_http::{HttpConfig, HttpServer, NodeParts, BODY_LIMIT};
 use m2m_test::{raw_connect, v5_connect, within, TempDir};
 use serde_json::{json, Value};
 use tokio::net::TcpStream;
@@ -40,7 +40,7 @@ impl Node {
         let (mqtt, access) = (broker.local_addr(), broker.access());
         let http_config =
             HttpConfig { listen: SocketAddr::from(([127, 0, 0, 1], 0)), token: token.map(str::to_owned) };
-        let server = HttpServer::bind(&http_config, access, None, None).await.expect("bind the HTTP API");
+        let server = HttpServer::bind(&http_config, NodeParts::new(access)).await.expect("bind the HTTP API");
         let http = server.local_addr();
         let shutdown = CancellationToken::new();
         let broker = tokio::spawn(broker.run(shutdown.clone()));
@@ -437,7 +437,7 @@ async fn an_empty_token_is_refused_at_bind() {
     let broker = Broker::bind(&config).await.expect("bind the broker");
     let http_config =
         HttpConfig { listen: SocketAddr::from(([127, 0, 0, 1], 0)), token: Some(String::new()) };
-    let refused = HttpServer::bind(&http_config, broker.access(), None, None).await;
+    let refused = HttpServer::bind(&http_config, NodeParts::new(broker.access())).await;
     assert!(matches!(refused, Err(m2m_http::HttpError::EmptyToken)), "{refused:?}");
     assert!(!format!("{:?}", HttpConfig { token: Some("s3cret".into()), ..HttpConfig::default() })
         .contains("s3cret"));

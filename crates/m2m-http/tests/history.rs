@@ -15,7 +15,7 @@ use hyper::Request;
 use hyper_util::rt::TokioIo;
 use m2m_broker::{Broker, Config};
 use m2m_history::{History, HistoryConfig};
-use m2m_http::{HttpConfig, HttpServer};
+use m2m_http::{HttpConfig, HttpServer, NodeParts};
 use m2m_router::Tap;
 use m2m_test::{within, TempDir};
 use rumqttc::v5::mqttbytes::v5::{Packet, PublishProperties};
@@ -48,7 +48,9 @@ impl Node {
         let (mqtt, access, history) = (broker.local_addr(), broker.access(), broker.history());
         let http_config = HttpConfig { listen: SocketAddr::from(([127, 0, 0, 1], 0)), token: None };
         let server =
-            HttpServer::bind(&http_config, access, history.clone(), None).await.expect("bind the HTTP API");
+            HttpServer::bind(&http_config, NodeParts { history: history.clone(), ..NodeParts::new(access) })
+                .await
+                .expect("bind the HTTP API");
         let http = server.local_addr();
         let shutdown = CancellationToken::new();
         let broker = tokio::spawn(broker.run(shutdown.clone()));

@@ -14,7 +14,7 @@ use hyper::Request;
 use hyper_util::rt::TokioIo;
 use m2m_broker::{Broker, Config};
 use m2m_engine::{Engine, EngineConfig};
-use m2m_http::{HttpConfig, HttpServer};
+use m2m_http::{HttpConfig, HttpServer, NodeParts};
 use m2m_test::{within, TempDir};
 use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS};
 use serde_json::{json, Value};
@@ -57,9 +57,16 @@ impl Node {
         }
         let mqtt = broker.local_addr();
         let http_config = HttpConfig { listen: SocketAddr::from(([127, 0, 0, 1], 0)), token: None };
-        let server = HttpServer::bind(&http_config, broker.access(), broker.history(), engine.clone())
-            .await
-            .expect("bind the HTTP API");
+        let server = HttpServer::bind(
+            &http_config,
+            NodeParts {
+                history: broker.history(),
+                engine: engine.clone(),
+                ..NodeParts::new(broker.access())
+            },
+        )
+        .await
+        .expect("bind the HTTP API");
         let http = server.local_addr();
         let shutdown = CancellationToken::new();
         let broker = tokio::spawn(broker.run(shutdown.clone()));

@@ -11,5 +11,8 @@ mod mesh;
 mod outbox;
 pub mod wire;
 
-pub use mesh::{guarded, Mesh, MeshConfig, MeshError, MeshStats, DATA_PREFIX, NODE_PREFIX, RETAINED_PREFIX};
+pub use mesh::{
+    guarded, Mesh, MeshConfig, MeshError, MeshStats, MeshStatus, NodeStatus, DATA_PREFIX, NODE_PREFIX,
+    PING_PREFIX, RETAINED_PREFIX,
+};
 pub use outbox::{OutboxStats, ACK_PREFIX, INTEREST_PREFIX, OUT_PREFIX, RESEND_AFTER, WINDOW};

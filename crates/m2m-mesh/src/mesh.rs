@@ -41,6 +41,50 @@ pub const DATA_PREFIX: &str = "m2m/t";
 pub const NODE_PREFIX: &str = "m2m/node";
 /// Retained messages, replicated to every node: `m2m/r/<escaped topic>` (also answered as queries).
 pub const RETAINED_PREFIX: &str = "m2m/r";
+/// Each node answers `m2m/ping/<node id>` with its id and zenoh id (round trips, links).
+pub const PING_PREFIX: &str = "m2m/ping";
+
+/// The mesh as one node sees it, for `GET /api/v1/mesh` and `m2m mesh status`.
+#[derive(Debug, Clone, serde::Serialize, PartialEq)]
+pub struct MeshStatus {
+    /// This node's id.
+    pub node_id: String,
+    /// Its endpoints.
+    pub listen: Vec<String>,
+    /// The endpoints it connects to.
+    pub connect: Vec<String>,
+    /// Every other node it knows of: reachable now, or with filters or a backlog remembered.
+    pub nodes: Vec<NodeStatus>,
+    /// Messages put into the mesh by topic (QoS 0).
+    pub sent: u64,
+    /// Messages received from other nodes.
+    pub received: u64,
+    /// Messages dropped: full queues, full outboxes.
+    pub dropped: u64,
+    /// Frames that could not be read.
+    pub malformed: u64,
+    /// Panics caught in mesh callbacks.
+    pub panics: u64,
+}
+
+/// Another node, as this one sees it.
+#[derive(Debug, Clone, serde::Serialize, PartialEq)]
+pub struct NodeStatus {
+    /// Its id.
+    pub id: String,
+    /// Whether it is reachable now (directly or through other nodes).
+    pub reachable: bool,
+    /// Whether this node has a link of its own to it.
+    pub linked: bool,
+    /// Round trip of a query to it, in milliseconds; `None` when it did not answer within 1 s.
+    pub rtt_ms: Option<f64>,
+    /// QoS 1 and 2 messages waiting for it in this node's outbox.
+    pub backlog: u64,
+    /// Messages it acknowledged since this node started.
+    pub acknowledged: u64,
+    /// Its filters, as last announced.
+    pub filters: Vec<String>,
+}
 
 /// What goes out: a message by topic (QoS 0, or any QoS without a store), or a retained message to
 /// replicate.
@@ -273,7 +317,84 @@ impl Mesh {
         }
         inner.tasks.lock().unwrap_or_else(PoisonError::into_inner).extend(spawned);
         self.replicate_retained(&session, router).await?;
+        let (id, zid) = (self.inner.node_id.to_string(), session.zid().to_string());
+        session
+            .declare_queryable(format!("{PING_PREFIX}/{}", self.inner.node_id))
+            .callback(move |query| {
+                let body = serde_json::json!({ "node": id, "zid": zid }).to_string();
+                let _ = zenoh::Wait::wait(query.reply(query.key_expr().clone(), body));
+            })
+            .background()
+            .await
+            .map_err(|e| MeshError::Zenoh(e.to_string()))?;
         Ok(())
+    }
+
+    /// The mesh as this node sees it: the other nodes, whether they are reachable, round trips,
+    /// backlogs and filters.
+    pub async fn status(&self) -> MeshStatus {
+        let inner = &self.inner;
+        let s = &inner.stats;
+        let mut status = MeshStatus {
+            node_id: inner.node_id.to_string(),
+            listen: inner.config.listen.clone(),
+            connect: inner.config.connect.clone(),
+            nodes: Vec::new(),
+            sent: s.sent.load(Ordering::Relaxed),
+            received: s.received.load(Ordering::Relaxed),
+            dropped: s.dropped_out.load(Ordering::Relaxed) + s.dropped_in.load(Ordering::Relaxed),
+            malformed: s.malformed.load(Ordering::Relaxed),
+            panics: s.panics.load(Ordering::Relaxed),
+        };
+        let Some(session) = inner.session.get() else { return status };
+        let reachable = self.nodes().await;
+        let direct: std::collections::HashSet<String> = session
+            .info()
+            .routers_zid()
+            .await
+            .chain(session.info().peers_zid().await)
+            .map(|z| z.to_string())
+            .collect();
+        let mut nodes: std::collections::BTreeMap<String, NodeStatus> = std::collections::BTreeMap::new();
+        let blank = |id: &str| NodeStatus {
+            id: id.to_owned(),
+            reachable: false,
+            linked: false,
+            rtt_ms: None,
+            backlog: 0,
+            acknowledged: 0,
+            filters: Vec::new(),
+        };
+        if let Some(r) = inner.reliable.get() {
+            for (id, filters) in r.peer_filters() {
+                nodes.entry(id.clone()).or_insert_with(|| blank(&id)).filters = filters;
+            }
+            for (id, backlog, acknowledged, _) in r.backlogs() {
+                let n = nodes.entry(id.clone()).or_insert_with(|| blank(&id));
+                n.backlog = backlog;
+                n.acknowledged = acknowledged;
+            }
+            status.dropped += r.stats.overflow.load(Ordering::Relaxed);
+        }
+        for id in reachable.iter().filter(|id| **id != *inner.node_id) {
+            let n = nodes.entry(id.clone()).or_insert_with(|| blank(id));
+            n.reachable = true;
+            let started = Instant::now();
+            let replies =
+                session.get(format!("{PING_PREFIX}/{id}")).timeout(std::time::Duration::from_secs(1)).await;
+            if let Ok(replies) = replies {
+                if let Ok(reply) = replies.recv_async().await {
+                    if let Ok(sample) = reply.result() {
+                        n.rtt_ms = Some(started.elapsed().as_secs_f64() * 1000.0);
+                        let body: serde_json::Value =
+                            serde_json::from_slice(&sample.payload().to_bytes()).unwrap_or_default();
+                        n.linked = body["zid"].as_str().is_some_and(|z| direct.contains(z));
+                    }
+                }
+            }
+        }
+        status.nodes = nodes.into_values().collect();
+        status
     }
 
     /// Keeps other nodes' retained messages here: live as they are set, and, when a node appears

@@ -12,6 +12,7 @@ mod bench;
 mod cert;
 mod config;
 mod device;
+mod mesh;
 mod query;
 mod remote;
 mod rule;
@@ -69,6 +70,13 @@ enum Command {
         #[command(subcommand)]
         command: rule::RuleCommand,
     },
+    /// The mesh as a running node sees it (`status`).
+    Mesh {
+        #[command(flatten)]
+        place: device::Place,
+        #[command(subcommand)]
+        command: mesh::MeshCommand,
+    },
     /// Certificates for TLS and mutual TLS.
     #[command(subcommand)]
     Cert(cert::CertCommand),
@@ -116,6 +124,7 @@ fn main() -> ExitCode {
         Command::Quarantine { place, command } => device::run_quarantine(&place, command),
         Command::Audit { place, command } => device::run_audit(&place, command),
         Command::Rule { place, command } => rule::run(&place, command),
+        Command::Mesh { place, command } => mesh::run(&place, command),
         Command::Cert(command) => cert::run(command),
         Command::Query(args) => query::run(args),
     };
@@ -188,9 +197,13 @@ fn run_node(args: NodeArgs) -> anyhow::Result<()> {
         }
         let http = match file.http.config() {
             Some(config) => {
-                match m2m_http::HttpServer::bind(&config, broker.access(), broker.history(), engine.clone())
-                    .await
-                {
+                let parts = m2m_http::NodeParts {
+                    access: broker.access(),
+                    history: broker.history(),
+                    engine: engine.clone(),
+                    mesh: mesh.clone(),
+                };
+                match m2m_http::HttpServer::bind(&config, parts).await {
                     Ok(server) => Some(server),
                     // The embedded default may be taken on this machine: the node still runs.
                     Err(e) if config.listen == m2m_http::DEFAULT_LISTEN => {

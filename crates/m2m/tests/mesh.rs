@@ -15,14 +15,27 @@ use tokio::process::Child;
 mod common;
 use common::{free_port, m2m, wait_until_listening};
 
-/// A node of the test mesh: its process and MQTT address.
+/// A node of the test mesh: its process, MQTT address and HTTP API.
 struct Node {
     _process: Child,
     mqtt: SocketAddr,
+    api: String,
 }
 
 async fn node(dir: &TempDir, id: &str, mesh_port: u16, connect: &[u16]) -> Node {
-    let mqtt: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+    node_at(dir, id, free_port(), free_port(), mesh_port, connect).await
+}
+
+async fn node_at(
+    dir: &TempDir,
+    id: &str,
+    mqtt_port: u16,
+    http_port: u16,
+    mesh_port: u16,
+    connect: &[u16],
+) -> Node {
+    let mqtt: SocketAddr = format!("127.0.0.1:{mqtt_port}").parse().unwrap();
+    let api = format!("127.0.0.1:{http_port}");
     let data = dir.path().join(id);
     let (listen, data) = (mqtt.to_string(), data.to_str().unwrap().to_owned());
     let mesh_listen = format!("tcp/127.0.0.1:{mesh_port}");
@@ -32,9 +45,21 @@ async fn node(dir: &TempDir, id: &str, mesh_port: u16, connect: &[u16]) -> Node 
     for c in &connects {
         args.extend(["--mesh-connect", c.as_str()]);
     }
-    let mut process = m2m(&args).spawn().expect("start m2m");
+    let mut process = m2m(&args).env("M2M_HTTP_LISTEN", &api).spawn().expect("start m2m");
     wait_until_listening(&mut process, mqtt).await;
-    Node { _process: process, mqtt }
+    wait_until_listening(&mut process, api.parse().unwrap()).await;
+    Node { _process: process, mqtt, api: format!("http://{api}") }
+}
+
+/// `m2m mesh status --json` of `node`.
+async fn status(node: &Node) -> serde_json::Value {
+    let out = common::run(m2m(&["mesh", "status", "--json", "--api", &node.api])).await;
+    assert!(out.status.success(), "m2m mesh status failed: {}", common::text(&out.stderr));
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
+fn node_entry<'a>(status: &'a serde_json::Value, id: &str) -> &'a serde_json::Value {
+    status["nodes"].as_array().unwrap().iter().find(|n| n["id"] == id).unwrap_or(&serde_json::Value::Null)
 }
 
 async fn client(node: &Node, id: &str) -> RawClient {
@@ -392,4 +417,69 @@ async fn a_new_subscriber_on_any_node_gets_the_retained_messages_of_the_mesh() {
             assert!(Instant::now() < deadline, "the retained message was not cleared on {name}");
         }
     }
+}
+
+#[tokio::test]
+async fn a_backlog_waits_on_disk_through_a_restart_of_its_node_and_drains_when_the_destination_returns() {
+    let dir = TempDir::new("mesh-backlog");
+    let (pa, pb, pc) = (free_port(), free_port(), free_port());
+    let (a_mqtt, a_http, c_mqtt, c_http) = (free_port(), free_port(), free_port(), free_port());
+    let mut a = node_at(&dir, "a", a_mqtt, a_http, pa, &[]).await;
+    let b = node(&dir, "b", pb, &[pa]).await;
+    let mut c = node_at(&dir, "c", c_mqtt, c_http, pc, &[pb]).await;
+    let mut sub = raw_connect_ok(c.mqtt, m2m_test::persistent_connect("sub-c", true)).await;
+    raw_subscribe(&mut sub, 1, &[("load/#", QoS::AtLeastOnce), ("probe/c", QoS::AtMostOnce)]).await;
+    let mut pub_a = client(&a, "pub-a").await;
+    until_routed(&mut pub_a, &mut sub, "probe/c").await;
+    // A knows C's filters (announced) before C goes.
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        let s = status(&a).await;
+        let seen = node_entry(&s, "c");
+        if seen["filters"].as_array().is_some_and(|f| f.iter().any(|f| f == "load/#")) {
+            assert_eq!(node_entry(&s, "b")["linked"], true, "A has a link of its own to B: {s}");
+            assert_eq!(seen["linked"], false, "C is reached through B: {s}");
+            assert!(seen["rtt_ms"].as_f64().is_some(), "C answers: {s}");
+            break;
+        }
+        assert!(Instant::now() < deadline, "A never heard C's filters: {s}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    drop(sub);
+    c._process.start_kill().unwrap();
+    c._process.wait().await.unwrap();
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while node_entry(&status(&a).await, "c")["reachable"] != false {
+        assert!(Instant::now() < deadline, "A still sees C");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    for i in 0..100u16 {
+        publish(&mut pub_a, "load/x", QoS::AtLeastOnce, i + 1, &i.to_string(), PublishProperties::default())
+            .await;
+    }
+    assert_eq!(node_entry(&status(&a).await, "c")["backlog"], 100);
+
+    // A restarts: its backlog is on disk.
+    drop(pub_a);
+    a._process.start_kill().unwrap();
+    a._process.wait().await.unwrap();
+    let a = node_at(&dir, "a", a_mqtt, a_http, pa, &[]).await;
+    assert_eq!(node_entry(&status(&a).await, "c")["backlog"], 100, "the backlog survived the restart");
+
+    // C returns: its persistent subscriber gets every message, once, in order.
+    let c = node_at(&dir, "c", c_mqtt, c_http, pc, &[pb]).await;
+    let mut sub = raw_connect_ok(c.mqtt, m2m_test::persistent_connect("sub-c", false)).await;
+    let mut got = Vec::new();
+    while got.len() < 100 {
+        let Some(p) = next(&mut sub, Duration::from_secs(15)).await else { break };
+        got.push(String::from_utf8(p.payload.to_vec()).unwrap());
+    }
+    assert_eq!(got, (0..100).map(|i| i.to_string()).collect::<Vec<_>>());
+    assert!(next(&mut sub, Duration::from_millis(500)).await.is_none(), "nothing twice");
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while node_entry(&status(&a).await, "c")["backlog"] != 0 {
+        assert!(Instant::now() < deadline, "the backlog did not drain");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    drop(b);
 }
