@@ -60,6 +60,9 @@ pub(crate) struct PointsParams {
     cursor: Option<String>,
     /// A JSON field of the payload to extract as each point's `value`, e.g. `payload.engine.temp`.
     field: Option<String>,
+    /// `node` (this node, the default) or `mesh`: every reachable node answers, the points are
+    /// merged in time order (each with its `node`), and `nodes` says who answered. No `cursor`.
+    scope: Option<String>,
 }
 
 /// The query of `GET /history/aggregate`.
@@ -94,6 +97,8 @@ pub(crate) struct LatestParams {
     filter: Option<String>,
     /// A JSON field of the payload to extract as each point's `value`.
     field: Option<String>,
+    /// `node` (the default) or `mesh`: the last values of every reachable node, each with its `node`.
+    scope: Option<String>,
 }
 
 /// The query of `GET /topics`.
@@ -385,13 +390,39 @@ pub(crate) async fn points(
     State(state): State<ApiState>,
     QueryParams(params): QueryParams<PointsParams>,
 ) -> Result<Response, ApiError> {
-    let history = state.history()?;
     let filter = required(&params.filter, "filter")?.to_owned();
     let (from_us, to_us) = range(params.from.as_deref(), params.to.as_deref())?;
     let order = params.order.as_deref().map(str::parse::<Order>).transpose()?.unwrap_or_default();
     let after = params.cursor.as_deref().map(str::parse::<Cursor>).transpose()?;
-    let query = Query { filter, from_us, to_us, limit: limit(params.limit.as_deref())?, order, after };
+    let limit = limit(params.limit.as_deref())?;
+    let field_text = params.field.clone();
     let field = field(params.field.as_deref())?;
+    if mesh_scope(params.scope.as_deref())? {
+        if after.is_some() {
+            return Err(ApiError::bad_request(
+                "cursor is not supported with scope=mesh: narrow the time range",
+            ));
+        }
+        let desc = order == Order::Desc;
+        let asked = serde_json::json!({
+            "filter": filter, "from_us": from_us, "to_us": to_us, "limit": limit, "desc": desc, "field": field_text,
+        });
+        let (mut points, nodes) = ask_mesh(&state, "history", &asked, "points").await?;
+        points.sort_by(|a, b| {
+            let key = |p: &serde_json::Value| {
+                (p["ts_us"].as_u64().unwrap_or(0), p["node"].as_str().unwrap_or("").to_owned())
+            };
+            if desc {
+                key(b).cmp(&key(a))
+            } else {
+                key(a).cmp(&key(b))
+            }
+        });
+        points.truncate(limit);
+        return Ok(axum::Json(serde_json::json!({ "points": points, "nodes": nodes })).into_response());
+    }
+    let history = state.history()?;
+    let query = Query { filter, from_us, to_us, limit, order, after };
     let (chunks, body) = mpsc::channel::<Result<Bytes, std::io::Error>>(CHUNKS);
     let (started, opened) = oneshot::channel();
     tokio::task::spawn_blocking(move || match history.query(&query) {
@@ -576,12 +607,119 @@ pub(crate) async fn latest(
     State(state): State<ApiState>,
     QueryParams(params): QueryParams<LatestParams>,
 ) -> Result<Response, ApiError> {
-    let history = state.history()?;
     let filter = params.filter.unwrap_or_else(|| "#".to_owned());
+    let field_text = params.field.clone();
     let field = field(params.field.as_deref())?;
+    if mesh_scope(params.scope.as_deref())? {
+        let asked = serde_json::json!({ "filter": filter, "field": field_text });
+        let (mut values, nodes) = ask_mesh(&state, "latest", &asked, "values").await?;
+        values.sort_by(|a, b| {
+            let key = |p: &serde_json::Value| {
+                (p["topic"].as_str().unwrap_or("").to_owned(), p["node"].as_str().unwrap_or("").to_owned())
+            };
+            key(a).cmp(&key(b))
+        });
+        return Ok(axum::Json(serde_json::json!({ "values": values, "nodes": nodes })).into_response());
+    }
+    let history = state.history()?;
     let points: Arc<[Point]> = blocking(move || Ok(history.latest(&filter)?.into())).await?;
     let values = points.iter().map(|p| PointView::new(p, field.as_ref())).collect();
     Ok(axum::Json(LatestValues { values }).into_response())
+}
+
+/// Whether `scope` asks for the whole mesh.
+fn mesh_scope(scope: Option<&str>) -> Result<bool, ApiError> {
+    match scope {
+        None | Some("node") => Ok(false),
+        Some("mesh") => Ok(true),
+        Some(other) => Err(ApiError::bad_request(format!("scope must be node or mesh, not {other:?}"))),
+    }
+}
+
+/// How long a mesh query waits for the nodes' answers.
+const MESH_QUERY_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// Asks every reachable node; returns the items under `list` of every answer (each with its
+/// `node`), and who answered.
+async fn ask_mesh(
+    state: &ApiState,
+    kind: &str,
+    asked: &serde_json::Value,
+    list: &str,
+) -> Result<(Vec<serde_json::Value>, serde_json::Value), ApiError> {
+    let Some(mesh) = &state.mesh else {
+        return Err(ApiError::not_found(
+            "this node is not in a mesh: scope=mesh needs mesh.listen or mesh.connect",
+        ));
+    };
+    let answers = mesh.ask_all(kind, asked, MESH_QUERY_TIMEOUT).await;
+    let mut items = Vec::new();
+    let mut answered = Vec::new();
+    for (node, answer) in answers.answers {
+        if let Some(found) = answer.get(list).and_then(serde_json::Value::as_array) {
+            for item in found {
+                let mut item = item.clone();
+                item["node"] = node.clone().into();
+                items.push(item);
+            }
+        }
+        answered.push(node);
+    }
+    answered.sort();
+    let failed: Vec<_> = answers
+        .errors
+        .iter()
+        .map(|(node, error)| serde_json::json!({ "node": node, "error": error }))
+        .collect();
+    let nodes = serde_json::json!({ "answered": answered, "failed": failed, "missing": answers.missing });
+    Ok((items, nodes))
+}
+
+/// This node's answer to another node's mesh query (`history` or `latest`; parameters as the asking
+/// node resolved them).
+pub(crate) async fn mesh_answer(
+    history: Option<History>,
+    kind: String,
+    asked: serde_json::Value,
+) -> Result<serde_json::Value, String> {
+    let history = history.ok_or_else(|| "history is off on this node".to_owned())?;
+    let text = |key: &str| asked.get(key).and_then(serde_json::Value::as_str).map(str::to_owned);
+    let filter = text("filter").unwrap_or_else(|| "#".to_owned());
+    let field = text("field").map(|f| FieldPath::parse(&f)).transpose().map_err(|e| e.to_string())?;
+    match kind.as_str() {
+        "history" => {
+            let number = |key: &str| asked.get(key).and_then(serde_json::Value::as_u64);
+            let limit = usize::try_from(number("limit").unwrap_or(1000)).unwrap_or(1000).min(100_000);
+            let desc = asked.get("desc").and_then(serde_json::Value::as_bool).unwrap_or(false);
+            let query = Query {
+                filter,
+                from_us: number("from_us").unwrap_or(0),
+                to_us: number("to_us").unwrap_or(u64::MAX),
+                limit,
+                order: if desc { Order::Desc } else { Order::Asc },
+                after: None,
+            };
+            let points = tokio::task::spawn_blocking(move || {
+                let mut out = Vec::new();
+                for point in history.query(&query).map_err(|e| e.to_string())? {
+                    out.push(point_json(&point.map_err(|e| e.to_string())?, field.as_ref()));
+                }
+                Ok::<_, String>(out)
+            })
+            .await
+            .map_err(|e| e.to_string())??;
+            Ok(serde_json::json!({ "points": points }))
+        }
+        "latest" => {
+            let points =
+                tokio::task::spawn_blocking(move || history.latest(&filter).map_err(|e| e.to_string()))
+                    .await
+                    .map_err(|e| e.to_string())??;
+            let values: Vec<_> = points.iter().map(|p| point_json(p, field.as_ref())).collect();
+            Ok(serde_json::json!({ "values": values }))
+        }
+        other => Err(format!("no mesh query {other:?}")),
+    }
 }
 
 /// `GET /topics`

@@ -282,6 +282,13 @@ pub(crate) fn now_ms() -> u64 {
     m2m_store::unix_ms(std::time::SystemTime::now())
 }
 
+/// How this node answers the mesh queries of other nodes (history and last values), for
+/// [`m2m_mesh::Mesh::serve_queries`].
+pub fn mesh_queries(parts: &NodeParts) -> m2m_mesh::QueryHandler {
+    let history = parts.history.clone();
+    std::sync::Arc::new(move |kind, asked| Box::pin(history::mesh_answer(history.clone(), kind, asked)))
+}
+
 /// The HTTP API server: bound, not yet serving.
 #[derive(Debug)]
 pub struct HttpServer {

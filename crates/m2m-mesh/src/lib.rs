@@ -12,7 +12,7 @@ mod outbox;
 pub mod wire;
 
 pub use mesh::{
-    guarded, Mesh, MeshConfig, MeshError, MeshStats, MeshStatus, NodeStatus, DATA_PREFIX, NODE_PREFIX,
-    PING_PREFIX, RETAINED_PREFIX,
+    guarded, Mesh, MeshAnswers, MeshConfig, MeshError, MeshStats, MeshStatus, NodeStatus, QueryHandler,
+    DATA_PREFIX, NODE_PREFIX, PING_PREFIX, QUERY_PREFIX, RETAINED_PREFIX,
 };
 pub use outbox::{OutboxStats, ACK_PREFIX, INTEREST_PREFIX, OUT_PREFIX, RESEND_AFTER, WINDOW};

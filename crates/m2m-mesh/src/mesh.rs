@@ -43,6 +43,31 @@ pub const NODE_PREFIX: &str = "m2m/node";
 pub const RETAINED_PREFIX: &str = "m2m/r";
 /// Each node answers `m2m/ping/<node id>` with its id and zenoh id (round trips, links).
 pub const PING_PREFIX: &str = "m2m/ping";
+/// Queries every node answers: `m2m/q/<node id>/<kind>` (`history`, `latest`), parameters and
+/// answers as JSON.
+pub const QUERY_PREFIX: &str = "m2m/q";
+
+/// Answers a mesh query of a kind (`history`, `latest`) with its parameters, as JSON.
+pub type QueryHandler = Arc<
+    dyn Fn(
+            String,
+            serde_json::Value,
+        )
+            -> std::pin::Pin<Box<dyn std::future::Future<Output = Result<serde_json::Value, String>> + Send>>
+        + Send
+        + Sync,
+>;
+
+/// What the nodes answered to a mesh query.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct MeshAnswers {
+    /// Each node's answer, by node id.
+    pub answers: Vec<(String, serde_json::Value)>,
+    /// Nodes that answered with an error, and the error.
+    pub errors: Vec<(String, String)>,
+    /// Nodes reachable when asked that did not answer in time.
+    pub missing: Vec<String>,
+}
 
 /// The mesh as one node sees it, for `GET /api/v1/mesh` and `m2m mesh status`.
 #[derive(Debug, Clone, serde::Serialize, PartialEq)]
@@ -328,6 +353,89 @@ impl Mesh {
             .await
             .map_err(|e| MeshError::Zenoh(e.to_string()))?;
         Ok(())
+    }
+
+    /// Answers the queries of other nodes (and this one's) with `handler`.
+    ///
+    /// # Errors
+    /// [`MeshError::Zenoh`] when the queryable cannot be declared, or the mesh has not started.
+    pub async fn serve_queries(&self, handler: QueryHandler) -> Result<(), MeshError> {
+        let Some(session) = self.inner.session.get() else {
+            return Err(MeshError::Zenoh("the mesh has not started".into()));
+        };
+        let (inner, runtime) = (self.inner.clone(), tokio::runtime::Handle::current());
+        let node = self.inner.node_id.clone();
+        session
+            .declare_queryable(format!("{QUERY_PREFIX}/{}/*", self.inner.node_id))
+            .callback(move |query| {
+                guarded(&inner.stats, || {
+                    // The query's own key (`m2m/q/*/history`): its last chunk is the kind.
+                    let kind = query.key_expr().as_str().rsplit('/').next().unwrap_or_default().to_owned();
+                    let params = query
+                        .payload()
+                        .and_then(|p| serde_json::from_slice(&p.to_bytes()).ok())
+                        .unwrap_or(serde_json::Value::Null);
+                    let handler = handler.clone();
+                    let key = format!("{QUERY_PREFIX}/{node}/{kind}");
+                    runtime.spawn(async move {
+                        let body = match handler(kind, params).await {
+                            Ok(answer) => serde_json::json!({ "ok": answer }),
+                            Err(error) => serde_json::json!({ "error": error }),
+                        };
+                        let _ = query.reply(key, body.to_string()).await;
+                    });
+                });
+            })
+            .background()
+            .await
+            .map_err(|e| MeshError::Zenoh(e.to_string()))
+    }
+
+    /// Asks every reachable node (this one included) a query of `kind` with `params`, and waits at
+    /// most `timeout` for the answers.
+    pub async fn ask_all(
+        &self,
+        kind: &str,
+        params: &serde_json::Value,
+        timeout: std::time::Duration,
+    ) -> MeshAnswers {
+        let mut result = MeshAnswers::default();
+        let Some(session) = self.inner.session.get() else { return result };
+        let expected = self.nodes().await;
+        let replies = session
+            .get(format!("{QUERY_PREFIX}/*/{kind}"))
+            .payload(params.to_string())
+            .target(zenoh::query::QueryTarget::All)
+            .consolidation(zenoh::query::ConsolidationMode::None)
+            .timeout(timeout)
+            .await;
+        if let Ok(replies) = replies {
+            while let Ok(reply) = replies.recv_async().await {
+                let Ok(sample) = reply.result() else { continue };
+                let node = sample
+                    .key_expr()
+                    .as_str()
+                    .strip_prefix(QUERY_PREFIX)
+                    .and_then(|r| r.strip_prefix('/'))
+                    .and_then(|r| r.split('/').next())
+                    .unwrap_or_default()
+                    .to_owned();
+                let body: serde_json::Value =
+                    serde_json::from_slice(&sample.payload().to_bytes()).unwrap_or_default();
+                match (body.get("ok"), body.get("error").and_then(serde_json::Value::as_str)) {
+                    (Some(answer), _) => result.answers.push((node, answer.clone())),
+                    (None, Some(error)) => result.errors.push((node, error.to_owned())),
+                    (None, None) => result.errors.push((node, "an answer that is not JSON".to_owned())),
+                }
+            }
+        }
+        result.missing = expected
+            .into_iter()
+            .filter(|n| {
+                !result.answers.iter().any(|(a, _)| a == n) && !result.errors.iter().any(|(e, _)| e == n)
+            })
+            .collect();
+        result
     }
 
     /// The mesh as this node sees it: the other nodes, whether they are reachable, round trips,

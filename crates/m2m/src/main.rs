@@ -192,17 +192,18 @@ fn run_node(args: NodeArgs) -> anyhow::Result<()> {
         if let Some(engine) = &engine {
             engine.attach(broker.router(), broker.access(), broker.history(), broker.store())?;
         }
+        let parts = m2m_http::NodeParts {
+            access: broker.access(),
+            history: broker.history(),
+            engine: engine.clone(),
+            mesh: mesh.clone(),
+        };
         if let Some(mesh) = &mesh {
             mesh.start(broker.router(), broker.store()).await?;
+            mesh.serve_queries(m2m_http::mesh_queries(&parts)).await?;
         }
         let http = match file.http.config() {
             Some(config) => {
-                let parts = m2m_http::NodeParts {
-                    access: broker.access(),
-                    history: broker.history(),
-                    engine: engine.clone(),
-                    mesh: mesh.clone(),
-                };
                 match m2m_http::HttpServer::bind(&config, parts).await {
                     Ok(server) => Some(server),
                     // The embedded default may be taken on this machine: the node still runs.

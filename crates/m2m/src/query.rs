@@ -58,6 +58,11 @@ pub(crate) struct QueryArgs {
     /// The topics matching the filter, with their message counts and first and last times.
     #[arg(long, conflicts_with = "bucket")]
     topics: bool,
+    /// Ask every node of the mesh (through a running node's API): points (or --latest values) of all
+    /// nodes merged in time order, each with its node (`node:topic` in the table); who answered is
+    /// printed on standard error.
+    #[arg(long, conflicts_with_all = ["topics", "bucket", "cursor", "all"])]
+    mesh: bool,
     /// Aggregate --field per bucket of this width (`1m`, `15m`, `1h`, `1d`).
     #[arg(long)]
     bucket: Option<String>,
@@ -120,7 +125,9 @@ pub(crate) fn run(args: QueryArgs) -> anyhow::Result<()> {
     let source = reach(&args)?;
     let stdout = std::io::stdout();
     let mut out = std::io::BufWriter::new(stdout.lock());
-    let result = if args.topics {
+    let result = if args.mesh {
+        from_mesh(&source, &args, &mut out)
+    } else if args.topics {
         topics(&source, &args, &mut out)
     } else if args.latest {
         latest(&source, &args, &mut out)
@@ -442,6 +449,63 @@ fn filter(args: &QueryArgs) -> anyhow::Result<&str> {
     args.filter
         .as_deref()
         .context("give a topic filter, e.g. `m2m query 'plant/+/temp'` or '#' for every topic")
+}
+
+/// `--mesh`: one request with `scope=mesh` to a running node; the answers of every node.
+fn from_mesh(source: &Source, args: &QueryArgs, out: &mut dyn Write) -> anyhow::Result<()> {
+    let Source::Api(api) = source else {
+        bail!("--mesh asks a running node's API: the node is not running (start it, or give --api)");
+    };
+    let limit = args.limit.unwrap_or(m2m_http::DEFAULT_LIMIT).to_string();
+    let filter = if args.latest {
+        args.filter.clone().unwrap_or_else(|| "#".to_owned())
+    } else {
+        filter(args)?.to_owned()
+    };
+    let (path, list) = if args.latest { ("/latest", "values") } else { ("/history", "points") };
+    let mut body = api.get(&format!(
+        "{path}{}",
+        query_string(&[
+            ("filter", Some(&filter)),
+            ("from", args.from.as_deref().filter(|_| !args.latest)),
+            ("to", args.to.as_deref().filter(|_| !args.latest)),
+            ("limit", Some(limit.as_str()).filter(|_| !args.latest)),
+            ("order", Some(args.order.name()).filter(|_| !args.latest)),
+            ("field", args.field.as_deref()),
+            ("scope", Some("mesh")),
+        ])
+    ))?;
+    let mut points = body[list].as_array_mut().map(std::mem::take).unwrap_or_default();
+    if args.format == Format::Table {
+        for p in &mut points {
+            let shown = format!("{}:{}", text(&p["node"]), text(&p["topic"]));
+            p["topic"] = shown.into();
+        }
+    }
+    let mut printer = PointPrinter::new(args.format, args.field.is_some());
+    printer.begin(out)?;
+    printer.page(out, &points)?;
+    printer.end(out, None, &[])?;
+    let nodes = &body["nodes"];
+    let names = |v: &Value| {
+        let items: Vec<String> = v.as_array().map(|a| a.iter().map(text).collect()).unwrap_or_default();
+        if items.is_empty() {
+            "-".to_owned()
+        } else {
+            items.join(", ")
+        }
+    };
+    let failed: Vec<String> = nodes["failed"]
+        .as_array()
+        .map(|a| a.iter().map(|f| format!("{} ({})", text(&f["node"]), text(&f["error"]))).collect())
+        .unwrap_or_default();
+    eprintln!(
+        "answered: {}; failed: {}; did not answer: {}",
+        names(&nodes["answered"]),
+        if failed.is_empty() { "-".to_owned() } else { failed.join(", ") },
+        names(&nodes["missing"])
+    );
+    Ok(())
 }
 
 fn points(source: &Source, args: &QueryArgs, out: &mut dyn Write) -> anyhow::Result<()> {

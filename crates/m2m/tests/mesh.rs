@@ -483,3 +483,67 @@ async fn a_backlog_waits_on_disk_through_a_restart_of_its_node_and_drains_when_t
     }
     drop(b);
 }
+
+#[tokio::test]
+async fn a_history_query_with_scope_mesh_is_answered_by_every_node_and_merged_in_time_order() {
+    let dir = TempDir::new("mesh-query");
+    let (pa, pb) = (free_port(), free_port());
+    let a = node(&dir, "a", pa, &[]).await;
+    let b = node(&dir, "b", pb, &[pa]).await;
+    let c = node(&dir, "c", free_port(), &[pb]).await;
+    for (n, name) in [(&a, "a"), (&c, "c"), (&a, "a")] {
+        let mut p = client(n, &format!("sensor-{name}")).await;
+        let payload = format!("{{\"t\": {}}}", name.len());
+        publish(
+            &mut p,
+            &format!("plant/{name}/temp"),
+            QoS::AtLeastOnce,
+            1,
+            &payload,
+            PublishProperties::default(),
+        )
+        .await;
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let (points, answered) = loop {
+        let out = common::run(m2m(&[
+            "query", "plant/#", "--mesh", "--format", "json", "--from", "-1h", "--api", &a.api,
+        ]))
+        .await;
+        assert!(out.status.success(), "{}", common::text(&out.stderr));
+        let body: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        let points: Vec<(String, String)> = body["points"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|p| (p["node"].as_str().unwrap().to_owned(), p["topic"].as_str().unwrap().to_owned()))
+            .collect();
+        let stderr = common::text(&out.stderr);
+        if points.len() == 3 && stderr.contains("answered: a, b, c") {
+            break (points, stderr);
+        }
+        assert!(Instant::now() < deadline, "not every node answered: {points:?} {stderr}");
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    };
+    let expected = [("a", "plant/a/temp"), ("c", "plant/c/temp"), ("a", "plant/a/temp")];
+    assert_eq!(points, expected.map(|(n, t)| (n.to_owned(), t.to_owned())), "in time order");
+    assert!(answered.contains("did not answer: -"), "{answered}");
+
+    let out = common::run(m2m(&[
+        "query",
+        "plant/+/temp",
+        "--mesh",
+        "--latest",
+        "--format",
+        "json",
+        "--api",
+        &c.api,
+    ]))
+    .await;
+    let body: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let nodes: Vec<&str> =
+        body["points"].as_array().unwrap().iter().map(|p| p["node"].as_str().unwrap()).collect();
+    assert_eq!(nodes, ["a", "c"], "the last value of each topic on each node");
+    drop(b);
+}
