@@ -28,6 +28,10 @@ pub(crate) struct Common {
     /// Broker address.
     #[arg(long, default_value = "127.0.0.1:1883")]
     addr: SocketAddr,
+    /// Subscribers connect here instead of --addr: another node of a mesh, so that every message
+    /// crosses the mesh.
+    #[arg(long, value_name = "ADDR")]
+    sub_addr: Option<SocketAddr>,
     /// Payload size in bytes (at least 16 for latency).
     #[arg(long, default_value_t = 64)]
     payload: usize,
@@ -56,6 +60,10 @@ pub(crate) struct Common {
 }
 
 impl Common {
+    fn sub_addr(&self) -> SocketAddr {
+        self.sub_addr.unwrap_or(self.addr)
+    }
+
     fn login(&self) -> Login {
         login(self.username.as_deref(), self.password.as_deref())
     }
@@ -124,6 +132,10 @@ pub(crate) enum Scenario {
         /// Inflight window of the publisher.
         #[arg(long, default_value_t = 256)]
         window: usize,
+        /// Only publish: the sessions already exist (elsewhere: on another node of a mesh, whose
+        /// outbox then keeps the messages while that node is down).
+        #[arg(long)]
+        publish_only: bool,
     },
     /// Reconnects the sessions `queue` left and receives their messages until each has `messages`:
     /// how long a fleet takes to catch up (for example after a restart of the node).
@@ -182,7 +194,9 @@ pub(crate) fn run(scenario: Scenario) -> anyhow::Result<()> {
             Scenario::FanIn { common, publishers } => throughput(&common, publishers, 1).await,
             Scenario::FanOut { common, subscribers } => throughput(&common, 1, subscribers).await,
             Scenario::Latency { common, rate } => latency(&common, rate).await,
-            Scenario::Queue { fleet, payload, window } => queue(&fleet, payload, window).await,
+            Scenario::Queue { fleet, payload, window, publish_only } => {
+                queue(&fleet, payload, window, publish_only).await
+            }
             Scenario::Drain { fleet, timeout } => drain(&fleet, Duration::from_secs(timeout)).await,
             Scenario::Connect { addr, count, concurrency, username, password, label } => {
                 let login = login(username.as_deref(), password.as_deref());
@@ -494,7 +508,7 @@ async fn throughput(common: &Common, publishers: usize, subscribers: usize) -> a
     for i in 0..subscribers {
         let fut = subscriber(
             SubscriberId {
-                addr: common.addr,
+                addr: common.sub_addr(),
                 id: format!("bench-sub-{i}"),
                 keep_session: common.persistent,
                 login: common.login(),
@@ -584,7 +598,7 @@ async fn latency(common: &Common, rate: u64) -> anyhow::Result<String> {
     let ready = Arc::new(Semaphore::new(0));
     let sub = tokio::spawn(subscriber(
         SubscriberId {
-            addr: common.addr,
+            addr: common.sub_addr(),
             id: "bench-lat-sub".into(),
             keep_session: common.persistent,
             login: common.login(),
@@ -693,12 +707,12 @@ fn fleet_id(i: usize) -> String {
     format!("bench-queue-{i}")
 }
 
-async fn queue(fleet: &Fleet, payload: usize, window: usize) -> anyhow::Result<String> {
+async fn queue(fleet: &Fleet, payload: usize, window: usize, publish_only: bool) -> anyhow::Result<String> {
     if fleet.sessions == 0 || fleet.messages == 0 || window == 0 {
         bail!("--sessions, --messages and --window must be at least 1");
     }
     let started = Instant::now();
-    for i in 0..fleet.sessions {
+    for i in (0..fleet.sessions).filter(|_| !publish_only) {
         let id = fleet_id(i);
         let (_, mut write, _) = connect(fleet.addr, &id, 0, false).await?;
         write_packet(&mut write, &Packet::Disconnect(Default::default())).await?;
