@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # Runs every check and every test: formatting, clippy (-D warnings), rustdoc (-D warnings), and the
 # whole workspace's tests.
-# Installs what the tests need when it is missing (the mosquitto-clients and openssl Debian packages,
-# the paho-mqtt Python package).
+# Installs what the tests need when it is missing (the mosquitto, mosquitto-clients and openssl Debian
+# packages, the paho-mqtt Python package).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -12,6 +12,15 @@ if ! command -v mosquitto_pub >/dev/null 2>&1 || ! command -v mosquitto_sub >/de
     apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq mosquitto-clients
   else
     sudo apt-get update -qq && sudo DEBIAN_FRONTEND=noninteractive apt-get install -y -qq mosquitto-clients
+  fi
+fi
+
+if [ ! -x /usr/sbin/mosquitto ] || ! command -v mosquitto_passwd >/dev/null 2>&1; then
+  echo "installing mosquitto (the uplink tests bridge a node to a real Mosquitto broker)" >&2
+  if [ "$(id -u)" -eq 0 ]; then
+    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq mosquitto
+  else
+    sudo apt-get update -qq && sudo DEBIAN_FRONTEND=noninteractive apt-get install -y -qq mosquitto
   fi
 fi
 

@@ -9,6 +9,7 @@
 pub mod keyexpr;
 mod mesh;
 mod outbox;
+mod uplink;
 pub mod wire;
 
 pub use mesh::{
@@ -16,3 +17,4 @@ pub use mesh::{
     DATA_PREFIX, NODE_PREFIX, PING_PREFIX, QUERY_PREFIX, RETAINED_PREFIX,
 };
 pub use outbox::{OutboxStats, ACK_PREFIX, INTEREST_PREFIX, OUT_PREFIX, RESEND_AFTER, WINDOW};
+pub use uplink::{Route, Uplink, UplinkConfig, UplinkError, UplinkStatus, SESSION_EXPIRY, STABLE_AFTER};
