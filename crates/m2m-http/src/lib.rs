@@ -29,6 +29,7 @@
 //! | `GET /api/v1/history/aggregate?filter=F&from=T&to=T&field=P&bucket=D&agg=avg,max` | 200 | `{series: [{topic, skipped, buckets: [{start, start_us, count, avg?, ...}]}]}` |
 //! | `GET /api/v1/latest?filter=F&field=P` | 200 | `{values: [point]}`: the last message of each topic |
 //! | `GET /api/v1/mesh` | 200 | the mesh as this node sees it: other nodes, reachable, round trips, backlogs, filters |
+//! | `GET /api/v1/uplinks` | 200 | array of the bridges to external brokers: connected, backlog, counters, last error |
 //! | `GET /api/v1/topics?filter=F` | 200 | `{topics: [{topic, messages, first, last, first_us, last_us}]}` |
 //! | `GET /api/v1/rules` | 200 | array of rules, each with `state` and `metrics` |
 //! | `POST /api/v1/rules` | 201 | `{id, sql, actions?, enabled?, description?, window?, silence?}` → the rule |
@@ -100,7 +101,7 @@ use axum::Router;
 use m2m_broker::AccessControl;
 use m2m_engine::Engine;
 use m2m_history::History;
-use m2m_mesh::Mesh;
+use m2m_mesh::{Mesh, Uplink};
 use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
@@ -175,6 +176,8 @@ pub(crate) struct ApiState {
     pub(crate) engine: Option<Engine>,
     /// The node's place in a mesh; `None` when it is on its own (the mesh route answers 404).
     pub(crate) mesh: Option<Mesh>,
+    /// Its bridges to external brokers.
+    pub(crate) uplinks: Arc<[Uplink]>,
 }
 
 /// The parts of a running node the API reaches.
@@ -188,12 +191,14 @@ pub struct NodeParts {
     pub engine: Option<Engine>,
     /// The mesh; `None`: the node is on its own.
     pub mesh: Option<Mesh>,
+    /// Bridges to external MQTT brokers.
+    pub uplinks: Vec<Uplink>,
 }
 
 impl NodeParts {
-    /// A node with access control only: no history, no rules, no mesh.
+    /// A node with access control only: no history, no rules, no mesh, no uplinks.
     pub fn new(access: Arc<AccessControl>) -> Self {
-        Self { access, history: None, engine: None, mesh: None }
+        Self { access, history: None, engine: None, mesh: None, uplinks: Vec::new() }
     }
 }
 
@@ -208,7 +213,7 @@ pub(crate) const CONCURRENT_HASHES: usize = 2;
 /// serve the router with `into_make_service_with_connect_info::<SocketAddr>()`, as
 /// [`HttpServer::run`] does, or every request gets 403.
 pub fn router(parts: NodeParts, token: Option<&str>) -> Router {
-    let NodeParts { access, history, engine, mesh } = parts;
+    let NodeParts { access, history, engine, mesh, uplinks } = parts;
     let gate = Arc::new(Gate::new(token));
     Router::new()
         .route("/api/v1/devices", get(devices::list).post(devices::create))
@@ -242,6 +247,7 @@ pub fn router(parts: NodeParts, token: Option<&str>) -> Router {
         .route("/api/v1/rules/{id}/enable", post(rules::enable))
         .route("/api/v1/rules/{id}/disable", post(rules::disable))
         .route("/api/v1/mesh", get(mesh::status))
+        .route("/api/v1/uplinks", get(mesh::uplinks))
         .route("/api/v1/openapi.json", get(openapi::document))
         .fallback(no_route)
         .method_not_allowed_fallback(no_method)
@@ -253,6 +259,7 @@ pub fn router(parts: NodeParts, token: Option<&str>) -> Router {
             history,
             engine,
             mesh,
+            uplinks: uplinks.into(),
         })
 }
 

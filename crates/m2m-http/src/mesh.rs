@@ -2,7 +2,7 @@
 
 use axum::extract::State;
 use axum::Json;
-use m2m_mesh::MeshStatus;
+use m2m_mesh::{MeshStatus, UplinkStatus};
 
 use crate::error::{ApiError, ErrorBody};
 use crate::ApiState;
@@ -24,4 +24,19 @@ pub(crate) async fn status(State(state): State<ApiState>) -> Result<Json<MeshSta
         return Err(ApiError::not_found("this node is not in a mesh (set mesh.listen or mesh.connect)"));
     };
     Ok(Json(mesh.status().await))
+}
+
+/// `GET /uplinks`
+#[utoipa::path(
+    get,
+    path = "/api/v1/uplinks",
+    tag = "mesh",
+    responses(
+        (status = 200, description = "The bridges to external MQTT brokers: name, URL, connected, backlog, \
+            oldest waiting message's age, messages sent, acknowledged, refused, expired, dropped and \
+            received, reconnects, the last error", body = serde_json::Value),
+    )
+)]
+pub(crate) async fn uplinks(State(state): State<ApiState>) -> Json<Vec<UplinkStatus>> {
+    Json(state.uplinks.iter().map(m2m_mesh::Uplink::status).collect())
 }

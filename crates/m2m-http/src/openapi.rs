@@ -47,6 +47,7 @@ use crate::{devices, groups, history, mesh, quarantine, rules};
         rules::disable,
         rules::test,
         mesh::status,
+        mesh::uplinks,
         document,
     ),
     tags(

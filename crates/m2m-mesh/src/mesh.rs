@@ -605,8 +605,10 @@ impl Mesh {
 
 impl Tap for Mesh {
     fn message(&self, message: &Arc<Message>) {
-        // What came through the mesh is not sent on; `$` topics stay on their node.
-        if message.origin.is_some() || message.topic.as_str().starts_with('$') {
+        // What came through the mesh is not sent on (what came through an uplink is: it entered the
+        // mesh here); `$` topics stay on their node.
+        let from_mesh = message.origin.as_deref().is_some_and(|o| !o.starts_with("uplink:"));
+        if from_mesh || message.topic.as_str().starts_with('$') {
             return;
         }
         if message.retain && self.inner.out_tx.try_send(Out::Retained(message.clone())).is_err() {

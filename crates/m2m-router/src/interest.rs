@@ -24,6 +24,14 @@ impl Interest {
         Self::default()
     }
 
+    /// Adds a filter that is wanted whether or not a session subscribes to it (an uplink's routes),
+    /// for as long as the node runs.
+    pub fn add_filter(&self, filter: &str) {
+        if let Ok(f) = m2m_topic::TopicFilter::try_from(filter) {
+            self.add(&Subscription::Plain(f));
+        }
+    }
+
     /// A subscriber was added.
     pub(crate) fn add(&self, sub: &Subscription) {
         let Some(filter) = filter_of(sub) else { return };

@@ -27,6 +27,96 @@ pub(crate) struct FileConfig {
     pub(crate) log: LogSection,
     /// More listeners besides `mqtt.listen`: `[[listeners]]` entries.
     pub(crate) listeners: Vec<ListenerSection>,
+    /// Bridges to external MQTT brokers: `[[uplinks]]` entries.
+    pub(crate) uplinks: Vec<UplinkSection>,
+}
+
+/// `[[uplinks]]`: a bridge to an external MQTT broker.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct UplinkSection {
+    /// Its name (1 to 64 of `A-Z a-z 0-9 - _ .`), in logs, the API and the store.
+    pub(crate) name: String,
+    /// `mqtt://host[:port]` or `mqtts://host[:port]`.
+    pub(crate) url: String,
+    /// 4 (MQTT 3.1.1, the default) or 5.
+    #[serde(default = "default_uplink_protocol")]
+    pub(crate) protocol: u8,
+    /// Client id at the remote broker (default `m2m-<name>`).
+    #[serde(default)]
+    pub(crate) client_id: String,
+    /// User name at the remote broker.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub(crate) username: Option<String>,
+    /// Its password.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub(crate) password: Option<String>,
+    /// `mqtts://`: trust only the CAs in this PEM file (default: the public roots).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub(crate) ca: Option<PathBuf>,
+    /// Keep-alive in seconds (default 30).
+    #[serde(default = "default_uplink_keep_alive")]
+    pub(crate) keep_alive: u16,
+    /// QoS towards the remote broker: 0 or 1 (default).
+    #[serde(default = "default_uplink_qos")]
+    pub(crate) qos: u8,
+    /// Messages kept while the remote broker is unreachable, at most (default 1 000 000).
+    #[serde(default = "default_uplink_outbox")]
+    pub(crate) outbox_limit: u64,
+    /// Local messages sent to the remote broker.
+    #[serde(default)]
+    pub(crate) out: Vec<RouteSection>,
+    /// Remote messages brought to this node (subscribed on the remote broker).
+    #[serde(default, rename = "in")]
+    pub(crate) in_: Vec<RouteSection>,
+}
+
+/// One route of an uplink: messages matching `filter` (on the side they come from) change their
+/// topic's `local_prefix` into `remote_prefix` going out, and back coming in.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RouteSection {
+    pub(crate) filter: String,
+    #[serde(default)]
+    pub(crate) local_prefix: String,
+    #[serde(default)]
+    pub(crate) remote_prefix: String,
+}
+
+fn default_uplink_protocol() -> u8 {
+    4
+}
+fn default_uplink_keep_alive() -> u16 {
+    30
+}
+fn default_uplink_qos() -> u8 {
+    1
+}
+fn default_uplink_outbox() -> u64 {
+    1_000_000
+}
+
+impl UplinkSection {
+    /// The uplink, checked.
+    pub(crate) fn uplink(&self) -> anyhow::Result<m2m_mesh::Uplink> {
+        let route = |r: &RouteSection| m2m_mesh::Route::new(&r.filter, &r.local_prefix, &r.remote_prefix);
+        let config = m2m_mesh::UplinkConfig {
+            name: self.name.clone(),
+            url: self.url.clone(),
+            protocol: self.protocol,
+            client_id: self.client_id.clone(),
+            username: self.username.clone(),
+            password: self.password.clone(),
+            ca: self.ca.clone(),
+            keep_alive: self.keep_alive,
+            out: self.out.iter().map(route).collect(),
+            in_: self.in_.iter().map(route).collect(),
+            qos: self.qos,
+            outbox_limit: self.outbox_limit,
+            ..m2m_mesh::UplinkConfig::default()
+        };
+        m2m_mesh::Uplink::new(config).with_context(|| format!("invalid [[uplinks]] entry {:?}", self.name))
+    }
 }
 
 /// `[mesh]`: this node in a mesh of nodes. Off while `listen` and `connect` are both empty.

@@ -172,6 +172,20 @@ fn run_node(args: NodeArgs) -> anyhow::Result<()> {
         broker_config.taps.push(std::sync::Arc::new(mesh.clone()));
         broker_config.interest = Some(mesh.interest());
     }
+    let uplinks =
+        file.uplinks.iter().map(config::UplinkSection::uplink).collect::<anyhow::Result<Vec<_>>>()?;
+    for (i, u) in uplinks.iter().enumerate() {
+        if uplinks[..i].iter().any(|other| other.name() == u.name()) {
+            anyhow::bail!("two [[uplinks]] entries are named {:?}", u.name());
+        }
+        broker_config.taps.push(std::sync::Arc::new(u.clone()));
+        // What an uplink sends out is wanted here: the mesh brings it from every node.
+        if let Some(mesh) = &mesh {
+            for route in &file.uplinks[i].out {
+                mesh.interest().add_filter(&route.filter);
+            }
+        }
+    }
     std::fs::create_dir_all(&file.node.data_dir)
         .with_context(|| format!("cannot create data directory {}", file.node.data_dir.display()))?;
     let mut builder = tokio::runtime::Builder::new_multi_thread();
@@ -197,7 +211,15 @@ fn run_node(args: NodeArgs) -> anyhow::Result<()> {
             history: broker.history(),
             engine: engine.clone(),
             mesh: mesh.clone(),
+            uplinks: uplinks.clone(),
         };
+        if !uplinks.is_empty() {
+            let store =
+                broker.store().context("uplinks keep their outbox in the store: this node has none")?;
+            for u in &uplinks {
+                u.start(broker.router(), store.clone()).await?;
+            }
+        }
         if let Some(mesh) = &mesh {
             mesh.start(broker.router(), broker.store()).await?;
             mesh.serve_queries(m2m_http::mesh_queries(&parts)).await?;
@@ -226,6 +248,9 @@ fn run_node(args: NodeArgs) -> anyhow::Result<()> {
         tokio::spawn(stop_on_signal(shutdown.clone()));
         let http = http.map(|h| tokio::spawn(h.run(shutdown.clone())));
         broker.run(shutdown).await?;
+        for u in &uplinks {
+            u.close().await;
+        }
         if let Some(mesh) = &mesh {
             mesh.close().await;
         }

@@ -14,15 +14,32 @@ pub(crate) enum MeshCommand {
         #[arg(long)]
         json: bool,
     },
+    /// The bridges to external brokers: connected, backlog, counters, the last error.
+    Uplinks {
+        /// Print the API's JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 pub(crate) fn run(place: &Place, command: MeshCommand) -> anyhow::Result<()> {
-    let MeshCommand::Status { json } = command;
     let api = match reach(place)? {
         Node::Running(api) => api,
         Node::Stopped(_) => bail!(
             "the node is not running: the mesh status comes from a running node (start it, or give --api)"
         ),
+    };
+    let json = match command {
+        MeshCommand::Status { json } => json,
+        MeshCommand::Uplinks { json } => {
+            let uplinks: Value = api.get("/uplinks")?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&uplinks)?);
+            } else {
+                print!("{}", uplinks_table(&uplinks));
+            }
+            return Ok(());
+        }
     };
     let status: Value = api.get("/mesh")?;
     if json {
@@ -65,6 +82,34 @@ fn table(status: &Value) -> String {
             n["backlog"],
             n["acknowledged"],
             list(&n["filters"]),
+        ));
+    }
+    out
+}
+
+/// The uplinks as text, a row each.
+fn uplinks_table(uplinks: &Value) -> String {
+    let all = uplinks.as_array().map(Vec::as_slice).unwrap_or_default();
+    if all.is_empty() {
+        return "no uplink configured\n".to_owned();
+    }
+    let mut out = format!(
+        "{:<16} {:<10} {:>9} {:>10} {:>12} {:>10} {:>10}  {}\n",
+        "UPLINK", "STATE", "BACKLOG", "SENT", "ACKNOWLEDGED", "RECEIVED", "RECONNECTS", "URL (LAST ERROR)"
+    );
+    for u in all {
+        let error = u["last_error"].as_str().map(|e| format!(" ({e})")).unwrap_or_default();
+        out.push_str(&format!(
+            "{:<16} {:<10} {:>9} {:>10} {:>12} {:>10} {:>10}  {}{}\n",
+            u["name"].as_str().unwrap_or("?"),
+            if u["connected"].as_bool() == Some(true) { "connected" } else { "down" },
+            u["backlog"],
+            u["sent"],
+            u["acknowledged"],
+            u["received"],
+            u["reconnects"],
+            u["url"].as_str().unwrap_or("?"),
+            error,
         ));
     }
     out

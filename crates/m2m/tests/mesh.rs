@@ -547,3 +547,73 @@ async fn a_history_query_with_scope_mesh_is_answered_by_every_node_and_merged_in
     assert_eq!(nodes, ["a", "c"], "the last value of each topic on each node");
     drop(b);
 }
+
+#[tokio::test]
+async fn an_uplink_in_the_config_file_carries_the_messages_of_the_whole_mesh_to_mosquitto() {
+    let dir = TempDir::new("mesh-uplink");
+    // A real Mosquitto, the "cloud".
+    let port = free_port();
+    let conf = dir.path().join("mosquitto.conf");
+    std::fs::write(&conf, format!("listener {port} 127.0.0.1\nallow_anonymous true\nuser root\n")).unwrap();
+    let _mosquitto = tokio::process::Command::new("/usr/sbin/mosquitto")
+        .arg("-c")
+        .arg(&conf)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("start /usr/sbin/mosquitto");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while tokio::net::TcpStream::connect(("127.0.0.1", port)).await.is_err() {
+        assert!(Instant::now() < deadline, "mosquitto did not start");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let mut cloud = m2m_test::RawClient::connect(
+        format!("127.0.0.1:{port}").parse().unwrap(),
+        m2m_codec::ProtocolVersion::V5,
+    )
+    .await;
+    cloud.send(&Packet::Connect(Box::new(v5_connect("cloud-app")))).await;
+    assert!(matches!(cloud.recv().await, Some(Packet::ConnAck(_))));
+    raw_subscribe(&mut cloud, 1, &[("site-7/#", QoS::AtLeastOnce)]).await;
+
+    // B bridges the mesh's plant/# to the cloud; A publishes.
+    std::fs::write(
+        dir.path().join("b.toml"),
+        format!(
+            "[[uplinks]]\nname = \"cloud\"\nurl = \"mqtt://127.0.0.1:{port}\"\nprotocol = 5\n\
+             out = [{{ filter = \"plant/#\", remote_prefix = \"site-7/\" }}]\n"
+        ),
+    )
+    .unwrap();
+    let pa = free_port();
+    let a = node(&dir, "a", pa, &[]).await;
+    let b_mqtt: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+    let b_api = format!("127.0.0.1:{}", free_port());
+    let listen = b_mqtt.to_string();
+    let data = dir.path().join("b").to_str().unwrap().to_owned();
+    let config = dir.path().join("b.toml").to_str().unwrap().to_owned();
+    let mesh_connect = format!("tcp/127.0.0.1:{pa}");
+    let args = ["node", "--config", &config, "--listen", &listen, "--data-dir", &data, "--node-id", "b"];
+    let mut b = m2m(&args)
+        .args(["--mesh-connect", &mesh_connect, "--log-level", "warn"])
+        .env("M2M_HTTP_LISTEN", &b_api)
+        .spawn()
+        .unwrap();
+    wait_until_listening(&mut b, b_mqtt).await;
+    let mut pub_a = client(&a, "pub-a").await;
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        publish(&mut pub_a, "plant/1/temp", QoS::AtLeastOnce, 1, "21.5", PublishProperties::default()).await;
+        if let Some(p) = next(&mut cloud, Duration::from_millis(500)).await {
+            assert_eq!((&*p.topic, &p.payload[..]), ("site-7/plant/1/temp", &b"21.5"[..]));
+            break;
+        }
+        assert!(Instant::now() < deadline, "the message never reached the cloud");
+    }
+    let out = common::run(m2m(&["mesh", "uplinks", "--json", "--api", &format!("http://{b_api}")])).await;
+    let uplinks: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!((&uplinks[0]["name"], &uplinks[0]["connected"]), (&"cloud".into(), &true.into()), "{uplinks}");
+    assert!(uplinks[0]["acknowledged"].as_u64().unwrap() >= 1, "{uplinks}");
+    drop(b);
+}
