@@ -13,8 +13,8 @@ mod uplink;
 pub mod wire;
 
 pub use mesh::{
-    guarded, Mesh, MeshAnswers, MeshConfig, MeshError, MeshStats, MeshStatus, NodeStatus, QueryHandler,
-    DATA_PREFIX, NODE_PREFIX, PING_PREFIX, QUERY_PREFIX, RETAINED_PREFIX,
+    guarded, Mesh, MeshAnswers, MeshConfig, MeshError, MeshStats, MeshStatus, MeshTls, NodeStatus,
+    QueryHandler, DATA_PREFIX, NODE_PREFIX, PING_PREFIX, QUERY_PREFIX, RETAINED_PREFIX,
 };
 pub use outbox::{OutboxStats, ACK_PREFIX, INTEREST_PREFIX, OUT_PREFIX, RESEND_AFTER, WINDOW};
 pub use uplink::{Route, Uplink, UplinkConfig, UplinkError, UplinkStatus, SESSION_EXPIRY, STABLE_AFTER};

@@ -140,6 +140,22 @@ pub struct MeshConfig {
     /// Messages kept for one unreachable node at most (QoS 1 and 2); beyond, new ones for it are
     /// dropped and counted.
     pub outbox_limit: u64,
+    /// Certificates for `tls/` endpoints; `None`: only `tcp/` endpoints.
+    pub tls: Option<MeshTls>,
+}
+
+/// The certificates of a node's TLS mesh links. Both ends of a link authenticate: a node accepts
+/// (and connects to) only nodes whose certificate the CA signed, and checks the name it connects to
+/// against the other node's certificate.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MeshTls {
+    /// The CA certificate (PEM) the other nodes' certificates are signed by.
+    pub ca: std::path::PathBuf,
+    /// This node's certificate (PEM), valid for the names other nodes connect to, and for client
+    /// authentication (`m2m cert dev` makes such a `server.pem`).
+    pub cert: std::path::PathBuf,
+    /// Its private key (PEM).
+    pub key: std::path::PathBuf,
 }
 
 impl Default for MeshConfig {
@@ -150,6 +166,7 @@ impl Default for MeshConfig {
             connect: Vec::new(),
             queue: 65_536,
             outbox_limit: 10_000_000,
+            tls: None,
         }
     }
 }
@@ -160,9 +177,12 @@ pub enum MeshError {
     /// The node id is empty, too long or holds characters other than `A-Z a-z 0-9 - _ .`.
     #[error("invalid mesh node id {0:?}: use 1 to 64 of A-Z a-z 0-9 - _ .")]
     NodeId(String),
-    /// An endpoint is not of the form `tcp/host:port`.
-    #[error("invalid mesh endpoint {0:?}: expected tcp/host:port")]
+    /// An endpoint is not of the form `tcp/host:port` or `tls/host:port`.
+    #[error("invalid mesh endpoint {0:?}: expected tcp/host:port or tls/host:port")]
     Endpoint(String),
+    /// A `tls/` endpoint without certificates, or a certificate file that cannot be read.
+    #[error("mesh TLS: {0}")]
+    Tls(String),
     /// zenoh refused the configuration or could not open.
     #[error("the mesh could not start: {0}")]
     Zenoh(String),
@@ -234,12 +254,27 @@ impl Mesh {
             return Err(MeshError::NodeId(id.clone()));
         }
         for e in config.listen.iter().chain(&config.connect) {
-            let ok = e
-                .strip_prefix("tcp/")
+            let address = e.strip_prefix("tcp/").or_else(|| e.strip_prefix("tls/"));
+            let ok = address
                 .and_then(|a| a.rsplit_once(':'))
                 .is_some_and(|(host, port)| !host.is_empty() && port.parse::<u16>().is_ok());
             if !ok {
                 return Err(MeshError::Endpoint(e.clone()));
+            }
+            if e.starts_with("tls/") && config.tls.is_none() {
+                return Err(MeshError::Tls(format!(
+                    "endpoint {e:?} needs certificates (mesh.tls_ca, mesh.tls_cert, mesh.tls_key)"
+                )));
+            }
+        }
+        if let Some(tls) = &config.tls {
+            for (what, path) in [("CA", &tls.ca), ("certificate", &tls.cert), ("key", &tls.key)] {
+                if let Err(e) = std::fs::metadata(path) {
+                    return Err(MeshError::Tls(format!(
+                        "cannot read the {what} file {}: {e}",
+                        path.display()
+                    )));
+                }
             }
         }
         let queue = config.queue.max(1);
@@ -296,7 +331,7 @@ impl Mesh {
         store: Option<m2m_store::Store>,
     ) -> Result<(), MeshError> {
         let inner = &self.inner;
-        let config = serde_json::json!({
+        let mut config = serde_json::json!({
             "mode": "router",
             "metadata": { "name": &*inner.node_id },
             "listen": { "endpoints": inner.config.listen },
@@ -306,6 +341,18 @@ impl Mesh {
             },
             "scouting": { "multicast": { "enabled": false }, "gossip": { "enabled": false } },
         });
+        if let Some(tls) = &inner.config.tls {
+            let path = |p: &std::path::PathBuf| p.display().to_string();
+            config["transport"] = serde_json::json!({ "link": { "tls": {
+                "root_ca_certificate": path(&tls.ca),
+                "listen_certificate": path(&tls.cert),
+                "listen_private_key": path(&tls.key),
+                "connect_certificate": path(&tls.cert),
+                "connect_private_key": path(&tls.key),
+                "enable_mtls": true,
+                "verify_name_on_connect": true,
+            } } });
+        }
         let zconfig =
             zenoh::Config::from_json5(&config.to_string()).map_err(|e| MeshError::Zenoh(e.to_string()))?;
         let session = zenoh::open(zconfig).await.map_err(|e| MeshError::Zenoh(e.to_string()))?;

@@ -43,7 +43,7 @@ pub(crate) enum CertCommand {
     ///   ca.pem, ca.key          the CA, CN "m2m development CA": clients trust ca.pem, and the node
     ///                           accepts client certificates it signed
     ///   server.pem, server.key  the node's certificate, CN "m2m node", for localhost, 127.0.0.1,
-    ///                           ::1 and every --host
+    ///                           ::1 and every --host (also for its TLS mesh links, both ways)
     ///   ID.pem, ID.key          a client certificate for each --device; its CN is the device id
     ///
     /// Keys are ECDSA P-256, unencrypted PKCS#8 PEM, readable by their owner only (mode 0600).
@@ -174,7 +174,8 @@ fn run_dev(args: &DevArgs) -> anyhow::Result<()> {
             "server",
             SERVER_NAME,
             server_names,
-            ExtendedKeyUsagePurpose::ServerAuth,
+            // Client authentication too: a node connects to other nodes of a mesh with it.
+            &[ExtendedKeyUsagePurpose::ServerAuth, ExtendedKeyUsagePurpose::ClientAuth],
             now,
             not_after,
         )?);
@@ -185,7 +186,7 @@ fn run_dev(args: &DevArgs) -> anyhow::Result<()> {
             id,
             id,
             Vec::new(),
-            ExtendedKeyUsagePurpose::ClientAuth,
+            &[ExtendedKeyUsagePurpose::ClientAuth],
             now,
             not_after,
         )?);
@@ -301,7 +302,7 @@ fn issue(
     stem: &str,
     common_name: &str,
     names: Vec<SanType>,
-    usage: ExtendedKeyUsagePurpose,
+    usages: &[ExtendedKeyUsagePurpose],
     not_before: u64,
     not_after: u64,
 ) -> anyhow::Result<[Output; 2]> {
@@ -310,7 +311,7 @@ fn issue(
     params.distinguished_name.push(DnType::CommonName, common_name);
     params.subject_alt_names = names;
     params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
-    params.extended_key_usages = vec![usage];
+    params.extended_key_usages = usages.to_vec();
     params.use_authority_key_identifier_extension = true;
     set_validity(&mut params, not_before, not_after);
     let key = KeyPair::generate().with_context(|| format!("cannot generate the key for {stem}.pem"))?;

@@ -133,6 +133,12 @@ pub(crate) struct MeshSection {
     pub(crate) queue: usize,
     /// QoS 1 and 2 messages kept for one unreachable node at most.
     pub(crate) outbox_limit: u64,
+    /// For `tls/` endpoints: the CA that signs the nodes' certificates (PEM); empty: none.
+    pub(crate) tls_ca: String,
+    /// This node's certificate (PEM), also used to connect to other nodes.
+    pub(crate) tls_cert: String,
+    /// Its private key (PEM).
+    pub(crate) tls_key: String,
 }
 
 impl Default for MeshSection {
@@ -144,6 +150,9 @@ impl Default for MeshSection {
             connect: d.connect,
             queue: d.queue,
             outbox_limit: d.outbox_limit,
+            tls_ca: String::new(),
+            tls_cert: String::new(),
+            tls_key: String::new(),
         }
     }
 }
@@ -164,6 +173,13 @@ impl MeshSection {
             connect: self.connect.clone(),
             queue: self.queue,
             outbox_limit: self.outbox_limit,
+            tls: match (self.tls_ca.as_str(), self.tls_cert.as_str(), self.tls_key.as_str()) {
+                ("", "", "") => None,
+                (ca, cert, key) if !ca.is_empty() && !cert.is_empty() && !key.is_empty() => {
+                    Some(m2m_mesh::MeshTls { ca: ca.into(), cert: cert.into(), key: key.into() })
+                }
+                _ => bail!("invalid mesh settings: mesh.tls_ca, mesh.tls_cert and mesh.tls_key go together"),
+            },
         }))
     }
 }

@@ -617,3 +617,64 @@ async fn an_uplink_in_the_config_file_carries_the_messages_of_the_whole_mesh_to_
     assert!(uplinks[0]["acknowledged"].as_u64().unwrap() >= 1, "{uplinks}");
     drop(b);
 }
+
+#[tokio::test]
+async fn tls_links_join_nodes_whose_certificates_the_site_ca_signed_and_no_others() {
+    let dir = TempDir::new("mesh-tls");
+    let certs = dir.path().join("certs");
+    let other = dir.path().join("other");
+    for d in [&certs, &other] {
+        let out = common::run(m2m(&["cert", "dev", "--out", d.to_str().unwrap()])).await;
+        assert!(out.status.success(), "{}", common::text(&out.stderr));
+    }
+    // node NAME with the certificates in DIR, listening on (or connecting to) a tls/ endpoint.
+    let start = |name: &'static str, pki: std::path::PathBuf, listen: Option<u16>, connect: Option<u16>| {
+        let dir = dir.path().to_owned();
+        async move {
+            let mqtt: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+            let api = format!("127.0.0.1:{}", free_port());
+            let file = |f: &str| pki.join(f).to_str().unwrap().to_owned();
+            let mut args: Vec<String> =
+                ["node", "--listen", &mqtt.to_string(), "--node-id", name, "--log-level", "error"]
+                    .map(str::to_owned)
+                    .to_vec();
+            args.extend(["--data-dir".to_owned(), dir.join(name).to_str().unwrap().to_owned()]);
+            if let Some(p) = listen {
+                args.extend(["--mesh-listen".to_owned(), format!("tls/127.0.0.1:{p}")]);
+            }
+            if let Some(p) = connect {
+                args.extend(["--mesh-connect".to_owned(), format!("tls/localhost:{p}")]);
+            }
+            let args: Vec<&str> = args.iter().map(String::as_str).collect();
+            let mut process = m2m(&args)
+                .env("M2M_HTTP_LISTEN", &api)
+                .env("M2M_MESH_TLS_CA", file("ca.pem"))
+                .env("M2M_MESH_TLS_CERT", file("server.pem"))
+                .env("M2M_MESH_TLS_KEY", file("server.key"))
+                .spawn()
+                .unwrap();
+            wait_until_listening(&mut process, mqtt).await;
+            Node { _process: process, mqtt, api: format!("http://{api}") }
+        }
+    };
+    let pa = free_port();
+    let a = start("a", certs.clone(), Some(pa), None).await;
+    let b = start("b", certs.clone(), None, Some(pa)).await;
+    let intruder = start("intruder", other.clone(), None, Some(pa)).await;
+
+    let mut sub_b = client(&b, "sub-b").await;
+    raw_subscribe(&mut sub_b, 1, &[("probe/b", QoS::AtMostOnce)]).await;
+    let mut pub_a = client(&a, "pub-a").await;
+    until_routed(&mut pub_a, &mut sub_b, "probe/b").await;
+
+    let mut sub_x = client(&intruder, "sub-x").await;
+    raw_subscribe(&mut sub_x, 1, &[("probe/#", QoS::AtMostOnce)]).await;
+    for _ in 0..10 {
+        publish(&mut pub_a, "probe/x", QoS::AtMostOnce, 0, "secret", PublishProperties::default()).await;
+        assert!(next(&mut sub_x, Duration::from_millis(200)).await.is_none(), "a node of another CA got in");
+    }
+    let seen = status(&a).await;
+    let ids: Vec<&str> =
+        seen["nodes"].as_array().unwrap().iter().map(|n| n["id"].as_str().unwrap()).collect();
+    assert_eq!(ids, ["b"], "{seen}");
+}
