@@ -79,8 +79,8 @@ fn table(status: &Value) -> String {
             if n["reachable"].as_bool() == Some(true) { "reachable" } else { "unreachable" },
             if n["linked"].as_bool() == Some(true) { "direct" } else { "-" },
             rtt,
-            n["backlog"],
-            n["acknowledged"],
+            n["backlog"].as_u64().unwrap_or(0),
+            n["acknowledged"].as_u64().unwrap_or(0),
             list(&n["filters"]),
         ));
     }
@@ -103,11 +103,11 @@ fn uplinks_table(uplinks: &Value) -> String {
             "{:<16} {:<10} {:>9} {:>10} {:>12} {:>10} {:>10}  {}{}\n",
             u["name"].as_str().unwrap_or("?"),
             if u["connected"].as_bool() == Some(true) { "connected" } else { "down" },
-            u["backlog"],
-            u["sent"],
-            u["acknowledged"],
-            u["received"],
-            u["reconnects"],
+            u["backlog"].as_u64().unwrap_or(0),
+            u["sent"].as_u64().unwrap_or(0),
+            u["acknowledged"].as_u64().unwrap_or(0),
+            u["received"].as_u64().unwrap_or(0),
+            u["reconnects"].as_u64().unwrap_or(0),
             u["url"].as_str().unwrap_or("?"),
             error,
         ));
