@@ -93,6 +93,13 @@ pub struct RuleMetrics {
 
 /// One action, ready to run.
 enum Action {
+    Forward {
+        uplink: String,
+        topic: Template,
+        payload: Option<Template>,
+        qos: QoS,
+        retain: bool,
+    },
     Republish {
         topic: Template,
         payload: Option<Template>,
@@ -207,6 +214,8 @@ struct Inner {
     loops: AtomicU64,
     /// The node events some enabled rule reads, one bit per [`NodeEventKind`].
     wanted: AtomicU32,
+    /// The node's uplinks, for `forward` actions.
+    uplinks: RwLock<Vec<m2m_mesh::Uplink>>,
     /// Jobs taken by the worker, and handed to it: for [`Engine::flush`].
     queued_total: AtomicU64,
     done_total: AtomicU64,
@@ -262,6 +271,7 @@ impl Engine {
             dropped: AtomicU64::new(0),
             loops: AtomicU64::new(0),
             wanted: AtomicU32::new(0),
+            uplinks: RwLock::new(Vec::new()),
             queued_total: AtomicU64::new(0),
             done_total: AtomicU64::new(0),
         });
@@ -520,6 +530,11 @@ impl Engine {
         query.evaluate(&input).map_err(|e| EngineError::Invalid(e.to_string()))
     }
 
+    /// The node's uplinks, which `forward` actions name.
+    pub fn set_uplinks(&self, uplinks: Vec<m2m_mesh::Uplink>) {
+        *self.inner().uplinks.write().unwrap_or_else(PoisonError::into_inner) = uplinks;
+    }
+
     /// Waits (at most `timeout`) until everything handed to the engine so far was evaluated and its
     /// actions carried out (webhooks queued); `false` on timeout. For tests and tools.
     pub fn flush(&self, timeout: Duration) -> bool {
@@ -645,6 +660,22 @@ fn compile_checked(spec: &RuleSpec) -> Result<Live, EngineError> {
                     .iter()
                     .map(|(k, v)| Ok((k.clone(), template("user property", v)?)))
                     .collect::<Result<_, EngineError>>()?,
+            },
+            ActionSpec::Forward { uplink, topic, payload, qos, retain } => Action::Forward {
+                uplink: uplink.clone(),
+                topic: template("forward topic", topic)?,
+                payload: payload.as_deref().map(|p| template("forward payload", p)).transpose()?,
+                qos: match qos {
+                    0 => QoS::AtMostOnce,
+                    1 => QoS::AtLeastOnce,
+                    _ => {
+                        return Err(EngineError::Invalid(format!(
+                            "rule {:?}: forward qos {qos}: expected 0 or 1",
+                            spec.id
+                        )))
+                    }
+                },
+                retain: *retain,
             },
             ActionSpec::Webhook { url, ca, headers, body, timeout_ms, max_retries } => {
                 let mut config = WebhookConfig {
@@ -1153,6 +1184,18 @@ fn act(
             node.router
                 .blocking_send(Command::Publish { message: Arc::new(m), from: None, ack: None })
                 .map_err(|e| e.to_string())
+        }
+        Action::Forward { uplink, topic, payload, qos, retain } => {
+            let uplinks = inner.uplinks.read().unwrap_or_else(PoisonError::into_inner);
+            let Some(to) = uplinks.iter().find(|u| u.name() == uplink) else {
+                return Err(format!("forward: the node has no uplink {uplink:?}"));
+            };
+            let topic = topic.render(output);
+            let topic =
+                TopicName::try_from(topic.as_str()).map_err(|e| format!("forward topic {topic:?}: {e}"))?;
+            let mut m = Message::new(topic, payload_of(payload.as_ref(), output), *qos, *retain);
+            m.publisher = Some(Arc::from(format!("$rule/{}", rule.spec.id)));
+            to.forward(&m)
         }
         Action::Webhook { hook, body } => {
             let body = match body {

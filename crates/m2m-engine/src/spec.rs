@@ -118,6 +118,23 @@ pub enum ActionSpec {
         #[serde(default, skip_serializing_if = "Option::is_none")]
         expires_secs: Option<u64>,
     },
+    /// Sends the output to an external broker through the node's uplink `uplink`, on `topic` there
+    /// (whatever the uplink's routes say), kept in its outbox while the broker is unreachable.
+    Forward {
+        /// The uplink's name (`[[uplinks]]`).
+        uplink: String,
+        /// The topic at the remote broker (a template).
+        topic: String,
+        /// The payload (a template); absent: the output as a JSON object.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        payload: Option<String>,
+        /// QoS towards the remote (0 or 1; default 1).
+        #[serde(default = "one")]
+        qos: u8,
+        /// RETAIN at the remote.
+        #[serde(default)]
+        retain: bool,
+    },
     /// Stores the output in the history as a message on `topic` (a derived series).
     History {
         /// The topic (a template).
@@ -140,6 +157,7 @@ impl ActionSpec {
             ActionSpec::Webhook { .. } => "webhook",
             ActionSpec::Quarantine { .. } => "quarantine",
             ActionSpec::History { .. } => "history",
+            ActionSpec::Forward { .. } => "forward",
         }
     }
 }

@@ -692,6 +692,24 @@ impl Uplink {
         }
     }
 
+    /// Puts `message` into the outbox as it is, whatever the routes say: its topic is the remote
+    /// topic (a rule's `forward` action).
+    ///
+    /// # Errors
+    /// The uplink has not started (no outbox yet), or its outbox is full.
+    pub fn forward(&self, message: &Message) -> Result<(), String> {
+        let inner = &self.inner;
+        let Some(store) = inner.store.get() else {
+            return Err(format!("uplink {} has not started", inner.config.name));
+        };
+        let dropped = inner.counters.dropped.load(Ordering::Relaxed);
+        inner.enqueue(store, message.topic.clone(), message);
+        if inner.counters.dropped.load(Ordering::Relaxed) > dropped {
+            return Err(format!("uplink {}: the outbox is full or cannot be written", inner.config.name));
+        }
+        Ok(())
+    }
+
     /// Ends the connection (with a DISCONNECT) and stops reconnecting. The tap still writes
     /// messages into the outbox, for the next start of the node. Call it before the node stops.
     ///

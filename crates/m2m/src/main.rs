@@ -219,6 +219,9 @@ fn run_node(args: NodeArgs) -> anyhow::Result<()> {
             for u in &uplinks {
                 u.start(broker.router(), store.clone()).await?;
             }
+            if let Some(engine) = &engine {
+                engine.set_uplinks(uplinks.clone());
+            }
         }
         if let Some(mesh) = &mesh {
             mesh.start(broker.router(), broker.store()).await?;

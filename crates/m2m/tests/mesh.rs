@@ -611,6 +611,40 @@ async fn an_uplink_in_the_config_file_carries_the_messages_of_the_whole_mesh_to_
         }
         assert!(Instant::now() < deadline, "the message never reached the cloud");
     }
+    // A rule on B sends an alert to the cloud through the uplink (a forward action).
+    let action =
+        r#"{"type": "forward", "uplink": "cloud", "topic": "site-7/alerts/${line}", "payload": "hot: ${t}"}"#;
+    let sql =
+        r#"SELECT topic_level(topic, 2) AS line, payload.t AS t FROM "plant/+/temp" WHERE payload.t > 80"#;
+    let added = common::run(m2m(&[
+        "rule",
+        "add",
+        "hot",
+        "--sql",
+        sql,
+        "--action",
+        action,
+        "--api",
+        &format!("http://{b_api}"),
+    ]))
+    .await;
+    assert!(added.status.success(), "{}", common::text(&added.stderr));
+    publish(&mut pub_a, "plant/2/temp", QoS::AtLeastOnce, 2, r#"{"t": 95}"#, PublishProperties::default())
+        .await;
+    let mut got = Vec::new();
+    while got.len() < 2 {
+        let p =
+            next(&mut cloud, Duration::from_secs(10)).await.expect("the cloud got the message and the alert");
+        got.push((p.topic.to_string(), String::from_utf8(p.payload.to_vec()).unwrap()));
+    }
+    got.sort();
+    assert_eq!(
+        got,
+        [
+            ("site-7/alerts/2".to_owned(), "hot: 95".to_owned()),
+            ("site-7/plant/2/temp".to_owned(), r#"{"t": 95}"#.to_owned())
+        ]
+    );
     let out = common::run(m2m(&["mesh", "uplinks", "--json", "--api", &format!("http://{b_api}")])).await;
     let uplinks: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!((&uplinks[0]["name"], &uplinks[0]["connected"]), (&"cloud".into(), &true.into()), "{uplinks}");
