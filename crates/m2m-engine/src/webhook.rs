@@ -79,8 +79,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bytes::{Buf, BytesMut};
-use rustls_pki_types::pem::PemObject;
-use rustls_pki_types::{CertificateDer, ServerName};
+use rustls_pki_types::ServerName;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::sync::{mpsc, watch};
@@ -764,32 +763,7 @@ fn tls_client(
     target: &Target,
     ca: Option<&PathBuf>,
 ) -> Result<(TlsConnector, ServerName<'static>), WebhookError> {
-    let mut roots = rustls::RootCertStore::empty();
-    match ca {
-        None => roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned()),
-        Some(path) => {
-            let certs = CertificateDer::pem_file_iter(path)
-                .and_then(Iterator::collect::<Result<Vec<_>, _>>)
-                .map_err(|e| WebhookError::Tls(format!("cannot read the CA file {}: {e}", path.display())))?;
-            if certs.is_empty() {
-                return Err(WebhookError::Tls(format!("no certificate in the CA file {}", path.display())));
-            }
-            for cert in certs {
-                roots.add(cert).map_err(|e| {
-                    WebhookError::Tls(format!("a certificate in {} is not usable: {e}", path.display()))
-                })?;
-            }
-        }
-    }
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let config = rustls::ClientConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()
-        .map_err(|e| WebhookError::Tls(e.to_string()))?
-        .with_root_certificates(roots)
-        .with_no_client_auth();
-    let name = ServerName::try_from(target.host.clone())
-        .map_err(|_| WebhookError::Tls(format!("{:?} is not a valid TLS server name", target.host)))?;
-    Ok((TlsConnector::from(Arc::new(config)), name))
+    m2m_mesh::tls_client(&target.host, ca.map(PathBuf::as_path)).map_err(WebhookError::Tls)
 }
 
 /// A client connection and the bytes read from it but not yet parsed.

@@ -17,4 +17,6 @@ pub use mesh::{
     QueryHandler, DATA_PREFIX, NODE_PREFIX, PING_PREFIX, QUERY_PREFIX, RETAINED_PREFIX,
 };
 pub use outbox::{OutboxStats, ACK_PREFIX, INTEREST_PREFIX, OUT_PREFIX, RESEND_AFTER, WINDOW};
-pub use uplink::{Route, Uplink, UplinkConfig, UplinkError, UplinkStatus, SESSION_EXPIRY, STABLE_AFTER};
+pub use uplink::{
+    tls_client, Route, Uplink, UplinkConfig, UplinkError, UplinkStatus, SESSION_EXPIRY, STABLE_AFTER,
+};

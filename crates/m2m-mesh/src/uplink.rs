@@ -433,7 +433,9 @@ fn parse_url(url: &str) -> Result<(bool, String, u16), &'static str> {
 }
 
 /// The TLS client for `host`: the public roots, or the authorities in `ca` only.
-fn tls_client(host: &str, ca: Option<&Path>) -> Result<(TlsConnector, ServerName<'static>), String> {
+/// A TLS client for `host`: the public roots built in, or only the authorities in `ca` (PEM). The
+/// error names the problem (an unreadable or empty CA file, a host that is not a server name).
+pub fn tls_client(host: &str, ca: Option<&Path>) -> Result<(TlsConnector, ServerName<'static>), String> {
     let mut roots = rustls::RootCertStore::empty();
     match ca {
         None => roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned()),
