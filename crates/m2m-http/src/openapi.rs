@@ -90,6 +90,6 @@ mod tests {
         let params = &doc["paths"]["/api/v1/history"]["get"]["parameters"];
         let names: Vec<&str> =
             params.as_array().unwrap().iter().map(|p| p["name"].as_str().unwrap()).collect();
-        assert_eq!(names, ["filter", "from", "to", "limit", "order", "cursor", "field"]);
+        assert_eq!(names, ["filter", "from", "to", "limit", "order", "cursor", "field", "scope"]);
     }
 }
