@@ -635,10 +635,13 @@ async fn the_openapi_document_describes_the_history_routes() {
             .collect()
     };
     let names = |path: &str| params(path).into_iter().map(|(n, _)| n).collect::<Vec<_>>();
-    assert_eq!(names("/api/v1/history"), ["filter", "from", "to", "limit", "order", "cursor", "field"]);
+    assert_eq!(
+        names("/api/v1/history"),
+        ["filter", "from", "to", "limit", "order", "cursor", "field", "scope"]
+    );
     assert!(params("/api/v1/history").contains(&("filter".to_owned(), true)));
     assert_eq!(names("/api/v1/history/aggregate"), ["filter", "from", "to", "field", "bucket", "agg"]);
-    assert_eq!(names("/api/v1/latest"), ["filter", "field"]);
+    assert_eq!(names("/api/v1/latest"), ["filter", "field", "scope"]);
     assert_eq!(names("/api/v1/topics"), ["filter"]);
     for path in ["/api/v1/history", "/api/v1/history/aggregate", "/api/v1/latest", "/api/v1/topics"] {
         let responses = &doc["paths"][path]["get"]["responses"];

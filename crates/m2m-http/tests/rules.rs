@@ -249,7 +249,10 @@ async fn invalid_rules_are_refused_with_400_and_the_engines_message() {
             "republish qos 3: expected 0, 1 or 2",
         ),
         (json!({"id": "a", "sql": HOT, "actions": [republish("x/${", "y")]}), "republish topic"),
-        (json!({"id": "a", "sql": HOT, "actions": [{"type": "webhook", "url": "https://x/"}]}), "webhook"),
+        (
+            json!({"id": "a", "sql": HOT, "actions": [{"type": "webhook", "url": "ftp://x/"}]}),
+            "webhook: invalid webhook URL \"ftp://x/\": the scheme must be http or https",
+        ),
         (
             json!({"id": "a", "sql": HOT, "actions": [{"type": "quarantine", "mode": "exile", "reason": "r"}]}),
             "quarantine mode \"exile\": expected ban or isolate",
