@@ -82,7 +82,7 @@ pub struct MeshStatus {
     pub nodes: Vec<NodeStatus>,
     /// Messages put into the mesh by topic (QoS 0).
     pub sent: u64,
-    /// Messages received from other nodes.
+    /// Messages received from other nodes (by topic and through outboxes).
     pub received: u64,
     /// Messages dropped: full queues, full outboxes.
     pub dropped: u64,
@@ -530,6 +530,7 @@ impl Mesh {
                 n.acknowledged = acknowledged;
             }
             status.dropped += r.stats.overflow.load(Ordering::Relaxed);
+            status.received += r.stats.received.load(Ordering::Relaxed);
         }
         for id in reachable.iter().filter(|id| **id != *inner.node_id) {
             let n = nodes.entry(id.clone()).or_insert_with(|| blank(id));

@@ -166,6 +166,11 @@ async fn a_message_published_on_a_reaches_c_through_b_once_with_its_properties()
     assert_eq!(even, (0..50).step_by(2).collect::<Vec<_>>(), "each QoS 0 message once, in order");
     assert_eq!(odd, (1..50).step_by(2).collect::<Vec<_>>(), "each QoS 1 message once, in order");
     assert!(next(&mut sub_b, Duration::from_millis(300)).await.is_none(), "B's subscriber wants none of it");
+    // Interest, not flooding: B carries A's messages to C but takes none of them in.
+    let seen_by_b = status(&b).await;
+    assert_eq!(seen_by_b["received"], 0, "{seen_by_b}");
+    let seen_by_c = status(&c).await;
+    assert!(seen_by_c["received"].as_u64().unwrap() >= 51, "C took them in: {seen_by_c}");
 }
 
 #[tokio::test]
