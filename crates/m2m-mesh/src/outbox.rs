@@ -237,7 +237,7 @@ impl Reliable {
         let r = rel.clone();
         let interest = session
             .declare_subscriber(format!("{INTEREST_PREFIX}/*"))
-            .callback(move |s| guarded(&r.mesh_stats, || r.on_interest(&s)))
+            .callback(move |s| guarded(&r.mesh_stats, || r.interest_sample(&s)))
             .background()
             .await;
         let r = rel.clone();
@@ -371,10 +371,6 @@ impl Reliable {
                 self.interest_sample(sample);
             }
         }
-    }
-
-    fn on_interest(&self, sample: &Sample) {
-        self.interest_sample(sample);
     }
 
     fn interest_sample(&self, sample: &Sample) {

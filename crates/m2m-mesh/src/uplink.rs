@@ -658,7 +658,7 @@ impl Uplink {
             // when it finds no store: what came before the start keeps its place in the order.
             let mut early = inner.early.lock().unwrap_or_else(PoisonError::into_inner);
             for (topic, m) in early.drain(..) {
-                inner.enqueue(&store, topic, &m);
+                let _ = inner.enqueue(&store, topic, &m);
             }
             let _ = inner.store.set(store.clone());
         }
@@ -704,9 +704,7 @@ impl Uplink {
         let Some(store) = inner.store.get() else {
             return Err(format!("uplink {} has not started", inner.config.name));
         };
-        let dropped = inner.counters.dropped.load(Ordering::Relaxed);
-        inner.enqueue(store, message.topic.clone(), message);
-        if inner.counters.dropped.load(Ordering::Relaxed) > dropped {
+        if !inner.enqueue(store, message.topic.clone(), message) {
             return Err(format!("uplink {}: the outbox is full or cannot be written", inner.config.name));
         }
         Ok(())
@@ -730,12 +728,13 @@ impl Uplink {
 }
 
 impl Inner {
-    /// Writes `m` into the outbox under its remote topic, unless the outbox is full.
-    fn enqueue(&self, store: &Store, remote: TopicName, m: &Message) {
+    /// Writes `m` into the outbox under its remote topic, unless the outbox is full; `false` (and
+    /// counted as dropped) when it was not kept.
+    fn enqueue(&self, store: &Store, remote: TopicName, m: &Message) -> bool {
         if self.backlog.load(Ordering::Relaxed) >= self.config.outbox_limit {
             self.counters.dropped.fetch_add(1, Ordering::Relaxed);
             trace!(uplink = %self.config.name, topic = %m.topic, "uplink outbox full, message dropped");
-            return;
+            return false;
         }
         let seq = self.seq.fetch_add(1, Ordering::Relaxed) + 1;
         let mut batch = store.batch();
@@ -743,12 +742,13 @@ impl Inner {
         if let Err(e) = batch.commit() {
             self.counters.dropped.fetch_add(1, Ordering::Relaxed);
             warn!(uplink = %self.config.name, error = %e, topic = %m.topic, "uplink outbox write failed");
-            return;
+            return false;
         }
         if self.backlog.fetch_add(1, Ordering::Relaxed) == 0 {
             self.head_ms.store(unix_ms(SystemTime::now()), Ordering::Relaxed);
         }
         self.wake.notify_one();
+        true
     }
 
     fn forget(&self, n: u64) {
@@ -776,14 +776,14 @@ impl Tap for Uplink {
             return;
         };
         if let Some(store) = inner.store.get() {
-            inner.enqueue(store, remote, message);
+            let _ = inner.enqueue(store, remote, message);
             return;
         }
         let mut early = inner.early.lock().unwrap_or_else(PoisonError::into_inner);
         if let Some(store) = inner.store.get() {
             // Started meanwhile.
             drop(early);
-            inner.enqueue(store, remote, message);
+            let _ = inner.enqueue(store, remote, message);
         } else if early.len() as u64 >= inner.config.outbox_limit {
             inner.counters.dropped.fetch_add(1, Ordering::Relaxed);
         } else {
