@@ -717,3 +717,40 @@ async fn tls_links_join_nodes_whose_certificates_the_site_ca_signed_and_no_other
         seen["nodes"].as_array().unwrap().iter().map(|n| n["id"].as_str().unwrap()).collect();
     assert_eq!(ids, ["b"], "{seen}");
 }
+
+#[tokio::test]
+async fn an_outbox_holds_at_most_its_limit_and_counts_what_it_drops() {
+    let dir = TempDir::new("mesh-outbox-limit");
+    let (pa, pc) = (free_port(), free_port());
+    let a_mqtt: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+    let a_api = format!("127.0.0.1:{}", free_port());
+    let (listen, data) = (a_mqtt.to_string(), dir.path().join("a").to_str().unwrap().to_owned());
+    let mesh_listen = format!("tcp/127.0.0.1:{pa}");
+    let mut process = m2m(&["node", "--listen", &listen, "--data-dir", &data, "--node-id", "a"])
+        .args(["--mesh-listen", &mesh_listen, "--log-level", "warn"])
+        .env("M2M_HTTP_LISTEN", &a_api)
+        .env("M2M_MESH_OUTBOX_LIMIT", "10")
+        .spawn()
+        .unwrap();
+    wait_until_listening(&mut process, a_mqtt).await;
+    let a = Node { _process: process, mqtt: a_mqtt, api: format!("http://{a_api}") };
+    let mut c = node(&dir, "c", pc, &[pa]).await;
+    let mut sub = raw_connect_ok(c.mqtt, m2m_test::persistent_connect("sub-c", true)).await;
+    raw_subscribe(&mut sub, 1, &[("load/#", QoS::AtLeastOnce)]).await;
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while !node_entry(&status(&a).await, "c")["filters"].as_array().is_some_and(|f| !f.is_empty()) {
+        assert!(Instant::now() < deadline, "A never heard C's filters");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    drop(sub);
+    c._process.start_kill().unwrap();
+    c._process.wait().await.unwrap();
+    let mut pub_a = client(&a, "pub-a").await;
+    for i in 0..15u16 {
+        publish(&mut pub_a, "load/x", QoS::AtLeastOnce, i + 1, &i.to_string(), PublishProperties::default())
+            .await;
+    }
+    let seen = status(&a).await;
+    assert_eq!(node_entry(&seen, "c")["backlog"], 10, "{seen}");
+    assert_eq!(seen["dropped"], 5, "{seen}");
+}
