@@ -194,7 +194,7 @@ pub(crate) async fn create(
         }
     })
     .await?;
-    state.access.audit("api", "device.add", &device.id, "");
+    crate::auth::audit(&state.access, "device.add", &device.id, "");
     Ok((StatusCode::CREATED, axum::Json(DeviceView::from(&device))))
 }
 
@@ -261,7 +261,7 @@ async fn change_device(
         Ok(device)
     })
     .await?;
-    state.access.audit("api", "device.set", &device.id, "");
+    crate::auth::audit(&state.access, "device.set", &device.id, "");
     if relogin {
         state.access.disconnect_device(&device.id);
     }
@@ -289,7 +289,7 @@ pub(crate) async fn remove(
 async fn remove_device(state: ApiState, id: String) -> Result<StatusCode, ApiError> {
     let access = state.access.clone();
     let device = blocking(move || Ok(access.registry_mut().remove_device(&id)?)).await?;
-    state.access.audit("api", "device.remove", &device.id, "");
+    crate::auth::audit(&state.access, "device.remove", &device.id, "");
     state.access.disconnect_device(&device.id);
     Ok(StatusCode::NO_CONTENT)
 }
@@ -350,7 +350,7 @@ pub(crate) async fn import(
         })
     })
     .await?;
-    state.access.audit("api", "device.import", "", &format!("{imported} devices"));
+    crate::auth::audit(&state.access, "device.import", "", &format!("{imported} devices"));
     Ok(axum::Json(serde_json::json!({ "imported": imported })))
 }
 

@@ -1,5 +1,6 @@
 //! Errors: [`HttpError`] for starting and running the server, and `ApiError`, the one error type
-//! handlers return, which becomes a JSON body `{"error": "..."}` with its status.
+//! handlers return, which becomes a JSON body `{"error": "<code>", "message": "..."}` with its
+//! status.
 
 use std::net::SocketAddr;
 
@@ -32,14 +33,37 @@ pub enum HttpError {
 #[derive(utoipa::ToSchema)]
 #[allow(dead_code)]
 pub(crate) struct ErrorBody {
-    /// What went wrong.
+    /// The kind of error, from the status: `bad_request`, `unauthorized`, `forbidden`,
+    /// `not_found`, `method_not_allowed`, `conflict`, `payload_too_large`,
+    /// `unsupported_media_type`, `too_many_requests`, `internal`, `unavailable`.
     error: String,
+    /// What went wrong, for a person.
+    message: String,
+}
+
+/// The `error` code of an answer with `status`.
+pub(crate) fn code(status: StatusCode) -> &'static str {
+    match status {
+        StatusCode::BAD_REQUEST => "bad_request",
+        StatusCode::UNAUTHORIZED => "unauthorized",
+        StatusCode::FORBIDDEN => "forbidden",
+        StatusCode::NOT_FOUND => "not_found",
+        StatusCode::METHOD_NOT_ALLOWED => "method_not_allowed",
+        StatusCode::CONFLICT => "conflict",
+        StatusCode::PAYLOAD_TOO_LARGE => "payload_too_large",
+        StatusCode::UNSUPPORTED_MEDIA_TYPE => "unsupported_media_type",
+        StatusCode::TOO_MANY_REQUESTS => "too_many_requests",
+        StatusCode::SERVICE_UNAVAILABLE => "unavailable",
+        s if s.is_client_error() => "bad_request",
+        _ => "internal",
+    }
 }
 
 /// The message shown to a client instead of an internal error's details (which are logged).
 const INTERNAL: &str = "internal error; see the node's log";
 
-/// An error answered to an API client: a status and a message, sent as `{"error": message}`.
+/// An error answered to an API client: a status and a message, sent as
+/// `{"error": code, "message": message}`.
 #[derive(Debug)]
 pub(crate) struct ApiError {
     status: StatusCode,
@@ -77,6 +101,7 @@ impl ApiError {
 
     /// The status, for tests and logs.
     #[cfg(test)]
+    #[allow(dead_code)]
     pub(crate) fn status(&self) -> StatusCode {
         self.status
     }
@@ -84,7 +109,7 @@ impl ApiError {
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        let body = axum::Json(serde_json::json!({ "error": self.message }));
+        let body = axum::Json(serde_json::json!({ "error": code(self.status), "message": self.message }));
         let mut response = (self.status, body).into_response();
         if self.status == StatusCode::UNAUTHORIZED {
             response.headers_mut().insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
@@ -106,6 +131,18 @@ impl From<RegistryError> for ApiError {
             RegistryError::Hash(_) | RegistryError::Decode { .. } | RegistryError::Store(_) => {
                 Self::internal("a registry change", &error)
             }
+        }
+    }
+}
+
+impl From<m2m_access::OperatorError> for ApiError {
+    fn from(error: m2m_access::OperatorError) -> Self {
+        use m2m_access::OperatorError as E;
+        match &error {
+            E::Invalid(_) | E::WrongPassword => Self::bad_request(error.to_string()),
+            E::Exists(_) | E::LastAdmin(_) => Self::new(StatusCode::CONFLICT, error.to_string()),
+            E::NotFound { .. } => Self::not_found(error.to_string()),
+            _ => Self::internal("an operator change", &error),
         }
     }
 }

@@ -78,7 +78,7 @@ pub(crate) async fn put(
         Ok((created, group))
     })
     .await?;
-    state.access.audit("api", "group.set", &group.name, if created { "created" } else { "replaced" });
+    crate::auth::audit(&state.access, "group.set", &group.name, if created { "created" } else { "replaced" });
     let status = if created { StatusCode::CREATED } else { StatusCode::OK };
     Ok((status, axum::Json(group)))
 }
@@ -100,6 +100,6 @@ pub(crate) async fn remove(
 ) -> Result<StatusCode, ApiError> {
     let access = state.access.clone();
     let group = blocking(move || Ok(access.registry_mut().remove_group(&name)?)).await?;
-    state.access.audit("api", "group.remove", &group.name, "");
+    crate::auth::audit(&state.access, "group.remove", &group.name, "");
     Ok(StatusCode::NO_CONTENT)
 }

@@ -98,6 +98,7 @@ use axum::extract::DefaultBodyLimit;
 use axum::http::StatusCode;
 use axum::routing::{get, post};
 use axum::Router;
+use m2m_access::Operators;
 use m2m_broker::AccessControl;
 use m2m_engine::Engine;
 use m2m_history::History;
@@ -115,6 +116,7 @@ mod groups;
 mod history;
 mod mesh;
 mod openapi;
+mod operators;
 mod quarantine;
 mod rules;
 
@@ -143,14 +145,17 @@ pub const DEFAULT_LISTEN: SocketAddr =
 pub struct HttpConfig {
     /// Address to listen on; port 0 picks a free port.
     pub listen: SocketAddr,
-    /// The bearer token every request must carry; `None`: only loopback clients are served.
-    /// Must not be empty.
+    /// A bearer token that admits its bearers as admin (besides users and API tokens); with one,
+    /// loopback clients are not trusted. Must not be empty.
     pub token: Option<String>,
+    /// Whether clients on loopback that carry no credentials and are not browsers are admitted
+    /// as admin (so the CLI manages the node it runs beside). Only without a `token`.
+    pub trust_loopback: bool,
 }
 
 impl Default for HttpConfig {
     fn default() -> Self {
-        Self { listen: DEFAULT_LISTEN, token: None }
+        Self { listen: DEFAULT_LISTEN, token: None, trust_loopback: true }
     }
 }
 
@@ -160,6 +165,7 @@ impl std::fmt::Debug for HttpConfig {
         f.debug_struct("HttpConfig")
             .field("listen", &self.listen)
             .field("token", &self.token.as_ref().map(|_| "<redacted>"))
+            .field("trust_loopback", &self.trust_loopback)
             .finish()
     }
 }
@@ -178,6 +184,8 @@ pub(crate) struct ApiState {
     pub(crate) mesh: Option<Mesh>,
     /// Its bridges to external brokers.
     pub(crate) uplinks: Arc<[Uplink]>,
+    /// Who may call, and the console's sessions.
+    pub(crate) gate: Arc<Gate>,
 }
 
 /// The parts of a running node the API reaches.
@@ -193,12 +201,20 @@ pub struct NodeParts {
     pub mesh: Option<Mesh>,
     /// Bridges to external MQTT brokers.
     pub uplinks: Vec<Uplink>,
+    /// The users and API tokens of the API and console.
+    pub operators: Arc<Operators>,
 }
 
 impl NodeParts {
-    /// A node with access control only: no history, no rules, no mesh, no uplinks.
+    /// A node with access control only: no history, no rules, no mesh, no uplinks, and operators
+    /// kept in memory only.
+    ///
+    /// # Panics
+    /// Never in practice: operators without a store cannot fail to open.
     pub fn new(access: Arc<AccessControl>) -> Self {
-        Self { access, history: None, engine: None, mesh: None, uplinks: Vec::new() }
+        #[allow(clippy::expect_used)]
+        let operators = Arc::new(Operators::open(None).expect("operators in memory"));
+        Self { access, history: None, engine: None, mesh: None, uplinks: Vec::new(), operators }
     }
 }
 
@@ -212,10 +228,21 @@ pub(crate) const CONCURRENT_HASHES: usize = 2;
 /// Without a token, a request is served only if the connection's address is known to be loopback:
 /// serve the router with `into_make_service_with_connect_info::<SocketAddr>()`, as
 /// [`HttpServer::run`] does, or every request gets 403.
-pub fn router(parts: NodeParts, token: Option<&str>) -> Router {
-    let NodeParts { access, history, engine, mesh, uplinks } = parts;
-    let gate = Arc::new(Gate::new(token));
+pub fn router(parts: NodeParts, config: &HttpConfig) -> Router {
+    let NodeParts { access, history, engine, mesh, uplinks, operators } = parts;
+    let gate = Arc::new(Gate::new(config.token.as_deref(), config.trust_loopback, operators, access.clone()));
     Router::new()
+        .route("/api/v1/login", post(operators::login))
+        .route("/api/v1/logout", post(operators::logout))
+        .route("/api/v1/me", get(operators::me))
+        .route("/api/v1/me/password", post(operators::change_password))
+        .route("/api/v1/users", get(operators::list_users).post(operators::add_user))
+        .route(
+            "/api/v1/users/{name}",
+            axum::routing::patch(operators::change_user).delete(operators::remove_user),
+        )
+        .route("/api/v1/tokens", get(operators::list_tokens).post(operators::create_token))
+        .route("/api/v1/tokens/{id}", axum::routing::delete(operators::revoke_token))
         .route("/api/v1/devices", get(devices::list).post(devices::create))
         .route(
             "/api/v1/devices/import",
@@ -249,10 +276,11 @@ pub fn router(parts: NodeParts, token: Option<&str>) -> Router {
         .route("/api/v1/mesh", get(mesh::status))
         .route("/api/v1/uplinks", get(mesh::uplinks))
         .route("/api/v1/openapi.json", get(openapi::document))
+        .route("/api/openapi.json", get(openapi::document))
         .fallback(no_route)
         .method_not_allowed_fallback(no_method)
         .layer(DefaultBodyLimit::max(BODY_LIMIT))
-        .layer(axum::middleware::from_fn_with_state(gate, auth::check))
+        .layer(axum::middleware::from_fn_with_state(gate.clone(), auth::check))
         .with_state(ApiState {
             access,
             hashing: Arc::new(Semaphore::new(CONCURRENT_HASHES)),
@@ -260,6 +288,7 @@ pub fn router(parts: NodeParts, token: Option<&str>) -> Router {
             engine,
             mesh,
             uplinks: uplinks.into(),
+            gate,
         })
 }
 
@@ -322,7 +351,7 @@ impl HttpServer {
         if config.token.is_none() && !addr.ip().to_canonical().is_loopback() {
             warn!(%local_addr, "HTTP API without a token: only clients on loopback addresses are served");
         }
-        Ok(Self { listener, local_addr, router: router(parts, config.token.as_deref()) })
+        Ok(Self { listener, local_addr, router: router(parts, config) })
     }
 
     /// The address the server is bound to (with the real port when port 0 was asked for).

@@ -10,9 +10,6 @@ use crate::error::{ApiError, ErrorBody};
 use crate::extract::{Json, Path};
 use crate::{blocking, now_ms, ApiState};
 
-/// Who an entry is attributed to when the request names no one.
-const DEFAULT_ACTOR: &str = "api";
-
 /// An entry as the API shows it: the stored fields and whether it has expired (at the time of the
 /// request).
 #[derive(Debug, Serialize)]
@@ -79,11 +76,17 @@ pub(crate) async fn add(
         Some(secs) => Some(now_ms().saturating_add(secs.saturating_mul(1000))),
         None => None,
     };
-    let actor = new.actor.unwrap_or_else(|| DEFAULT_ACTOR.to_owned());
+    // The caller is who acts; an `actor` in the body says on whose behalf.
+    let caller = crate::auth::caller_name();
+    let actor = match new.actor {
+        Some(actor) if *actor != *caller => format!("{actor} via {caller}"),
+        _ => caller.to_string(),
+    };
     let access = state.access.clone();
     let entry =
         blocking(move || Ok(access.add_quarantine(new.target, new.mode, &new.reason, &actor, expires_ms)?))
             .await?;
+    crate::auth::mark_audited();
     Ok((StatusCode::CREATED, axum::Json(EntryView::new(entry, now_ms()))))
 }
 
@@ -103,7 +106,9 @@ pub(crate) async fn release(
     Path(id): Path<u64>,
 ) -> Result<impl IntoResponse, ApiError> {
     let access = state.access.clone();
-    let entry = blocking(move || Ok(access.release_quarantine(id, DEFAULT_ACTOR)?)).await?;
+    let actor = crate::auth::caller_name();
+    let entry = blocking(move || Ok(access.release_quarantine(id, &actor)?)).await?;
+    crate::auth::mark_audited();
     Ok(axum::Json(EntryView::new(entry, now_ms())))
 }
 

@@ -2,8 +2,8 @@
 //! a route that tries a rule on a sample message.
 //!
 //! Changes go to the engine, which compiles the rule, keeps it in the store and runs it from the
-//! next message on; they run on a blocking thread (they commit to the store) and are audited with
-//! the actor `api`. A node whose rules engine is off answers every route with 404.
+//! next message on; they run on a blocking thread (they commit to the store) and are audited under
+//! the caller's name. A node whose rules engine is off answers every route with 404.
 
 use axum::extract::State;
 use axum::http::StatusCode;
@@ -108,7 +108,7 @@ pub(crate) async fn create(
         Ok(engine.get(&id)?)
     })
     .await?;
-    state.access.audit("api", "rule.add", &status.spec.id, &sql);
+    crate::auth::audit(&state.access, "rule.add", &status.spec.id, &sql);
     Ok((StatusCode::CREATED, axum::Json(status)))
 }
 
@@ -178,7 +178,7 @@ async fn put_rule(state: &ApiState, id: String, body: Value) -> Result<impl Into
     })
     .await?;
     let action = if created { "rule.add" } else { "rule.replace" };
-    state.access.audit("api", action, &status.spec.id, &sql);
+    crate::auth::audit(&state.access, action, &status.spec.id, &sql);
     let code = if created { StatusCode::CREATED } else { StatusCode::OK };
     Ok((code, axum::Json(status)))
 }
@@ -204,7 +204,7 @@ pub(crate) async fn remove(
 async fn remove_rule(state: &ApiState, id: String) -> Result<StatusCode, ApiError> {
     let engine = engine(state)?;
     let removed = blocking(move || Ok(engine.remove(&id)?)).await?;
-    state.access.audit("api", "rule.remove", &removed.id, "");
+    crate::auth::audit(&state.access, "rule.remove", &removed.id, "");
     Ok(StatusCode::NO_CONTENT)
 }
 
@@ -257,7 +257,7 @@ async fn set_enabled(
     })
     .await?;
     let action = if enabled { "rule.enable" } else { "rule.disable" };
-    state.access.audit("api", action, &status.spec.id, "");
+    crate::auth::audit(&state.access, action, &status.spec.id, "");
     Ok(axum::Json(status))
 }
 

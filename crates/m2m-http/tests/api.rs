@@ -38,8 +38,11 @@ impl Node {
         config.store = Some(m2m_store::StoreConfig::new(dir.path().join("store")));
         let broker = Broker::bind(&config).await.expect("bind the broker");
         let (mqtt, access) = (broker.local_addr(), broker.access());
-        let http_config =
-            HttpConfig { listen: SocketAddr::from(([127, 0, 0, 1], 0)), token: token.map(str::to_owned) };
+        let http_config = HttpConfig {
+            listen: SocketAddr::from(([127, 0, 0, 1], 0)),
+            token: token.map(str::to_owned),
+            ..HttpConfig::default()
+        };
         let server = HttpServer::bind(&http_config, NodeParts::new(access)).await.expect("bind the HTTP API");
         let http = server.local_addr();
         let shutdown = CancellationToken::new();
@@ -100,7 +103,7 @@ impl Reply {
     fn error(&self, status: u16) -> &str {
         assert_eq!(self.status, status, "{self:?}");
         assert_eq!(self.content_type.as_deref(), Some("application/json"), "{self:?}");
-        self.body["error"].as_str().unwrap_or_else(|| panic!("no error message in {self:?}"))
+        self.body["message"].as_str().unwrap_or_else(|| panic!("no error message in {self:?}"))
     }
 
     #[track_caller]
@@ -342,7 +345,7 @@ async fn a_banned_client_is_refused_until_it_is_released() {
     assert_eq!(entry["target"], json!({"kind": "client_id", "value": "rogue-7"}));
     assert_eq!(
         (&entry["mode"], &entry["actor"], &entry["expired"]),
-        (&json!("ban"), &json!("alice"), &json!(false))
+        (&json!("ban"), &json!("alice via loopback"), &json!(false))
     );
     let id = entry["id"].as_u64().expect("an id");
 
@@ -364,25 +367,37 @@ async fn a_banned_client_is_refused_until_it_is_released() {
     node.delete(&format!("/api/v1/quarantine/{id}")).await.error(404);
     node.delete("/api/v1/quarantine/x").await.error(400);
 
-    // Both changes are in the audit log, newest first.
+    // Both changes are in the audit log, newest first, under the caller (a loopback client here)
+    // and, for the ban, the actor the body named.
     let audit = node.get("/api/v1/audit?limit=10").await;
     let events = audit.ok(200).as_array().expect("an array").clone();
+    // The two refused deletes are there too: every call that may change something is audited.
     let seen: Vec<_> = events.iter().map(|e| (e["action"].clone(), e["actor"].clone())).collect();
     assert_eq!(
         seen,
-        [(json!("quarantine.release"), json!("api")), (json!("quarantine.add"), json!("alice"))]
+        [
+            (json!("api.request"), json!("loopback")),
+            (json!("api.request"), json!("loopback")),
+            (json!("quarantine.release"), json!("loopback")),
+            (json!("quarantine.add"), json!("alice via loopback"))
+        ]
     );
+    assert_eq!(
+        (&events[0]["subject"], &events[0]["detail"]),
+        (&json!("DELETE /api/v1/quarantine/x"), &json!("status 400"))
+    );
+    assert_eq!(events[1]["detail"], json!("status 404"));
     node.stop().await;
 }
 
 #[tokio::test]
-async fn quarantine_entries_show_their_expiry_and_default_actor() {
+async fn quarantine_entries_show_their_expiry_and_the_caller_as_actor() {
     let node = Node::start().await;
     let isolate = json!({"target": {"kind": "pattern", "value": "cam-[0-9]+"}, "mode": "isolate",
         "reason": "firmware", "expires_in_secs": 3600});
     let entry = node.post("/api/v1/quarantine", isolate).await;
     let entry = entry.ok(201);
-    assert_eq!((&entry["actor"], &entry["expired"]), (&json!("api"), &json!(false)));
+    assert_eq!((&entry["actor"], &entry["expired"]), (&json!("loopback"), &json!(false)));
     let (created, expires) = (entry["created_ms"].as_u64(), entry["expires_ms"].as_u64());
     // The expiry is reckoned from the request; the entry's creation a moment later.
     let lasts = expires.zip(created).and_then(|(e, c)| e.checked_sub(c)).expect("an expiry after creation");
@@ -435,8 +450,11 @@ async fn an_empty_token_is_refused_at_bind() {
     let mut config = Config::for_tests();
     config.store = Some(m2m_store::StoreConfig::new(dir.path().join("store")));
     let broker = Broker::bind(&config).await.expect("bind the broker");
-    let http_config =
-        HttpConfig { listen: SocketAddr::from(([127, 0, 0, 1], 0)), token: Some(String::new()) };
+    let http_config = HttpConfig {
+        listen: SocketAddr::from(([127, 0, 0, 1], 0)),
+        token: Some(String::new()),
+        ..HttpConfig::default()
+    };
     let refused = HttpServer::bind(&http_config, NodeParts::new(broker.access())).await;
     assert!(matches!(refused, Err(m2m_http::HttpError::EmptyToken)), "{refused:?}");
     assert!(!format!("{:?}", HttpConfig { token: Some("s3cret".into()), ..HttpConfig::default() })

@@ -46,7 +46,8 @@ impl Node {
         config.history = history;
         let broker = Broker::bind(&config).await.expect("bind the broker");
         let (mqtt, access, history) = (broker.local_addr(), broker.access(), broker.history());
-        let http_config = HttpConfig { listen: SocketAddr::from(([127, 0, 0, 1], 0)), token: None };
+        let http_config =
+            HttpConfig { listen: SocketAddr::from(([127, 0, 0, 1], 0)), ..HttpConfig::default() };
         let server =
             HttpServer::bind(&http_config, NodeParts { history: history.clone(), ..NodeParts::new(access) })
                 .await
@@ -90,7 +91,7 @@ impl Node {
     async fn bad(&self, path: &str) -> String {
         let reply = self.get(path).await;
         assert_eq!(reply.status, 400, "{path}: {reply:?}");
-        reply.json()["error"].as_str().expect("an error message").to_owned()
+        reply.json()["message"].as_str().expect("an error message").to_owned()
     }
 }
 
@@ -549,7 +550,11 @@ async fn without_history_the_routes_answer_404() {
         let reply = node.get(path).await;
         assert_eq!(reply.status, 404, "{path}: {reply:?}");
         assert_eq!(reply.header("content-type"), Some("application/json"));
-        assert_eq!(reply.json(), json!({"error": "history is off on this node"}), "{path}");
+        assert_eq!(
+            reply.json(),
+            json!({"error": "not_found", "message": "history is off on this node"}),
+            "{path}"
+        );
     }
     node.stop().await;
 }

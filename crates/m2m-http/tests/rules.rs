@@ -56,7 +56,8 @@ impl Node {
                 .expect("attach the engine");
         }
         let mqtt = broker.local_addr();
-        let http_config = HttpConfig { listen: SocketAddr::from(([127, 0, 0, 1], 0)), token: None };
+        let http_config =
+            HttpConfig { listen: SocketAddr::from(([127, 0, 0, 1], 0)), ..HttpConfig::default() };
         let server = HttpServer::bind(
             &http_config,
             NodeParts {
@@ -132,7 +133,7 @@ impl Reply {
     fn error(&self, status: u16) -> &str {
         assert_eq!(self.status, status, "{self:?}");
         assert_eq!(self.content_type.as_deref(), Some("application/json"), "{self:?}");
-        self.body["error"].as_str().unwrap_or_else(|| panic!("no error message in {self:?}"))
+        self.body["message"].as_str().unwrap_or_else(|| panic!("no error message in {self:?}"))
     }
 
     #[track_caller]
@@ -262,6 +263,7 @@ async fn invalid_rules_are_refused_with_400_and_the_engines_message() {
         (json!({"sql": HOT}), "missing field `id`"),
         (json!(["not", "an", "object"]), "a rule is a JSON object"),
     ];
+    let cases_count = cases.len();
     for (body, expected) in cases {
         let reply = node.post("/api/v1/rules", body.clone()).await;
         let message = reply.error(400);
@@ -270,7 +272,10 @@ async fn invalid_rules_are_refused_with_400_and_the_engines_message() {
     let not_json = send(node.http, "POST", "/api/v1/rules", Some("{".into())).await;
     not_json.error(400);
     assert_eq!(node.get("/api/v1/rules").await.ok(200), &json!([]), "nothing was added");
-    assert_eq!(node.audit(10).await, Vec::<String>::new(), "nor audited");
+    // Each refused request is audited as a request, not as a change of the rules.
+    let audited = node.audit(20).await;
+    assert_eq!(audited.len(), cases_count + 1, "{audited:?}");
+    assert!(audited.iter().all(|e| e == "loopback api.request POST /api/v1/rules"), "{audited:?}");
     node.stop().await;
 }
 
@@ -291,17 +296,19 @@ async fn rules_are_disabled_and_enabled_and_every_change_is_audited() {
     assert_eq!(
         node.audit(10).await,
         [
-            "api rule.remove hot",
-            "api rule.replace hot",
-            "api rule.enable hot",
-            "api rule.disable hot",
-            "api rule.add hot"
+            "loopback rule.remove hot",
+            "loopback rule.replace hot",
+            "loopback api.request POST /api/v1/rules/cold/disable",
+            "loopback api.request POST /api/v1/rules/cold/enable",
+            "loopback rule.enable hot",
+            "loopback rule.disable hot",
+            "loopback rule.add hot"
         ]
     );
     let events = node.get("/api/v1/audit?limit=10").await;
     let events = events.ok(200).as_array().unwrap();
     assert_eq!(events[1]["detail"], HOT, "an added or replaced rule's SQL is in its audit entry");
-    assert_eq!(events[4]["detail"], HOT);
+    assert_eq!(events[6]["detail"], HOT);
     node.stop().await;
 }
 

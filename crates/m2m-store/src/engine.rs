@@ -47,12 +47,13 @@ pub(crate) enum Ks {
     Outbox,
     Mesh,
     Uplink,
+    Operators,
 }
 
 impl Ks {
     /// Every keyspace, in the order they were introduced: the engine numbers its directories in the
     /// order keyspaces are first created, so new ones go at the end.
-    pub(crate) const ALL: [Ks; 15] = [
+    pub(crate) const ALL: [Ks; 16] = [
         Ks::Meta,
         Ks::Sessions,
         Ks::Deliveries,
@@ -68,6 +69,7 @@ impl Ks {
         Ks::Outbox,
         Ks::Mesh,
         Ks::Uplink,
+        Ks::Operators,
     ];
 
     pub(crate) fn name(self) -> &'static str {
@@ -87,6 +89,7 @@ impl Ks {
             Ks::Outbox => "outbox",
             Ks::Mesh => "mesh",
             Ks::Uplink => "uplink",
+            Ks::Operators => "operators",
         }
     }
 

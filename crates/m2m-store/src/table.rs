@@ -22,6 +22,8 @@ pub enum Table {
     Mesh,
     /// Messages waiting for an uplink to an external broker, by uplink name and number.
     Uplink,
+    /// The operators of the node's API and console (users with a role) and their API tokens.
+    Operators,
 }
 
 impl Table {
@@ -35,6 +37,7 @@ impl Table {
             Table::Outbox => Ks::Outbox,
             Table::Mesh => Ks::Mesh,
             Table::Uplink => Ks::Uplink,
+            Table::Operators => Ks::Operators,
         }
     }
 }

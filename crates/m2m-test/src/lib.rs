@@ -19,7 +19,9 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
 mod disk;
+mod http;
 pub use disk::{fill_disk, noise, Tmpfs};
+pub use http::{http, HttpReply};
 
 /// The longest any single test step may take.
 pub const STEP_LIMIT: Duration = Duration::from_secs(10);

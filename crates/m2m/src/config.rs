@@ -426,13 +426,16 @@ pub(crate) struct HttpSection {
     pub(crate) enabled: bool,
     /// Where; loopback by default.
     pub(crate) listen: SocketAddr,
-    /// A bearer token every request must carry; empty: only loopback clients are served.
+    /// A bearer token that admits its bearers as admin; with one, loopback clients are not
+    /// trusted. Empty: none (users log in; API tokens are made with `m2m token`).
     pub(crate) token: String,
+    /// Admit loopback clients without credentials (not browsers) as admin: the CLI on this machine.
+    pub(crate) trust_loopback: bool,
 }
 
 impl Default for HttpSection {
     fn default() -> Self {
-        Self { enabled: true, listen: m2m_http::DEFAULT_LISTEN, token: String::new() }
+        Self { enabled: true, listen: m2m_http::DEFAULT_LISTEN, token: String::new(), trust_loopback: true }
     }
 }
 
@@ -442,6 +445,7 @@ impl HttpSection {
         self.enabled.then(|| m2m_http::HttpConfig {
             listen: self.listen,
             token: Some(self.token.clone()).filter(|t| !t.is_empty()),
+            trust_loopback: self.trust_loopback,
         })
     }
 }

@@ -206,12 +206,16 @@ fn run_node(args: NodeArgs) -> anyhow::Result<()> {
         if let Some(engine) = &engine {
             engine.attach(broker.router(), broker.access(), broker.history(), broker.store())?;
         }
+        let operators = std::sync::Arc::new(
+            m2m_access::Operators::open(broker.store()).context("cannot read the operators of the API")?,
+        );
         let parts = m2m_http::NodeParts {
             access: broker.access(),
             history: broker.history(),
             engine: engine.clone(),
             mesh: mesh.clone(),
             uplinks: uplinks.clone(),
+            operators: operators.clone(),
         };
         if !uplinks.is_empty() {
             let store =
@@ -245,6 +249,9 @@ fn run_node(args: NodeArgs) -> anyhow::Result<()> {
             }
             None => None,
         };
+        if let Some(http) = &http {
+            first_admin(&operators, http.local_addr())?;
+        }
         info!(mqtt = %broker.local_addr(), http = ?http.as_ref().map(|h| h.local_addr()),
             data_dir = %file.node.data_dir.display(), "m2m node starting");
         let shutdown = CancellationToken::new();
@@ -267,6 +274,28 @@ fn run_node(args: NodeArgs) -> anyhow::Result<()> {
         info!("m2m node stopped");
         Ok(())
     })
+}
+
+/// Creates user `admin` with a random password when the node has no admin, and shows the password
+/// once, on standard output, with the console's address.
+fn first_admin(operators: &m2m_access::Operators, http: std::net::SocketAddr) -> anyhow::Result<()> {
+    let now = m2m_store::unix_ms(std::time::SystemTime::now());
+    match operators.ensure_admin(now) {
+        Ok(Some(password)) => {
+            println!("console: http://{http}/  user: admin  password: {password}");
+            println!("(shown once: the node keeps only its hash; change it in the console or with `m2m user passwd admin`)");
+            use std::io::Write as _;
+            let _ = std::io::stdout().flush();
+            tracing::warn!("no admin user: created user admin; its password was printed on standard output");
+            Ok(())
+        }
+        Ok(None) => Ok(()),
+        Err(m2m_access::OperatorError::Exists(_)) => {
+            tracing::warn!("the node has no admin user and a non-admin user is called admin: make an admin with `m2m user add`");
+            Ok(())
+        }
+        Err(e) => Err(anyhow::Error::new(e).context("cannot create the first admin user")),
+    }
 }
 
 fn init_logging(log: &config::LogSection) {

@@ -351,10 +351,10 @@ impl Client {
     }
 }
 
-/// The `error` (or `message`) of an API error body, or the start of a body that is not JSON.
+/// The `message` (or `error`) of an API error body, or the start of a body that is not JSON.
 fn error_message(body: &[u8]) -> Option<String> {
     if let Ok(value) = serde_json::from_slice::<serde_json::Value>(body) {
-        for key in ["error", "message"] {
+        for key in ["message", "error"] {
             if let Some(message) = value.get(key).and_then(|m| m.as_str()) {
                 return Some(message.to_owned());
             }
@@ -715,6 +715,10 @@ mod tests {
     fn error_messages_come_from_the_json_body_or_its_text() {
         assert_eq!(error_message(br#"{"error": "no device \"x\""}"#).as_deref(), Some("no device \"x\""));
         assert_eq!(error_message(br#"{"message": "nope"}"#).as_deref(), Some("nope"));
+        assert_eq!(
+            error_message(br#"{"error": "not_found", "message": "no device \"x\""}"#).as_deref(),
+            Some("no device \"x\"")
+        );
         assert_eq!(error_message(b"  Bad Gateway\n").as_deref(), Some("Bad Gateway"));
         assert_eq!(error_message(b""), None);
         assert_eq!(error_message("x".repeat(300).as_bytes()).map(|m| m.len()), Some(203));
