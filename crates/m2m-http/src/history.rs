@@ -187,7 +187,7 @@ pub fn point_json(point: &Point, field: Option<&FieldPath>) -> serde_json::Value
 
 /// The payload as shown: JSON when it parses as JSON (whatever the content type says, unless it is
 /// `text/*`, which keeps `1.50` the text it was), else text when it is UTF-8, else base64.
-fn payload(content_type: Option<&str>, bytes: &[u8]) -> (serde_json::Value, Encoding) {
+pub(crate) fn payload(content_type: Option<&str>, bytes: &[u8]) -> (serde_json::Value, Encoding) {
     let text_type = content_type.is_some_and(|ct| ct.trim_start().to_ascii_lowercase().starts_with("text/"));
     if !text_type {
         if let Ok(value) = serde_json::from_slice::<serde_json::Value>(bytes) {

@@ -114,6 +114,7 @@ mod error;
 mod extract;
 mod groups;
 mod history;
+mod live;
 mod mesh;
 mod openapi;
 mod operators;
@@ -122,6 +123,7 @@ mod rules;
 
 pub use error::HttpError;
 pub use history::{gap_json, point_json, series_json, topic_json, DEFAULT_LIMIT};
+pub use live::{Live, Sample, SAMPLES, STREAM_RATE};
 pub use rules::rule_from_json;
 
 use auth::Gate;
@@ -186,6 +188,11 @@ pub(crate) struct ApiState {
     pub(crate) uplinks: Arc<[Uplink]>,
     /// Who may call, and the console's sessions.
     pub(crate) gate: Arc<Gate>,
+    /// The live view (streams, rates); `None`: the stream routes answer 404.
+    pub(crate) live: Option<Live>,
+    /// Cancelled when the server stops: open event streams end, so that a graceful stop does not
+    /// wait for them.
+    pub(crate) closing: CancellationToken,
 }
 
 /// The parts of a running node the API reaches.
@@ -203,6 +210,8 @@ pub struct NodeParts {
     pub uplinks: Vec<Uplink>,
     /// The users and API tokens of the API and console.
     pub operators: Arc<Operators>,
+    /// The live view: a tap of the router, sampling the node's counters; `None`: no streams.
+    pub live: Option<Live>,
 }
 
 impl NodeParts {
@@ -214,7 +223,7 @@ impl NodeParts {
     pub fn new(access: Arc<AccessControl>) -> Self {
         #[allow(clippy::expect_used)]
         let operators = Arc::new(Operators::open(None).expect("operators in memory"));
-        Self { access, history: None, engine: None, mesh: None, uplinks: Vec::new(), operators }
+        Self { access, history: None, engine: None, mesh: None, uplinks: Vec::new(), operators, live: None }
     }
 }
 
@@ -229,7 +238,12 @@ pub(crate) const CONCURRENT_HASHES: usize = 2;
 /// serve the router with `into_make_service_with_connect_info::<SocketAddr>()`, as
 /// [`HttpServer::run`] does, or every request gets 403.
 pub fn router(parts: NodeParts, config: &HttpConfig) -> Router {
-    let NodeParts { access, history, engine, mesh, uplinks, operators } = parts;
+    routes(parts, config, CancellationToken::new())
+}
+
+/// [`router`], with event streams that end when `closing` is cancelled.
+fn routes(parts: NodeParts, config: &HttpConfig, closing: CancellationToken) -> Router {
+    let NodeParts { access, history, engine, mesh, uplinks, operators, live } = parts;
     let gate = Arc::new(Gate::new(config.token.as_deref(), config.trust_loopback, operators, access.clone()));
     Router::new()
         .route("/api/v1/login", post(operators::login))
@@ -273,6 +287,8 @@ pub fn router(parts: NodeParts, config: &HttpConfig) -> Router {
         .route("/api/v1/rules/{id}", get(rules::show).put(rules::put).delete(rules::remove))
         .route("/api/v1/rules/{id}/enable", post(rules::enable))
         .route("/api/v1/rules/{id}/disable", post(rules::disable))
+        .route("/api/v1/stream", get(live::stream))
+        .route("/api/v1/node/rates", get(live::rates))
         .route("/api/v1/mesh", get(mesh::status))
         .route("/api/v1/uplinks", get(mesh::uplinks))
         .route("/api/v1/openapi.json", get(openapi::document))
@@ -289,6 +305,8 @@ pub fn router(parts: NodeParts, config: &HttpConfig) -> Router {
             mesh,
             uplinks: uplinks.into(),
             gate,
+            live,
+            closing,
         })
 }
 
@@ -331,6 +349,7 @@ pub struct HttpServer {
     listener: TcpListener,
     local_addr: SocketAddr,
     router: Router,
+    closing: CancellationToken,
 }
 
 impl HttpServer {
@@ -351,7 +370,8 @@ impl HttpServer {
         if config.token.is_none() && !addr.ip().to_canonical().is_loopback() {
             warn!(%local_addr, "HTTP API without a token: only clients on loopback addresses are served");
         }
-        Ok(Self { listener, local_addr, router: router(parts, config) })
+        let closing = CancellationToken::new();
+        Ok(Self { listener, local_addr, router: routes(parts, config, closing.clone()), closing })
     }
 
     /// The address the server is bound to (with the real port when port 0 was asked for).
@@ -370,6 +390,11 @@ impl HttpServer {
     /// a graceful stop.
     pub async fn run(self, shutdown: CancellationToken) -> Result<()> {
         info!(local_addr = %self.local_addr, "HTTP API ready");
+        let (stopping, closing) = (shutdown.clone(), self.closing.clone());
+        tokio::spawn(async move {
+            stopping.cancelled().await;
+            closing.cancel();
+        });
         let service = self.router.into_make_service_with_connect_info::<SocketAddr>();
         axum::serve(self.listener, service)
             .with_graceful_shutdown(shutdown.cancelled_owned())

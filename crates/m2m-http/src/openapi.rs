@@ -7,7 +7,7 @@ use axum::http::{header, HeaderValue};
 use axum::response::{IntoResponse, Response};
 use utoipa::OpenApi;
 
-use crate::{devices, groups, history, mesh, operators, quarantine, rules};
+use crate::{devices, groups, history, live, mesh, operators, quarantine, rules};
 
 /// The document's description of the API.
 #[derive(OpenApi)]
@@ -62,6 +62,8 @@ use crate::{devices, groups, history, mesh, operators, quarantine, rules};
         rules::test,
         mesh::status,
         mesh::uplinks,
+        live::stream,
+        live::rates,
         document,
     ),
     tags(
@@ -72,6 +74,7 @@ use crate::{devices, groups, history, mesh, operators, quarantine, rules};
         (name = "rules", description = "Rules: SQL over messages and client events, and their actions"),
         (name = "mesh", description = "This node in a mesh of nodes"),
         (name = "operators", description = "Logging in, users and API tokens"),
+        (name = "live", description = "Live events and rates, for the console"),
         (name = "meta", description = "This document"),
     )
 )]

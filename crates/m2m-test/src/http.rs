@@ -75,6 +75,124 @@ pub async fn http(
     .await
 }
 
+/// An open Server-Sent Events stream: its answer's head, and its events as they come.
+#[derive(Debug)]
+pub struct SseStream {
+    /// The status code.
+    pub status: u16,
+    /// The headers, names in lower case.
+    pub headers: Vec<(String, String)>,
+    stream: TcpStream,
+    /// Bytes read and not yet de-chunked.
+    raw: Vec<u8>,
+    /// De-chunked text not yet split into events.
+    text: String,
+}
+
+/// Opens `GET path` on `addr` as an event stream.
+///
+/// # Panics
+/// If the node cannot be reached or its answer's head is not HTTP/1.1.
+pub async fn sse(addr: SocketAddr, path: &str, headers: &[(&str, &str)]) -> SseStream {
+    crate::within(async {
+        let mut stream = TcpStream::connect(addr).await.expect("connect to the HTTP server");
+        let mut request = format!("GET {path} HTTP/1.1\r\nhost: {addr}\r\naccept: text/event-stream\r\n");
+        for (name, value) in headers {
+            request.push_str(&format!("{name}: {value}\r\n"));
+        }
+        request.push_str("\r\n");
+        stream.write_all(request.as_bytes()).await.expect("send the request");
+        let mut raw = Vec::new();
+        let end = loop {
+            if let Some(end) = raw.windows(4).position(|w| w == b"\r\n\r\n") {
+                break end;
+            }
+            let mut buf = [0u8; 4096];
+            let n = stream.read(&mut buf).await.expect("read the answer");
+            assert!(n > 0, "the stream ended before its head");
+            raw.extend_from_slice(&buf[..n]);
+        };
+        let head = parse(&raw[..end + 4]);
+        let rest = raw[end + 4..].to_vec();
+        SseStream { status: head.status, headers: head.headers, stream, raw: rest, text: String::new() }
+    })
+    .await
+}
+
+impl SseStream {
+    /// The next event: its name (`message` when it has none) and its data; `None` when the stream
+    /// ended. Comments (keep-alives) are skipped.
+    ///
+    /// # Panics
+    /// If reading fails.
+    pub async fn next_event(&mut self) -> Option<(String, String)> {
+        loop {
+            if let Some(end) = self.text.find("\n\n") {
+                let block: String = self.text.drain(..end + 2).collect();
+                let mut name = "message".to_owned();
+                let mut data = Vec::new();
+                for line in block.lines() {
+                    if let Some(v) = line.strip_prefix("event:") {
+                        name = v.trim().to_owned();
+                    } else if let Some(v) = line.strip_prefix("data:") {
+                        data.push(v.strip_prefix(' ').unwrap_or(v).to_owned());
+                    }
+                }
+                if data.is_empty() && block.lines().all(|l| l.starts_with(':') || l.is_empty()) {
+                    continue;
+                }
+                return Some((name, data.join("\n")));
+            }
+            // De-chunk what has been read whole.
+            while let Some(line_end) = self.raw.windows(2).position(|w| w == b"\r\n") {
+                let size = std::str::from_utf8(&self.raw[..line_end])
+                    .ok()
+                    .and_then(|s| usize::from_str_radix(s.split(';').next().unwrap_or("").trim(), 16).ok())
+                    .expect("a chunk size");
+                if size == 0 {
+                    return None;
+                }
+                if self.raw.len() < line_end + 2 + size + 2 {
+                    break;
+                }
+                let chunk = self.raw[line_end + 2..line_end + 2 + size].to_vec();
+                self.text.push_str(&String::from_utf8_lossy(&chunk));
+                self.raw.drain(..line_end + 2 + size + 2);
+            }
+            if self.text.contains("\n\n") {
+                continue;
+            }
+            let mut buf = [0u8; 4096];
+            let n = self.stream.read(&mut buf).await.expect("read the stream");
+            if n == 0 {
+                return None;
+            }
+            self.raw.extend_from_slice(&buf[..n]);
+        }
+    }
+
+    /// Waits (within the test deadline) for the next event named `name`, skipping others; its
+    /// data as JSON.
+    ///
+    /// # Panics
+    /// If the stream ends first, or the data is not JSON.
+    pub async fn expect(&mut self, name: &str) -> serde_json::Value {
+        crate::within(async {
+            loop {
+                let (event, data) = self
+                    .next_event()
+                    .await
+                    .unwrap_or_else(|| panic!("the stream ended before a {name} event"));
+                if event == name {
+                    return serde_json::from_str(&data)
+                        .unwrap_or_else(|e| panic!("{name} data is not JSON ({e}): {data}"));
+                }
+            }
+        })
+        .await
+    }
+}
+
 fn parse(raw: &[u8]) -> HttpReply {
     let end = raw.windows(4).position(|w| w == b"\r\n\r\n").expect("the end of the answer's head");
     let head = std::str::from_utf8(&raw[..end]).expect("a UTF-8 head");

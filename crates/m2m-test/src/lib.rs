@@ -21,7 +21,7 @@ use tokio_util::sync::CancellationToken;
 mod disk;
 mod http;
 pub use disk::{fill_disk, noise, Tmpfs};
-pub use http::{http, HttpReply};
+pub use http::{http, sse, HttpReply, SseStream};
 
 /// The longest any single test step may take.
 pub const STEP_LIMIT: Duration = Duration::from_secs(10);

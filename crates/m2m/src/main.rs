@@ -202,7 +202,15 @@ fn run_node(args: NodeArgs) -> anyhow::Result<()> {
         if let Some(engine) = &engine {
             broker_config.taps.push(std::sync::Arc::new(engine.clone()));
         }
+        // The console's live view watches the message path only while someone watches it.
+        let live = file.http.enabled.then(m2m_http::Live::new);
+        if let Some(live) = &live {
+            broker_config.taps.push(std::sync::Arc::new(live.clone()));
+        }
         let broker = m2m_broker::Broker::bind(&broker_config).await?;
+        if let Some(live) = &live {
+            live.start(broker.metrics());
+        }
         if let Some(engine) = &engine {
             engine.attach(broker.router(), broker.access(), broker.history(), broker.store())?;
         }
@@ -216,6 +224,7 @@ fn run_node(args: NodeArgs) -> anyhow::Result<()> {
             mesh: mesh.clone(),
             uplinks: uplinks.clone(),
             operators: operators.clone(),
+            live,
         };
         if !uplinks.is_empty() {
             let store =
