@@ -230,8 +230,11 @@ impl Api {
     fn explain(&self, error: RemoteError) -> anyhow::Error {
         let not_served = error.is_not_served();
         let hint = match error.status() {
-            Some(401) => Some("give the node's http.token with --token or M2M_HTTP_TOKEN"),
-            Some(403) => Some("a node without http.token serves only clients on its own machine"),
+            Some(401) => Some(
+                "give a token with --token or M2M_HTTP_TOKEN: the node's http.token or an API token \
+                 (`m2m token create` on the node's machine)",
+            ),
+            Some(403) => Some("the token's role does not allow this"),
             _ => None,
         };
         let error = match hint {

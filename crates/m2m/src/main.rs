@@ -16,6 +16,7 @@ mod mesh;
 mod query;
 mod remote;
 mod rule;
+mod user;
 
 /// An edge-first machine-to-machine messaging and data fabric.
 #[derive(Debug, Parser)]
@@ -77,6 +78,21 @@ enum Command {
         #[command(subcommand)]
         command: mesh::MeshCommand,
     },
+    /// Users of the console and API, with their roles (of a running node or a stopped one; on a
+    /// stopped node, `set NAME --password-stdin` resets a lost password).
+    User {
+        #[command(flatten)]
+        place: device::Place,
+        #[command(subcommand)]
+        command: user::UserCommand,
+    },
+    /// API tokens: bearer tokens with a role, for scripts and scrapers.
+    Token {
+        #[command(flatten)]
+        place: device::Place,
+        #[command(subcommand)]
+        command: user::TokenCommand,
+    },
     /// Certificates for TLS and mutual TLS.
     #[command(subcommand)]
     Cert(cert::CertCommand),
@@ -125,6 +141,8 @@ fn main() -> ExitCode {
         Command::Audit { place, command } => device::run_audit(&place, command),
         Command::Rule { place, command } => rule::run(&place, command),
         Command::Mesh { place, command } => mesh::run(&place, command),
+        Command::User { place, command } => user::run_user(&place, command),
+        Command::Token { place, command } => user::run_token(&place, command),
         Command::Cert(command) => cert::run(command),
         Command::Query(args) => query::run(args),
     };
