@@ -2,8 +2,8 @@
 //! node's standard output, `m2m user` and `m2m token` against the running node, and a lost admin
 //! password reset on the stopped node's data directory.
 
-
 #![allow(clippy::unwrap_used)]
+
 mod common;
 
 use std::net::SocketAddr;
