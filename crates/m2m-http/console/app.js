@@ -47,6 +47,12 @@ function setAttrs(el, attrs) {
   }
 }
 
+/** Replaces the children of `el` (null and false are left out). */
+function put(el, ...children) {
+  el.replaceChildren();
+  append(el, children);
+}
+
 function append(el, children) {
   for (const c of children.flat(Infinity)) {
     if (c === null || c === undefined || c === false) continue;
@@ -108,6 +114,13 @@ function ago(t) {
   const secs = Math.max(0, (Date.now() - ms) / 1000);
   const text = secs < 60 ? `${Math.floor(secs)} s ago` : `${fmtDuration(secs)} ago`;
   return h('time', { datetime: new Date(ms).toISOString(), title: fmtTime(ms) }, text);
+}
+
+/** A payload on one line when it is short, indented when it is long. */
+function prettyPayload(payload) {
+  if (typeof payload === 'string') return payload;
+  const line = JSON.stringify(payload);
+  return line.length <= 100 ? line : JSON.stringify(payload, null, 2);
 }
 
 function payloadText(payload) {
@@ -608,7 +621,7 @@ function historyPanel(ctx, { topics, fields, testid = 'history-chart' }) {
     const key = values.join('\n');
     if (sel.dataset.key === key) return;
     sel.dataset.key = key;
-    sel.replaceChildren(...values.map((v) => h('option', { value: v }, v)));
+    put(sel, values.map((v) => h('option', { value: v }, v)));
     if (values.includes(current)) sel.value = current;
     else if (preferred && values.includes(preferred)) sel.value = preferred;
   }
@@ -637,7 +650,7 @@ function historyPanel(ctx, { topics, fields, testid = 'history-chart' }) {
       note.textContent = `${fmtNum(count)} values of ${fieldSel.value} on ${topicSel.value}, in buckets of ${bucket}.`;
     } catch (e) {
       chart.set([]);
-      note.replaceChildren(problem(e, 'History'));
+      put(note, problem(e, 'History'));
     }
   }
   for (const sel of [topicSel, fieldSel, rangeSel]) sel.addEventListener('change', refresh);
@@ -676,7 +689,9 @@ async function overviewPage(view, _param, ctx) {
   const samples = [];
   function addSample(s) {
     samples.push(s);
+    if (samples.length > 1 && s.ts < samples[samples.length - 2].ts) samples.sort((a, b) => a.ts - b.ts);
     if (samples.length > 600) samples.splice(0, samples.length - 600);
+    s = samples[samples.length - 1];
     tiles.connections.value.textContent = fmtNum(s.connections);
     tiles.in.value.textContent = fmtNum(s.in_rate);
     tiles.out.value.textContent = fmtNum(s.out_rate);
@@ -689,10 +704,11 @@ async function overviewPage(view, _param, ctx) {
 
   // Rates: seeded from the last five minutes, then live.
   get('/node/rates', { seconds: 300 }).then((r) => {
-    for (const s of r.samples || []) addSample(s);
+    const known = new Set(samples.map((s) => s.ts));
+    for (const s of r.samples || []) if (!known.has(s.ts)) addSample(s);
     redraw();
   }).catch((e) => {
-    if (e.status !== 401) rates.note.replaceChildren(problem(e, 'The rate history'));
+    if (e.status !== 401) put(rates.note, problem(e, 'The rate history'));
   });
   follow(ctx, {}, {
     stats(s) {
@@ -701,8 +717,8 @@ async function overviewPage(view, _param, ctx) {
       redraw();
     },
     unavailable(e) {
-      rates.note.replaceChildren(problem(e, 'The live stream'));
-      conns.note.replaceChildren(problem(e, 'The live stream'));
+      put(rates.note, problem(e, 'The live stream'));
+      put(conns.note, problem(e, 'The live stream'));
     },
   });
   // Keep the charts scrolling even between samples.
@@ -718,7 +734,7 @@ async function overviewPage(view, _param, ctx) {
       const n = node.value;
       nodeFacts = n;
       const st = n.stats || {};
-      facts.replaceChildren(dl([
+      put(facts, dl([
         ['Node', n.node_id],
         ['Version', n.version],
         ['Up', `${fmtDuration(n.uptime_secs)} (since ${fmtTime(n.started)})`],
@@ -733,7 +749,7 @@ async function overviewPage(view, _param, ctx) {
       ]));
       if (!samples.length) tiles.connections.value.textContent = fmtNum(st.connections);
     } else {
-      facts.replaceChildren(problem(node.reason, 'Node information'));
+      put(facts, problem(node.reason, 'Node information'));
     }
     // Alarms: active quarantine entries, rules stopped for failing.
     const items = [];
@@ -762,14 +778,14 @@ async function overviewPage(view, _param, ctx) {
     } else {
       tiles.rules.value.textContent = 'off';
     }
-    alarms.replaceChildren(items.length
+    put(alarms, items.length
       ? h('ul', { class: 'alarms' }, items)
       : h('p', { class: 'ok-line', testid: 'no-alarms' }, '✓ No alarms'));
     // Mesh.
     if (mesh.status === 'fulfilled') {
       const { nodes, note } = mesh.value;
       const others = nodes.filter((n) => !n.local);
-      meshBox.replaceChildren(
+      put(meshBox, 
         others.length
           ? h('ul', { class: 'node-list' }, others.map((n) => h('li', {},
             h('span', { class: `dot ${n.reachable ? 'dot-ok' : 'dot-bad'}` }), n.node_id,
@@ -778,7 +794,7 @@ async function overviewPage(view, _param, ctx) {
           : h('p', { class: 'muted' }, note || 'No other nodes.'),
         h('p', {}, h('a', { href: '#/mesh' }, 'Topology →')));
     } else {
-      meshBox.replaceChildren(problem(mesh.reason, 'The mesh'));
+      put(meshBox, problem(mesh.reason, 'The mesh'));
     }
   });
 }
@@ -790,7 +806,13 @@ async function overviewPage(view, _param, ctx) {
 async function meshNodes() {
   try {
     const nodes = await get('/nodes');
-    return { nodes, links: null, note: null };
+    // `/mesh` adds the links, traffic counters and filters, when the node is in a mesh.
+    const mesh = await get('/mesh').catch(() => null);
+    for (const n of mesh?.nodes || []) {
+      const known = nodes.find((x) => x.node_id === n.id);
+      if (known) Object.assign(known, { linked: n.linked, acknowledged: n.acknowledged, filters: n.filters });
+    }
+    return { nodes, mesh, note: null };
   } catch (e) {
     if (!(e instanceof ApiError) || !e.missing) throw e;
   }
@@ -854,7 +876,7 @@ async function devicesPage(view, _param, ctx) {
     const notes = [];
     if (devices.status === 'rejected') notes.push(problem(devices.reason, 'The device registry'));
     if (clients.status === 'rejected') notes.push(problem(clients.reason, 'The connection state of clients'));
-    note.replaceChildren(...notes);
+    put(note, notes);
     const entries = quarantine.status === 'fulfilled' ? quarantine.value : [];
     const rows = new Map();
     for (const d of devices.status === 'fulfilled' ? devices.value : []) rows.set(d.id, { id: d.id, device: d, client: null });
@@ -881,7 +903,7 @@ async function devicesPage(view, _param, ctx) {
       if (wanted === 'quarantined') return r.quarantine.length > 0;
       return true;
     });
-    body.replaceChildren(table(
+    put(body, table(
       ['Device', 'State', 'Address', 'Protocol', 'Messages in', 'Last seen', 'Groups'],
       rows.length ? rows.map((r) => {
         const c = r.client;
@@ -929,7 +951,9 @@ async function devicePage(view, id, ctx) {
   const latestBox = h('div', {}, h('p', { class: 'muted' }, 'Loading…'));
   let latest = [];
   const hist = historyPanel(ctx, {
-    topics: () => latest.filter((p) => numericFields(p.payload).length).map((p) => p.topic),
+    // What the device published itself first.
+    topics: () => latest.filter((p) => numericFields(p.payload).length)
+      .sort((a, b) => (b.client_id === id) - (a.client_id === id)).map((p) => p.topic),
     fields: (topic) => numericFields(latest.find((p) => p.topic === topic)?.payload),
   });
   view.append(
@@ -950,12 +974,12 @@ async function devicePage(view, id, ctx) {
     const d = device.status === 'fulfilled' ? device.value : null;
     const c = client.status === 'fulfilled' ? client.value : null;
     const clientsKnown = client.status === 'fulfilled' || (client.reason instanceof ApiError && client.reason.status === 404 && !/route/.test(client.reason.message));
-    state.replaceChildren(...stateBadges({ device: d, client: c, quarantine: entries }, clientsKnown).childNodes);
+    put(state, [...stateBadges({ device: d, client: c, quarantine: entries }, clientsKnown).childNodes]);
     rBtn.hidden = !entries.length || !can('operator');
-    qBtn.hidden = !can('operator');
+    qBtn.hidden = entries.length > 0 || !can('operator');
     dBtn.hidden = !(c?.online && can('operator'));
     if (d) {
-      registry.replaceChildren(dl([
+      put(registry, dl([
         ['Password', d.has_password ? 'set' : 'none'],
         ['Groups', d.groups.join(', ') || '—'],
         ['Enabled', d.enabled ? 'yes' : 'no'],
@@ -964,12 +988,12 @@ async function devicePage(view, id, ctx) {
         ...Object.entries(d.attributes || {}).map(([k, v]) => [k, v]),
       ]));
     } else {
-      registry.replaceChildren(device.reason?.status === 404 && !/route/.test(device.reason.message)
+      put(registry, device.reason?.status === 404 && !/route/.test(device.reason.message)
         ? h('p', { class: 'muted' }, 'Not in the registry (it connects anonymously or with a token).')
         : problem(device.reason, 'The registry'));
     }
     if (c) {
-      conn.replaceChildren(dl([
+      put(conn, dl([
         ['State', c.online ? `online since ${fmtTime(c.connected_at)}` : `offline, last seen ${fmtTime(c.last_seen)}`],
         ['Address', c.address],
         ['Protocol', `MQTT ${c.protocol} over ${c.transport}`],
@@ -981,17 +1005,17 @@ async function devicePage(view, id, ctx) {
         ['Subscriptions', (c.subscriptions || []).map((s) => `${s.filter} (QoS ${s.qos})`).join(', ') || 'none'],
       ]));
     } else {
-      conn.replaceChildren(client.reason?.status === 404 && !/route/.test(client.reason.message)
+      put(conn, client.reason?.status === 404 && !/route/.test(client.reason.message)
         ? h('p', { class: 'muted' }, 'This client has not connected since the node started.')
         : problem(client.reason, 'Connection details'));
     }
     if (refused.status === 'fulfilled') {
       const list = Array.isArray(refused.value) ? refused.value : refused.value.refusals || [];
-      refusals.replaceChildren(list.length
+      put(refusals, list.length
         ? h('ul', { class: 'plain small' }, list.slice(-10).reverse().map((r) => h('li', {}, typeof r === 'string' ? r : `${fmtTime(r.at_ms ?? r.ts)} ${r.what ?? r.kind ?? ''} ${r.topic ?? r.detail ?? ''}`)))
         : h('p', { class: 'muted' }, entries.length ? 'Nothing refused yet.' : 'Not quarantined.'));
     } else {
-      refusals.replaceChildren(problem(refused.reason, 'Refusals'));
+      put(refusals, problem(refused.reason, 'Refusals'));
     }
   }
 
@@ -1001,7 +1025,7 @@ async function devicePage(view, id, ctx) {
       const res = await get('/latest', { filter: filter.value.trim() || '#' });
       if (!ctx.alive()) return;
       latest = res.values || [];
-      latestBox.replaceChildren(table(['Topic', 'Value', 'Received'], latest.length
+      put(latestBox, table(['Topic', 'Value', 'Received'], latest.length
         ? latest.map((p) => h('tr', { testid: 'latest-row' },
           h('td', {}, h('a', { href: `#/topics/${encodeURIComponent(p.topic)}` }, p.topic)),
           h('td', { class: 'mono' }, payloadText(p.payload)),
@@ -1009,7 +1033,7 @@ async function devicePage(view, id, ctx) {
         : emptyRow(3, 'No messages on this filter yet.'), 'latest-values'));
     } catch (e) {
       latest = [];
-      latestBox.replaceChildren(problem(e, 'Last values'));
+      put(latestBox, problem(e, 'Last values'));
     }
     await hist.refresh();
   }
@@ -1088,10 +1112,10 @@ async function topicsPage(view, param, ctx) {
         });
         node.info = t;
       }
-      treeBox.replaceChildren(topics.length ? renderTree(root) : h('p', { class: 'muted' }, 'No topics in the history on this filter.'),
-        h('p', { class: 'muted small' }, `${fmtNum(topics.length)} topics`));
+      put(treeBox, topics.length ? renderTree(root) : h('p', { class: 'muted' }, 'No topics in the history on this filter.'),
+        h('p', { class: 'muted small' }, topics.length === 1 ? '1 topic' : `${fmtNum(topics.length)} topics`));
     } catch (e) {
-      treeBox.replaceChildren(problem(e, 'The topic list'));
+      put(treeBox, problem(e, 'The topic list'));
     }
   }
 
@@ -1137,35 +1161,40 @@ function topicDetail(box, topic, ctx) {
     can('operator') ? publishForm(topic) : null);
 
   function show(msg) {
-    lastPayload = msg.payload;
-    live.prepend(h('li', {},
-      h('time', { class: 'muted small' }, new Date(msg.ts ?? Date.now()).toLocaleTimeString()),
+    const ts = msg.ts ?? Date.now();
+    const newest = !live.firstChild || ts >= Number(live.firstChild.dataset.ts);
+    if (newest) lastPayload = msg.payload;
+    const item = h('li', { 'data-ts': ts },
+      h('time', { class: 'muted small' }, new Date(ts).toLocaleTimeString()),
       msg.retain ? badge('retained', 'off') : null,
-      h('pre', { class: 'mono' }, typeof msg.payload === 'string' ? msg.payload : JSON.stringify(msg.payload, null, 1))));
+      h('pre', { class: 'mono' }, prettyPayload(msg.payload)));
+    const after = [...live.children].find((li) => Number(li.dataset.ts) <= ts);
+    live.insertBefore(item, after || null);
     while (live.children.length > 20) live.lastChild.remove();
   }
 
+  let lastTs = 0;
   // Seed with the last value, then follow the stream (or poll the last value without one).
   get('/latest', { filter: topic }).then((res) => {
     const p = (res.values || [])[0];
     if (p && ctx.alive()) {
+      lastTs = p.ts_us;
       show({ ...p, ts: p.ts_us ? p.ts_us / 1000 : p.ts });
       hist.refresh();
     }
   }).catch(() => {});
   get('/topics', { filter: topic }).then((res) => {
     const t = (res.topics || []).find((x) => x.topic === topic);
-    if (t) info.replaceChildren(dl([['Messages kept', fmtNum(t.messages)], ['First', fmtTime(t.first)], ['Last', fmtTime(t.last)]]));
-  }).catch((e) => info.replaceChildren(problem(e, 'Topic statistics')));
+    if (t) put(info, dl([['Messages kept', fmtNum(t.messages)], ['First', fmtTime(t.first)], ['Last', fmtTime(t.last)]]));
+  }).catch((e) => put(info, problem(e, 'Topic statistics')));
 
-  let lastTs = 0;
   follow(ctx, { filter: topic }, {
     open() { liveNote.textContent = 'Live: new messages appear at the top.'; },
     closed() { liveNote.textContent = 'The stream broke off; reconnecting…'; },
     message(msg) { show(msg); },
     lagged(l) { liveNote.textContent = `Live (${fmtNum(l.dropped)} messages skipped: too many per second).`; },
     unavailable(e) {
-      liveNote.replaceChildren(problem(e, 'The live stream'), 'Polling the last value instead.');
+      put(liveNote, problem(e, 'The live stream'), 'Polling the last value instead.');
       ctx.every(2000, async () => {
         const res = await get('/latest', { filter: topic });
         const p = (res.values || [])[0];
@@ -1211,11 +1240,11 @@ async function rulesPage(view, param, ctx) {
     try {
       rules = await get('/rules');
     } catch (e) {
-      body.replaceChildren(problem(e, 'Rules'));
+      put(body, problem(e, 'Rules'));
       return;
     }
     if (!ctx.alive()) return;
-    body.replaceChildren(table(['Rule', 'State', 'Query', 'Matched', 'Passed', 'Failed', 'Actions ok / failed', 'Last error', ''],
+    put(body, table(['Rule', 'State', 'Query', 'Matched', 'Passed', 'Failed', 'Actions ok / failed', 'Last error', ''],
       rules.length ? rules.map((r) => h('tr', { testid: 'rule-row', 'data-id': r.id },
         h('td', {}, h('a', { href: `#/rules/${encodeURIComponent(r.id)}`, class: 'strong' }, r.id), r.description ? h('div', { class: 'muted small' }, r.description) : null),
         h('td', {}, ruleState(r.state)),
@@ -1298,14 +1327,14 @@ async function ruleEditor(view, id, ctx) {
       desc.value = r.description || '';
       enabled.checked = r.enabled !== false;
     } catch (e) {
-      formError.replaceChildren(problem(e, 'This rule'));
+      put(formError, problem(e, 'This rule'));
     }
     ctx.every(2000, async () => {
       const r = await get(`/rules/${encodeURIComponent(id)}`);
       if (!ctx.alive()) return;
       const m = r.metrics || {};
-      stateBox.replaceChildren(ruleState(r.state), can('operator') ? toggleButton(r, () => ctx.refresh()) : null);
-      metrics.replaceChildren(h('div', { class: 'metric-grid' },
+      put(stateBox, ruleState(r.state), can('operator') ? toggleButton(r, () => ctx.refresh()) : null);
+      put(metrics, h('div', { class: 'metric-grid' },
         metric('Matched', m.matched, 'metric-matched'), metric('Passed', m.passed, 'metric-passed'),
         metric('Failed', m.failed, 'metric-failed'), metric('Actions ok', m.actions_ok, 'metric-actions-ok'),
         metric('Actions failed', m.actions_failed, 'metric-actions-failed'),
@@ -1344,12 +1373,12 @@ async function ruleEditor(view, id, ctx) {
 
   form.addEventListener('submit', async (ev) => {
     ev.preventDefault();
-    formError.replaceChildren();
+    put(formError);
     let acts;
     try {
       acts = readActions();
     } catch (e) {
-      formError.replaceChildren(h('p', { class: 'notice notice-error' }, `Actions: ${e.message}`));
+      put(formError, h('p', { class: 'notice notice-error' }, `Actions: ${e.message}`));
       return;
     }
     const body = { sql: sql.value, actions: acts, enabled: enabled.checked, description: desc.value };
@@ -1361,7 +1390,7 @@ async function ruleEditor(view, id, ctx) {
       toast(`Rule ${rid} saved`, 'ok');
       if (!editing) location.hash = `#/rules/${encodeURIComponent(rid)}`;
     } catch (e) {
-      formError.replaceChildren(h('p', { class: 'notice notice-error' }, e.message));
+      put(formError, h('p', { class: 'notice notice-error' }, e.message));
     } finally {
       save.disabled = false;
     }
@@ -1398,12 +1427,12 @@ async function quarantinePage(view, _param, ctx) {
     try {
       entries = await get('/quarantine');
     } catch (e) {
-      body.replaceChildren(problem(e, 'The quarantine list'));
+      put(body, problem(e, 'The quarantine list'));
       return;
     }
     if (!ctx.alive()) return;
     const shown = showExpired.checked ? entries : activeEntries(entries);
-    body.replaceChildren(table(['#', 'Target', 'Mode', 'Reason', 'By', 'Since', 'Expires', ''],
+    put(body, table(['#', 'Target', 'Mode', 'Reason', 'By', 'Since', 'Expires', ''],
       shown.length ? shown.map((e) => {
         const rel = can('operator') && !e.expired ? button('Release', { class: 'btn btn-small', testid: 'release-entry' }) : null;
         rel?.addEventListener('click', () => busy(rel, async () => {
@@ -1434,7 +1463,7 @@ async function auditPage(view, _param, ctx) {
   function render() {
     const q = filter.value.trim().toLowerCase();
     const shown = events.filter((e) => !q || `${e.actor} ${e.action} ${e.subject} ${e.detail || ''}`.toLowerCase().includes(q));
-    body.replaceChildren(table(['When', 'Who', 'What', 'On', 'Details'], shown.length ? shown.map((e) => h('tr', { testid: 'audit-row' },
+    put(body, table(['When', 'Who', 'What', 'On', 'Details'], shown.length ? shown.map((e) => h('tr', { testid: 'audit-row' },
       h('td', { class: 'nowrap' }, fmtTime(e.at_ms)), h('td', {}, e.actor), h('td', {}, h('code', {}, e.action)), h('td', {}, e.subject),
       h('td', { class: 'small' }, e.detail || ''))) : emptyRow(5, 'No events.'), 'audit-table'));
   }
@@ -1444,7 +1473,7 @@ async function auditPage(view, _param, ctx) {
     try {
       events = await get('/audit', { limit: limit.value });
     } catch (e) {
-      body.replaceChildren(problem(e, 'The audit log'));
+      put(body, problem(e, 'The audit log'));
       return;
     }
     if (ctx.alive()) render();
@@ -1471,17 +1500,17 @@ async function meshPage(view, _param, ctx) {
     try {
       res = await meshNodes();
     } catch (e) {
-      note.replaceChildren(problem(e, 'The mesh'));
+      put(note, problem(e, 'The mesh'));
       return;
     }
     if (!ctx.alive()) return;
-    note.replaceChildren(res.note ? h('p', { class: 'notice' }, res.note) : '');
-    drawing.replaceChildren(topology(res.nodes));
+    put(note, res.note ? h('p', { class: 'notice' }, res.note) : '');
+    put(drawing, topology(res.nodes));
     const m = res.mesh;
-    stats.replaceChildren(m ? dl([['Node', m.node_id], ['Listens on', (m.listen || []).join(', ') || '—'], ['Connects to', (m.connect || []).join(', ') || '—'],
+    put(stats, m ? dl([['Node', m.node_id], ['Listens on', (m.listen || []).join(', ') || '—'], ['Connects to', (m.connect || []).join(', ') || '—'],
       ['Sent', fmtNum(m.sent)], ['Received', fmtNum(m.received)], ['Dropped', fmtNum(m.dropped)], ['Malformed', fmtNum(m.malformed)]])
       : h('p', { class: 'muted' }, res.note ? 'No mesh traffic.' : 'See the node table.'));
-    nodesBox.replaceChildren(table(['Node', 'Reachable', 'Link', 'Round trip', 'Waiting in outbox', 'Acknowledged', 'Filters'],
+    put(nodesBox, table(['Node', 'Reachable', 'Link', 'Round trip', 'Waiting in outbox', 'Acknowledged', 'Filters'],
       res.nodes.map((n) => h('tr', { testid: 'mesh-node' },
         h('td', { class: 'strong' }, n.node_id, n.local ? h('span', { class: 'muted small' }, ' (this node)') : null),
         h('td', {}, n.local ? '—' : n.reachable ? badge('reachable', 'ok') : badge('unreachable', 'bad')),
@@ -1492,13 +1521,13 @@ async function meshPage(view, _param, ctx) {
         h('td', { class: 'small mono' }, (n.filters || []).join(' ')))), 'mesh-nodes'));
     try {
       const ups = await get('/uplinks');
-      uplinksBox.replaceChildren(ups.length ? table(['Uplink', 'Connected', 'Waiting', 'Details'], ups.map((u) => h('tr', {},
+      put(uplinksBox, ups.length ? table(['Uplink', 'Connected', 'Waiting', 'Details'], ups.map((u) => h('tr', {},
         h('td', { class: 'strong' }, u.name ?? u.id ?? '—'),
         h('td', {}, u.connected ? badge('connected', 'ok') : badge('disconnected', 'bad')),
         h('td', { class: 'num' }, fmtNum(u.backlog)),
         h('td', { class: 'small' }, u.last_error || Object.entries(u).filter(([k, v]) => typeof v === 'number' && k !== 'backlog').map(([k, v]) => `${k} ${fmtNum(v)}`).join(', '))))) : h('p', { class: 'muted' }, 'No uplinks.'));
     } catch (e) {
-      uplinksBox.replaceChildren(problem(e, 'Uplinks'));
+      put(uplinksBox, problem(e, 'Uplinks'));
     }
   });
 }
@@ -1576,7 +1605,7 @@ async function usersPage(view, _param, ctx) {
       const copy = button('Copy', { class: 'btn btn-small', onclick: async () => {
         try { await navigator.clipboard.writeText(t.token); toast('Copied', 'ok'); } catch { toast('Select the token and copy it by hand', 'info'); }
       } });
-      newToken.replaceChildren(h('div', { class: 'notice notice-ok' }, h('p', {}, `Token ${t.name} (${t.role}); copy it now, it will not be shown again:`), h('div', { class: 'toolbar' }, value, copy)));
+      put(newToken, h('div', { class: 'notice notice-ok' }, h('p', {}, `Token ${t.name} (${t.role}); copy it now, it will not be shown again:`), h('div', { class: 'toolbar' }, value, copy)));
       tForm.reset();
       await ctx.refresh();
     });
@@ -1594,7 +1623,7 @@ async function usersPage(view, _param, ctx) {
     const [users, tokens] = await Promise.allSettled([get('/users'), get('/tokens')]);
     if (!ctx.alive()) return;
     if (users.status === 'fulfilled') {
-      usersBox.replaceChildren(table(['User', 'Role', 'Created', ''], users.value.map((u) => {
+      put(usersBox, table(['User', 'Role', 'Created', ''], users.value.map((u) => {
         const role = select(roles.map(([v]) => [v, v]), { value: u.role, 'aria-label': `Role of ${u.name}`, disabled: !can('admin') });
         role.value = u.role;
         role.addEventListener('change', () => busy(role, async () => {
@@ -1614,10 +1643,10 @@ async function usersPage(view, _param, ctx) {
           h('td', {}, role), h('td', {}, fmtTime(u.created)), h('td', { class: 'row-actions' }, can('admin') ? [reset, del] : null));
       }), 'users-table'));
     } else {
-      usersBox.replaceChildren(problem(users.reason, 'User management'));
+      put(usersBox, problem(users.reason, 'User management'));
     }
     if (tokens.status === 'fulfilled') {
-      tokensBox.replaceChildren(table(['Token', 'Role', 'Created', ''], tokens.value.length ? tokens.value.map((t) => {
+      put(tokensBox, table(['Token', 'Role', 'Created', ''], tokens.value.length ? tokens.value.map((t) => {
         const del = button('Revoke', { class: 'btn btn-small btn-danger' });
         del.addEventListener('click', () => {
           if (window.confirm(`Revoke token ${t.name}?`)) busy(del, async () => { await api('DELETE', `/tokens/${encodeURIComponent(t.id)}`); await ctx.refresh(); });
@@ -1625,7 +1654,7 @@ async function usersPage(view, _param, ctx) {
         return h('tr', { testid: 'token-row' }, h('td', { class: 'strong' }, t.name), h('td', {}, t.role), h('td', {}, fmtTime(t.created)), h('td', { class: 'row-actions' }, del));
       }) : emptyRow(4, 'No tokens.'), 'tokens-table'));
     } else {
-      tokensBox.replaceChildren(problem(tokens.reason, 'API tokens'));
+      put(tokensBox, problem(tokens.reason, 'API tokens'));
     }
   });
 }
@@ -1673,7 +1702,7 @@ function showLogin(message) {
       submit.disabled = false;
     }
   });
-  view.replaceChildren(h('div', { class: 'login-wrap' }, form));
+  put(view, h('div', { class: 'login-wrap' }, form));
   (password.closest('form') && user.value ? password : user).focus();
 }
 
@@ -1734,7 +1763,7 @@ async function route() {
   for (const a of document.querySelectorAll('#nav a')) a.classList.toggle('active', a.dataset.page === name);
   closeNav();
   const view = $('#view');
-  view.replaceChildren();
+  put(view);
   view.dataset.page = name;
   window.scrollTo(0, 0);
   const me = { alive: true, leave: [], loops: [] };

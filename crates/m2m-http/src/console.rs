@@ -35,8 +35,16 @@ const ASSETS: [Asset; 4] = [
         content_type: "text/javascript; charset=utf-8",
         body: include_bytes!("../console/app.js"),
     },
-    Asset { name: "style.css", content_type: "text/css; charset=utf-8", body: include_bytes!("../console/style.css") },
-    Asset { name: "favicon.svg", content_type: "image/svg+xml", body: include_bytes!("../console/favicon.svg") },
+    Asset {
+        name: "style.css",
+        content_type: "text/css; charset=utf-8",
+        body: include_bytes!("../console/style.css"),
+    },
+    Asset {
+        name: "favicon.svg",
+        content_type: "image/svg+xml",
+        body: include_bytes!("../console/favicon.svg"),
+    },
 ];
 
 /// No inline script or style, nothing from another origin (the node often runs without internet),
@@ -113,7 +121,7 @@ fn secure(headers: &mut HeaderMap) {
 mod tests {
     use super::*;
 
-    fn header<'a>(response: &'a Response, name: header::HeaderName) -> &'a str {
+    fn header(response: &Response, name: header::HeaderName) -> &str {
         response.headers().get(name).map(|v| v.to_str().unwrap()).unwrap_or_default()
     }
 
@@ -163,7 +171,11 @@ mod tests {
         assert!(!page.contains("style="), "no inline style (the policy would block it)");
         for asset in &ASSETS {
             let text = String::from_utf8_lossy(asset.body).replace("http://www.w3.org/2000/svg", "");
-            assert!(!text.contains("http://") && !text.contains("https://"), "{} names another origin", asset.name);
+            assert!(
+                !text.contains("http://") && !text.contains("https://"),
+                "{} names another origin",
+                asset.name
+            );
         }
     }
 }
