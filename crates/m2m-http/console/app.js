@@ -523,7 +523,8 @@ function badge(text, kind) {
 function table(headers, rows, testid) {
   return h('div', { class: 'table-wrap' },
     h('table', { testid },
-      h('thead', {}, h('tr', {}, headers.map((c) => h('th', {}, c)))),
+      // A header `[text, class]` gives its column a class (`opt`: hidden on narrow screens).
+      h('thead', {}, h('tr', {}, headers.map((c) => (Array.isArray(c) ? h('th', { class: c[1] }, c[0]) : h('th', {}, c))))),
       h('tbody', {}, rows)));
 }
 
@@ -596,6 +597,7 @@ function numericFields(payload, prefix = 'payload', out = [], depth = 0) {
 }
 
 const RANGES = [
+  ['5m', 'Last 5 minutes', 5 * 60e3, '2s'],
   ['15m', 'Last 15 minutes', 15 * 60e3, '10s'],
   ['1h', 'Last hour', 3600e3, '1m'],
   ['6h', 'Last 6 hours', 6 * 3600e3, '5m'],
@@ -610,7 +612,7 @@ const RANGES = [
 function historyPanel(ctx, { topics, fields, testid = 'history-chart' }) {
   const topicSel = h('select', { testid: 'history-topic', 'aria-label': 'Topic' });
   const fieldSel = h('select', { testid: 'history-field', 'aria-label': 'Field' });
-  const rangeSel = select(RANGES.map(([v, t]) => [v, t]), { testid: 'history-range', 'aria-label': 'Range' });
+  const rangeSel = select(RANGES.map(([v, t]) => [v, t]), { testid: 'history-range', 'aria-label': 'Range', value: '15m' });
   const series = [{ label: 'average' }, { label: 'min', width: 1, dash: [4, 3] }, { label: 'max', width: 1, dash: [4, 3] }];
   const { card: el, chart, note } = chartCard(ctx, 'History', { series, empty: 'No numeric values in this range' }, testid);
   el.querySelector('.card-head').after(h('div', { class: 'toolbar' }, topicSel, fieldSel, rangeSel));
@@ -644,10 +646,22 @@ function historyPanel(ctx, { topics, fields, testid = 'history-chart' }) {
       });
       const s = (res.series || []).find((x) => x.topic === topicSel.value) || (res.series || [])[0];
       const buckets = s ? s.buckets : [];
-      const points = buckets.filter((b) => b.count > 0).map((b) => ({ t: b.start_us / 1000, v: [b.avg, b.min, b.max] }));
-      chart.set(points, [to - span, to]);
+      let points = buckets.filter((b) => b.count > 0).map((b) => ({ t: b.start_us / 1000, v: [b.avg, b.min, b.max] }));
+      let raw = false;
+      if (points.length <= 3) {
+        // Too few buckets to draw a line: the values themselves.
+        const res2 = await get('/history', { filter: topicSel.value, field: fieldSel.value, from: to - span, to: to + 1000, limit: 2000, order: 'desc' });
+        points = (res2.points || []).map((p) => ({ t: p.ts_us / 1000, v: [typeof p.value === 'number' ? p.value : Number(p.value)] })).reverse();
+        raw = true;
+      }
+      // Zoomed to the data: a device that started a minute ago fills the chart, not its last pixels.
+      const bucketMs = raw ? 1000 : { s: 1e3, m: 60e3, h: 3600e3 }[bucket.slice(-1)] * Number(bucket.slice(0, -1));
+      const start = points.length ? Math.max(to - span, points[0].t - bucketMs) : to - span;
+      chart.set(points, [start, to]);
       const count = buckets.reduce((n, b) => n + b.count, 0);
-      note.textContent = `${fmtNum(count)} values of ${fieldSel.value} on ${topicSel.value}, in buckets of ${bucket}.`;
+      note.textContent = raw
+        ? `${fmtNum(count)} values of ${fieldSel.value} on ${topicSel.value}${points.length < count ? ` (the last ${fmtNum(points.length)} drawn)` : ''}.`
+        : `${fmtNum(count)} values of ${fieldSel.value} on ${topicSel.value}, in buckets of ${bucket}.`;
     } catch (e) {
       chart.set([]);
       put(note, problem(e, 'History'));
@@ -904,20 +918,20 @@ async function devicesPage(view, _param, ctx) {
       return true;
     });
     put(body, table(
-      ['Device', 'State', 'Address', 'Protocol', 'Messages in', 'Last seen', 'Groups'],
+      ['Device', 'State', ['Address', 'opt'], ['Protocol', 'opt'], ['Messages in', 'opt'], 'Last seen', ['Groups', 'opt']],
       rows.length ? rows.map((r) => {
         const c = r.client;
         return h('tr', { testid: 'device-row', 'data-id': r.id, class: 'clickable', onclick: (ev) => {
           if (!(ev.target instanceof HTMLAnchorElement)) location.hash = `#/devices/${encodeURIComponent(r.id)}`;
         } },
-        h('td', {}, h('a', { href: `#/devices/${encodeURIComponent(r.id)}`, class: 'strong' }, r.id),
+        h('td', { class: 'nowrap' }, h('a', { href: `#/devices/${encodeURIComponent(r.id)}`, class: 'strong' }, r.id),
           r.device ? null : h('div', { class: 'muted small' }, 'not registered')),
         h('td', {}, stateBadges(r, last.clientsKnown)),
-        h('td', {}, c?.address || '—'),
-        h('td', {}, c ? `MQTT ${c.protocol} ${c.transport}` : '—'),
-        h('td', { class: 'num' }, c ? fmtNum(c.messages_in) : '—'),
-        h('td', {}, ago(c?.last_seen || r.device?.last_seen_ms)),
-        h('td', {}, (r.device?.groups || []).join(', ') || '—'));
+        h('td', { class: 'opt' }, c?.address || '—'),
+        h('td', { class: 'opt' }, c ? `MQTT ${c.protocol} ${c.transport}` : '—'),
+        h('td', { class: 'num opt' }, c ? fmtNum(c.messages_in) : '—'),
+        h('td', { class: 'nowrap' }, ago(c?.last_seen || r.device?.last_seen_ms)),
+        h('td', { class: 'opt' }, (r.device?.groups || []).join(', ') || '—'));
       }) : emptyRow(7, last.rows.length ? 'No device matches.' : 'No devices yet.'),
       'devices-table'));
   }

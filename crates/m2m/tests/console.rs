@@ -164,8 +164,8 @@ fn device(mqtt: SocketAddr) -> (tokio::task::JoinHandle<()>, mpsc::UnboundedRece
             tokio::select! {
                 _ = tick.tick() => {
                     n = n.wrapping_add(1);
-                    // Between 21 and 24 degrees: above the rule's threshold of 20.
-                    let temp = 21.0 + f64::from(n % 30) / 10.0;
+                    // A slow wave between 21 and 24 degrees: above the rule's threshold of 20.
+                    let temp = 22.5 + 1.5 * (f64::from(n) / 8.0).sin();
                     let payload = format!(r#"{{"temp": {temp:.1}}}"#);
                     // While it is offline the request queue fills up; what does not fit is dropped.
                     let _ = client.try_publish(topic.as_str(), QoS::AtMostOnce, false, payload);
