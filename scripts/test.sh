@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # Runs every check and every test: formatting, clippy (-D warnings), rustdoc (-D warnings), and the
 # whole workspace's tests.
-# Installs what the tests need when it is missing (the mosquitto, mosquitto-clients and openssl Debian
-# packages, the paho-mqtt Python package).
+# Installs what the tests need when it is missing (the mosquitto, mosquitto-clients, openssl and
+# chromium Debian packages, the paho-mqtt Python package, the console tests' npm packages).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -35,6 +35,27 @@ if ! command -v openssl >/dev/null 2>&1; then
   else
     sudo apt-get update -qq && sudo DEBIAN_FRONTEND=noninteractive apt-get install -y -qq openssl
   fi
+fi
+
+if [ ! -x /usr/bin/chromium ]; then
+  echo "installing chromium (the console tests drive it headless)" >&2
+  if [ "$(id -u)" -eq 0 ]; then
+    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium
+  else
+    sudo apt-get update -qq && sudo DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium
+  fi
+fi
+if ! command -v node >/dev/null 2>&1 || ! command -v npm >/dev/null 2>&1; then
+  echo "installing nodejs and npm (the console tests run playwright-core)" >&2
+  if [ "$(id -u)" -eq 0 ]; then
+    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq nodejs npm
+  else
+    sudo apt-get update -qq && sudo DEBIAN_FRONTEND=noninteractive apt-get install -y -qq nodejs npm
+  fi
+fi
+if [ ! -d crates/m2m/tests/e2e/node_modules/playwright-core ]; then
+  echo "installing the console tests' npm packages (playwright-core, as locked)" >&2
+  npm ci --prefix crates/m2m/tests/e2e --no-audit --no-fund
 fi
 
 cargo fmt --all --check

@@ -39,6 +39,7 @@
 //! | `POST /api/v1/rules/{id}/enable`, `.../disable` | 200 | the rule |
 //! | `POST /api/v1/rules/test` | 200 | `{sql, topic, payload, clientid?}` → `{output: {...}\|null}` |
 //! | `GET /api/v1/openapi.json` | 200 | the OpenAPI 3.1 document of these routes |
+//! | `GET /`, `GET /console/...` | 303, 200 | the operator's console (see `console.rs`): static files, no authentication |
 //!
 //! A device is shown without its password hash: `has_password` says whether it has one. Every
 //! error is a JSON body `{"error": "..."}`: 400 invalid input (a bad id, rule or target, a body that
@@ -109,6 +110,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
 mod auth;
+mod console;
 mod devices;
 mod error;
 mod extract;
@@ -308,6 +310,8 @@ fn routes(parts: NodeParts, config: &HttpConfig, closing: CancellationToken) -> 
             live,
             closing,
         })
+        // The console's static files need no authentication: they are merged outside the gate.
+        .merge(console::routes())
 }
 
 async fn no_route() -> ApiError {
