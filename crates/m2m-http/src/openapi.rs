@@ -7,7 +7,7 @@ use axum::http::{header, HeaderValue};
 use axum::response::{IntoResponse, Response};
 use utoipa::OpenApi;
 
-use crate::{devices, groups, history, mesh, quarantine, rules};
+use crate::{clients, devices, groups, history, mesh, node, publish, quarantine, rules};
 
 /// The document's description of the API.
 #[derive(OpenApi)]
@@ -48,6 +48,13 @@ use crate::{devices, groups, history, mesh, quarantine, rules};
         rules::test,
         mesh::status,
         mesh::uplinks,
+        node::show,
+        node::nodes,
+        node::config,
+        clients::list,
+        clients::show,
+        clients::disconnect,
+        publish::publish,
         document,
     ),
     tags(
@@ -57,6 +64,8 @@ use crate::{devices, groups, history, mesh, quarantine, rules};
         (name = "quarantine", description = "Banned and isolated clients, and the audit log"),
         (name = "rules", description = "Rules: SQL over messages and client events, and their actions"),
         (name = "mesh", description = "This node in a mesh of nodes"),
+        (name = "node", description = "This node, the nodes of its mesh, its configuration"),
+        (name = "clients", description = "Connected clients and kept sessions; publishing as the node"),
         (name = "meta", description = "This document"),
     )
 )]

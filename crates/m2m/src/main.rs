@@ -206,12 +206,15 @@ fn run_node(args: NodeArgs) -> anyhow::Result<()> {
         if let Some(engine) = &engine {
             engine.attach(broker.router(), broker.access(), broker.history(), broker.store())?;
         }
+        let mut shown = serde_json::to_value(&file).context("cannot show the configuration")?;
+        m2m_http::redact_secrets(&mut shown);
         let parts = m2m_http::NodeParts {
-            access: broker.access(),
-            history: broker.history(),
             engine: engine.clone(),
             mesh: mesh.clone(),
             uplinks: uplinks.clone(),
+            node_id: mesh.as_ref().map_or_else(|| file.mesh.node_id(), |m| m.node_id().to_owned()),
+            config: Some(shown),
+            ..m2m_http::NodeParts::with_broker(&broker)
         };
         if !uplinks.is_empty() {
             let store =
