@@ -120,8 +120,9 @@ pub struct ClientInfo {
     pub in_rate: f64,
     /// PUBLISH packets sent per second, likewise.
     pub out_rate: f64,
-    /// Messages waiting to be sent to it: in its connection's mailbox and its session's queue; for
-    /// an offline client, what waited when it disconnected (later arrivals are not counted).
+    /// Messages waiting in its session's queue (not yet in flight), as its connection last saw
+    /// them; for an offline client, as they were when it disconnected (the router, which holds the
+    /// session then, knows the current count: `RouterHandle::offline_queues`).
     pub queued: u64,
     /// QoS 1/2 messages sent and not yet acknowledged (as of its disconnection, when offline).
     pub inflight: u64,

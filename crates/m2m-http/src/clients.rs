@@ -110,6 +110,24 @@ pub(crate) struct ListQuery {
     limit: Option<usize>,
 }
 
+/// Puts what waits now in the sessions of the offline clients among `clients` in place of what
+/// waited when they disconnected, as the router knows it (left as is if it cannot tell).
+async fn offline_queues(state: &ApiState, clients: &mut [ClientInfo]) {
+    let Some(router) = &state.broker.router else { return };
+    let offline: Vec<usize> = (0..clients.len()).filter(|&i| !clients[i].online).collect();
+    if offline.is_empty() {
+        return;
+    }
+    let ids = offline.iter().map(|&i| clients[i].client_id.clone()).collect();
+    let Ok(queues) = router.offline_queues(ids).await else { return };
+    for (i, queue) in offline.into_iter().zip(queues) {
+        if let Some((queued, inflight)) = queue {
+            clients[i].queued = queued as u64;
+            clients[i].inflight = inflight as u64;
+        }
+    }
+}
+
 /// The directory, or the 404 of a node whose API has none.
 fn directory(state: &ApiState) -> Result<&Clients, ApiError> {
     state.broker.clients.as_ref().ok_or_else(|| ApiError::not_found("this node does not list its clients"))
@@ -151,7 +169,8 @@ pub(crate) async fn list(
         Some(n) => n.min(MAX_LIMIT),
     };
     let search = query.search.as_deref().filter(|s| !s.is_empty());
-    let clients = directory(&state)?.list(which, search, limit);
+    let mut clients = directory(&state)?.list(which, search, limit);
+    offline_queues(&state, &mut clients).await;
     Ok(axum::Json(clients.into_iter().map(ClientView::from).collect()))
 }
 
@@ -171,10 +190,13 @@ pub(crate) async fn show(
     State(state): State<ApiState>,
     Path(client_id): Path<String>,
 ) -> Result<axum::Json<ClientView>, ApiError> {
-    match directory(&state)?.get(&client_id) {
-        Some(client) => Ok(axum::Json(client.into())),
-        None => Err(ApiError::not_found(format!("no client {client_id:?}"))),
-    }
+    let Some(client) = directory(&state)?.get(&client_id) else {
+        return Err(ApiError::not_found(format!("no client {client_id:?}")));
+    };
+    let mut clients = [client];
+    offline_queues(&state, &mut clients).await;
+    let [client] = clients;
+    Ok(axum::Json(client.into()))
 }
 
 /// `POST /clients/{client_id}/disconnect`

@@ -97,8 +97,8 @@
 //! the oldest forgotten first). Counters are those of the current (or last) connection; rates are
 //! measured between reads at least a second apart (the first read after a connection gives the
 //! average since it began). `queued` counts the messages waiting in the session's queue (not yet in
-//! flight), `inflight` the QoS 1/2 messages sent and not yet acknowledged; for an offline client both
-//! are as they were when it disconnected. A disconnection (`POST .../disconnect`) sends MQTT 5
+//! flight), `inflight` the QoS 1/2 messages sent and not yet acknowledged; for an offline client,
+//! those its kept session holds now. A disconnection (`POST .../disconnect`) sends MQTT 5
 //! clients DISCONNECT 0x98 (Administrative action), keeps the session and is audited
 //! (`client.disconnect`). `POST /publish` publishes as the node itself (publisher `$api`): a string
 //! payload is sent as its text (or decoded, with `encoding: "base64"`), any other JSON value as

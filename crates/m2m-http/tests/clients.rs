@@ -589,3 +589,32 @@ async fn metrics_are_prometheus_text_and_move_with_traffic() {
     assert!(buckets.iter().all(|b| *b <= count), "{buckets:?}");
     node.stop().await;
 }
+
+#[tokio::test]
+async fn an_offline_client_shows_the_messages_its_session_keeps_for_it() {
+    let node = Node::start().await;
+    let mut valve = Client::connect(node.mqtt, "valve-3", 600).await;
+    valve.subscribe("cmd/valve-3/#", QoS::AtLeastOnce).await;
+    valve.client.disconnect().await.unwrap();
+    until("valve-3 offline", || async { node.client("valve-3").await.filter(|c| c["online"] == false) })
+        .await;
+
+    for i in 0..3 {
+        let body = json!({"topic": "cmd/valve-3/open", "payload": format!("{i}"), "qos": 1});
+        node.post("/api/v1/publish", body).await.json(200);
+    }
+    let view = until("three queued messages", || async {
+        node.client("valve-3").await.filter(|c| c["queued"] == 3)
+    })
+    .await;
+    assert_eq!((view["online"].as_bool(), view["inflight"].as_u64()), (Some(false), Some(0)));
+    let listed = node.get("/api/v1/clients?state=offline").await.json(200);
+    assert_eq!(listed[0]["queued"], 3, "{listed}");
+
+    // Back online, it gets them.
+    let mut valve = Client::connect(node.mqtt, "valve-3", 600).await;
+    for _ in 0..3 {
+        valve.next_publish().await;
+    }
+    node.stop().await;
+}
