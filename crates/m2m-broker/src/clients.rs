@@ -346,8 +346,13 @@ impl Clients {
     pub fn get(&self, client_id: &str) -> Option<ClientInfo> {
         let (now, wall) = (Instant::now(), SystemTime::now());
         let mut guard = self.lock();
-        guard.forget_expired(now);
-        let id = guard.clients.get_key_value(client_id)?.0.clone();
+        let (id, expired) =
+            guard.clients.get_key_value(client_id).map(|(id, e)| (id.clone(), e.expired(now)))?;
+        if expired {
+            guard.clients.remove(client_id);
+            guard.offline -= 1;
+            return None;
+        }
         let entry = guard.clients.get_mut(client_id)?;
         Some(entry.info(&id, now, wall))
     }
