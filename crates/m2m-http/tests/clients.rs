@@ -13,6 +13,7 @@ use http_body_util::{BodyExt, Full};
 use hyper::Request;
 use hyper_util::rt::TokioIo;
 use m2m_broker::{Broker, Config};
+use m2m_engine::{Engine, EngineConfig};
 use m2m_http::{HttpConfig, HttpServer, NodeParts};
 use m2m_test::{within, TempDir, STEP_LIMIT};
 use rumqttc::v5::mqttbytes::v5::{DisconnectReasonCode, Packet, Publish, PublishProperties};
@@ -56,16 +57,25 @@ impl Reply {
 
 impl Node {
     async fn start() -> Self {
-        Self::start_with(|_| {}).await
+        Self::start_with(false, |_| {}).await
     }
 
-    /// Starts a node whose API parts `change` adjusts.
-    async fn start_with(change: impl FnOnce(&mut NodeParts)) -> Self {
+    /// Starts a node, with a rules engine if `rules`, whose API parts `change` adjusts.
+    async fn start_with(rules: bool, change: impl FnOnce(&mut NodeParts)) -> Self {
         let dir = TempDir::new("http-clients");
         let mut config = Config::for_tests();
         config.store = Some(m2m_store::StoreConfig::new(dir.path().join("store")));
+        let engine = rules.then(|| Engine::new(EngineConfig::default()).expect("start the engine"));
+        if let Some(engine) = &engine {
+            config.taps.push(std::sync::Arc::new(engine.clone()));
+        }
         let broker = Broker::bind(&config).await.expect("bind the broker");
-        let mut parts = NodeParts::with_broker(&broker);
+        if let Some(engine) = &engine {
+            engine
+                .attach(broker.router(), broker.access(), broker.history(), broker.store())
+                .expect("attach the engine");
+        }
+        let mut parts = NodeParts { engine, ..NodeParts::with_broker(&broker) };
         change(&mut parts);
         let http_config = HttpConfig { listen: SocketAddr::from(([127, 0, 0, 1], 0)), token: None };
         let server = HttpServer::bind(&http_config, parts).await.expect("bind the HTTP API");
@@ -475,7 +485,7 @@ async fn messages_published_through_the_api_reach_real_subscribers() {
 
 #[tokio::test]
 async fn the_node_reports_its_listeners_features_and_stats() {
-    let node = Node::start_with(|parts| {
+    let node = Node::start_with(false, |parts| {
         parts.node_id = "line-4".to_owned();
         let mut config = json!({"http": {"token": "t0ken"}, "mqtt": {"listen": "127.0.0.1:0"}});
         m2m_http::redact_secrets(&mut config);
@@ -616,5 +626,27 @@ async fn an_offline_client_shows_the_messages_its_session_keeps_for_it() {
     for _ in 0..3 {
         valve.next_publish().await;
     }
+    node.stop().await;
+}
+
+#[tokio::test]
+async fn each_rule_has_its_own_metrics() {
+    let node = Node::start_with(true, |_| {}).await;
+    let rule = json!({"id": "hot", "sql": "SELECT payload.t AS t FROM \"oven/+/t\" WHERE payload.t > 100"});
+    node.post("/api/v1/rules", rule).await.json(201);
+    for t in [50, 150, 200] {
+        let body = json!({"topic": "oven/1/t", "payload": {"t": t}});
+        node.post("/api/v1/publish", body).await.json(200);
+    }
+    let m = until("the rule to see three messages", || async {
+        let m = node.metrics().await;
+        (m.get("m2m_rule_matched_total{rule=\"hot\"}") == Some(&3.0)).then_some(m)
+    })
+    .await;
+    assert_eq!(m.get("m2m_rule_passed_total{rule=\"hot\"}"), Some(&2.0));
+    assert_eq!(m.get("m2m_rule_failed_total{rule=\"hot\"}"), Some(&0.0));
+    assert_eq!(m.get("m2m_rules"), Some(&1.0));
+    assert!(m.contains_key("m2m_rule_eval_mean_seconds{rule=\"hot\"}"), "{m:?}");
+    assert_eq!(node.get("/api/v1/node").await.json(200)["stats"]["rules"], 1);
     node.stop().await;
 }
