@@ -3,7 +3,7 @@
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
-/// The upper bounds of the buckets of [`LatencyHistogram`], in milliseconds; a last bucket, without
+/// The upper bounds of the buckets of a [`Latency`] histogram, in milliseconds; a last bucket, without
 /// a bound (`+Inf`), takes the rest.
 pub const LATENCY_BUCKETS_MS: [f64; 13] =
     [0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 25.0, 50.0, 100.0, 250.0, 500.0, 1000.0];
