@@ -24,6 +24,7 @@ use tracing::{debug, info, trace};
 
 use crate::access::{AccessControl, Identity, LiveClient, Refused};
 use crate::auth::{AuthExchange, AuthStep, Authenticator};
+use crate::clients::{ClientSubscription, ClientTransport, Clients, Connected, Counters};
 use crate::config::{Anonymous, Config};
 use crate::error::ConnectionError;
 
@@ -43,6 +44,8 @@ pub(crate) struct Shared {
     pub(crate) access: Arc<AccessControl>,
     /// The history of messages, if it is on.
     pub(crate) history: Option<m2m_history::History>,
+    /// The directory of connected (and recently connected) clients.
+    pub(crate) clients: Clients,
 }
 
 /// Smallest read reservation: what an idle connection holds.
@@ -68,6 +71,8 @@ struct Conn<S> {
     /// The identity of the client's verified TLS certificate (its common name), if it sent one.
     certificate: Option<Arc<str>>,
     metrics: Arc<Metrics>,
+    /// This connection's own counters, shown in the client directory.
+    counters: Arc<Counters>,
     write_timeout: std::time::Duration,
 }
 
@@ -105,6 +110,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
                 self.read_hint
             };
             Metrics::add(&self.metrics.bytes_received, n as u64);
+            Counters::add(&self.counters.bytes_in, n as u64);
         }
     }
 
@@ -143,6 +149,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
             self.write_buf = BytesMut::new();
         }
         Metrics::add(&self.metrics.bytes_sent, n as u64);
+        Counters::add(&self.counters.bytes_out, n as u64);
         Ok(())
     }
 
@@ -197,6 +204,7 @@ pub(crate) async fn serve<S: AsyncRead + AsyncWrite + Unpin>(
     peer: SocketAddr,
     shared: Arc<Shared>,
     certificate: Option<Arc<str>>,
+    transport: ClientTransport,
 ) {
     let mut conn = Conn {
         stream,
@@ -209,12 +217,13 @@ pub(crate) async fn serve<S: AsyncRead + AsyncWrite + Unpin>(
         peer,
         certificate,
         metrics: shared.metrics.clone(),
+        counters: Arc::default(),
         write_timeout: shared.config.write_timeout,
     };
     let Some(connect) = Box::pin(read_connect(&mut conn, &shared)).await else { return };
     conn.version = connect.protocol;
     let client_id = connect.client_id.clone();
-    match Box::pin(run(&mut conn, connect, &shared)).await {
+    match Box::pin(run(&mut conn, connect, &shared, transport)).await {
         Ok(()) => {}
         Err(e) => debug!(%peer, %client_id, error = %e, "connection ended with an error"),
     }
@@ -276,6 +285,8 @@ struct Accepted {
     identity: Identity,
     /// The quarantine entry isolating the connection, as the access control changes it.
     isolation: tokio::sync::watch::Receiver<Option<u64>>,
+    /// The connection's counters, shared with the client directory.
+    counters: Arc<Counters>,
 }
 
 async fn refuse<S: AsyncRead + AsyncWrite + Unpin>(
@@ -297,11 +308,12 @@ async fn run<S: AsyncRead + AsyncWrite + Unpin>(
     conn: &mut Conn<S>,
     connect: Box<Connect>,
     shared: &Arc<Shared>,
+    transport: ClientTransport,
 ) -> Result<(), ConnectionError> {
     // Each phase is boxed so the task only holds the state of the phase it is in: the handshake's
     // large locals are freed before the connection settles into its (mostly idle) life.
     let (protocol, clean_start, keep_alive) = (connect.protocol, connect.clean_start, connect.keep_alive);
-    let Some(accepted) = Box::pin(accept(conn, connect, shared)).await? else { return Ok(()) };
+    let Some(accepted) = Box::pin(accept(conn, connect, shared, transport)).await? else { return Ok(()) };
     Metrics::add(&shared.metrics.connections_current, 1);
     Metrics::add(&shared.metrics.connections_total, 1);
     let conn_id = accepted.conn_id;
@@ -355,6 +367,7 @@ async fn accept<S: AsyncRead + AsyncWrite + Unpin>(
     conn: &mut Conn<S>,
     connect: Box<Connect>,
     shared: &Arc<Shared>,
+    transport: ClientTransport,
 ) -> Result<Option<Box<Accepted>>, ConnectionError> {
     let config = &shared.config;
     let v5 = connect.protocol.is_v5();
@@ -620,6 +633,19 @@ async fn accept<S: AsyncRead + AsyncWrite + Unpin>(
         }
     }
     let (isolation_tx, isolation) = tokio::sync::watch::channel(isolated_by);
+    shared.clients.connected(Connected {
+        conn_id,
+        client_id: client_id.clone(),
+        username: username.clone(),
+        address: conn.peer,
+        protocol: connect.protocol,
+        transport,
+        keep_alive,
+        clean_start: connect.clean_start,
+        session_expiry: expiry,
+        subscriptions: subscriptions_of(&session),
+        counters: conn.counters.clone(),
+    });
     shared.access.connected(
         conn_id,
         LiveClient {
@@ -641,6 +667,7 @@ async fn accept<S: AsyncRead + AsyncWrite + Unpin>(
         auth_method,
         identity,
         isolation,
+        counters: conn.counters.clone(),
     });
     // Queued messages sent on attach get their flight state recorded, as in the session loop.
     let store = shared.store.as_ref();
@@ -756,8 +783,9 @@ fn queue_counted<S: AsyncRead + AsyncWrite + Unpin>(
     conn: &mut Conn<S>,
     p: &Packet,
 ) -> Result<(), ConnectionError> {
-    if matches!(p, Packet::Publish(_)) {
-        Metrics::add(&conn.metrics.messages_sent, 1);
+    if let Packet::Publish(publish) = p {
+        conn.metrics.sent(publish.qos);
+        Counters::add(&conn.counters.messages_out, 1);
     }
     conn.queue(p)
 }
@@ -810,6 +838,8 @@ async fn serve_session<S: AsyncRead + AsyncWrite + Unpin>(
     let mut after_sync: Vec<Packet> = Vec::new();
     let end = loop {
         let mut must_sync = false;
+        // Whether the session's subscriptions changed, for the client directory.
+        let mut subscriptions_changed = false;
         // A DISCONNECT for bad input, written after what the packets before it were answered with.
         let mut closing: Option<(ReasonCode, Option<&'static str>)> = None;
         let deadline = a.session.keep_alive_deadline();
@@ -850,6 +880,7 @@ async fn serve_session<S: AsyncRead + AsyncWrite + Unpin>(
                 let isolated_by = *a.isolation.borrow_and_update();
                 info!(%client_id, entry = ?isolated_by, "quarantine changed for a connected client");
                 set_isolation(&mut a.session, a.key, isolated_by, Instant::now(), &mut actions, &mut to_router);
+                subscriptions_changed = true;
                 a.session.set_permit(permit(shared, &client_id, &a.identity, isolated_by));
             }
             () = a.flow.unblocked.notified(), if !can_read => {}
@@ -864,8 +895,9 @@ async fn serve_session<S: AsyncRead + AsyncWrite + Unpin>(
                             if blocked_since.is_some() {
                                 blocked_since = Some(Instant::now());
                             }
-                            if matches!(packet, Packet::Publish(_)) {
-                                Metrics::add(&shared.metrics.messages_received, 1);
+                            if let Packet::Publish(p) = &packet {
+                                shared.metrics.received(p.qos);
+                                Counters::add(&conn.counters.messages_in, 1);
                                 if let (Some(b), Some(budget)) = (bucket.as_mut(), budget.as_ref()) {
                                     let now = Instant::now();
                                     if let Some((wait, since)) = b.take(budget, now) {
@@ -987,6 +1019,7 @@ async fn serve_session<S: AsyncRead + AsyncWrite + Unpin>(
                     }
                     to_router.push(Command::Subscribe { key: a.key, requests });
                     must_sync |= keep_session(store, &a.session, &mut batch);
+                    subscriptions_changed = true;
                 }
                 Action::Unsubscribe(subscriptions) => {
                     for sub in &subscriptions {
@@ -997,6 +1030,7 @@ async fn serve_session<S: AsyncRead + AsyncWrite + Unpin>(
                     }
                     to_router.push(Command::Unsubscribe { key: a.key, subscriptions });
                     must_sync |= keep_session(store, &a.session, &mut batch);
+                    subscriptions_changed = true;
                 }
                 Action::Disconnect { publish_will } => {
                     // A Session Expiry Interval on DISCONNECT is capped like the one on CONNECT.
@@ -1015,6 +1049,10 @@ async fn serve_session<S: AsyncRead + AsyncWrite + Unpin>(
                 }
             }
         }
+        if subscriptions_changed {
+            shared.clients.set_subscriptions(&client_id, a.conn_id, subscriptions_of(&a.session));
+        }
+        a.counters.set_queues(a.session.queued(), a.session.inflight());
         if a.flow.wants_drain.load(std::sync::atomic::Ordering::Acquire)
             && a.mailbox.len() < drain_below
             && a.flow.wants_drain.swap(false, std::sync::atomic::Ordering::AcqRel)
@@ -1172,9 +1210,21 @@ fn reauthenticate<S: AsyncRead + AsyncWrite + Unpin>(
     conn.queue(&Packet::Auth(Auth { reason_code, properties })).map_err(|_| ReasonCode::UNSPECIFIED_ERROR)
 }
 
-/// Returns the session to the router with whatever is still in the mailbox, and the will if due.
+/// The subscriptions of a session, by filter, for the client directory.
+fn subscriptions_of(session: &Session) -> Vec<ClientSubscription> {
+    let mut subscriptions: Vec<ClientSubscription> = session
+        .subscriptions()
+        .iter()
+        .map(|(filter, entry)| ClientSubscription { filter: filter.clone(), qos: entry.options.qos as u8 })
+        .collect();
+    subscriptions.sort_unstable_by(|a, b| a.filter.cmp(&b.filter));
+    subscriptions
+}
+
+/// Returns the session to the router with whatever is still in the mailbox, and the will if due;
+/// the client directory marks the client offline.
 async fn hand_back(a: Box<Accepted>, shared: &Shared, end: End) {
-    let Accepted { key, conn_id, mut session, mailbox, will, .. } = *a;
+    let Accepted { key, conn_id, mut session, mailbox, will, counters, .. } = *a;
     session.detach();
     let now = Instant::now();
     let mut reports = Vec::new();
@@ -1191,6 +1241,8 @@ async fn hand_back(a: Box<Accepted>, shared: &Shared, end: End) {
         }
     }
     commit(batch, session.client_id());
+    counters.set_queues(session.queued(), session.inflight());
+    shared.clients.disconnected(session.client_id(), conn_id, session.expiry_interval);
     let will = match end {
         End::Abnormal | End::Disconnect { publish_will: true } => will.map(|w| *w),
         End::Disconnect { publish_will: false } | End::Shutdown => None,

@@ -7,12 +7,14 @@
 //! - [`Authenticator`]: the hook for MQTT 5 enhanced authentication methods.
 //! - [`AccessControl`]: usernames and passwords against the device registry, and the access rules
 //!   applied to every PUBLISH and SUBSCRIBE.
+//! - [`Clients`]: the directory of connected (and recently connected) clients and their counters.
 //!
 //! Protocol state lives in `m2m-session` (sans-IO) and routing in `m2m-router`; this crate only moves
 //! bytes and packets between them. An error ends one connection, never the node.
 
 mod access;
 mod auth;
+mod clients;
 mod config;
 mod connection;
 mod detect;
@@ -23,6 +25,7 @@ mod ws;
 
 pub use access::{AccessControl, Refusal};
 pub use auth::{AuthExchange, AuthStep, Authenticator, NoEnhancedAuth};
+pub use clients::{ClientInfo, ClientState, ClientSubscription, ClientTransport, Clients, OFFLINE_LIMIT};
 pub use config::{Anonymous, Config, Listener, TlsFiles, Transport};
 pub use detect::{DetectorConfig, DetectorsConfig, PublishBudget};
 pub use error::{Error, Result};

@@ -17,6 +17,7 @@ use tracing::{debug, info, warn};
 
 use crate::access::{AccessControl, RegistryAuth};
 use crate::auth::Authenticator;
+use crate::clients::{ClientTransport, Clients};
 use crate::config::{Config, Transport};
 use crate::connection::{serve, Shared};
 use crate::error::{Error, Result};
@@ -176,6 +177,7 @@ impl Broker {
             store,
             access,
             history,
+            clients: Clients::new(),
         };
         Ok(Self { listeners, router, shared })
     }
@@ -220,6 +222,11 @@ impl Broker {
     /// A handle to the router, for other parts of the node.
     pub fn router(&self) -> RouterHandle {
         self.shared.router.clone()
+    }
+
+    /// The directory of connected and recently connected clients (for the API).
+    pub fn clients(&self) -> Clients {
+        self.shared.clients.clone()
     }
 
     /// Accepts and serves connections until `shutdown` is cancelled, then closes every connection
@@ -267,13 +274,14 @@ async fn accept_loop(
                     let _ = stream.set_nodelay(true);
                     match &transport {
                         Accept::Tcp => {
-                            connections.spawn(serve(stream, peer, shared.clone(), None));
+                            connections.spawn(serve(stream, peer, shared.clone(), None, ClientTransport::Tcp));
                         }
                         Accept::Tls(acceptor) => {
                             connections.spawn(serve_tls(acceptor.clone(), stream, peer, shared.clone(), None));
                         }
                         Accept::Ws(path) => {
-                            connections.spawn(serve_ws(stream, path.clone(), peer, shared.clone(), None));
+                            let transport = ClientTransport::Ws;
+                            connections.spawn(serve_ws(stream, path.clone(), peer, shared.clone(), None, transport));
                         }
                         Accept::Wss(acceptor, path) => {
                             let path = Some(path.clone());
@@ -317,8 +325,8 @@ async fn serve_tls(
     let identity =
         stream.get_ref().1.peer_certificates().and_then(|c| c.first()).and_then(tls::certificate_identity);
     match ws_path {
-        None => serve(stream, peer, shared, identity).await,
-        Some(path) => serve_ws(stream, path, peer, shared, identity).await,
+        None => serve(stream, peer, shared, identity, ClientTransport::Tls).await,
+        Some(path) => serve_ws(stream, path, peer, shared, identity, ClientTransport::Wss).await,
     }
 }
 
@@ -329,12 +337,13 @@ async fn serve_ws<S: AsyncRead + AsyncWrite + Unpin>(
     peer: SocketAddr,
     shared: Arc<Shared>,
     identity: Option<Arc<str>>,
+    transport: ClientTransport,
 ) {
     let limit = shared.config.connect_timeout;
     // Room for the largest packet the node accepts, and for smaller ones sent with it.
     let max_message = shared.config.limits.max_packet_size as usize + (1 << 20);
     match tokio::time::timeout(limit, ws::accept_with_max_message(stream, &path, max_message)).await {
-        Ok(Ok(stream)) => serve(stream, peer, shared, identity).await,
+        Ok(Ok(stream)) => serve(stream, peer, shared, identity, transport).await,
         Ok(Err(e)) => {
             Metrics::add(&shared.metrics.connections_rejected, 1);
             info!(%peer, error = %e, "WebSocket handshake failed");

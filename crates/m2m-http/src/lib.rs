@@ -25,6 +25,14 @@
 //! | `DELETE /api/v1/quarantine/{id}` | 200 | the released entry |
 //! | `GET /api/v1/audit?limit=N` | 200 | array of audit events, newest first |
 //! | `GET /api/v1/clients/{client_id}/refusals` | 200 | what a quarantined client was refused |
+//! | `GET /api/v1/clients?state=online\|offline\|all&search=S&limit=N` | 200 | array of clients (see [Clients](#clients)), by id |
+//! | `GET /api/v1/clients/{client_id}` | 200 | the client |
+//! | `POST /api/v1/clients/{client_id}/disconnect` | 204 | (404 when it is not connected) |
+//! | `POST /api/v1/publish` | 200 | `{topic, payload (string\|JSON), encoding? (text\|base64), qos?, retain?, user_properties? ([[k, v]])}` → `{topic, qos}` |
+//! | `GET /api/v1/node` | 200 | `{node_id, version, started, uptime_secs, listeners: [{address, transport}], features: {history, rules, mesh}, stats: {...}}` |
+//! | `GET /api/v1/nodes` | 200 | array of `{node_id, local, reachable, rtt_ms?, backlog?}`, this node first |
+//! | `GET /api/v1/config` | 200 | the effective configuration, secrets as `"<redacted>"` |
+//! | `GET /metrics` | 200 | Prometheus text format 0.0.4 (not under `/api/v1`; see [Metrics](#metrics)) |
 //! | `GET /api/v1/history?filter=F&from=T&to=T&limit=N&order=asc\|desc&cursor=C&field=P` | 200 | `{points: [point], next: cursor\|null, gaps: [{from, to, dropped}]}`, streamed |
 //! | `GET /api/v1/history/aggregate?filter=F&from=T&to=T&field=P&bucket=D&agg=avg,max` | 200 | `{series: [{topic, skipped, buckets: [{start, start_us, count, avg?, ...}]}]}` |
 //! | `GET /api/v1/latest?filter=F&field=P` | 200 | `{values: [point]}`: the last message of each topic |
@@ -80,6 +88,32 @@
 //! `DELETE /rules/test` act on it. A node whose rules engine is off (`[rules] enabled = false`)
 //! answers these routes with 404 `{"error": "rules are off on this node"}`.
 //!
+//! # Clients
+//! A client is `{client_id, online, username?, address, protocol ("3.1", "3.1.1", "5.0"), transport
+//! (tcp, tls, ws, wss), connected_at? (RFC 3339, while connected), last_seen (now, or when it
+//! disconnected), keep_alive, clean_start, session_expiry, subscriptions: [{filter, qos}],
+//! messages_in, messages_out, bytes_in, bytes_out, in_rate, out_rate (messages/s), queued,
+//! inflight}`. The node lists the clients that connected since it started: those connected now,
+//! and those whose session it keeps (a non-zero session expiry, until it expires; at most 10 000,
+//! the oldest forgotten first). Counters are those of the current (or last) connection; rates are
+//! measured between reads at least a second apart (the first read after a connection gives the
+//! average since it began). `queued` counts the messages waiting in the session's queue (not yet in
+//! flight), `inflight` the QoS 1/2 messages sent and not yet acknowledged; for an offline client,
+//! those its kept session holds now. A disconnection (`POST .../disconnect`) sends MQTT 5
+//! clients DISCONNECT 0x98 (Administrative action), keeps the session and is audited
+//! (`client.disconnect`). `POST /publish` publishes as the node itself (publisher `$api`): a string
+//! payload is sent as its text (or decoded, with `encoding: "base64"`), any other JSON value as
+//! JSON; topics under `$SYS` are refused.
+//!
+//! # Metrics
+//! `GET /metrics` writes counters and gauges named `m2m_...`: connections (`m2m_connections`,
+//! `_total`, `_rejected_total`), messages received and sent by `qos` label, dropped, bytes, protocol
+//! errors, authentication failures, access denied, sessions, subscriptions, retained messages,
+//! quarantine entries, the history's stored and dropped messages, the store's group commit time
+//! (`m2m_store_commit_seconds`, a histogram from 0.1 ms to 1 s), per-rule counters (label `rule`),
+//! the mesh backlog per node (label `node`) and per uplink (label `uplink`); families a node does
+//! not have are left out.
+//!
 //! # Security
 //! With a token, every request needs `Authorization: Bearer <token>` (compared in constant time);
 //! without one, only clients on a loopback address are served. The API speaks plain HTTP: serve it
@@ -100,7 +134,7 @@ use axum::http::StatusCode;
 use axum::routing::{get, post};
 use axum::Router;
 use m2m_access::Operators;
-use m2m_broker::AccessControl;
+use m2m_broker::{AccessControl, Broker, Clients, Metrics, RouterHandle};
 use m2m_engine::Engine;
 use m2m_history::History;
 use m2m_mesh::{Mesh, Uplink};
@@ -110,6 +144,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
 mod auth;
+mod clients;
 mod console;
 mod devices;
 mod error;
@@ -118,14 +153,18 @@ mod groups;
 mod history;
 mod live;
 mod mesh;
+mod metrics;
+mod node;
 mod openapi;
 mod operators;
+mod publish;
 mod quarantine;
 mod rules;
 
 pub use error::HttpError;
 pub use history::{gap_json, point_json, series_json, topic_json, DEFAULT_LIMIT};
 pub use live::{Live, Sample, SAMPLES, STREAM_RATE};
+pub use node::{redact_secrets, REDACTED};
 pub use rules::rule_from_json;
 
 use auth::Gate;
@@ -195,6 +234,21 @@ pub(crate) struct ApiState {
     /// Cancelled when the server stops: open event streams end, so that a graceful stop does not
     /// wait for them.
     pub(crate) closing: CancellationToken,
+    /// The broker's side: clients, counters, the router (see [`NodeParts`]).
+    pub(crate) broker: Arc<BrokerParts>,
+}
+
+/// What the node, clients, publish and metrics routes read, shared by every request.
+#[derive(Debug)]
+pub(crate) struct BrokerParts {
+    pub(crate) router: Option<RouterHandle>,
+    pub(crate) metrics: Option<Arc<Metrics>>,
+    pub(crate) clients: Option<Clients>,
+    pub(crate) store: Option<m2m_store::Store>,
+    pub(crate) node_id: String,
+    pub(crate) started: std::time::SystemTime,
+    pub(crate) listeners: Vec<(SocketAddr, &'static str)>,
+    pub(crate) config: Option<serde_json::Value>,
 }
 
 /// The parts of a running node the API reaches.
@@ -210,6 +264,22 @@ pub struct NodeParts {
     pub mesh: Option<Mesh>,
     /// Bridges to external MQTT brokers.
     pub uplinks: Vec<Uplink>,
+    /// The router, for publishing and disconnecting clients; `None`: those routes answer 404.
+    pub router: Option<RouterHandle>,
+    /// The node's counters, for `/node` and `/metrics`; `None`: they show zeros.
+    pub metrics: Option<Arc<Metrics>>,
+    /// The directory of clients; `None`: the clients routes answer 404.
+    pub clients: Option<Clients>,
+    /// The store, for its commit latency in `/metrics`.
+    pub store: Option<m2m_store::Store>,
+    /// The node's name (its mesh id, when it is in a mesh).
+    pub node_id: String,
+    /// When the node started.
+    pub started: std::time::SystemTime,
+    /// The MQTT listeners: address and transport (`tcp`, `tls`, `ws`, `wss`).
+    pub listeners: Vec<(SocketAddr, &'static str)>,
+    /// The effective configuration, secrets already redacted, for `/config`; `None`: 404.
+    pub config: Option<serde_json::Value>,
     /// The users and API tokens of the API and console.
     pub operators: Arc<Operators>,
     /// The live view: a tap of the router, sampling the node's counters; `None`: no streams.
@@ -217,17 +287,51 @@ pub struct NodeParts {
 }
 
 impl NodeParts {
-    /// A node with access control only: no history, no rules, no mesh, no uplinks, and operators
-    /// kept in memory only.
+    /// A node with access control only: no history, no rules, no mesh, no uplinks, no broker, no
+    /// live view, and operators kept in memory only.
     ///
     /// # Panics
     /// Never in practice: operators without a store cannot fail to open.
     pub fn new(access: Arc<AccessControl>) -> Self {
         #[allow(clippy::expect_used)]
         let operators = Arc::new(Operators::open(None).expect("operators in memory"));
-        Self { access, history: None, engine: None, mesh: None, uplinks: Vec::new(), operators, live: None }
+        Self {
+            access,
+            history: None,
+            engine: None,
+            mesh: None,
+            uplinks: Vec::new(),
+            router: None,
+            metrics: None,
+            clients: None,
+            store: None,
+            node_id: DEFAULT_NODE_ID.to_owned(),
+            started: std::time::SystemTime::now(),
+            listeners: Vec::new(),
+            config: None,
+            operators,
+            live: None,
+        }
+    }
+
+    /// The parts of a bound `broker`: its access control, history, router, counters, clients,
+    /// store and listeners; no rules, mesh, uplinks, configuration or live view, and operators in
+    /// memory only.
+    pub fn with_broker(broker: &Broker) -> Self {
+        Self {
+            history: broker.history(),
+            router: Some(broker.router()),
+            metrics: Some(broker.metrics()),
+            clients: Some(broker.clients()),
+            store: broker.store(),
+            listeners: broker.listener_addrs(),
+            ..Self::new(broker.access())
+        }
     }
 }
+
+/// The node id shown when none is given.
+pub const DEFAULT_NODE_ID: &str = "m2m";
 
 /// How many passwords are hashed at once, at most (argon2id takes 19 MiB and tens of milliseconds
 /// each); further requests wait.
@@ -245,7 +349,33 @@ pub fn router(parts: NodeParts, config: &HttpConfig) -> Router {
 
 /// [`router`], with event streams that end when `closing` is cancelled.
 fn routes(parts: NodeParts, config: &HttpConfig, closing: CancellationToken) -> Router {
-    let NodeParts { access, history, engine, mesh, uplinks, operators, live } = parts;
+    let NodeParts {
+        access,
+        history,
+        engine,
+        mesh,
+        uplinks,
+        router: mqtt_router,
+        metrics,
+        clients,
+        store,
+        node_id,
+        started,
+        listeners,
+        config: shown_config,
+        operators,
+        live,
+    } = parts;
+    let broker = Arc::new(BrokerParts {
+        router: mqtt_router,
+        metrics,
+        clients,
+        store,
+        node_id,
+        started,
+        listeners,
+        config: shown_config,
+    });
     let gate = Arc::new(Gate::new(config.token.as_deref(), config.trust_loopback, operators, access.clone()));
     Router::new()
         .route("/api/v1/login", post(operators::login))
@@ -274,6 +404,14 @@ fn routes(parts: NodeParts, config: &HttpConfig, closing: CancellationToken) -> 
         .route("/api/v1/quarantine/{id}", axum::routing::delete(quarantine::release))
         .route("/api/v1/audit", get(quarantine::audit))
         .route("/api/v1/clients/{client_id}/refusals", get(quarantine::refusals))
+        .route("/api/v1/clients", get(clients::list))
+        .route("/api/v1/clients/{client_id}", get(clients::show))
+        .route("/api/v1/clients/{client_id}/disconnect", post(clients::disconnect))
+        .route("/api/v1/publish", post(publish::publish))
+        .route("/api/v1/node", get(node::show))
+        .route("/api/v1/nodes", get(node::nodes))
+        .route("/api/v1/config", get(node::config))
+        .route("/metrics", get(metrics::exposition))
         .route("/api/v1/history", get(history::points))
         .route("/api/v1/history/aggregate", get(history::aggregate))
         .route("/api/v1/latest", get(history::latest))
@@ -309,6 +447,7 @@ fn routes(parts: NodeParts, config: &HttpConfig, closing: CancellationToken) -> 
             gate,
             live,
             closing,
+            broker,
         })
         // The console's static files need no authentication: they are merged outside the gate.
         .merge(console::routes())

@@ -7,7 +7,9 @@ use axum::http::{header, HeaderValue};
 use axum::response::{IntoResponse, Response};
 use utoipa::OpenApi;
 
-use crate::{devices, groups, history, live, mesh, operators, quarantine, rules};
+use crate::{
+    clients, devices, groups, history, live, mesh, metrics, node, operators, publish, quarantine, rules,
+};
 
 /// The document's description of the API.
 #[derive(OpenApi)]
@@ -63,7 +65,15 @@ use crate::{devices, groups, history, live, mesh, operators, quarantine, rules};
         mesh::status,
         mesh::uplinks,
         live::stream,
+        metrics::exposition,
         live::rates,
+        node::show,
+        node::nodes,
+        node::config,
+        clients::list,
+        clients::show,
+        clients::disconnect,
+        publish::publish,
         document,
     ),
     tags(
@@ -75,6 +85,9 @@ use crate::{devices, groups, history, live, mesh, operators, quarantine, rules};
         (name = "mesh", description = "This node in a mesh of nodes"),
         (name = "operators", description = "Logging in, users and API tokens"),
         (name = "live", description = "Live events and rates, for the console"),
+        (name = "metrics", description = "Prometheus metrics"),
+        (name = "node", description = "This node, the nodes of its mesh, its configuration"),
+        (name = "clients", description = "Connected clients and kept sessions; publishing as the node"),
         (name = "meta", description = "This document"),
     )
 )]

@@ -617,6 +617,14 @@ impl Mesh {
         Ok(())
     }
 
+    /// The QoS 1/2 messages waiting in this node's outbox for each other node it knows, by node id
+    /// (sorted), and whether the outbox sees that node alive. Cheap: no network round trip, unlike
+    /// [`Mesh::status`] (for metrics).
+    pub fn backlogs(&self) -> Vec<(String, u64, bool)> {
+        let Some(r) = self.inner.reliable.get() else { return Vec::new() };
+        r.backlogs().into_iter().map(|(id, backlog, _, alive)| (id, backlog, alive)).collect()
+    }
+
     /// The ids of the nodes reachable now (this one included), sorted.
     pub async fn nodes(&self) -> Vec<String> {
         let Some(session) = self.inner.session.get() else { return Vec::new() };

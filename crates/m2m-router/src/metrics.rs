@@ -5,6 +5,8 @@
 
 use std::sync::atomic::{AtomicU64, Ordering};
 
+use m2m_codec::QoS;
+
 /// Counters and gauges of one node.
 #[derive(Debug, Default)]
 pub struct Metrics {
@@ -18,6 +20,11 @@ pub struct Metrics {
     pub messages_received: AtomicU64,
     /// PUBLISH packets sent to clients.
     pub messages_sent: AtomicU64,
+    /// PUBLISH packets received from clients, by QoS (index 0, 1, 2); they add up to
+    /// `messages_received`.
+    pub messages_received_by_qos: [AtomicU64; 3],
+    /// PUBLISH packets sent to clients, by QoS; they add up to `messages_sent`.
+    pub messages_sent_by_qos: [AtomicU64; 3],
     /// Deliveries dropped: a full queue, an expired message, QoS 0 for an offline session.
     pub messages_dropped: AtomicU64,
     /// Bytes read from clients.
@@ -48,5 +55,36 @@ impl Metrics {
     /// Reads a counter.
     pub fn get(counter: &AtomicU64) -> u64 {
         counter.load(Ordering::Relaxed)
+    }
+
+    /// Counts a PUBLISH received from a client with `qos`: the total and its QoS's counter.
+    pub fn received(&self, qos: QoS) {
+        Self::add(&self.messages_received, 1);
+        Self::add(&self.messages_received_by_qos[qos as usize], 1);
+    }
+
+    /// Counts a PUBLISH sent to a client with `qos`: the total and its QoS's counter.
+    pub fn sent(&self, qos: QoS) {
+        Self::add(&self.messages_sent, 1);
+        Self::add(&self.messages_sent_by_qos[qos as usize], 1);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn per_qos_counters_add_up_to_the_totals() {
+        let m = Metrics::default();
+        m.received(QoS::AtMostOnce);
+        m.received(QoS::ExactlyOnce);
+        m.received(QoS::ExactlyOnce);
+        m.sent(QoS::AtLeastOnce);
+        let by_qos = |c: &[AtomicU64; 3]| c.iter().map(Metrics::get).collect::<Vec<_>>();
+        assert_eq!(by_qos(&m.messages_received_by_qos), [1, 0, 2]);
+        assert_eq!(Metrics::get(&m.messages_received), 3);
+        assert_eq!(by_qos(&m.messages_sent_by_qos), [0, 1, 0]);
+        assert_eq!(Metrics::get(&m.messages_sent), 1);
     }
 }

@@ -378,6 +378,14 @@ pub enum Command {
         /// Where the answer goes.
         reply: oneshot::Sender<Vec<Arc<Message>>>,
     },
+    /// Answers, for each of these clients, the messages queued and in flight in its session while
+    /// it is offline; `None` for a client that is online or has no session.
+    OfflineQueues {
+        /// The clients.
+        client_ids: Vec<Arc<str>>,
+        /// Where the answer goes, in the order of `client_ids`.
+        reply: oneshot::Sender<Vec<Option<(usize, usize)>>>,
+    },
     /// Stops the router after the commands before it; sent by the node once its connections ended.
     Stop,
 }
@@ -434,6 +442,20 @@ impl RouterHandle {
     pub async fn stats(&self) -> Result<RouterStats, RouterGone> {
         let (tx, rx) = oneshot::channel();
         self.send(Command::Stats(tx)).await?;
+        rx.await.map_err(|_| RouterGone)
+    }
+
+    /// Asks for the messages queued and in flight in the sessions of offline clients (see
+    /// [`Command::OfflineQueues`]).
+    ///
+    /// # Errors
+    /// [`RouterGone`] when the router has stopped.
+    pub async fn offline_queues(
+        &self,
+        client_ids: Vec<Arc<str>>,
+    ) -> Result<Vec<Option<(usize, usize)>>, RouterGone> {
+        let (tx, rx) = oneshot::channel();
+        self.send(Command::OfflineQueues { client_ids, reply: tx }).await?;
         rx.await.map_err(|_| RouterGone)
     }
 }
@@ -769,6 +791,18 @@ impl Router {
             Command::Disconnected(d) => self.disconnected(*d, now),
             Command::Stats(reply) => {
                 let _ = reply.send(self.stats());
+            }
+            Command::OfflineQueues { client_ids, reply } => {
+                let found = client_ids
+                    .iter()
+                    .map(|id| match self.by_id.get(id).and_then(|key| self.clients.get(key)) {
+                        Some(Client { state: State::Offline { session, .. }, .. }) => {
+                            Some((session.queued(), session.inflight()))
+                        }
+                        _ => None,
+                    })
+                    .collect();
+                let _ = reply.send(found);
             }
             Command::Stop => return ControlFlow::Break(()),
         }

@@ -116,10 +116,12 @@ impl Committer {
             }
             return Ok(());
         }
+        let started = Instant::now();
         // Moves the journal's user-space buffer to the OS, under the journal lock but briefly;
         // `persist(SyncData)` would hold that lock (and stall every writer) for the whole fsync.
         engine.db.persist(PersistMode::Buffer).map_err(StoreError::writing)?;
         self.fsync_journal(&engine)?;
+        self.shared.commit_latency.record(started.elapsed());
         self.synced = committed;
         self.shared.syncs.fetch_add(1, Ordering::Relaxed);
         Ok(())

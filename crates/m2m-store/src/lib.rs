@@ -8,6 +8,7 @@
 //! - [`Batch`]: writes collected by the caller and committed atomically.
 //! - [`SessionRecord`], [`WillRecord`], [`Phase`]: what is stored besides `m2m-session`'s
 //!   [`Message`](m2m_session::Message) and [`Delivery`](m2m_session::Delivery).
+//! - [`Latency`]: how long group commits take ([`Store::commit_latency`]), in fixed buckets.
 //!
 //! The store does not decide what to keep: the router says what to write and when. It reads nothing
 //! back after [`Store::open`].
@@ -85,6 +86,7 @@ mod config;
 mod encoding;
 mod engine;
 mod error;
+mod latency;
 mod record;
 mod recover;
 mod series;
@@ -97,6 +99,7 @@ use std::time::SystemTime;
 pub use batch::Batch;
 pub use config::{StoreConfig, SyncMode};
 pub use error::StoreError;
+pub use latency::{Latency, LATENCY_BUCKETS_MS};
 pub use record::{Phase, Recovered, RecoveredSession, SessionRecord, StoredDelivery, WillRecord};
 pub use series::{SeriesBatch, SeriesIter};
 pub use store::{Record, Store};

@@ -12,6 +12,7 @@ use crate::config::{StoreConfig, SyncMode};
 use crate::encoding::Clock;
 use crate::engine::{catch_corruption, Engine};
 use crate::error::StoreError;
+use crate::latency::{Latency, LatencyHistogram};
 use crate::record::Recovered;
 use crate::recover::recover;
 use crate::table::Table;
@@ -39,6 +40,8 @@ pub(crate) struct Shared {
     pub(crate) committed: AtomicU64,
     /// fsyncs done by the committer.
     pub(crate) syncs: AtomicU64,
+    /// How long the committer's group commits took (moving the journal to the OS and the fsync).
+    pub(crate) commit_latency: LatencyHistogram,
     /// When a fault was last logged at `error`: a disk that stays full makes the store fail again
     /// after each reopen, and the operator needs to hear of it once, not every second.
     fault_logged_at: Mutex<Option<Instant>>,
@@ -198,6 +201,7 @@ impl Store {
             healthy: AtomicBool::new(true),
             committed: AtomicU64::new(0),
             syncs: AtomicU64::new(0),
+            commit_latency: LatencyHistogram::default(),
             fault_logged_at: Mutex::new(None),
             queue: Mutex::new(Queue::default()),
             wake: Condvar::new(),
@@ -345,6 +349,13 @@ impl Store {
     /// [`Store::on_durable`] waiters.
     pub fn syncs(&self) -> u64 {
         self.shared().syncs.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// How long the group commits took: each sync of the committer that had writes to make
+    /// durable, from handing the journal to the OS to the end of its fsync (what a durability
+    /// waiter waits for, besides its turn).
+    pub fn commit_latency(&self) -> Latency {
+        self.shared().commit_latency.snapshot()
     }
 }
 

@@ -158,6 +158,15 @@ impl Default for MeshSection {
 }
 
 impl MeshSection {
+    /// This node's name: `node_id`, or the machine's host name when it is empty.
+    pub(crate) fn node_id(&self) -> String {
+        if self.node_id.is_empty() {
+            host_name()
+        } else {
+            self.node_id.clone()
+        }
+    }
+
     /// The mesh settings; `None` when the node is on its own.
     pub(crate) fn config(&self) -> anyhow::Result<Option<m2m_mesh::MeshConfig>> {
         if self.listen.is_empty() && self.connect.is_empty() {

@@ -235,14 +235,17 @@ fn run_node(args: NodeArgs) -> anyhow::Result<()> {
         let operators = std::sync::Arc::new(
             m2m_access::Operators::open(broker.store()).context("cannot read the operators of the API")?,
         );
+        let mut shown = serde_json::to_value(&file).context("cannot show the configuration")?;
+        m2m_http::redact_secrets(&mut shown);
         let parts = m2m_http::NodeParts {
-            access: broker.access(),
-            history: broker.history(),
             engine: engine.clone(),
             mesh: mesh.clone(),
             uplinks: uplinks.clone(),
             operators: operators.clone(),
             live,
+            node_id: mesh.as_ref().map_or_else(|| file.mesh.node_id(), |m| m.node_id().to_owned()),
+            config: Some(shown),
+            ..m2m_http::NodeParts::with_broker(&broker)
         };
         if !uplinks.is_empty() {
             let store =
