@@ -257,7 +257,8 @@ async fn a_running_node_is_managed_over_its_http_api() {
     let events: serde_json::Value = serde_json::from_str(&audit).unwrap();
     let actions: Vec<&str> =
         events.as_array().unwrap().iter().map(|e| e["action"].as_str().unwrap()).collect();
-    assert_eq!(actions, ["quarantine.add", "device.add"]);
+    // The refused device (400) is audited as a request.
+    assert_eq!(actions, ["quarantine.add", "api.request", "device.add"]);
     node.kill().await.unwrap();
 }
 
@@ -448,20 +449,27 @@ async fn the_cli_changes_a_running_node_over_its_api_and_prints_what_it_prints_f
         .await
         .contains("404 Not Found: no quarantine entry 1"));
 
-    // The node audited the changes itself: nothing in the name of the CLI.
+    // The node audited the changes itself, under the caller it admitted (the CLI on loopback), and
+    // the refused calls too.
     let audit = ok_over(&url, &["audit", "list"]).await;
     assert_eq!(
         audit_actions(&audit),
         [
-            "api quarantine.release 1",
-            "operator quarantine.add 2",
-            "operator quarantine.add 1",
-            "api device.remove lamp-3",
-            "api device.set lamp-2",
-            "api device.set lamp-2",
-            "api device.import ",
-            "api group.set street",
-            "api device.add lamp-1",
+            "loopback api.request DELETE /api/v1/quarantine/1",
+            "loopback quarantine.release 1",
+            "loopback api.request POST /api/v1/quarantine",
+            "operator via loopback quarantine.add 2",
+            "operator via loopback quarantine.add 1",
+            "loopback api.request POST /api/v1/devices",
+            "loopback api.request DELETE /api/v1/devices/ghost",
+            "loopback api.request POST /api/v1/devices",
+            "loopback api.request POST /api/v1/devices",
+            "loopback device.remove lamp-3",
+            "loopback device.set lamp-2",
+            "loopback device.set lamp-2",
+            "loopback device.import ",
+            "loopback group.set street",
+            "loopback device.add lamp-1",
         ],
         "{audit}"
     );
@@ -554,7 +562,7 @@ async fn with_the_store_in_use_the_cli_falls_back_to_the_configured_api_of_the_r
     let audit = text(&out.stdout);
     assert_eq!(
         audit_actions(&audit),
-        ["operator quarantine.add 1", "api device.add lamp-1"],
+        ["operator via loopback quarantine.add 1", "loopback device.add lamp-1"],
         "audited once, by the node: {audit}"
     );
 
@@ -582,7 +590,7 @@ async fn a_node_with_an_api_token_serves_the_cli_only_with_that_token() {
 
     let err = fails(&with_api(&url, &["device", "list"])).await;
     assert!(err.contains(&format!("the HTTP API at {url} answered 401 Unauthorized")), "{err}");
-    assert!(err.contains("an `Authorization: Bearer <token>` header is required"), "{err}");
+    assert!(err.contains("log in, or send `Authorization: Bearer <token>`"), "{err}");
     assert!(err.contains("--token or M2M_HTTP_TOKEN"), "{err}");
     let err = fails(&with_api(&url, &["device", "--token", "wrong", "list"])).await;
     assert!(err.contains("401 Unauthorized: the token is not valid"), "{err}");

@@ -229,11 +229,14 @@ async fn rules_added_with_the_cli_over_the_api_act_on_the_running_nodes_traffic(
     assert_eq!(
         actions,
         [
-            "api rule.remove hot",
-            "api rule.replace hot",
-            "api rule.enable hot",
-            "api rule.disable hot",
-            "api rule.add hot"
+            "loopback api.request DELETE /api/v1/rules/hot",
+            "loopback rule.remove hot",
+            "loopback rule.replace hot",
+            "loopback rule.enable hot",
+            "loopback rule.disable hot",
+            "loopback api.request POST /api/v1/rules",
+            "loopback api.request POST /api/v1/rules",
+            "loopback rule.add hot",
         ],
         "{audit}"
     );
