@@ -351,8 +351,6 @@ async fn open(
     }
     let mut request = endpoint
         .url()
-        .replacen("wss://", "https://", 1)
-        .replacen("ws://", "http://", 1)
         .into_client_request()
         .map_err(|e| Failure::usage(format!("invalid WebSocket URL {endpoint}: {e}")))?;
     // MQTT 5.0 §6: the client offers the subprotocol `mqtt`.
@@ -417,6 +415,8 @@ pub(crate) struct Client {
     /// A PINGREQ waits for its PINGRESP since then.
     ping_sent: Option<Instant>,
     next_id: u16,
+    /// `-d`: every packet sent and received is described on standard error.
+    debug: bool,
 }
 
 impl Client {
@@ -428,6 +428,7 @@ impl Client {
         endpoint: &Endpoint,
         tls: &TlsSettings,
         connect: Connect,
+        debug: bool,
     ) -> Result<(Client, ConnAck), Failure> {
         let connector = if endpoint.scheme.tls() { Some(tls_connector(&endpoint.host, tls)?) } else { None };
         let keep_alive = (connect.keep_alive > 0).then(|| Duration::from_secs(connect.keep_alive.into()));
@@ -443,6 +444,7 @@ impl Client {
                 last_sent: Instant::now(),
                 ping_sent: None,
                 next_id: 0,
+                debug,
             };
             client.send(&Packet::Connect(Box::new(connect))).await?;
             match client.read_packet().await? {
@@ -487,6 +489,9 @@ impl Client {
     pub(crate) async fn send(&mut self, packet: &Packet) -> Result<(), Failure> {
         encode(packet, self.version, &mut self.write_buf)
             .map_err(|e| Failure::error(format!("cannot encode {}: {e}", packet.name())))?;
+        if self.debug {
+            eprintln!("sent {}", describe(packet));
+        }
         self.last_sent = Instant::now();
         self.flush().await
     }
@@ -508,7 +513,12 @@ impl Client {
     async fn read_packet(&mut self) -> Result<Option<Packet>, Failure> {
         loop {
             match decode(&mut self.read_buf, self.version, MAX_PACKET) {
-                Ok(Some(packet)) => return Ok(Some(packet)),
+                Ok(Some(packet)) => {
+                    if self.debug {
+                        eprintln!("received {}", describe(&packet));
+                    }
+                    return Ok(Some(packet));
+                }
                 Ok(None) => {}
                 Err(e) => return Err(Failure::error(format!("malformed packet from the broker: {e}"))),
             }
@@ -568,6 +578,36 @@ impl Client {
     pub(crate) async fn disconnect(mut self) {
         let _ = self.send(&Packet::Disconnect(Default::default())).await;
         let _ = tokio::time::timeout(Duration::from_secs(2), self.stream.shutdown()).await;
+    }
+}
+
+/// A packet for `-d`: its name and what tells it apart.
+fn describe(packet: &Packet) -> String {
+    match packet {
+        Packet::Connect(c) => format!(
+            "CONNECT (client id {:?}, clean start {}, keep alive {})",
+            c.client_id, c.clean_start, c.keep_alive
+        ),
+        Packet::ConnAck(a) => {
+            format!("CONNACK ({}, session present {})", a.reason_code, a.session_present)
+        }
+        Packet::Publish(p) => format!(
+            "PUBLISH (topic {:?}, qos {}, retain {}, id {}, {} bytes)",
+            p.topic,
+            p.qos as u8,
+            p.retain,
+            p.packet_id.map_or(0, |id| id.get()),
+            p.payload.len()
+        ),
+        Packet::PubAck(a) | Packet::PubRec(a) | Packet::PubRel(a) | Packet::PubComp(a) => {
+            format!("{} (id {}, {})", packet.name(), a.packet_id, a.reason_code)
+        }
+        Packet::SubAck(a) => {
+            let codes: Vec<String> = a.reason_codes.iter().map(ToString::to_string).collect();
+            format!("SUBACK (id {}, {})", a.packet_id, codes.join(", "))
+        }
+        Packet::Disconnect(d) => format!("DISCONNECT ({})", d.reason_code),
+        other => other.name().to_owned(),
     }
 }
 

@@ -147,6 +147,9 @@ pub(crate) struct ConnectionArgs {
     /// verified against the trusted authorities.
     #[arg(long)]
     insecure: bool,
+    /// Describe every packet sent and received on standard error.
+    #[arg(short = 'd', long)]
+    debug: bool,
     /// Print help.
     #[arg(long, action = clap::ArgAction::Help)]
     help: Option<bool>,
@@ -479,7 +482,7 @@ async fn run_pub(args: PubArgs) -> Result<(), Failure> {
         Payloads::One(Bytes::new())
     };
     let (endpoint, tls, connect) = connect_packet(&args.connection, "pub")?;
-    let (mut client, _) = Client::connect(&endpoint, &tls, connect).await?;
+    let (mut client, _) = Client::connect(&endpoint, &tls, connect, args.connection.debug).await?;
     let properties = args.properties.properties();
     let message = |client: &mut Client, payload: Bytes| Publish {
         dup: false,
@@ -597,7 +600,7 @@ async fn run_sub(args: SubArgs) -> Result<(), Failure> {
     }
     let v5 = args.connection.version.is_v5();
     let (endpoint, tls, connect) = connect_packet(&args.connection, "sub")?;
-    let (mut client, _) = Client::connect(&endpoint, &tls, connect).await?;
+    let (mut client, _) = Client::connect(&endpoint, &tls, connect, args.connection.debug).await?;
     let deadline = args.timeout.map(|s| Instant::now() + Duration::from_secs(s));
     let options = SubscriptionOptions {
         qos: args.qos,
