@@ -451,18 +451,19 @@ async fn exit_codes_tell_refusal_network_failure_and_bad_arguments_apart() {
     assert_eq!(done.code(), Some(3), "network failure: {}", done.stderr);
     assert!(done.stderr.contains(&format!("cannot connect to mqtt://localhost:{closed}")), "{}", done.stderr);
 
-    for args in [
-        &["-t", "x"][..],                                                   // no payload
-        &["-t", "x", "-m", "a", "-n"],                                      // two payloads
-        &["-t", "x/#", "-m", "a"],                                          // a filter is not a topic
-        &["-t", "x", "-m", "a", "-V", "311", "--prop", "k=v"],              // properties need MQTT 5
-        &["-t", "x", "-m", "a", "-c"], // a kept session needs a client id
-        &["-t", "x", "-m", "a", "--url", "http://h"], // not an MQTT URL
-        &["-t", "x", "-m", "a", "--cafile", "ca.pem", "--url", "mqtt://h"], // TLS file without TLS
-        &["-t", "x", "-m", "a", "-q", "3"], // no such QoS
-    ] {
+    let bad: [(&[&str], &str); 8] = [
+        (&["-t", "x"], "no payload"),
+        (&["-t", "x", "-m", "a", "-n"], "two payloads"),
+        (&["-t", "x/#", "-m", "a"], "a filter is not a topic"),
+        (&["-t", "x", "-m", "a", "-V", "311", "--prop", "k=v"], "properties need MQTT 5"),
+        (&["-t", "x", "-m", "a", "-c"], "a kept session needs a client id"),
+        (&["-t", "x", "-m", "a", "--url", "http://h"], "not an MQTT URL"),
+        (&["-t", "x", "-m", "a", "--cafile", "ca.pem", "--url", "mqtt://h"], "TLS file without TLS"),
+        (&["-t", "x", "-m", "a", "-q", "3"], "no such QoS"),
+    ];
+    for (args, why) in bad {
         let done = publish(args).await;
-        assert_eq!(done.code(), Some(2), "{args:?}: {}", done.stderr);
+        assert_eq!(done.code(), Some(2), "{why}: {args:?}: {}", done.stderr);
     }
     let done = finish(m2m(&["sub", "-p", &port, "-t", "a/#/b"]).spawn().unwrap()).await;
     assert_eq!(done.code(), Some(2), "{}", done.stderr);
@@ -722,4 +723,20 @@ async fn mosquitto_clients_and_ours_understand_each_other() {
     assert_eq!(lines, ["o/1|2|0|hello|text/plain|o/reply|c-1|k:v", "o/2|1|0|v3||||", "o/3|0|0|line||||"]);
     // The retained message of mosquitto_pub reaches m2m sub -V 311 too.
     assert_eq!(publish_then_sub(&port, &["-V", "311", "-t", "i/2", "-C", "1"]).await, "plain text\n");
+}
+
+#[tokio::test]
+async fn a_kept_session_gets_what_was_published_while_it_was_away() {
+    let dir = TempDir::new("pubsub-session");
+    let node = Node::start(&dir, "").await;
+    let port = node.port();
+    for version in ["5", "311"] {
+        let id = format!("keeper-{version}");
+        let sub = ["-p", &port, "-V", version, "-c", "-i", &id, "-q", "1", "-t", "kept"];
+        let away = finish(m2m(&[&["sub"], &sub[..], &["-W", "1"]].concat()).spawn().unwrap()).await;
+        assert_eq!(away.code(), Some(27), "{}", away.stderr);
+        publish(&["-p", &port, "-t", "kept", "-q", "1", "-m", "while away"]).await.ok();
+        let back = finish(m2m(&[&["sub"], &sub[..], &["-C", "1"]].concat()).spawn().unwrap()).await;
+        assert_eq!(back.ok(), "while away\n", "MQTT {version}");
+    }
 }

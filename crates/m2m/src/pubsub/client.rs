@@ -459,7 +459,11 @@ impl Client {
         .map_err(|_| {
             Failure::network(format!("no connection to {endpoint} within {} s", CONNECT_TIMEOUT.as_secs()))
         })??;
-        let (client, ack) = opened;
+        let (mut client, ack) = opened;
+        // MQTT 5.0 §3.2.2.3.14: the broker's Server Keep Alive replaces the one asked for.
+        if let Some(seconds) = ack.properties.server_keep_alive {
+            client.keep_alive = (seconds > 0).then(|| Duration::from_secs(seconds.into()));
+        }
         if ack.reason_code.is_error() {
             let mut message = format!("{endpoint} refused the connection: {}", ack.reason_code);
             if let Some(reason) = &ack.properties.reason_string {

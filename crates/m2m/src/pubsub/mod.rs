@@ -482,7 +482,19 @@ async fn run_pub(args: PubArgs) -> Result<(), Failure> {
         Payloads::One(Bytes::new())
     };
     let (endpoint, tls, connect) = connect_packet(&args.connection, "pub")?;
-    let (mut client, _) = Client::connect(&endpoint, &tls, connect, args.connection.debug).await?;
+    let (mut client, ack) = Client::connect(&endpoint, &tls, connect, args.connection.debug).await?;
+    // MQTT 5.0 §3.2.2.3.4: a QoS above the broker's maximum is a protocol error.
+    if let Some(maximum) = ack.properties.maximum_qos.filter(|maximum| *maximum < args.qos) {
+        client.disconnect().await;
+        return Err(Failure::error(format!(
+            "the broker accepts messages of QoS {} at most: publish with -q {0} or less",
+            maximum as u8
+        )));
+    }
+    if args.retain && ack.properties.retain_available == Some(false) {
+        client.disconnect().await;
+        return Err(Failure::error("the broker does not keep retained messages: publish without -r"));
+    }
     let properties = args.properties.properties();
     let message = |client: &mut Client, payload: Bytes| Publish {
         dup: false,
