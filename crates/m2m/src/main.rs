@@ -13,6 +13,7 @@ mod cert;
 mod config;
 mod device;
 mod mesh;
+mod pubsub;
 mod query;
 mod remote;
 mod rule;
@@ -100,6 +101,12 @@ enum Command {
     /// value of each topic (`--latest`), the topics (`--topics`) or aggregates (`--bucket`); of a
     /// running node through its HTTP API, or read from a stopped node's data directory.
     Query(query::QueryArgs),
+    /// Publish messages to any MQTT broker (like mosquitto_pub): MQTT 3.1.1 or 5 with properties,
+    /// over TCP, TLS, WebSocket; from text, a file or standard input, line by line.
+    Pub(pubsub::PubArgs),
+    /// Subscribe and print what arrives (like mosquitto_sub): the payload, topic and payload, or JSON
+    /// lines with the MQTT 5 properties; until a count or a timeout.
+    Sub(pubsub::SubArgs),
 }
 
 #[derive(Debug, clap::Args)]
@@ -145,6 +152,8 @@ fn main() -> ExitCode {
         Command::Token { place, command } => user::run_token(&place, command),
         Command::Cert(command) => cert::run(command),
         Command::Query(args) => query::run(args),
+        Command::Pub(args) => return pubsub::publish(args),
+        Command::Sub(args) => return pubsub::subscribe(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
