@@ -16,6 +16,7 @@ mod mesh;
 mod query;
 mod remote;
 mod rule;
+mod sim;
 mod user;
 
 /// An edge-first machine-to-machine messaging and data fabric.
@@ -100,6 +101,9 @@ enum Command {
     /// value of each topic (`--latest`), the topics (`--topics`) or aggregates (`--bucket`); of a
     /// running node through its HTTP API, or read from a stopped node's data directory.
     Query(query::QueryArgs),
+    /// Simulated machines against any MQTT broker: vehicle telematics, factory lines, street lamps.
+    #[command(subcommand)]
+    Sim(sim::Kind),
 }
 
 #[derive(Debug, clap::Args)]
@@ -145,6 +149,7 @@ fn main() -> ExitCode {
         Command::Token { place, command } => user::run_token(&place, command),
         Command::Cert(command) => cert::run(command),
         Command::Query(args) => query::run(args),
+        Command::Sim(kind) => sim::run(kind),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
