@@ -176,8 +176,14 @@ impl Machine for Lamp {
             out.push(self.presence_message(ts));
         }
         self.next_report -= dt;
-        if self.next_report <= 0.0 {
-            self.next_report = self.report_every.max(self.next_report + self.report_every);
+        // Due within a quarter of a period: ticks jitter by a few milliseconds, which must not skip
+        // a report.
+        if self.next_report <= 0.25 * self.report_every {
+            self.next_report += self.report_every;
+            if self.next_report <= 0.25 * self.report_every {
+                // Far behind (a slow tick): start over rather than report in a burst.
+                self.next_report = self.report_every;
+            }
             let power = Power { ts, watts: round(self.watts(), 1), energy_kwh: round(self.energy_kwh, 3) };
             out.push(Message::json(&self.power, &power, false));
         }
