@@ -80,9 +80,10 @@ pub(crate) struct Common {
     /// MQTT keep-alive, seconds.
     #[arg(long, default_value_t = 30)]
     keep_alive: u16,
-    /// Shortest and longest wait before reconnecting, seconds (doubling, jittered).
+    /// Shortest wait before reconnecting, seconds (doubling at each failure, jittered).
     #[arg(long, default_value_t = 0.5, value_name = "SECS")]
     backoff_min: f64,
+    /// Longest wait before reconnecting, seconds.
     #[arg(long, default_value_t = 30.0, value_name = "SECS")]
     backoff_max: f64,
 }
@@ -104,9 +105,10 @@ pub(crate) enum Kind {
         /// Drop-outs of each vehicle's cellular link per hour (0: none).
         #[arg(long, default_value_t = 0.0)]
         dropout_rate: f64,
-        /// Shortest and longest drop-out, seconds.
+        /// Shortest drop-out, seconds.
         #[arg(long, default_value_t = 10.0, value_name = "SECS")]
         dropout_min: f64,
+        /// Longest drop-out, seconds.
         #[arg(long, default_value_t = 120.0, value_name = "SECS")]
         dropout_max: f64,
         /// Samples each vehicle keeps while offline (the oldest are dropped beyond).
