@@ -319,6 +319,37 @@ async fn a_vehicle_keeps_its_samples_through_a_drop_out_and_publishes_the_backlo
 }
 
 #[tokio::test]
+async fn random_drop_outs_lose_no_sample_of_a_vehicle_publishing_at_qos_1() {
+    let dir = TempDir::new("sim-random-dropouts");
+    let node = Node::start(&dir, "127.0.0.1:0").await;
+    let port = node.mqtt.port();
+    let mut watch = Watch::start(port, "fleet-watch", "fleet/truck-0001/telemetry").await;
+    // About one drop-out a second, of 0.2 to 0.4 s.
+    let args =
+        ["--rate", "20", "--qos", "1", "--duration", "4", "--backoff-min", "0.05", "--backoff-max", "0.1"];
+    let mut all = vec!["telematics", "--vehicles", "1", "--dropout-rate", "3600", "--dropout-min", "0.2"];
+    all.extend_from_slice(&["--dropout-max", "0.4"]);
+    all.extend_from_slice(&args);
+    let out = finished(sim(port, &all)).await;
+    let stdout = text(&out.stdout);
+    let last = stdout.lines().last().unwrap();
+    assert!(!last.contains(" 0 drop-outs"), "{stdout}");
+    // Everything sampled until the end, in order (what was still buffered then is counted as dropped).
+    let mut next = 1;
+    while let Ok(Some((_, payload, _, _))) =
+        tokio::time::timeout(Duration::from_millis(500), watch.rx.recv()).await
+    {
+        let seq = serde_json::from_slice::<Value>(&payload).unwrap()["seq"].as_u64().unwrap();
+        assert!(seq <= next, "a gap before {seq}: expected {next}");
+        if seq == next {
+            next += 1;
+        }
+    }
+    assert!(next > 40, "only {} samples in 4 s: {stdout}", next - 1);
+    node.stop().await;
+}
+
+#[tokio::test]
 async fn factory_machines_report_their_sensors_and_a_stopped_motor_spins_down_and_cools() {
     let dir = TempDir::new("sim-factory");
     let node = Node::start(&dir, "127.0.0.1:0").await;

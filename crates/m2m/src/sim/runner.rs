@@ -360,14 +360,21 @@ impl<M: Machine> Runner<M> {
         self.retry_at = Some(Instant::now() + delay);
     }
 
-    /// The connection ended: what was in flight is sent again on the next one, if kept.
+    /// The connection ended: reconnect soon.
     fn lost(&mut self, error: String) {
+        if self.drop_link() {
+            tracing::debug!(machine = self.machine.name(), %error, "connection lost");
+            self.stats.error(error);
+            self.failed_soon();
+        }
+    }
+
+    /// Closes the link, if there is one; what was in flight is sent again on the next, if kept.
+    fn drop_link(&mut self) -> bool {
         if self.link.take().is_none() {
-            return;
+            return false;
         }
         self.stats.connected.fetch_sub(1, Ordering::Relaxed);
-        tracing::debug!(machine = self.machine.name(), %error, "connection lost");
-        self.stats.error(error);
         self.incoming.clear();
         while let Some((inflight, qos)) = self.inflight.pop_back() {
             if self.plan.buffer > 0 {
@@ -377,7 +384,7 @@ impl<M: Machine> Runner<M> {
             }
         }
         self.trim();
-        self.failed_soon();
+        true
     }
 
     /// After a lost connection: try again at once the first time, then back off.
@@ -395,7 +402,7 @@ impl<M: Machine> Runner<M> {
     fn dropout(&mut self, secs: Duration) {
         self.stats.dropouts.fetch_add(1, Ordering::Relaxed);
         tracing::debug!(machine = self.machine.name(), secs = secs.as_secs_f64(), "drop-out");
-        self.lost("drop-out".to_owned());
+        self.drop_link();
         self.opening = None;
         self.retry_at = Some(Instant::now() + secs);
         // The end of a drop-out is not a failure: connect at once.
@@ -632,7 +639,7 @@ impl<M: Machine> Runner<M> {
         }
     }
 
-    /// Says goodbye with DISCONNECT (what is still unsent is lost).
+    /// Says goodbye with DISCONNECT; what is still unsent is counted as dropped.
     async fn close(&mut self) {
         if self.link.is_some() {
             self.write(&[Packet::Disconnect(Disconnect::default())]).await;
@@ -641,6 +648,8 @@ impl<M: Machine> Runner<M> {
                 self.stats.connected.fetch_sub(1, Ordering::Relaxed);
             }
         }
+        let unsent = u64::try_from(self.pending.len()).unwrap_or(u64::MAX);
+        self.stats.dropped.fetch_add(unsent, Ordering::Relaxed);
         self.pending.clear();
         self.inflight.clear();
         self.account();
