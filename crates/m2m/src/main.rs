@@ -17,6 +17,7 @@ mod pubsub;
 mod query;
 mod remote;
 mod rule;
+mod sim;
 mod user;
 
 /// An edge-first machine-to-machine messaging and data fabric.
@@ -107,6 +108,9 @@ enum Command {
     /// Subscribe and print what arrives (like mosquitto_sub): the payload, topic and payload, or JSON
     /// lines with the MQTT 5 properties; until a count or a timeout.
     Sub(pubsub::SubArgs),
+    /// Simulated machines against any MQTT broker: vehicle telematics, factory lines, street lamps.
+    #[command(subcommand)]
+    Sim(sim::Kind),
 }
 
 #[derive(Debug, clap::Args)]
@@ -154,6 +158,7 @@ fn main() -> ExitCode {
         Command::Query(args) => query::run(args),
         Command::Pub(args) => return pubsub::publish(args),
         Command::Sub(args) => return pubsub::subscribe(args),
+        Command::Sim(kind) => sim::run(kind),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
