@@ -2052,6 +2052,50 @@ fn tight_config() -> Config {
 }
 
 #[tokio::test]
+async fn a_slow_qos1_subscriber_holds_back_the_nodes_own_messages_and_loses_none() {
+    // The node's own messages (the mesh, uplinks, the API) come with no connection to throttle:
+    // their sources wait for the node's flow instead, as the mesh's receiver does.
+    const N: u16 = 6000;
+    let broker = TestBroker::start_with(tight_config()).await;
+    let mut sub = raw_connect_ok(broker.addr, v5_connect("slow-node-sub")).await;
+    raw_subscribe(&mut sub, 1, &[("own/t", codec::QoS::AtLeastOnce)]).await;
+    let router = broker.router.clone();
+    let source = tokio::spawn(async move {
+        for i in 1..=N {
+            router.node_flow().wait_unblocked().await;
+            let topic = m2m_topic::TopicName::try_from("own/t").unwrap();
+            let message =
+                m2m_session::Message::new(topic, i.to_be_bytes().to_vec(), codec::QoS::AtLeastOnce, false);
+            let cmd = m2m_router::Command::Publish { message: Arc::new(message), from: None, ack: None };
+            router.send(cmd).await.unwrap();
+        }
+    });
+    // More than the overflow's room (queue limit and command channel) waits for the subscriber.
+    within(async {
+        while !broker.router.node_flow().is_blocked() {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    })
+    .await;
+    let mut next = 1u16;
+    while next <= N {
+        let p = expect_raw_publish(sub.recv().await);
+        let id = p.packet_id.expect("QoS 1 has a packet id");
+        if p.dup {
+            sub.send(&Packet::PubAck(codec::Ack::new(id))).await;
+            continue;
+        }
+        assert_eq!(p.payload[..], next.to_be_bytes(), "messages out of order or lost");
+        sub.send(&Packet::PubAck(codec::Ack::new(id))).await;
+        next += 1;
+    }
+    within(source).await.unwrap();
+    assert!(!broker.router.node_flow().is_blocked());
+    assert_eq!(m2m_broker::Metrics::get(&broker.metrics.messages_dropped), 0);
+    broker.stop().await;
+}
+
+#[tokio::test]
 async fn a_slow_qos1_subscriber_throttles_its_publisher_and_loses_nothing() {
     const N: u16 = 400;
     let broker = TestBroker::start_with(tight_config()).await;

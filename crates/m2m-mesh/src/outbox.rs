@@ -678,6 +678,9 @@ async fn receive_loop(rel: Arc<Reliable>, router: RouterHandle, mut rx: mpsc::Re
     while let Some(job) = rx.recv().await {
         let n = job.messages.len() as u64;
         for m in job.messages {
+            // A congested subscriber holds the batch back, so nothing acknowledged to its origin is
+            // dropped here; the origin's window waits for the acknowledgement meanwhile.
+            router.node_flow().wait_unblocked().await;
             let cmd = Command::Publish { message: Arc::new(m), from: None, ack: None };
             if router.send(cmd).await.is_err() {
                 return;

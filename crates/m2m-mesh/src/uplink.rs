@@ -1411,6 +1411,11 @@ impl<'a> Link<'a> {
             origin: Some(inner.origin.clone()),
         };
         trace!(uplink = %inner.config.name, topic = %message.topic, "message from the remote");
+        if message.qos != m2m_codec::QoS::AtMostOnce {
+            // Acknowledged to the remote once kept: a congested subscriber here holds the remote
+            // back (as a client's connection stops reading) rather than seeing messages dropped.
+            self.router.node_flow().wait_unblocked().await;
+        }
         let command = Command::Publish { message: Arc::new(message), from: None, ack: None };
         if self.router.send(command).await.is_err() {
             return Err(Ended::Stop);

@@ -278,6 +278,14 @@ impl LinkFlow {
         self.blocked.load(Ordering::Acquire) > 0
     }
 
+    /// Waits until the flow is not blocked (at once if it is not). Checks again at least every 100
+    /// ms, so that several waiters sharing one flow all go on once it is released.
+    pub async fn wait_unblocked(&self) {
+        while self.is_blocked() {
+            let _ = tokio::time::timeout(Duration::from_millis(100), self.unblocked.notified()).await;
+        }
+    }
+
     fn release(&self) {
         // Saturating: a waiter is released at most once per registration.
         let _ = self.blocked.fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| n.checked_sub(1));
@@ -407,6 +415,8 @@ pub struct RouterStats {
 #[derive(Debug, Clone)]
 pub struct RouterHandle {
     tx: mpsc::Sender<Command>,
+    /// The flow of the node's own messages (`from: None`): throttled like a client's.
+    node_flow: Arc<LinkFlow>,
 }
 
 /// The router has stopped; the node is shutting down.
@@ -433,6 +443,14 @@ impl RouterHandle {
     /// [`RouterGone`] when the router has stopped.
     pub fn blocking_send(&self, cmd: Command) -> Result<(), RouterGone> {
         self.tx.blocking_send(cmd).map_err(|_| RouterGone)
+    }
+
+    /// The flow control of the node's own messages (the mesh, uplinks, rules, the API): set while a
+    /// subscriber of such a QoS 1/2 message is congested. A source of many acknowledged messages
+    /// waits for it with [`LinkFlow::wait_unblocked`] before sending more, as a client's connection
+    /// stops reading; a source that does not wait sees what outruns the limit dropped.
+    pub fn node_flow(&self) -> &Arc<LinkFlow> {
+        &self.node_flow
     }
 
     /// Asks for the router's counts.
@@ -540,6 +558,8 @@ pub struct Router {
     store: Option<Store>,
     /// Sequence number of the next delivery kept in the store.
     next_seq: u64,
+    /// The flow of the node's own messages, shared with every [`RouterHandle`].
+    node_flow: Arc<LinkFlow>,
 }
 
 impl std::fmt::Debug for Router {
@@ -552,6 +572,7 @@ impl Router {
     /// Creates the router and the handle to reach it.
     pub fn new(config: RouterConfig, metrics: Arc<Metrics>) -> (Self, RouterHandle) {
         let (tx, rx) = mpsc::channel(config.channel_capacity);
+        let node_flow = Arc::new(LinkFlow::default());
         let router = Self {
             config,
             rx,
@@ -570,8 +591,9 @@ impl Router {
             started: Instant::now(),
             store: None,
             next_seq: 1,
+            node_flow: node_flow.clone(),
         };
-        (router, RouterHandle { tx })
+        (router, RouterHandle { tx, node_flow })
     }
 
     /// Creates a router that keeps its state in `store`, starting from what the store held: sessions
@@ -1170,9 +1192,11 @@ impl Router {
                 reason: "no_subscribers",
             });
         }
-        let publisher_flow = match from.and_then(|k| self.clients.get(&k)) {
-            Some(Client { state: State::Online { flow, .. }, .. }) => Some(flow.clone()),
-            _ => None,
+        let publisher_flow = match from.map(|k| self.clients.get(&k)) {
+            Some(Some(Client { state: State::Online { flow, .. }, .. })) => Some(flow.clone()),
+            Some(_) => None,
+            // The node's own message: its sources share one flow.
+            None => Some(self.node_flow.clone()),
         };
         for (key, delivery) in targets.drain(..) {
             // A publisher is never throttled by its own subscriptions: it could not read the
