@@ -5,7 +5,7 @@
 //! # Layout
 //! - this module: the options, the publishing and subscribing loops, and the exit codes;
 //! - [`client`]: the transports and one connection on `m2m-codec`;
-//! - [`format`]: how a received message is printed.
+//! - [`mod@format`]: how a received message is printed.
 //!
 //! Exit codes (also in `--help`, [`EXIT_CODES`]): 0 done, 1 another failure, 2 bad arguments,
 //! 3 network failure, 4 connection refused by the broker, 27 `sub -W` timed out.
@@ -94,7 +94,7 @@ pub(crate) struct ConnectionArgs {
     #[arg(short = 'p', long, value_name = "PORT", conflicts_with = "url")]
     port: Option<u16>,
     /// The broker as a URL: mqtt://, mqtts:// (TLS), ws:// (WebSocket, path /mqtt unless given) or
-    /// wss://, as SCHEME://[USER[:PASSWORD]@]HOST[:PORT][/PATH].
+    /// wss://, as `SCHEME://[USER[:PASSWORD]@]HOST[:PORT][/PATH]`.
     #[arg(short = 'L', long, value_name = "URL")]
     url: Option<String>,
     /// MQTT version: 5 or 311 (3.1.1).
