@@ -11,6 +11,7 @@ use tracing::info;
 mod bench;
 mod cert;
 mod config;
+mod demo;
 mod device;
 mod mesh;
 mod pubsub;
@@ -32,6 +33,9 @@ struct Cli {
 enum Command {
     /// Run a node: an MQTT 3.1.1/5.0 broker. Needs no configuration.
     Node(NodeArgs),
+    /// A node with simulated street lamps, a factory line and vehicles, and rules that make them act
+    /// on each other; prints the console's address and password. Ctrl-C stops everything.
+    Demo(demo::DemoArgs),
     /// Load and latency against a running broker (this node or any other).
     #[command(subcommand)]
     Bench(bench::Scenario),
@@ -121,6 +125,9 @@ struct NodeArgs {
     /// MQTT listen address (overrides mqtt.listen).
     #[arg(long)]
     listen: Option<String>,
+    /// HTTP API and console listen address (overrides http.listen).
+    #[arg(long)]
+    http_listen: Option<String>,
     /// Data directory (overrides node.data_dir).
     #[arg(long)]
     data_dir: Option<PathBuf>,
@@ -145,6 +152,7 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Node(args) => run_node(args),
+        Command::Demo(args) => demo::run(args),
         Command::Bench(scenario) => bench::run(scenario),
         Command::Device { place, command } => device::run_device(&place, command),
         Command::Group { place, command } => device::run_group(&place, command),
@@ -173,6 +181,9 @@ fn run_node(args: NodeArgs) -> anyhow::Result<()> {
     let mut overrides = Vec::new();
     if let Some(listen) = &args.listen {
         overrides.push(("mqtt.listen", toml::Value::String(listen.clone())));
+    }
+    if let Some(listen) = &args.http_listen {
+        overrides.push(("http.listen", toml::Value::String(listen.clone())));
     }
     if let Some(dir) = &args.data_dir {
         overrides.push(("node.data_dir", toml::Value::String(dir.display().to_string())));
@@ -350,11 +361,8 @@ fn init_logging(log: &config::LogSection) {
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
         .with_ansi(std::io::stderr().is_terminal());
-    if log.format == "json" {
-        builder.json().init();
-    } else {
-        builder.init();
-    }
+    // `try_init`: in `m2m demo` the node shares its process with the simulated machines.
+    let _ = if log.format == "json" { builder.json().try_init() } else { builder.try_init() };
 }
 
 /// Cancels `shutdown` on SIGINT or SIGTERM.
