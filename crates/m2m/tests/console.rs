@@ -17,11 +17,11 @@ use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::Duration;
 
-use common::{m2m, run, text};
+use common::{m2m, run, text, RunningNode};
 use m2m_test::TempDir;
 use rumqttc::{AsyncClient, ConnectionError, Event, MqttOptions, Packet, QoS};
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::mpsc;
 
 /// The whole browser session may take this long (it waits at most 20 s on each of its steps).
 const BROWSER_LIMIT: Duration = Duration::from_secs(300);
@@ -56,86 +56,6 @@ fn check_prerequisites() -> PathBuf {
     let node = std::process::Command::new("node").arg("--version").output();
     assert!(node.is_ok_and(|o| o.status.success()), "the console test needs Node.js (`node`) on the PATH");
     chromium
-}
-
-/// A node run as a child process: its addresses from its start-up log, and the admin password it
-/// printed on its first start (if it prints one).
-struct RunningNode {
-    child: tokio::process::Child,
-    mqtt: SocketAddr,
-    http: SocketAddr,
-    password: Option<String>,
-}
-
-impl RunningNode {
-    async fn start(dir: &str, env: &[(&str, &str)]) -> Self {
-        let mut cmd = m2m(&["node", "--listen", "127.0.0.1:0", "--data-dir", dir, "--log-level", "info"]);
-        cmd.envs(env.iter().copied());
-        let mut child = cmd.spawn().expect("start the node");
-
-        // Standard output: the console line `console: http://...  user: admin  password: <pw>`.
-        let stdout = child.stdout.take().expect("the node's stdout is piped");
-        let (password_tx, password_rx) = oneshot::channel();
-        tokio::spawn(async move {
-            let mut lines = BufReader::new(stdout).lines();
-            let mut password_tx = Some(password_tx);
-            while let Ok(Some(line)) = lines.next_line().await {
-                if let Some(pw) = console_password(&line) {
-                    if let Some(tx) = password_tx.take() {
-                        let _ = tx.send(pw);
-                    }
-                }
-            }
-        });
-
-        let stderr = child.stderr.take().expect("the node's stderr is piped");
-        let mut lines = BufReader::new(stderr).lines();
-        let started = tokio::time::timeout(Duration::from_secs(10), async {
-            loop {
-                match lines.next_line().await.expect("read the node's log") {
-                    Some(line) if line.contains("m2m node starting") => return line,
-                    Some(_) => {}
-                    None => panic!("the node exited before it started"),
-                }
-            }
-        })
-        .await
-        .expect("the node did not start within 10 s");
-        // Go on reading, so that the node never waits on a full pipe.
-        tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
-        // `... m2m node starting mqtt=127.0.0.1:40001 http=Some(127.0.0.1:40002) data_dir=...`
-        let field = |name: &str| -> SocketAddr {
-            let value = started
-                .split_whitespace()
-                .find_map(|w| w.strip_prefix(name))
-                .unwrap_or_else(|| panic!("no {name} in {started:?}"));
-            let value = value.trim_start_matches("Some(").trim_end_matches(')');
-            value.parse().unwrap_or_else(|e| panic!("{name}{value} in {started:?}: {e}"))
-        };
-        let (mqtt, http) = (field("mqtt="), field("http="));
-        // A new node makes its first admin and prints the password at start-up.
-        let password =
-            tokio::time::timeout(Duration::from_secs(5), password_rx).await.ok().and_then(Result::ok);
-        assert!(password.is_some(), "a new node printed no `console: ... password:` line");
-        Self { child, mqtt, http, password }
-    }
-
-    fn url(&self) -> String {
-        format!("http://{}", self.http)
-    }
-
-    async fn stop(mut self) {
-        self.child.kill().await.expect("stop the node");
-        self.child.wait().await.expect("wait for the node");
-    }
-}
-
-/// The password of a line `console: http://<addr>/  user: admin  password: <pw>`.
-fn console_password(line: &str) -> Option<String> {
-    let rest = line.trim().strip_prefix("console:")?;
-    let (_, pw) = rest.split_once("password:")?;
-    let pw = pw.split_whitespace().next()?;
-    Some(pw.to_owned())
 }
 
 /// What the simulated device saw of its connection.
@@ -219,6 +139,8 @@ async fn an_operator_uses_the_console_in_a_real_browser() {
     let dir = TempDir::new("console-e2e");
     let node = RunningNode::start(dir.as_str(), &[]).await;
     let url = node.url();
+    // A new node makes its first admin and prints the password at start-up.
+    let password = node.admin_password().await.expect("a new node prints `console: ... password:`");
 
     // The device is registered, with the right to publish under its own id.
     let out = run({
@@ -239,7 +161,7 @@ async fn an_operator_uses_the_console_in_a_real_browser() {
         .arg(e2e_dir().join("console.mjs"))
         .env("M2M_URL", &url)
         .env("M2M_USER", "admin")
-        .env("M2M_PASSWORD", node.password.as_deref().unwrap_or(""))
+        .env("M2M_PASSWORD", &password)
         .env("M2M_DEVICE", DEVICE)
         .env("SCREENSHOT_DIR", &artifacts)
         .env("CHROMIUM", &chromium)
@@ -302,19 +224,19 @@ async fn an_operator_uses_the_console_in_a_real_browser() {
 async fn the_console_is_served_without_credentials_even_when_the_api_needs_a_token() {
     let dir = TempDir::new("console-token");
     let node = RunningNode::start(dir.as_str(), &[("M2M_HTTP_TOKEN", "s3cret-token")]).await;
-    let page = get(node.http, "/console/").await;
+    let page = get(node.api, "/console/").await;
     assert!(page.starts_with("HTTP/1.1 200"), "{page}");
     let head = page.to_ascii_lowercase();
     assert!(head.contains("content-type: text/html"), "{page}");
     assert!(head.contains("content-security-policy: default-src 'self'"), "{page}");
     assert!(page.contains(r#"<script type="module" src="app.js"></script>"#), "{page}");
-    assert!(get(node.http, "/console/app.js").await.starts_with("HTTP/1.1 200"));
-    let root = get(node.http, "/").await;
+    assert!(get(node.api, "/console/app.js").await.starts_with("HTTP/1.1 200"));
+    let root = get(node.api, "/").await;
     assert!(
         root.starts_with("HTTP/1.1 303") && root.to_ascii_lowercase().contains("location: /console/"),
         "{root}"
     );
-    let api = get(node.http, "/api/v1/devices").await;
+    let api = get(node.api, "/api/v1/devices").await;
     assert!(api.starts_with("HTTP/1.1 401"), "the API still needs the token: {api}");
     node.stop().await;
 }

@@ -7,7 +7,7 @@ mod common;
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use common::{m2m, run, text, wait_until_listening};
+use common::{m2m, run, text, wait_until_listening, RunningNode};
 use m2m_test::TempDir;
 use rumqttc::{AsyncClient, ConnectReturnCode, ConnectionError, Event, MqttOptions, Packet};
 
@@ -260,57 +260,6 @@ async fn a_running_node_is_managed_over_its_http_api() {
     // The refused device (400) is audited as a request.
     assert_eq!(actions, ["quarantine.add", "api.request", "device.add"]);
     node.kill().await.unwrap();
-}
-
-/// A node run as a child process, its MQTT and HTTP addresses read from its start-up log.
-struct RunningNode {
-    child: tokio::process::Child,
-    mqtt: SocketAddr,
-    api: SocketAddr,
-}
-
-impl RunningNode {
-    /// Starts `m2m node` on the data directory `dir`, MQTT on a port it picks, with `env` (the
-    /// HTTP API on 127.0.0.1:0 unless `env` sets `M2M_HTTP_LISTEN`).
-    async fn start(dir: &str, env: &[(&str, &str)]) -> Self {
-        use tokio::io::AsyncBufReadExt;
-        let mut cmd = m2m(&["node", "--listen", "127.0.0.1:0", "--data-dir", dir, "--log-level", "info"]);
-        cmd.envs(env.iter().copied());
-        let mut child = cmd.spawn().expect("start the node");
-        let stderr = child.stderr.take().expect("the node's stderr is piped");
-        let mut lines = tokio::io::BufReader::new(stderr).lines();
-        let started = tokio::time::timeout(Duration::from_secs(10), async {
-            loop {
-                match lines.next_line().await.expect("read the node's log") {
-                    Some(line) if line.contains("m2m node starting") => return line,
-                    Some(_) => {}
-                    None => panic!("the node exited before it started"),
-                }
-            }
-        })
-        .await
-        .expect("the node did not start within 10 s");
-        // Go on reading, so that the node never waits on a full pipe.
-        tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
-        // `... m2m node starting mqtt=127.0.0.1:40001 http=Some(127.0.0.1:40002) data_dir=...`
-        let field = |name: &str| -> SocketAddr {
-            let value = started
-                .split_whitespace()
-                .find_map(|w| w.strip_prefix(name))
-                .unwrap_or_else(|| panic!("no {name} in {started:?}"));
-            let value = value.trim_start_matches("Some(").trim_end_matches(')');
-            value.parse().unwrap_or_else(|e| panic!("{name}{value} in {started:?}: {e}"))
-        };
-        Self { mqtt: field("mqtt="), api: field("http="), child }
-    }
-
-    fn url(&self) -> String {
-        format!("http://{}", self.api)
-    }
-
-    async fn stop(mut self) {
-        self.child.kill().await.expect("stop the node");
-    }
 }
 
 /// `args` with `--api url` after the command's name.

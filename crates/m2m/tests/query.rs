@@ -10,7 +10,7 @@ mod common;
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use common::{m2m, run, text};
+use common::{m2m, run, text, RunningNode};
 use m2m_test::TempDir;
 use rumqttc::v5::mqttbytes::v5::{Packet, PublishProperties};
 use rumqttc::v5::mqttbytes::QoS;
@@ -34,55 +34,6 @@ async fn fails(args: &[&str]) -> String {
     let out = run(m2m(args)).await;
     assert!(!out.status.success(), "m2m {args:?} succeeded: {}", text(&out.stdout));
     text(&out.stderr)
-}
-
-/// A node run as a child process, its MQTT and HTTP addresses read from its start-up log.
-struct RunningNode {
-    child: tokio::process::Child,
-    mqtt: SocketAddr,
-    api: SocketAddr,
-}
-
-impl RunningNode {
-    async fn start(dir: &str) -> Self {
-        use tokio::io::AsyncBufReadExt;
-        let mut cmd = m2m(&["node", "--listen", "127.0.0.1:0", "--data-dir", dir, "--log-level", "info"]);
-        let mut child = cmd.spawn().expect("start the node");
-        let stderr = child.stderr.take().expect("the node's stderr is piped");
-        let mut lines = tokio::io::BufReader::new(stderr).lines();
-        let started = tokio::time::timeout(Duration::from_secs(10), async {
-            loop {
-                match lines.next_line().await.expect("read the node's log") {
-                    Some(line) if line.contains("m2m node starting") => return line,
-                    Some(_) => {}
-                    None => panic!("the node exited before it started"),
-                }
-            }
-        })
-        .await
-        .expect("the node did not start within 10 s");
-        // Go on reading, so that the node never waits on a full pipe.
-        tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
-        // `... m2m node starting mqtt=127.0.0.1:40001 http=Some(127.0.0.1:40002) data_dir=...`
-        let field = |name: &str| -> SocketAddr {
-            let value = started.split_whitespace().find_map(|w| w.strip_prefix(name)).unwrap();
-            value.trim_start_matches("Some(").trim_end_matches(')').parse().unwrap()
-        };
-        Self { mqtt: field("mqtt="), api: field("http="), child }
-    }
-
-    fn url(&self) -> String {
-        format!("http://{}", self.api)
-    }
-
-    /// Stops the node as an operator would (SIGTERM) and waits for it to exit.
-    async fn stop(mut self) {
-        let pid = self.child.id().expect("the node runs").to_string();
-        let status = std::process::Command::new("kill").args(["-TERM", &pid]).status().expect("run kill");
-        assert!(status.success());
-        let exit = tokio::time::timeout(Duration::from_secs(10), self.child.wait()).await;
-        assert!(exit.expect("the node stops within 10 s").expect("wait").success());
-    }
 }
 
 /// One message as sent.
@@ -227,7 +178,7 @@ fn check_points(points: &[Value], sent: &[Sent], topics: &[&str]) {
 async fn a_running_node_is_queried_over_its_api_in_every_format_then_its_data_directory_once_stopped() {
     let dir = TempDir::new("cli-query");
     let d = dir.as_str();
-    let node = RunningNode::start(d).await;
+    let node = RunningNode::start(d, &[]).await;
     let url = node.url();
     let sent = data_set();
     publish(node.mqtt, &sent).await;
@@ -363,7 +314,7 @@ async fn a_running_node_is_queried_over_its_api_in_every_format_then_its_data_di
     assert!(err.contains("in use by a running node"), "{err}");
 
     // Stopped: the same answers, read from its data directory.
-    node.stop().await;
+    node.terminate().await;
     let from_store = jsonl(&ok(&["query", "--data-dir", d, "#", "--format", "jsonl"]).await);
     assert_eq!(from_store, points, "the store gives what the API gave");
     let paged =

@@ -9,11 +9,10 @@
 
 mod common;
 
-use std::net::SocketAddr;
 use std::process::{Output, Stdio};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use common::{m2m, text};
+use common::{m2m, text, RunningNode};
 use m2m_test::TempDir;
 use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS};
 use serde_json::Value;
@@ -23,46 +22,11 @@ use tokio::sync::mpsc;
 /// How long one expected message may take.
 const STEP: Duration = Duration::from_secs(15);
 
-/// A node run as a child process, its MQTT and HTTP addresses read from its start-up log.
-struct Node {
-    child: Child,
-    mqtt: SocketAddr,
-    api: SocketAddr,
-}
-
-impl Node {
-    /// Starts `m2m node` on `dir`, MQTT on `listen` (`127.0.0.1:0`: a port it picks).
-    async fn start(dir: &TempDir, listen: &str) -> Node {
-        use tokio::io::AsyncBufReadExt;
-        let data = dir.path().join("node");
-        let mut cmd =
-            m2m(&["node", "--listen", listen, "--data-dir", data.to_str().unwrap(), "--log-level", "info"]);
-        let mut child = cmd.spawn().expect("start the node");
-        let stderr = child.stderr.take().expect("the node's stderr is piped");
-        let mut lines = tokio::io::BufReader::new(stderr).lines();
-        let started = tokio::time::timeout(Duration::from_secs(10), async {
-            loop {
-                match lines.next_line().await.expect("read the node's log") {
-                    Some(line) if line.contains("m2m node starting") => return line,
-                    Some(_) => {}
-                    None => panic!("the node exited before it started"),
-                }
-            }
-        })
-        .await
-        .expect("the node did not start within 10 s");
-        tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
-        let field = |name: &str| -> SocketAddr {
-            let value = started.split_whitespace().find_map(|w| w.strip_prefix(name)).unwrap();
-            value.trim_start_matches("Some(").trim_end_matches(')').parse().unwrap()
-        };
-        Node { mqtt: field("mqtt="), api: field("http="), child }
-    }
-
-    async fn stop(mut self) {
-        self.child.kill().await.expect("stop the node");
-        self.child.wait().await.expect("wait for the node");
-    }
+/// `m2m node` on `dir`, MQTT on `listen` (`127.0.0.1:0`: a port it picks).
+async fn start_node(dir: &TempDir, listen: &str) -> RunningNode {
+    let data = dir.path().join("node");
+    let args = ["node", "--listen", listen, "--data-dir", data.to_str().unwrap(), "--log-level", "info"];
+    RunningNode::start_with(&args, &[]).await
 }
 
 /// A Mosquitto broker on a loopback port, configured in `dir`; killed on drop.
@@ -222,7 +186,7 @@ const DEPOT: (f64, f64) = (48.137, 11.575);
 #[tokio::test]
 async fn vehicles_publish_telemetry_slow_down_for_a_speed_limit_and_head_back_to_the_depot() {
     let dir = TempDir::new("sim-telematics");
-    let node = Node::start(&dir, "127.0.0.1:0").await;
+    let node = start_node(&dir, "127.0.0.1:0").await;
     let port = node.mqtt.port();
     let mut watch = Watch::start(port, "fleet-watch", "fleet/+/telemetry").await;
     let child = sim(port, &["telematics", "--vehicles", "3", "--rate", "10", "--time-scale", "10"]);
@@ -274,7 +238,7 @@ async fn vehicles_publish_telemetry_slow_down_for_a_speed_limit_and_head_back_to
 #[tokio::test]
 async fn a_vehicle_keeps_its_samples_through_a_drop_out_and_publishes_the_backlog_in_order() {
     let dir = TempDir::new("sim-dropout");
-    let node = Node::start(&dir, "127.0.0.1:0").await;
+    let node = start_node(&dir, "127.0.0.1:0").await;
     let port = node.mqtt.port();
     let mut watch = Watch::start(port, "fleet-watch", "fleet/truck-0001/telemetry").await;
     let child = sim(port, &["telematics", "--vehicles", "1", "--rate", "20", "--qos", "1"]);
@@ -321,7 +285,7 @@ async fn a_vehicle_keeps_its_samples_through_a_drop_out_and_publishes_the_backlo
 #[tokio::test]
 async fn random_drop_outs_lose_no_sample_of_a_vehicle_publishing_at_qos_1() {
     let dir = TempDir::new("sim-random-dropouts");
-    let node = Node::start(&dir, "127.0.0.1:0").await;
+    let node = start_node(&dir, "127.0.0.1:0").await;
     let port = node.mqtt.port();
     let mut watch = Watch::start(port, "fleet-watch", "fleet/truck-0001/telemetry").await;
     // About one drop-out a second, of 0.2 to 0.4 s.
@@ -352,7 +316,7 @@ async fn random_drop_outs_lose_no_sample_of_a_vehicle_publishing_at_qos_1() {
 #[tokio::test]
 async fn factory_machines_report_their_sensors_and_a_stopped_motor_spins_down_and_cools() {
     let dir = TempDir::new("sim-factory");
-    let node = Node::start(&dir, "127.0.0.1:0").await;
+    let node = start_node(&dir, "127.0.0.1:0").await;
     let port = node.mqtt.port();
     let mut watch = Watch::start(port, "plant-watch", "factory/#").await;
     let child =
@@ -399,7 +363,7 @@ async fn factory_machines_report_their_sensors_and_a_stopped_motor_spins_down_an
 #[tokio::test]
 async fn lamps_report_presence_and_obey_commands_and_a_rule_switches_them_on_when_someone_passes() {
     let dir = TempDir::new("sim-lamps");
-    let node = Node::start(&dir, "127.0.0.1:0").await;
+    let node = start_node(&dir, "127.0.0.1:0").await;
     let port = node.mqtt.port();
     let mut watch = Watch::start(port, "street-watch", "lamps/#").await;
     let child = sim(port, &["lamps", "--lamps", "3", "--pedestrians", "0", "--rate", "5"]);
@@ -454,7 +418,7 @@ impl Watch {
 #[tokio::test]
 async fn machines_reconnect_when_the_broker_comes_back_and_stop_after_their_duration() {
     let dir = TempDir::new("sim-reconnect");
-    let node = Node::start(&dir, "127.0.0.1:0").await;
+    let node = start_node(&dir, "127.0.0.1:0").await;
     let addr = node.mqtt.to_string();
     let port = node.mqtt.port();
     let child = sim(
@@ -481,7 +445,7 @@ async fn machines_reconnect_when_the_broker_comes_back_and_stop_after_their_dura
     node.stop().await;
     // The same port again; what the machines say after it reaches the new node.
     let dir = TempDir::new("sim-reconnect-again");
-    let node = Node::start(&dir, &addr).await;
+    let node = start_node(&dir, &addr).await;
     let mut watch = Watch::start(port, "street-watch-2", "lamps/+/power").await;
     lamps.clear();
     while lamps.len() < 4 {

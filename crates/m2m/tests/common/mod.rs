@@ -62,3 +62,99 @@ pub(crate) async fn wait_until_listening(node: &mut Child, addr: SocketAddr) {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
+
+/// A node run as a child process: its MQTT and HTTP addresses read from its start-up log, its
+/// standard output collected line by line (a new node prints its first admin's password there).
+pub(crate) struct RunningNode {
+    pub(crate) child: Child,
+    pub(crate) mqtt: SocketAddr,
+    pub(crate) api: SocketAddr,
+    pub(crate) out: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
+}
+
+impl RunningNode {
+    /// Starts `m2m node` on the data directory `dir`, MQTT on a port it picks, with `env` (the
+    /// HTTP API on 127.0.0.1:0 unless `env` sets `M2M_HTTP_LISTEN`).
+    pub(crate) async fn start(dir: &str, env: &[(&str, &str)]) -> Self {
+        let args = ["node", "--listen", "127.0.0.1:0", "--data-dir", dir, "--log-level", "info"];
+        Self::start_with(&args, env).await
+    }
+
+    /// Starts `m2m` with `args` (a `node` command logging at info level at least) and `env`.
+    pub(crate) async fn start_with(args: &[&str], env: &[(&str, &str)]) -> Self {
+        use tokio::io::{AsyncBufReadExt, BufReader};
+        let mut cmd = m2m(args);
+        cmd.envs(env.iter().copied());
+        let mut child = cmd.spawn().expect("start the node");
+        let stdout = child.stdout.take().expect("the node's stdout is piped");
+        let out = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let kept = out.clone();
+        tokio::spawn(async move {
+            let mut lines = BufReader::new(stdout).lines();
+            while let Ok(Some(line)) = lines.next_line().await {
+                kept.lock().unwrap_or_else(std::sync::PoisonError::into_inner).push(line);
+            }
+        });
+        let stderr = child.stderr.take().expect("the node's stderr is piped");
+        let mut lines = BufReader::new(stderr).lines();
+        let started = tokio::time::timeout(Duration::from_secs(10), async {
+            loop {
+                match lines.next_line().await.expect("read the node's log") {
+                    Some(line) if line.contains("m2m node starting") => return line,
+                    Some(_) => {}
+                    None => panic!("the node exited before it started"),
+                }
+            }
+        })
+        .await
+        .expect("the node did not start within 10 s");
+        // Go on reading, so that the node never waits on a full pipe.
+        tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
+        // `... m2m node starting mqtt=127.0.0.1:40001 http=Some(127.0.0.1:40002) data_dir=...`
+        let field = |name: &str| -> SocketAddr {
+            let value = started
+                .split_whitespace()
+                .find_map(|w| w.strip_prefix(name))
+                .unwrap_or_else(|| panic!("no {name} in {started:?}"));
+            let value = value.trim_start_matches("Some(").trim_end_matches(')');
+            value.parse().unwrap_or_else(|e| panic!("{name}{value} in {started:?}: {e}"))
+        };
+        Self { mqtt: field("mqtt="), api: field("http="), child, out }
+    }
+
+    /// The base URL of its HTTP API.
+    pub(crate) fn url(&self) -> String {
+        format!("http://{}", self.api)
+    }
+
+    /// The password of its `console: http://...  user: admin  password: <pw>` line, if it prints
+    /// one within 5 s (a new node does).
+    pub(crate) async fn admin_password(&self) -> Option<String> {
+        let deadline = Instant::now() + Duration::from_secs(5);
+        loop {
+            let found =
+                self.out.lock().unwrap_or_else(std::sync::PoisonError::into_inner).iter().find_map(|l| {
+                    l.strip_prefix("console: ")?.split_once("password:").map(|(_, p)| p.trim().to_owned())
+                });
+            if found.is_some() || Instant::now() > deadline {
+                return found;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    /// Kills the node and waits for it to be gone.
+    pub(crate) async fn stop(mut self) {
+        self.child.kill().await.expect("stop the node");
+        self.child.wait().await.expect("wait for the node");
+    }
+
+    /// Stops the node as an operator would (SIGTERM) and waits for it to exit cleanly.
+    pub(crate) async fn terminate(mut self) {
+        let pid = self.child.id().expect("the node runs").to_string();
+        let status = std::process::Command::new("kill").args(["-TERM", &pid]).status().expect("run kill");
+        assert!(status.success());
+        let exit = tokio::time::timeout(Duration::from_secs(10), self.child.wait()).await;
+        assert!(exit.expect("the node stops within 10 s").expect("wait").success());
+    }
+}
