@@ -7,7 +7,7 @@ use axum::extract::{ConnectInfo, State};
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Extension;
-use m2m_access::{Role, TokenInfo, UserInfo};
+use m2m_access::{Operators, Role, TokenInfo, UserInfo};
 use serde::Deserialize;
 use serde_json::{json, Value};
 
@@ -51,15 +51,9 @@ pub(crate) async fn login(
             "too many failed logins from this address: try again in a few minutes",
         ));
     }
-    let permit =
-        state.hashing.clone().acquire_owned().await.map_err(|e| ApiError::internal("a login", &e))?;
-    let operators = gate.operators.clone();
     let (user, password) = (login.user, login.password);
-    let (role, user) = blocking(move || {
-        let _permit = permit;
-        Ok((operators.verify(&user, &password), user))
-    })
-    .await?;
+    let (role, user) =
+        hashing(&state, "a login", move |operators| Ok((operators.verify(&user, &password), user))).await?;
     let shown = short(&user);
     let Some(role) = role else {
         gate.login_failed(ip);
@@ -78,6 +72,22 @@ pub(crate) async fn login(
     );
     response.headers_mut().insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
     Ok(response)
+}
+
+/// Runs `f` on the operators on a blocking thread, holding one of the permits that bound the
+/// password hashes in progress (`what` names it in the log should that fail).
+async fn hashing<T, F>(state: &ApiState, what: &'static str, f: F) -> Result<T, ApiError>
+where
+    T: Send + 'static,
+    F: FnOnce(&Operators) -> Result<T, ApiError> + Send + 'static,
+{
+    let permit = state.hashing.clone().acquire_owned().await.map_err(|e| ApiError::internal(what, &e))?;
+    let operators = state.gate.operators.clone();
+    blocking(move || {
+        let _permit = permit;
+        f(&operators)
+    })
+    .await
 }
 
 /// At most 64 characters of a name someone typed, for the audit log.
@@ -158,16 +168,8 @@ pub(crate) async fn change_password(
     let Some(user) = caller.user.clone() else {
         return Err(ApiError::new(StatusCode::FORBIDDEN, "only a logged-in user has a password to change"));
     };
-    let permit = state
-        .hashing
-        .clone()
-        .acquire_owned()
-        .await
-        .map_err(|e| ApiError::internal("a password change", &e))?;
-    let operators = state.gate.operators.clone();
     let name = user.clone();
-    blocking(move || {
-        let _permit = permit;
+    hashing(&state, "a password change", move |operators| {
         Ok(operators.change_password(&name, &change.current, &change.new)?)
     })
     .await?;
@@ -227,11 +229,7 @@ pub(crate) async fn add_user(
     Extension(caller): Extension<Caller>,
     Json(new): Json<NewUser>,
 ) -> Result<(StatusCode, axum::Json<Value>), ApiError> {
-    let permit =
-        state.hashing.clone().acquire_owned().await.map_err(|e| ApiError::internal("adding a user", &e))?;
-    let operators = state.gate.operators.clone();
-    let user = blocking(move || {
-        let _permit = permit;
+    let user = hashing(&state, "adding a user", move |operators| {
         Ok(operators.add_user(&new.name, &new.password, new.role, now_ms())?)
     })
     .await?;
@@ -269,19 +267,14 @@ pub(crate) async fn change_user(
     Path(name): Path<String>,
     Json(change): Json<UserChange>,
 ) -> Result<axum::Json<Value>, ApiError> {
-    let permit =
-        state.hashing.clone().acquire_owned().await.map_err(|e| ApiError::internal("changing a user", &e))?;
-    let operators = state.gate.operators.clone();
     let detail = match (&change.password, change.role) {
         (Some(_), Some(role)) => format!("password, role {role}"),
         (Some(_), None) => "password".to_owned(),
         (None, Some(role)) => format!("role {role}"),
         (None, None) => String::new(),
     };
-    let target = name.clone();
-    let user = blocking(move || {
-        let _permit = permit;
-        Ok(operators.update_user(&target, change.password.as_deref(), change.role)?)
+    let user = hashing(&state, "changing a user", move |operators| {
+        Ok(operators.update_user(&name, change.password.as_deref(), change.role)?)
     })
     .await?;
     state.gate.sessions.end_user(&user.name);

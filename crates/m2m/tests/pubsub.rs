@@ -17,7 +17,7 @@ use std::path::Path;
 use std::process::{ExitStatus, Stdio};
 use std::time::Duration;
 
-use common::{free_port, m2m, text, wait_until_listening, EXIT_LIMIT};
+use common::{free_port, m2m, text, wait_until_listening, Mosquitto, EXIT_LIMIT};
 use m2m_test::TempDir;
 use serde_json::{json, Value};
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
@@ -56,42 +56,6 @@ impl Node {
 
     fn port(&self) -> String {
         self.addr.port().to_string()
-    }
-}
-
-/// A Mosquitto broker with one anonymous listener on a loopback port; killed on drop.
-struct Mosquitto {
-    port: u16,
-    _child: Child,
-}
-
-impl Mosquitto {
-    async fn start(dir: &TempDir) -> Mosquitto {
-        let port = free_port();
-        let conf = dir.path().join("mosquitto.conf");
-        let text = format!(
-            "listener {port} 127.0.0.1\nallow_anonymous true\nlog_dest file {}\n\
-             # Run as root (a container), it would otherwise switch to the user mosquitto.\nuser root\n",
-            dir.path().join("mosquitto.log").display(),
-        );
-        std::fs::write(&conf, text).unwrap();
-        let child = Command::new("/usr/sbin/mosquitto")
-            .arg("-c")
-            .arg(&conf)
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .kill_on_drop(true)
-            .spawn()
-            .expect("start /usr/sbin/mosquitto (Debian package mosquitto)");
-        let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
-        let mut child = child;
-        wait_until_listening(&mut child, addr).await;
-        Mosquitto { port, _child: child }
-    }
-
-    fn port(&self) -> String {
-        self.port.to_string()
     }
 }
 
@@ -306,8 +270,8 @@ async fn qos_0_1_2_retain_and_both_versions_through_a_node() {
 #[tokio::test]
 async fn qos_0_1_2_retain_and_both_versions_through_mosquitto() {
     let dir = TempDir::new("pubsub-mosquitto");
-    let broker = Mosquitto::start(&dir).await;
-    qos_versions_and_retain(&broker.port()).await;
+    let broker = Mosquitto::start(dir.path()).await;
+    qos_versions_and_retain(&broker.port.to_string()).await;
 }
 
 /// MQTT 5 properties from `m2m pub` come out of `m2m sub --format json` as they went in.
@@ -374,8 +338,8 @@ async fn mqtt5_properties_round_trip_through_a_node_and_mosquitto() {
     let dir = TempDir::new("pubsub-props");
     let node = Node::start(&dir, "").await;
     properties_round_trip(&node.port()).await;
-    let broker = Mosquitto::start(&dir).await;
-    properties_round_trip(&broker.port()).await;
+    let broker = Mosquitto::start(dir.path()).await;
+    properties_round_trip(&broker.port.to_string()).await;
 }
 
 #[tokio::test]
@@ -633,8 +597,8 @@ async fn tls_with_a_client_certificate_and_websocket_plain_and_secure() {
 #[tokio::test]
 async fn mosquitto_clients_and_ours_understand_each_other() {
     let dir = TempDir::new("pubsub-interop");
-    let broker = Mosquitto::start(&dir).await;
-    let port = broker.port();
+    let broker = Mosquitto::start(dir.path()).await;
+    let port = broker.port.to_string();
     // mosquitto_pub → m2m sub, MQTT 5 properties included.
     let sub = Subscriber::m2m(&["-p", &port, "-t", "i/#", "--format", "json", "-C", "2", "-q", "2"]).await;
     mosquitto_pub(&[

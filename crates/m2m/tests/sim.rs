@@ -9,10 +9,10 @@
 
 mod common;
 
-use std::process::{Output, Stdio};
+use std::process::Output;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use common::{m2m, text, RunningNode};
+use common::{m2m, text, Mosquitto, RunningNode};
 use m2m_test::TempDir;
 use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS};
 use serde_json::Value;
@@ -27,42 +27,6 @@ async fn start_node(dir: &TempDir, listen: &str) -> RunningNode {
     let data = dir.path().join("node");
     let args = ["node", "--listen", listen, "--data-dir", data.to_str().unwrap(), "--log-level", "info"];
     RunningNode::start_with(&args, &[]).await
-}
-
-/// A Mosquitto broker on a loopback port, configured in `dir`; killed on drop.
-struct Mosquitto {
-    port: u16,
-    _child: Child,
-}
-
-impl Mosquitto {
-    async fn start(dir: &TempDir) -> Mosquitto {
-        let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
-        let conf = dir.path().join("mosquitto.conf");
-        let text = format!(
-            "listener {port} 127.0.0.1\nallow_anonymous true\nlog_dest file {}\n\
-             # Run as root (a container), it would otherwise switch to the user mosquitto.\nuser root\n",
-            dir.path().join("mosquitto.log").display(),
-        );
-        std::fs::write(&conf, text).unwrap();
-        let child = Command::new("/usr/sbin/mosquitto")
-            .arg("-c")
-            .arg(&conf)
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .kill_on_drop(true)
-            .spawn()
-            .expect("start /usr/sbin/mosquitto (Debian package mosquitto)");
-        tokio::time::timeout(Duration::from_secs(10), async {
-            while tokio::net::TcpStream::connect(("127.0.0.1", port)).await.is_err() {
-                tokio::time::sleep(Duration::from_millis(20)).await;
-            }
-        })
-        .await
-        .expect("mosquitto listens within 10 s");
-        Mosquitto { port, _child: child }
-    }
 }
 
 /// `m2m sim <args>` against the broker on `port`, summary lines every second.
@@ -460,7 +424,7 @@ async fn machines_reconnect_when_the_broker_comes_back_and_stop_after_their_dura
 #[tokio::test]
 async fn simulated_machines_work_against_mosquitto() {
     let dir = TempDir::new("sim-mosquitto");
-    let mosquitto = Mosquitto::start(&dir).await;
+    let mosquitto = Mosquitto::start(dir.path()).await;
     let port = mosquitto.port;
     let mut watch = Watch::start(port, "plant-watch", "factory/#").await;
     let child = sim(port, &["factory", "--machines", "1", "--rate", "5", "--qos", "2", "--protocol", "4"]);
