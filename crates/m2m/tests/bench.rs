@@ -210,6 +210,13 @@ async fn saved_reports_print_as_one_table() {
     assert_eq!(table.lines().count(), 4, "{table}");
     assert!(table.starts_with("| scenario | broker | qos |"), "{table}");
     assert!(table.contains("| sink | built-in sink | 0 | 64 B | 1 | 1 000 | 1 000 |"), "{table}");
+    // As many cells in every row as there are columns.
+    let cells: Vec<usize> = table.lines().map(|l| l.matches('|').count()).collect();
+    assert!(cells.iter().all(|&n| n == cells[0]), "{table}");
+    assert!(
+        table.lines().next().unwrap().contains("| latency | p50 | p99 | max | memory/conn | errors |"),
+        "{table}"
+    );
 }
 
 #[tokio::test]

@@ -130,8 +130,20 @@ impl Report {
     }
 }
 
-const COLUMNS: [&str; 12] = [
-    "scenario", "broker", "qos", "payload", "clients", "sent", "received", "rate", "p50", "p99", "max",
+const COLUMNS: [&str; 14] = [
+    "scenario",
+    "broker",
+    "qos",
+    "payload",
+    "clients",
+    "sent",
+    "received",
+    "rate",
+    "latency",
+    "p50",
+    "p99",
+    "max",
+    "memory/conn",
     "errors",
 ];
 
