@@ -9,25 +9,26 @@
 # The node runs with its defaults (a store on disk, `sync = "always"`) except the publish budget per
 # connection, which load generators exceed; Mosquitto runs with `persistence false`. Both listen on
 # loopback ports and are stopped on exit; every scenario is bounded in time (and killed by `timeout`
-# if it is not). Set M2M_BIN to measure a binary already built; SKIP_WRITE=1 leaves BENCHMARKS.md alone.
+# if it is not). COMPARE_BIN: a binary already built to measure with; COMPARE_M2M_PORT, COMPARE_MOSQ_PORT:
+# the ports; SKIP_WRITE=1 leaves BENCHMARKS.md alone. (The node reads every M2M_* variable as a setting.)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 SECS=${1:-5}
 CONNS=${2:-10000}
 STORM=${3:-5000}
-M2M_PORT=${M2M_PORT:-18841}
-MOSQ_PORT=${MOSQ_PORT:-18842}
+M2M_PORT=${COMPARE_M2M_PORT:-18841}
+MOSQ_PORT=${COMPARE_MOSQ_PORT:-18842}
 MOSQUITTO=${MOSQUITTO:-/usr/sbin/mosquitto}
 
 if [ ! -x "$MOSQUITTO" ]; then
   echo "installing mosquitto (Debian package)" >&2
   apt-get update -qq >/dev/null && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq mosquitto >/dev/null
 fi
-if [ -z "${M2M_BIN:-}" ]; then
+if [ -z "${COMPARE_BIN:-}" ]; then
   cargo build --release -p m2m >&2
-  M2M_BIN=${CARGO_TARGET_DIR:-target}/release/m2m
+  COMPARE_BIN=${CARGO_TARGET_DIR:-target}/release/m2m
 fi
-BIN=$M2M_BIN
+BIN=$COMPARE_BIN
 ulimit -n 65536 2>/dev/null || ulimit -n "$(ulimit -Hn)"
 
 WORK=$(mktemp -d)
@@ -59,11 +60,12 @@ wait_port() {
     if (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; then return 0; fi
     sleep 0.1
   done
-  echo "port $1 did not open" >&2
+  echo "port $1 did not open; $2 said:" >&2
+  cat "$3" >&2
   return 1
 }
-wait_port "$M2M_PORT"
-wait_port "$MOSQ_PORT"
+wait_port "$M2M_PORT" m2m "$WORK/m2m.out"
+wait_port "$MOSQ_PORT" mosquitto "$WORK/mosquitto.out"
 
 MOSQ_VERSION=$("$MOSQUITTO" -h 2>/dev/null | head -1 || true)
 M2M_VERSION=$("$BIN" --version)
