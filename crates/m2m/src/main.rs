@@ -36,9 +36,9 @@ enum Command {
     /// A node with simulated street lamps, a factory line and vehicles, and rules that make them act
     /// on each other; prints the console's address and password. Ctrl-C stops everything.
     Demo(demo::DemoArgs),
-    /// Load and latency against a running broker (this node or any other).
-    #[command(subcommand)]
-    Bench(bench::Scenario),
+    /// Load and latency against a running broker (this node or any other): a table at the end, or
+    /// one JSON object with `--json`.
+    Bench(bench::BenchArgs),
     /// The device registry: of a running node through its HTTP API (`--api`, or found by its
     /// configuration), or of a stopped node's data directory.
     Device {
@@ -153,7 +153,7 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Node(args) => run_node(args),
         Command::Demo(args) => demo::run(args),
-        Command::Bench(scenario) => bench::run(scenario),
+        Command::Bench(args) => bench::run(args),
         Command::Device { place, command } => device::run_device(&place, command),
         Command::Group { place, command } => device::run_group(&place, command),
         Command::Quarantine { place, command } => device::run_quarantine(&place, command),
