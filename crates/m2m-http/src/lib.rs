@@ -10,6 +10,16 @@
 //! # Routes
 //! | method and path | success | body |
 //! |---|---|---|
+//! | `POST /api/v1/login` | 200 | `{user, password}` → `{user, role, csrf}` and the session cookie `m2m_session` |
+//! | `POST /api/v1/logout` | 204 | |
+//! | `GET /api/v1/me` | 200 | `{user, role, via (session\|token\|loopback), csrf?}` |
+//! | `POST /api/v1/me/password` | 204 | `{current, new}` |
+//! | `GET /api/v1/users`, `POST /api/v1/users` | 200, 201 | `[{name, role, created}]`; `{name, password, role}` → the user |
+//! | `PATCH /api/v1/users/{name}`, `DELETE ...` | 200, 204 | `{password?, role?}` → the user |
+//! | `GET /api/v1/tokens`, `POST /api/v1/tokens` | 200, 201 | `[{id, name, role, created}]`; `{name, role}` → the token with its secret `token` (shown once) |
+//! | `DELETE /api/v1/tokens/{id}` | 204 | |
+//! | `GET /api/v1/stream?filter=F` | 200 | Server-Sent Events: `stats`, `client`, `quarantine`, `message`, `lagged` |
+//! | `GET /api/v1/node/rates?seconds=N` | 200 | `{samples: [{ts, connections, messages_in, messages_out, dropped, in_rate, out_rate, drop_rate}]}` |
 //! | `GET /api/v1/devices` | 200 | array of devices |
 //! | `POST /api/v1/devices` | 201 | `{id, password?, groups?, attributes?, disabled?, rules?}` → the device |
 //! | `GET /api/v1/devices/{id}` | 200 | the device |
@@ -46,15 +56,17 @@
 //! | `DELETE /api/v1/rules/{id}` | 204 | |
 //! | `POST /api/v1/rules/{id}/enable`, `.../disable` | 200 | the rule |
 //! | `POST /api/v1/rules/test` | 200 | `{sql, topic, payload, clientid?}` → `{output: {...}\|null}` |
-//! | `GET /api/v1/openapi.json` | 200 | the OpenAPI 3.1 document of these routes |
+//! | `GET /api/v1/openapi.json`, `GET /api/openapi.json` | 200 | the OpenAPI 3.1 document of these routes |
 //! | `GET /`, `GET /console/...` | 303, 200 | the operator's console (see `console.rs`): static files, no authentication |
 //!
 //! A device is shown without its password hash: `has_password` says whether it has one. Every
-//! error is a JSON body `{"error": "..."}`: 400 invalid input (a bad id, rule or target, a body that
-//! is not the expected JSON), 401 a missing or wrong token, 403 a client that is not on loopback
-//! when no token is configured, 404 no such device, group, entry, rule or route, 405 a method the
-//! route does not have, 409 a device or rule that exists already, 413 a body over 8 MiB, 415 a body
-//! of another content type, 500 a failure of the node (logged; the client sees a generic message).
+//! error is a JSON body `{"error": "<code>", "message": "..."}`: 400 invalid input (a bad id, rule
+//! or target, a body that is not the expected JSON), 401 no caller (no or a wrong token, an ended
+//! session), 403 a role short of the route's or a change without its session's CSRF token, 404 no
+//! such device, group, entry, rule or route, 405 a method the route does not have, 409 a device,
+//! rule or user that exists already (or the last admin), 413 a body over 8 MiB, 415 a body of
+//! another content type, 429 too many failed logins, 500 a failure of the node (logged; the client
+//! sees a generic message).
 //!
 //! # History
 //! A point is `{topic, ts (RFC 3339, µs), ts_us, publisher_ts?, qos, retain, client_id?,
@@ -115,14 +127,18 @@
 //! not have are left out.
 //!
 //! # Security
-//! With a token, every request needs `Authorization: Bearer <token>` (compared in constant time);
-//! without one, only clients on a loopback address are served. The API speaks plain HTTP: serve it
-//! on a non-loopback address only behind something that adds TLS, or the token crosses the
-//! network in clear.
+//! Every request but a login and the console's files is made by a caller with a role (see `auth`):
+//! a bearer token (an API token, or the configured [`HttpConfig::token`] as admin), a console
+//! session (cookie, and its CSRF token on every change), or a non-browser client on loopback when
+//! [`HttpConfig::trust_loopback`] and no token is configured. Reads need `viewer`, changes
+//! `operator`, users, tokens and the configuration `admin`. Every change is audited under the
+//! caller's name. The API speaks plain HTTP: serve it on a non-loopback address only behind
+//! something that adds TLS, or passwords, cookies and tokens cross the network in clear.
 //!
 //! # What this crate does not do
-//! No TLS, no per-user identities or roles (one token for everything), no request timeouts or rate
-//! limits. The OpenAPI document is behind the same gate as every other route. Password hashing and registry writes run on blocking threads;
+//! No TLS, no request timeouts, no rate limits but on failed logins; console sessions live in
+//! memory (a restart logs everyone out). The OpenAPI document is behind the same gate as every
+//! other route. Password hashing and registry writes run on blocking threads;
 //! an import hashes its passwords while holding the registry's lock (it is all or nothing), so a
 //! large import delays connections' access checks for its duration.
 
