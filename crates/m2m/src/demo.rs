@@ -75,14 +75,21 @@ fn rules() -> Vec<(&'static str, &'static str, &'static str, Value)> {
         ),
         (
             "low-fuel",
-            "A vehicle low on fuel is sent back to the depot",
+            "A vehicle under 60 % of fuel is sent back to the depot to refuel (a high mark, so that the demo shows it soon)",
             r#"SELECT topic_level(topic, 2) AS vehicle, payload.fuel_pct AS fuel
-               FROM "fleet/+/telemetry" WHERE payload.fuel_pct < 15 AND payload.mode = 'route'"#,
+               FROM "fleet/+/telemetry" WHERE payload.fuel_pct < 60 AND payload.mode = 'route'"#,
             json!([
                 {"type": "republish", "topic": "fleet/${vehicle}/cmd", "payload": "{\"cmd\": \"return_to_depot\"}"},
                 {"type": "republish", "topic": "alerts/fleet/${vehicle}",
                  "payload": "{\"alert\": \"low_fuel\", \"fuel_pct\": ${fuel}}"}
             ]),
+        ),
+        (
+            "refueled",
+            "A vehicle parked at the depot with a full tank goes back on its route",
+            r#"SELECT topic_level(topic, 2) AS vehicle FROM "fleet/+/telemetry"
+               WHERE payload.mode = 'parked' AND payload.fuel_pct > 95"#,
+            json!([{"type": "republish", "topic": "fleet/${vehicle}/cmd", "payload": "{\"cmd\": \"resume\"}"}]),
         ),
     ]
 }
@@ -259,7 +266,9 @@ fn print_banner(
         "  machines  {} street lamps, {} factory line(s) of 4 machines, {} vehicles (time x{})",
         args.lamps, args.lines, args.vehicles, args.time_scale
     );
-    println!("  rules     lamp-on, lamp-dim (presence -> lamp), motor-overheat (stop at 90 °C), low-fuel (back to depot)");
+    println!(
+        "  rules     lamp-on, lamp-dim (presence -> lamp), motor-overheat (stop at 90 °C), low-fuel (back to the depot), refueled (back on the route)"
+    );
     println!("  data      {}{}", data_dir.display(), if temporary { " (removed at the end)" } else { "" });
     println!();
     println!("Watch the machines talk:");
