@@ -90,11 +90,15 @@ async fn next(c: &mut RawClient, wait: Duration) -> Option<m2m_codec::Publish> {
 }
 
 /// Publishes `probe` on `from` until `to` (subscribed to it) receives one: the mesh has propagated
-/// the subscription. Then reads what is left of the probes.
+/// the subscription. Then reads what is left of the probes. The probes go at QoS 1, the way of the
+/// QoS 1/2 messages that follow: through the outbox, which needs the filters the destination
+/// announced, not only the routes zenoh knows (a QoS 0 probe can cross before those arrive).
 async fn until_routed(from: &mut RawClient, to: &mut RawClient, probe: &str) {
     let deadline = Instant::now() + Duration::from_secs(15);
+    let mut id = 60_000u16;
     loop {
-        publish(from, probe, QoS::AtMostOnce, 0, "probe", PublishProperties::default()).await;
+        id += 1;
+        publish(from, probe, QoS::AtLeastOnce, id, "probe", PublishProperties::default()).await;
         if next(to, Duration::from_millis(200)).await.is_some() {
             break;
         }
