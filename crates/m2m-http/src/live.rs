@@ -123,8 +123,8 @@ impl Live {
                 let mut sample = Sample {
                     ts: crate::now_ms(),
                     connections: Metrics::get(&metrics.connections_current),
-                    messages_in: Metrics::get(&metrics.messages_received),
-                    messages_out: Metrics::get(&metrics.messages_sent),
+                    messages_in: metrics.received_total(),
+                    messages_out: metrics.sent_total(),
                     dropped: Metrics::get(&metrics.messages_dropped),
                     ..Sample::default()
                 };

@@ -16,14 +16,10 @@ pub struct Metrics {
     pub connections_total: AtomicU64,
     /// Connections refused or closed for bad input, protocol errors or limits.
     pub connections_rejected: AtomicU64,
-    /// PUBLISH packets received from clients.
-    pub messages_received: AtomicU64,
-    /// PUBLISH packets sent to clients.
-    pub messages_sent: AtomicU64,
-    /// PUBLISH packets received from clients, by QoS (index 0, 1, 2); they add up to
-    /// `messages_received`.
+    /// PUBLISH packets received from clients, by QoS (index 0, 1, 2); [`Metrics::received_total`]
+    /// adds them up.
     pub messages_received_by_qos: [AtomicU64; 3],
-    /// PUBLISH packets sent to clients, by QoS; they add up to `messages_sent`.
+    /// PUBLISH packets sent to clients, by QoS; [`Metrics::sent_total`] adds them up.
     pub messages_sent_by_qos: [AtomicU64; 3],
     /// Deliveries dropped: a full queue, an expired message, QoS 0 for an offline session.
     pub messages_dropped: AtomicU64,
@@ -57,16 +53,24 @@ impl Metrics {
         counter.load(Ordering::Relaxed)
     }
 
-    /// Counts a PUBLISH received from a client with `qos`: the total and its QoS's counter.
+    /// Counts a PUBLISH received from a client with `qos` (one atomic add: the totals are sums).
     pub fn received(&self, qos: QoS) {
-        Self::add(&self.messages_received, 1);
         Self::add(&self.messages_received_by_qos[qos as usize], 1);
     }
 
-    /// Counts a PUBLISH sent to a client with `qos`: the total and its QoS's counter.
+    /// Counts a PUBLISH sent to a client with `qos`.
     pub fn sent(&self, qos: QoS) {
-        Self::add(&self.messages_sent, 1);
         Self::add(&self.messages_sent_by_qos[qos as usize], 1);
+    }
+
+    /// PUBLISH packets received from clients, every QoS.
+    pub fn received_total(&self) -> u64 {
+        self.messages_received_by_qos.iter().map(Self::get).sum()
+    }
+
+    /// PUBLISH packets sent to clients, every QoS.
+    pub fn sent_total(&self) -> u64 {
+        self.messages_sent_by_qos.iter().map(Self::get).sum()
     }
 }
 
@@ -83,8 +87,8 @@ mod tests {
         m.sent(QoS::AtLeastOnce);
         let by_qos = |c: &[AtomicU64; 3]| c.iter().map(Metrics::get).collect::<Vec<_>>();
         assert_eq!(by_qos(&m.messages_received_by_qos), [1, 0, 2]);
-        assert_eq!(Metrics::get(&m.messages_received), 3);
+        assert_eq!(m.received_total(), 3);
         assert_eq!(by_qos(&m.messages_sent_by_qos), [0, 1, 0]);
-        assert_eq!(Metrics::get(&m.messages_sent), 1);
+        assert_eq!(m.sent_total(), 1);
     }
 }
