@@ -87,14 +87,6 @@ pub(crate) struct Caller {
     audited: Arc<AtomicBool>,
 }
 
-impl Caller {
-    /// Writes an audit entry under the caller's name, and marks the request audited.
-    pub(crate) fn audit(&self, access: &AccessControl, action: &str, subject: &str, detail: &str) {
-        access.audit(&self.name, action, subject, detail);
-        self.audited.store(true, Ordering::Relaxed);
-    }
-}
-
 tokio::task_local! {
     /// The caller of the request being handled, for handlers that audit deep in helpers.
     static CALLER: Caller;

@@ -110,7 +110,7 @@ pub(crate) async fn logout(
     if let Some(cookie) = session_cookie(&headers) {
         state.gate.sessions.end(cookie);
     }
-    caller.audit(&state.access, "logout", &caller.name, "");
+    crate::auth::audit(&state.access, "logout", &caller.name, "");
     let clear = format!("{COOKIE}=; Path=/; HttpOnly; SameSite=Strict; Max-Age=0");
     let mut response = StatusCode::NO_CONTENT.into_response();
     if let Ok(value) = HeaderValue::from_str(&clear) {
@@ -176,7 +176,7 @@ pub(crate) async fn change_password(
     // The user's other sessions end; this one goes on.
     let current = if caller.via == Via::Session { session_cookie(&headers) } else { None };
     state.gate.sessions.end_user_except(&user, current);
-    caller.audit(&state.access, "user.password", &user, "own password");
+    crate::auth::audit(&state.access, "user.password", &user, "own password");
     Ok(StatusCode::NO_CONTENT)
 }
 
@@ -226,14 +226,13 @@ pub(crate) struct NewUser {
 )]
 pub(crate) async fn add_user(
     State(state): State<ApiState>,
-    Extension(caller): Extension<Caller>,
     Json(new): Json<NewUser>,
 ) -> Result<(StatusCode, axum::Json<Value>), ApiError> {
     let user = hashing(&state, "adding a user", move |operators| {
         Ok(operators.add_user(&new.name, &new.password, new.role, now_ms())?)
     })
     .await?;
-    caller.audit(&state.access, "user.add", &user.name, user.role.as_str());
+    crate::auth::audit(&state.access, "user.add", &user.name, user.role.as_str());
     Ok((StatusCode::CREATED, axum::Json(user_json(&user))))
 }
 
@@ -263,7 +262,6 @@ pub(crate) struct UserChange {
 )]
 pub(crate) async fn change_user(
     State(state): State<ApiState>,
-    Extension(caller): Extension<Caller>,
     Path(name): Path<String>,
     Json(change): Json<UserChange>,
 ) -> Result<axum::Json<Value>, ApiError> {
@@ -278,7 +276,7 @@ pub(crate) async fn change_user(
     })
     .await?;
     state.gate.sessions.end_user(&user.name);
-    caller.audit(&state.access, "user.set", &user.name, &detail);
+    crate::auth::audit(&state.access, "user.set", &user.name, &detail);
     Ok(axum::Json(user_json(&user)))
 }
 
@@ -296,13 +294,12 @@ pub(crate) async fn change_user(
 )]
 pub(crate) async fn remove_user(
     State(state): State<ApiState>,
-    Extension(caller): Extension<Caller>,
     Path(name): Path<String>,
 ) -> Result<StatusCode, ApiError> {
     let operators = state.gate.operators.clone();
     let removed = blocking(move || Ok(operators.remove_user(&name)?)).await?;
     state.gate.sessions.end_user(&removed.name);
-    caller.audit(&state.access, "user.remove", &removed.name, "");
+    crate::auth::audit(&state.access, "user.remove", &removed.name, "");
     Ok(StatusCode::NO_CONTENT)
 }
 
@@ -341,13 +338,12 @@ pub(crate) struct NewToken {
 )]
 pub(crate) async fn create_token(
     State(state): State<ApiState>,
-    Extension(caller): Extension<Caller>,
     Json(new): Json<NewToken>,
 ) -> Result<(StatusCode, axum::Json<Value>), ApiError> {
     let operators = state.gate.operators.clone();
     let (token, secret) =
         blocking(move || Ok(operators.create_token(&new.name, new.role, now_ms())?)).await?;
-    caller.audit(&state.access, "token.create", &token.id, &format!("{} ({})", token.name, token.role));
+    crate::auth::audit(&state.access, "token.create", &token.id, &format!("{} ({})", token.name, token.role));
     let mut body = token_json(&token);
     body["token"] = json!(secret);
     Ok((StatusCode::CREATED, axum::Json(body)))
@@ -366,11 +362,10 @@ pub(crate) async fn create_token(
 )]
 pub(crate) async fn revoke_token(
     State(state): State<ApiState>,
-    Extension(caller): Extension<Caller>,
     Path(id): Path<String>,
 ) -> Result<StatusCode, ApiError> {
     let operators = state.gate.operators.clone();
     let revoked = blocking(move || Ok(operators.revoke_token(&id)?)).await?;
-    caller.audit(&state.access, "token.revoke", &revoked.id, &revoked.name);
+    crate::auth::audit(&state.access, "token.revoke", &revoked.id, &revoked.name);
     Ok(StatusCode::NO_CONTENT)
 }
