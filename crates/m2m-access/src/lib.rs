@@ -90,7 +90,9 @@ pub use audit::{AuditEvent, AuditKey, AuditLog};
 pub use error::AccessError;
 pub use filter::RuleFilter;
 pub use jwt::{verify as verify_jwt, JwtConfig, JwtError, JwtIdentity, JwtKey};
-pub use operators::{random_text, OperatorError, Operators, Role, TokenInfo, UserInfo, MIN_PASSWORD};
+pub use operators::{
+    change_summary, random_text, OperatorError, Operators, Role, TokenInfo, UserInfo, MIN_PASSWORD,
+};
 pub use password::{hash_password, verify_password, VerifiedCache};
 pub use quarantine::{repair_prefix, Entry as QuarantineEntry, Mode, Quarantine, QuarantineError, Target};
 pub use registry::{credentials, name_problem, Device, Group, NewDevice, Registry, RegistryError};

@@ -424,6 +424,16 @@ impl Operators {
     }
 }
 
+/// How a change of a user reads in the audit log: `password`, `role viewer`, `password, role admin`.
+pub fn change_summary(password: bool, role: Option<Role>) -> String {
+    match (password, role) {
+        (true, Some(role)) => format!("password, role {role}"),
+        (true, None) => "password".to_owned(),
+        (false, Some(role)) => format!("role {role}"),
+        (false, None) => String::new(),
+    }
+}
+
 fn info(user: &UserRecord) -> UserInfo {
     UserInfo { name: user.name.clone(), role: user.role, created_ms: user.created_ms }
 }

@@ -265,12 +265,7 @@ pub(crate) async fn change_user(
     Path(name): Path<String>,
     Json(change): Json<UserChange>,
 ) -> Result<axum::Json<Value>, ApiError> {
-    let detail = match (&change.password, change.role) {
-        (Some(_), Some(role)) => format!("password, role {role}"),
-        (Some(_), None) => "password".to_owned(),
-        (None, Some(role)) => format!("role {role}"),
-        (None, None) => String::new(),
-    };
+    let detail = m2m_access::change_summary(change.password.is_some(), change.role);
     let user = hashing(&state, "changing a user", move |operators| {
         Ok(operators.update_user(&name, change.password.as_deref(), change.role)?)
     })

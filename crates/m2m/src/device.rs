@@ -270,7 +270,12 @@ fn now_ms() -> u64 {
 }
 
 fn password(spec: &Spec) -> anyhow::Result<Option<String>> {
-    if spec.password_stdin {
+    password_from(spec.password.as_ref(), spec.password_stdin)
+}
+
+/// The password given: the first line of standard input when `stdin`, else `given`.
+pub(crate) fn password_from(given: Option<&String>, stdin: bool) -> anyhow::Result<Option<String>> {
+    if stdin {
         let mut line = String::new();
         std::io::stdin().read_to_string(&mut line).context("cannot read the password from standard input")?;
         let line = line.lines().next().unwrap_or("").to_owned();
@@ -279,7 +284,7 @@ fn password(spec: &Spec) -> anyhow::Result<Option<String>> {
         }
         return Ok(Some(line));
     }
-    Ok(spec.password.clone())
+    Ok(given.cloned())
 }
 
 /// What `show` and `list --json` print of a device: everything but the password hash. The API

@@ -4,8 +4,6 @@
 //! name), a stopped node's store directly (audited with the actor `cli`). On a stopped node this
 //! is also how a lost admin password is reset: `m2m user set admin --password-stdin`.
 
-use std::io::Read;
-
 use anyhow::{bail, Context};
 use m2m_access::{AuditLog, Operators, Role};
 use serde_json::{json, Value};
@@ -63,18 +61,24 @@ pub(crate) struct PasswordArgs {
 
 impl PasswordArgs {
     fn read(&self) -> anyhow::Result<Option<String>> {
-        if self.password_stdin {
-            let mut text = String::new();
-            std::io::stdin()
-                .read_to_string(&mut text)
-                .context("cannot read the password from standard input")?;
-            let line = text.lines().next().unwrap_or("").to_owned();
-            if line.is_empty() {
-                bail!("no password on standard input");
-            }
-            return Ok(Some(line));
+        crate::device::password_from(self.password.as_ref(), self.password_stdin)
+    }
+
+    /// The password given, or one made up (and `true`: to be printed).
+    fn or_made_up(&self) -> anyhow::Result<(String, bool)> {
+        Ok(match self.read()? {
+            Some(p) => (p, false),
+            None => (m2m_access::random_text(18), true),
+        })
+    }
+
+    /// The new password of a change, if any; an error when the change has neither it nor `role`.
+    fn for_change(&self, role: Option<Role>) -> anyhow::Result<Option<String>> {
+        let password = self.read()?;
+        if role.is_none() && password.is_none() {
+            bail!("nothing to change: give --role, --password or --password-stdin");
         }
-        Ok(self.password.clone())
+        Ok(password)
     }
 }
 
@@ -135,10 +139,7 @@ pub(crate) fn run_user(place: &Place, command: UserCommand) -> anyhow::Result<()
 fn user_in_store(operators: &Operators, audit: &Audit, command: UserCommand) -> anyhow::Result<()> {
     match command {
         UserCommand::Add { name, role, password } => {
-            let (password, made_up) = match password.read()? {
-                Some(p) => (p, false),
-                None => (m2m_access::random_text(18), true),
-            };
+            let (password, made_up) = password.or_made_up()?;
             let user = operators.add_user(&name, &password, role, now_ms())?;
             audit.record("user.add", &user.name, role.as_str())?;
             announce(&user.name, role, made_up.then_some(password.as_str()));
@@ -152,12 +153,9 @@ fn user_in_store(operators: &Operators, audit: &Audit, command: UserCommand) -> 
             print_rows(&rows, json, &["name", "role", "created"])?;
         }
         UserCommand::Set { name, role, password } => {
-            let password = password.read()?;
-            if role.is_none() && password.is_none() {
-                bail!("nothing to change: give --role, --password or --password-stdin");
-            }
+            let password = password.for_change(role)?;
             let user = operators.update_user(&name, password.as_deref(), role)?;
-            audit.record("user.set", &user.name, &change_detail(password.is_some(), role))?;
+            audit.record("user.set", &user.name, &m2m_access::change_summary(password.is_some(), role))?;
             println!("user {} changed (role {})", user.name, user.role);
         }
         UserCommand::Remove { name } => {
@@ -167,15 +165,6 @@ fn user_in_store(operators: &Operators, audit: &Audit, command: UserCommand) -> 
         }
     }
     Ok(())
-}
-
-fn change_detail(password: bool, role: Option<Role>) -> String {
-    match (password, role) {
-        (true, Some(role)) => format!("password, role {role}"),
-        (true, None) => "password".to_owned(),
-        (false, Some(role)) => format!("role {role}"),
-        (false, None) => String::new(),
-    }
 }
 
 fn announce(name: &str, role: Role, made_up: Option<&str>) {
@@ -188,10 +177,7 @@ fn announce(name: &str, role: Role, made_up: Option<&str>) {
 fn user_over_api(api: &Api, command: UserCommand) -> anyhow::Result<()> {
     match command {
         UserCommand::Add { name, role, password } => {
-            let (password, made_up) = match password.read()? {
-                Some(p) => (p, false),
-                None => (m2m_access::random_text(18), true),
-            };
+            let (password, made_up) = password.or_made_up()?;
             let body = json!({"name": name, "role": role, "password": password});
             let user: Value = api.send("POST", "/users", body)?;
             announce(user["name"].as_str().unwrap_or(&name), role, made_up.then_some(password.as_str()));
@@ -201,10 +187,7 @@ fn user_over_api(api: &Api, command: UserCommand) -> anyhow::Result<()> {
             print_rows(&users, json, &["name", "role", "created"])?;
         }
         UserCommand::Set { name, role, password } => {
-            let password = password.read()?;
-            if role.is_none() && password.is_none() {
-                bail!("nothing to change: give --role, --password or --password-stdin");
-            }
+            let password = password.for_change(role)?;
             let mut body = json!({});
             if let Some(p) = password {
                 body["password"] = json!(p);
