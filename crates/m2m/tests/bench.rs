@@ -10,42 +10,15 @@ use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
-use common::{free_port, m2m, run, text, wait_until_listening};
+use common::{m2m, run, text, RunningNode};
 use m2m_test::TempDir;
 use serde_json::Value;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpListener;
-use tokio::process::Child;
 
-/// A node (the built binary) on a loopback port, without the publish budget that would slow the
-/// load generators down; killed on drop.
-struct Node {
-    addr: SocketAddr,
-    _child: Child,
-}
-
-impl Node {
-    async fn start(dir: &TempDir) -> Node {
-        let addr: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
-        let file = dir.path().join("m2m.toml");
-        std::fs::write(&file, "[detectors.publish_rate]\nenabled = false\n").unwrap();
-        let data = dir.path().join("data");
-        let mut child = m2m(&[
-            "node",
-            "--config",
-            file.to_str().unwrap(),
-            "--listen",
-            &addr.to_string(),
-            "--data-dir",
-            data.to_str().unwrap(),
-            "--log-level",
-            "warn",
-        ])
-        .spawn()
-        .unwrap();
-        wait_until_listening(&mut child, addr).await;
-        Node { addr, _child: child }
-    }
+/// A node (the built binary) without the publish budget that would slow the load generators down.
+async fn start_node(dir: &TempDir) -> RunningNode {
+    RunningNode::with_config(dir.path(), "[detectors.publish_rate]\nenabled = false\n").await
 }
 
 /// Runs `m2m bench <args> --json`, expects success, and returns its report.
@@ -70,8 +43,8 @@ async fn bench_fails(args: &[&str]) -> String {
 #[tokio::test]
 async fn fan_in_at_qos_1_and_2_receives_every_message_and_counts_them_exactly() {
     let dir = TempDir::new("bench-fan-in");
-    let node = Node::start(&dir).await;
-    let addr = node.addr.to_string();
+    let node = start_node(&dir).await;
+    let addr = node.mqtt.to_string();
     for qos in ["1", "2"] {
         let args = [
             "fan-in",
@@ -106,8 +79,8 @@ async fn fan_in_at_qos_1_and_2_receives_every_message_and_counts_them_exactly() 
 #[tokio::test]
 async fn fan_out_at_qos_2_delivers_each_message_to_every_subscriber() {
     let dir = TempDir::new("bench-fan-out");
-    let node = Node::start(&dir).await;
-    let addr = node.addr.to_string();
+    let node = start_node(&dir).await;
+    let addr = node.mqtt.to_string();
     let r = bench(&["fan-out", "--addr", &addr, "--qos", "2", "--subscribers", "3", "--count", "300"]).await;
     assert_eq!((r["sent"].as_u64(), r["received"].as_u64()), (Some(300), Some(900)), "{r}");
     assert_eq!((r["errors"].as_u64(), r["rate_unit"].as_str()), (Some(0), Some("deliveries/s")));
@@ -116,8 +89,8 @@ async fn fan_out_at_qos_2_delivers_each_message_to_every_subscriber() {
 #[tokio::test]
 async fn latency_at_qos_2_measures_every_message_one_way() {
     let dir = TempDir::new("bench-latency");
-    let node = Node::start(&dir).await;
-    let addr = node.addr.to_string();
+    let node = start_node(&dir).await;
+    let addr = node.mqtt.to_string();
     let r = bench(&["latency", "--addr", &addr, "--qos", "2", "--rate", "500", "--count", "250"]).await;
     assert_eq!(
         (r["sent"].as_u64(), r["received"].as_u64(), r["errors"].as_u64()),
@@ -175,8 +148,8 @@ async fn storm_opens_exactly_the_connections_asked_for() {
     );
 
     let dir = TempDir::new("bench-storm");
-    let node = Node::start(&dir).await;
-    let r = bench(&["storm", "--addr", &node.addr.to_string(), "--count", "200", "--label", "m2m"]).await;
+    let node = start_node(&dir).await;
+    let r = bench(&["storm", "--addr", &node.mqtt.to_string(), "--count", "200", "--label", "m2m"]).await;
     assert_eq!(
         (r["received"].as_u64(), r["errors"].as_u64(), r["label"].as_str()),
         (Some(200), Some(0), Some("m2m"))

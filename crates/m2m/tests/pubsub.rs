@@ -17,47 +17,12 @@ use std::path::Path;
 use std::process::{ExitStatus, Stdio};
 use std::time::Duration;
 
-use common::{free_port, m2m, text, wait_until_listening, Mosquitto, EXIT_LIMIT};
+use common::{free_port, m2m, text, Mosquitto, RunningNode, EXIT_LIMIT};
 use m2m_test::TempDir;
 use serde_json::{json, Value};
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::process::{Child, ChildStderr, ChildStdout, Command};
 use tokio::task::JoinHandle;
-
-/// A node (the built binary) on loopback ports; killed on drop.
-struct Node {
-    addr: SocketAddr,
-    _child: Child,
-}
-
-impl Node {
-    /// Starts a node on `dir` with `config` (TOML, may be empty) and waits until it listens.
-    async fn start(dir: &TempDir, config: &str) -> Node {
-        let addr: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
-        let file = dir.path().join("m2m.toml");
-        std::fs::write(&file, config).unwrap();
-        let data = dir.path().join("data");
-        let mut child = m2m(&[
-            "node",
-            "--config",
-            file.to_str().unwrap(),
-            "--listen",
-            &addr.to_string(),
-            "--data-dir",
-            data.to_str().unwrap(),
-            "--log-level",
-            "warn",
-        ])
-        .spawn()
-        .unwrap();
-        wait_until_listening(&mut child, addr).await;
-        Node { addr, _child: child }
-    }
-
-    fn port(&self) -> String {
-        self.addr.port().to_string()
-    }
-}
 
 /// What a finished command left.
 struct Done {
@@ -263,8 +228,8 @@ async fn publish_then_sub(port: &str, args: &[&str]) -> String {
 #[tokio::test]
 async fn qos_0_1_2_retain_and_both_versions_through_a_node() {
     let dir = TempDir::new("pubsub-node");
-    let node = Node::start(&dir, "").await;
-    qos_versions_and_retain(&node.port()).await;
+    let node = RunningNode::with_config(dir.path(), "").await;
+    qos_versions_and_retain(&node.mqtt_port()).await;
 }
 
 #[tokio::test]
@@ -336,8 +301,8 @@ async fn properties_round_trip(port: &str) {
 #[tokio::test]
 async fn mqtt5_properties_round_trip_through_a_node_and_mosquitto() {
     let dir = TempDir::new("pubsub-props");
-    let node = Node::start(&dir, "").await;
-    properties_round_trip(&node.port()).await;
+    let node = RunningNode::with_config(dir.path(), "").await;
+    properties_round_trip(&node.mqtt_port()).await;
     let broker = Mosquitto::start(dir.path()).await;
     properties_round_trip(&broker.port.to_string()).await;
 }
@@ -345,8 +310,8 @@ async fn mqtt5_properties_round_trip_through_a_node_and_mosquitto() {
 #[tokio::test]
 async fn standard_input_line_by_line_count_and_timeout() {
     let dir = TempDir::new("pubsub-lines");
-    let node = Node::start(&dir, "").await;
-    let port = node.port();
+    let node = RunningNode::with_config(dir.path(), "").await;
+    let port = node.mqtt_port();
     let sub = Subscriber::m2m(&["-p", &port, "-t", "lines", "-C", "3", "-q", "1"]).await;
     publish_stdin(&["-p", &port, "-t", "lines", "-q", "1", "-l"], b"first\r\nsecond\n\nthird\nfourth")
         .await
@@ -388,8 +353,8 @@ async fn exit_codes_tell_refusal_network_failure_and_bad_arguments_apart() {
     ]))
     .await;
     assert!(added.status.success(), "{}", text(&added.stderr));
-    let node = Node::start(&dir, "").await;
-    let port = node.port();
+    let node = RunningNode::with_config(dir.path(), "").await;
+    let port = node.mqtt_port();
 
     publish(&["-p", &port, "-u", "lamp-1", "-P", "s3cret", "-t", "lamps/lamp-1", "-m", "on"]).await.ok();
     for version in ["5", "311"] {
@@ -443,8 +408,8 @@ async fn exit_codes_tell_refusal_network_failure_and_bad_arguments_apart() {
 #[tokio::test]
 async fn the_will_is_published_when_the_publisher_is_killed() {
     let dir = TempDir::new("pubsub-will");
-    let node = Node::start(&dir, "").await;
-    let port = node.port();
+    let node = RunningNode::with_config(dir.path(), "").await;
+    let port = node.mqtt_port();
     let sub = Subscriber::m2m(&["-p", &port, "-t", "status/#", "-C", "2", "-v", "-q", "1"]).await;
     // A publisher waiting for lines on standard input keeps its connection open.
     let mut publisher = m2m(&[
@@ -524,7 +489,7 @@ async fn tls_with_a_client_certificate_and_websocket_plain_and_secure() {
         key = file("server.key"),
         ca = file("ca.pem"),
     );
-    let node = Node::start(&dir, &config).await;
+    let node = RunningNode::with_config(dir.path(), &config).await;
     let wait = |port: u16, ip: &str| {
         let addr: SocketAddr = format!("{ip}:{port}").parse().unwrap();
         async move {
@@ -562,7 +527,7 @@ async fn tls_with_a_client_certificate_and_websocket_plain_and_secure() {
     assert_eq!(sub.finish().await.ok(), "secure/tls 1\nsecure/ws 2\nsecure/wss 3\n");
     // Over WebSocket the subscriber works as well.
     let sub = Subscriber::m2m(&["--url", &ws_url, "-t", "w", "-C", "1"]).await;
-    publish(&["-p", &node.port(), "-t", "w", "-m", "over ws"]).await.ok();
+    publish(&["-p", &node.mqtt_port(), "-t", "w", "-m", "over ws"]).await.ok();
     assert_eq!(sub.finish().await.ok(), "over ws\n");
 
     // Without --insecure the server's certificate does not name 127.0.0.2; without a client
@@ -692,8 +657,8 @@ async fn mosquitto_clients_and_ours_understand_each_other() {
 #[tokio::test]
 async fn a_kept_session_gets_what_was_published_while_it_was_away() {
     let dir = TempDir::new("pubsub-session");
-    let node = Node::start(&dir, "").await;
-    let port = node.port();
+    let node = RunningNode::with_config(dir.path(), "").await;
+    let port = node.mqtt_port();
     for version in ["5", "311"] {
         let id = format!("keeper-{version}");
         let sub = ["-p", &port, "-V", version, "-c", "-i", &id, "-q", "1", "-t", "kept"];

@@ -80,6 +80,26 @@ impl RunningNode {
         Self::start_with(&args, env).await
     }
 
+    /// Starts `m2m node` with the configuration file `config` (TOML, may be empty) written into
+    /// `dir`, its data in `dir/data`, MQTT on a port it picks.
+    pub(crate) async fn with_config(dir: &std::path::Path, config: &str) -> Self {
+        let file = dir.join("m2m.toml");
+        std::fs::write(&file, config).expect("write m2m.toml");
+        let (file, data) = (file.display().to_string(), dir.join("data").display().to_string());
+        let args = [
+            "node",
+            "--config",
+            &file,
+            "--listen",
+            "127.0.0.1:0",
+            "--data-dir",
+            &data,
+            "--log-level",
+            "info",
+        ];
+        Self::start_with(&args, &[]).await
+    }
+
     /// Starts `m2m` with `args` (a `node` command logging at info level at least) and `env`.
     pub(crate) async fn start_with(args: &[&str], env: &[(&str, &str)]) -> Self {
         use tokio::io::{AsyncBufReadExt, BufReader};
@@ -120,6 +140,11 @@ impl RunningNode {
             value.parse().unwrap_or_else(|e| panic!("{name}{value} in {started:?}: {e}"))
         };
         Self { mqtt: field("mqtt="), api: field("http="), child, out }
+    }
+
+    /// Its MQTT port, as text for a command line.
+    pub(crate) fn mqtt_port(&self) -> String {
+        self.mqtt.port().to_string()
     }
 
     /// The base URL of its HTTP API.
