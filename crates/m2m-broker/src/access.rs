@@ -17,6 +17,8 @@ use crate::detect::{Detectors, DetectorsConfig};
 
 /// Credentials remembered after a successful argon2 verification.
 const VERIFIED_CACHE: usize = 100_000;
+/// How long a CONNECT waits for a password verification slot before it is refused as busy.
+const VERIFY_WAIT: std::time::Duration = std::time::Duration::from_secs(5);
 
 /// The node's identity and access control: the device registry, behind a lock held only for
 /// lookups and changes (never across an await or a password verification).
@@ -35,6 +37,10 @@ pub struct AccessControl {
     /// Audit events to publish on `$SYS`, in order, by one task.
     announce: tokio::sync::mpsc::Sender<Arc<m2m_session::Message>>,
     cache: VerifiedCache,
+    /// Password hashes verified at once: half the cores (at least one). Each costs tens of milliseconds and megabytes,
+    /// so a flood of CONNECTs with wrong passwords waits here instead of taking every thread and the
+    /// memory they need; passwords verified before are answered from the cache without waiting.
+    verifying: tokio::sync::Semaphore,
     metrics: Arc<Metrics>,
     /// Parts of the node told of quarantines and releases (the rules engine).
     taps: Vec<Arc<dyn m2m_router::Tap>>,
@@ -109,6 +115,8 @@ pub(crate) enum Refused {
     BadCredentials,
     /// The device is disabled.
     Disabled,
+    /// Too many passwords are being verified; try again later.
+    Busy,
 }
 
 impl AccessControl {
@@ -143,6 +151,9 @@ impl AccessControl {
             router,
             runtime: tokio::runtime::Handle::current(),
             cache: VerifiedCache::new(VERIFIED_CACHE),
+            verifying: tokio::sync::Semaphore::new(
+                (std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get) / 2).max(1),
+            ),
             metrics,
             taps,
         }
@@ -498,6 +509,10 @@ impl AccessControl {
         };
         let (Some(phc), Some(password)) = (phc, password) else { return Err(Refused::BadCredentials) };
         let ok = self.cache.contains(username, password, &phc) || {
+            // The semaphore is never closed; a CONNECT that cannot have a slot in time is refused.
+            let Ok(Ok(_slot)) = tokio::time::timeout(VERIFY_WAIT, self.verifying.acquire()).await else {
+                return Err(Refused::Busy);
+            };
             let (owned, hash) = (password.to_vec(), phc.clone());
             let verified =
                 tokio::task::spawn_blocking(move || m2m_access::verify_password(&owned, &hash)).await;

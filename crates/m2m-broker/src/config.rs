@@ -60,8 +60,17 @@ pub struct Config {
     pub listeners: Vec<Listener>,
     /// Connections held at once; more are refused with CONNACK 0x89 (Server busy).
     pub max_connections: usize,
-    /// How long a new connection may take to send CONNECT.
+    /// How long a new connection may take to send CONNECT (and to finish a TLS or WebSocket
+    /// handshake, and each step of an enhanced authentication).
     pub connect_timeout: Duration,
+    /// How long a packet may take to arrive once its first byte has: a client that sends part of a
+    /// packet and stalls is disconnected (DISCONNECT 0x8D) after this, whatever its keep-alive.
+    pub packet_timeout: Duration,
+    /// Limits on new connections per address and on handshakes in progress.
+    pub admission: crate::gate::Admission,
+    /// Bytes of messages the node's queues may hold at once (connections' mailboxes, the history's
+    /// write queue); past it QoS 0 deliveries are dropped and the history records a gap. 0: no limit.
+    pub memory_budget: usize,
     /// Highest keep-alive granted; a client asking more (or 0) gets Server Keep Alive (v5). 0: no cap.
     pub max_keep_alive: u16,
     /// Highest Session Expiry Interval granted, in seconds (`u32::MAX`: never expire).
@@ -103,6 +112,9 @@ impl Default for Config {
             listeners: Vec::new(),
             max_connections: 100_000,
             connect_timeout: Duration::from_secs(10),
+            packet_timeout: Duration::from_secs(30),
+            admission: crate::gate::Admission::default(),
+            memory_budget: 256 << 20,
             max_keep_alive: 0,
             max_session_expiry: u32::MAX,
             mailbox_capacity: 1024,

@@ -46,6 +46,10 @@ pub(crate) struct Shared {
     pub(crate) history: Option<m2m_history::History>,
     /// The directory of connected (and recently connected) clients.
     pub(crate) clients: Clients,
+    /// The admission limits of new connections.
+    pub(crate) gate: Arc<crate::gate::Gate>,
+    /// The memory budget of the node's queues.
+    pub(crate) budget: Arc<m2m_session::MemoryBudget>,
 }
 
 /// Smallest read reservation: what an idle connection holds.
@@ -74,6 +78,13 @@ struct Conn<S> {
     /// This connection's own counters, shown in the client directory.
     counters: Arc<Counters>,
     write_timeout: std::time::Duration,
+    /// When the bytes of the packet now partly in `read_buf` began to arrive (no later than); `None`
+    /// while the buffer holds no partial packet.
+    partial_since: Option<Instant>,
+    /// When the last bytes were read from the socket.
+    last_read: Instant,
+    /// How long a packet may take to arrive once it has begun.
+    packet_timeout: std::time::Duration,
 }
 
 impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
@@ -83,7 +94,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
     /// Safe in `select!`: partial input stays in `read_buf` for the next call.
     async fn read_packet(&mut self) -> Result<Option<Packet>, ConnectionError> {
         loop {
-            if let Some(p) = decode(&mut self.read_buf, self.version, self.max_packet)? {
+            if let Some(p) = self.try_packet()? {
                 return Ok(Some(p));
             }
             if self.read_buf.is_empty() && self.read_buf.capacity() > 4 * self.read_hint {
@@ -94,7 +105,19 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
                 self.read_buf.reserve(self.read_hint);
             }
             let spare = self.read_buf.capacity() - self.read_buf.len();
-            let n = self.stream.read_buf(&mut self.read_buf).await?;
+            let read = self.stream.read_buf(&mut self.read_buf);
+            let n = match self.partial_since {
+                // A packet has begun: the rest must come before its deadline.
+                Some(since) => {
+                    match tokio::time::timeout_at((since + self.packet_timeout).into(), read).await {
+                        Ok(n) => n?,
+                        Err(_) => return Err(ConnectionError::PacketTimeout),
+                    }
+                }
+                None => read.await?,
+            };
+            self.last_read = Instant::now();
+            self.partial_since.get_or_insert(self.last_read);
             if n == 0 {
                 return if self.read_buf.is_empty() {
                     Ok(None)
@@ -116,7 +139,12 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
 
     /// The next packet if it is already in the read buffer, without reading from the socket.
     fn try_packet(&mut self) -> Result<Option<Packet>, ConnectionError> {
-        Ok(decode(&mut self.read_buf, self.version, self.max_packet)?)
+        let packet = decode(&mut self.read_buf, self.version, self.max_packet)?;
+        if packet.is_some() {
+            // What is left arrived with the last read at the latest.
+            self.partial_since = (!self.read_buf.is_empty()).then_some(self.last_read);
+        }
+        Ok(packet)
     }
 
     /// Encodes a packet into the write buffer; [`Conn::flush`] sends it.
@@ -205,6 +233,7 @@ pub(crate) async fn serve<S: AsyncRead + AsyncWrite + Unpin>(
     shared: Arc<Shared>,
     certificate: Option<Arc<str>>,
     transport: ClientTransport,
+    mut ticket: crate::gate::Ticket,
 ) {
     let mut conn = Conn {
         stream,
@@ -219,8 +248,12 @@ pub(crate) async fn serve<S: AsyncRead + AsyncWrite + Unpin>(
         metrics: shared.metrics.clone(),
         counters: Arc::default(),
         write_timeout: shared.config.write_timeout,
+        partial_since: None,
+        last_read: Instant::now(),
+        packet_timeout: shared.config.packet_timeout,
     };
     let Some(connect) = Box::pin(read_connect(&mut conn, &shared)).await else { return };
+    ticket.connected();
     conn.version = connect.protocol;
     let client_id = connect.client_id.clone();
     match Box::pin(run(&mut conn, connect, &shared, transport)).await {
@@ -439,7 +472,15 @@ async fn accept<S: AsyncRead + AsyncWrite + Unpin>(
             .await?;
             return Ok(None);
         };
-        match authenticate(conn, &mut *exchange, method, props.authentication_data.clone()).await? {
+        match authenticate(
+            conn,
+            &mut *exchange,
+            method,
+            props.authentication_data.clone(),
+            config.connect_timeout,
+        )
+        .await?
+        {
             Ok(data) => {
                 ack_props.authentication_method = Some(method.clone());
                 ack_props.authentication_data = data;
@@ -469,7 +510,7 @@ async fn accept<S: AsyncRead + AsyncWrite + Unpin>(
                 Metrics::add(&shared.metrics.auth_failures, 1);
                 shared.access.auth_failed(conn.peer.ip());
                 let why = match refused {
-                    Refused::BadCredentials => "the certificate names no registered device",
+                    Refused::BadCredentials | Refused::Busy => "the certificate names no registered device",
                     Refused::Disabled => "the device is disabled",
                 };
                 refuse(conn, shared, ReasonCode::NOT_AUTHORIZED, why).await?;
@@ -487,6 +528,10 @@ async fn accept<S: AsyncRead + AsyncWrite + Unpin>(
         };
         match checked {
             Ok(who) => identity = who,
+            Err(Refused::Busy) => {
+                refuse(conn, shared, ReasonCode::SERVER_BUSY, "too many password checks at once").await?;
+                return Ok(None);
+            }
             Err(refused) => {
                 Metrics::add(&shared.metrics.auth_failures, 1);
                 shared.access.auth_failed(conn.peer.ip());
@@ -494,7 +539,9 @@ async fn accept<S: AsyncRead + AsyncWrite + Unpin>(
                     Refused::BadCredentials => {
                         (ReasonCode::BAD_USER_NAME_OR_PASSWORD, "bad user name or password")
                     }
-                    Refused::Disabled => (ReasonCode::NOT_AUTHORIZED, "the device is disabled"),
+                    Refused::Disabled | Refused::Busy => {
+                        (ReasonCode::NOT_AUTHORIZED, "the device is disabled")
+                    }
                 };
                 refuse(conn, shared, reason, why).await?;
                 return Ok(None);
@@ -560,7 +607,7 @@ async fn accept<S: AsyncRead + AsyncWrite + Unpin>(
 
     // The router hands over the session (waiting for a take-over if the id is online elsewhere).
     let conn_id = shared.conn_ids.fetch_add(1, Ordering::Relaxed);
-    let mailbox = Arc::new(Mailbox::new(config.mailbox_capacity));
+    let mailbox = Arc::new(Mailbox::with_budget(config.mailbox_capacity, Some(shared.budget.clone())));
     let (kick_tx, kick) = oneshot::channel();
     let flow = Arc::new(LinkFlow::default());
     let (reply_tx, reply_rx) = oneshot::channel();
@@ -749,6 +796,7 @@ async fn authenticate<S: AsyncRead + AsyncWrite + Unpin>(
     exchange: &mut dyn AuthExchange,
     method: &Arc<str>,
     first: Option<Bytes>,
+    limit: std::time::Duration,
 ) -> Result<Result<Option<Bytes>, ReasonCode>, ConnectionError> {
     let mut data = first;
     loop {
@@ -765,7 +813,10 @@ async fn authenticate<S: AsyncRead + AsyncWrite + Unpin>(
                     },
                 };
                 conn.send(&Packet::Auth(auth)).await?;
-                match conn.read_packet().await? {
+                let Ok(reply) = tokio::time::timeout(limit, conn.read_packet()).await else {
+                    return Ok(Err(ReasonCode::NOT_AUTHORIZED));
+                };
+                match reply? {
                     Some(Packet::Auth(a))
                         if a.reason_code == ReasonCode::CONTINUE_AUTHENTICATION
                             && a.properties.authentication_method.as_ref() == Some(method) =>
@@ -931,6 +982,12 @@ async fn serve_session<S: AsyncRead + AsyncWrite + Unpin>(
                             }
                         }
                         Ok(None) => end = Some(End::Abnormal),
+                        Err(ConnectionError::PacketTimeout) => {
+                            info!(%client_id, peer = %conn.peer, "a packet took too long to arrive");
+                            Metrics::add(&shared.metrics.protocol_errors, 1);
+                            closing = Some((ReasonCode::KEEP_ALIVE_TIMEOUT, Some("a packet took too long to arrive")));
+                            end = Some(End::Abnormal);
+                        }
                         Err(ConnectionError::Decode(e)) => {
                             info!(%client_id, peer = %conn.peer, error = %e, "undecodable packet");
                             Metrics::add(&shared.metrics.protocol_errors, 1);

@@ -51,6 +51,8 @@ pub(crate) enum ConnectionError {
     ClosedMidPacket,
     #[error("write timed out (slow or dead reader)")]
     WriteTimeout,
+    #[error("a packet took too long to arrive")]
+    PacketTimeout,
 }
 
 /// Result of the broker layer.

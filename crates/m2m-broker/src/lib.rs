@@ -19,6 +19,7 @@ mod config;
 mod connection;
 mod detect;
 mod error;
+mod gate;
 mod server;
 mod tls;
 mod ws;
@@ -29,6 +30,7 @@ pub use clients::{ClientInfo, ClientState, ClientSubscription, ClientTransport, 
 pub use config::{Anonymous, Config, Listener, TlsFiles, Transport};
 pub use detect::{DetectorConfig, DetectorsConfig, PublishBudget};
 pub use error::{Error, Result};
+pub use gate::Admission;
 pub use m2m_router::{Metrics, RouterHandle, RouterStats};
 pub use m2m_session::Limits;
 pub use server::Broker;

@@ -21,6 +21,7 @@ use crate::clients::{ClientTransport, Clients};
 use crate::config::{Config, Transport};
 use crate::connection::{serve, Shared};
 use crate::error::{Error, Result};
+use crate::gate::{Gate, Ticket};
 use crate::{tls, ws};
 
 /// A bound, not yet running node.
@@ -103,6 +104,7 @@ impl Broker {
             interest: config.interest.clone(),
             ..RouterConfig::default()
         };
+        let budget = Arc::new(m2m_session::MemoryBudget::new(config.memory_budget));
         let mut history = None;
         let (router, handle, store) = match &config.store {
             None => {
@@ -125,6 +127,7 @@ impl Broker {
                 .map_err(|e| m2m_store::StoreError::Engine(format!("store opening task failed: {e}")))??;
                 if let Some(opened) = opened {
                     let opened = opened?;
+                    opened.set_budget(budget.clone());
                     router_config.taps.push(Arc::new(opened.clone()));
                     history = Some(opened);
                 }
@@ -178,6 +181,8 @@ impl Broker {
             access,
             history,
             clients: Clients::new(),
+            gate: Gate::new(config.admission),
+            budget,
         };
         Ok(Self { listeners, router, shared })
     }
@@ -222,6 +227,11 @@ impl Broker {
     /// A handle to the router, for other parts of the node.
     pub fn router(&self) -> RouterHandle {
         self.shared.router.clone()
+    }
+
+    /// The memory budget of the node's queues (for the API's metrics).
+    pub fn memory_budget(&self) -> Arc<m2m_session::MemoryBudget> {
+        self.shared.budget.clone()
     }
 
     /// The directory of connected and recently connected clients (for the API).
@@ -271,21 +281,36 @@ async fn accept_loop(
             () = shutdown.cancelled() => break,
             accepted = listener.accept() => match accepted {
                 Ok((stream, peer)) => {
+                    // Waits here while every handshake slot is taken: back-pressure on the listener.
+                    let ticket = tokio::select! {
+                        () = shutdown.cancelled() => break,
+                        t = shared.gate.admit(peer.ip()) => t,
+                    };
+                    let ticket = match ticket {
+                        Ok(t) => t,
+                        Err(turned) => {
+                            Metrics::add(&shared.metrics.connections_rejected, 1);
+                            debug!(%peer, why = turned.as_str(), "connection turned away");
+                            drop(stream);
+                            continue;
+                        }
+                    };
                     let _ = stream.set_nodelay(true);
+                    let shared = shared.clone();
                     match &transport {
                         Accept::Tcp => {
-                            connections.spawn(serve(stream, peer, shared.clone(), None, ClientTransport::Tcp));
+                            connections.spawn(serve(stream, peer, shared, None, ClientTransport::Tcp, ticket));
                         }
                         Accept::Tls(acceptor) => {
-                            connections.spawn(serve_tls(acceptor.clone(), stream, peer, shared.clone(), None));
+                            connections.spawn(serve_tls(acceptor.clone(), stream, peer, shared, None, ticket));
                         }
                         Accept::Ws(path) => {
                             let transport = ClientTransport::Ws;
-                            connections.spawn(serve_ws(stream, path.clone(), peer, shared.clone(), None, transport));
+                            connections.spawn(serve_ws(stream, path.clone(), peer, shared, None, transport, ticket));
                         }
                         Accept::Wss(acceptor, path) => {
                             let path = Some(path.clone());
-                            connections.spawn(serve_tls(acceptor.clone(), stream, peer, shared.clone(), path));
+                            connections.spawn(serve_tls(acceptor.clone(), stream, peer, shared, path, ticket));
                         }
                     }
                 }
@@ -307,6 +332,7 @@ async fn serve_tls(
     peer: SocketAddr,
     shared: Arc<Shared>,
     ws_path: Option<Arc<str>>,
+    ticket: Ticket,
 ) {
     let limit = shared.config.connect_timeout;
     let stream = match tokio::time::timeout(limit, acceptor.accept(stream)).await {
@@ -325,8 +351,8 @@ async fn serve_tls(
     let identity =
         stream.get_ref().1.peer_certificates().and_then(|c| c.first()).and_then(tls::certificate_identity);
     match ws_path {
-        None => serve(stream, peer, shared, identity, ClientTransport::Tls).await,
-        Some(path) => serve_ws(stream, path, peer, shared, identity, ClientTransport::Wss).await,
+        None => serve(stream, peer, shared, identity, ClientTransport::Tls, ticket).await,
+        Some(path) => serve_ws(stream, path, peer, shared, identity, ClientTransport::Wss, ticket).await,
     }
 }
 
@@ -338,12 +364,13 @@ async fn serve_ws<S: AsyncRead + AsyncWrite + Unpin>(
     shared: Arc<Shared>,
     identity: Option<Arc<str>>,
     transport: ClientTransport,
+    ticket: Ticket,
 ) {
     let limit = shared.config.connect_timeout;
     // Room for the largest packet the node accepts, and for smaller ones sent with it.
     let max_message = shared.config.limits.max_packet_size as usize + (1 << 20);
     match tokio::time::timeout(limit, ws::accept_with_max_message(stream, &path, max_message)).await {
-        Ok(Ok(stream)) => serve(stream, peer, shared, identity, transport).await,
+        Ok(Ok(stream)) => serve(stream, peer, shared, identity, transport, ticket).await,
         Ok(Err(e)) => {
             Metrics::add(&shared.metrics.connections_rejected, 1);
             info!(%peer, error = %e, "WebSocket handshake failed");

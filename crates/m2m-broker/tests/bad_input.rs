@@ -500,3 +500,37 @@ async fn connections_over_max_connections_are_refused_with_server_busy() {
     assert_node_serves(broker.addr).await;
     broker.stop().await;
 }
+
+#[tokio::test]
+async fn a_packet_left_half_sent_is_cut_off_at_the_packet_deadline_whatever_the_keep_alive() {
+    let config = Config { packet_timeout: Duration::from_secs(1), ..Config::for_tests() };
+    let broker = TestBroker::start_with(config).await;
+    let mut connect = connect_packet(V5, "trickler");
+    connect.keep_alive = 0;
+    let (mut raw, _) = connected_with(broker.addr, connect).await;
+    // A PUBLISH of 100 bytes, of which 5 come; a byte more now and then does not extend the deadline.
+    let started = Instant::now();
+    raw.write_raw(&[0x30, 100, 0, 5, b't']).await;
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    raw.write_raw(b"o").await;
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    raw.write_raw(b"p").await;
+    let packets = within(raw.until_closed()).await;
+    let waited = started.elapsed();
+    assert_disconnected_with(&packets, ReasonCode::KEEP_ALIVE_TIMEOUT);
+    assert!(
+        waited >= Duration::from_millis(900) && waited < Duration::from_secs(3),
+        "cut off after {waited:?}"
+    );
+    assert_eq!(protocol_errors(&broker), 1);
+
+    // Whole packets, however far apart, are not held to it.
+    let mut connect = connect_packet(V5, "patient");
+    connect.keep_alive = 0;
+    let (mut raw, _) = connected_with(broker.addr, connect).await;
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    raw.send(&Packet::PingReq).await;
+    assert_eq!(within(raw.recv()).await, Some(Packet::PingResp));
+    assert_node_serves(broker.addr).await;
+    broker.stop().await;
+}

@@ -44,7 +44,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use m2m_router::Tap;
-use m2m_session::Message;
+use m2m_session::{MemoryBudget, Message};
 use m2m_store::{Store, StoreError};
 use m2m_topic::{TopicFilter, TopicName};
 
@@ -221,6 +221,8 @@ pub(crate) struct Shared {
     pub(crate) handled: Condvar,
     pub(crate) catalog: RwLock<Catalog>,
     pub(crate) stats: Stats,
+    /// The node's memory budget, charged with every message queued for the writer.
+    pub(crate) budget: std::sync::OnceLock<Arc<MemoryBudget>>,
 }
 
 impl Shared {
@@ -294,6 +296,7 @@ impl History {
             handled: Condvar::new(),
             catalog: RwLock::new(catalog),
             stats: Stats::default(),
+            budget: std::sync::OnceLock::new(),
         });
         let writer = writer::spawn(shared.clone()).map_err(|e| StoreError::Io(Arc::new(e)))?;
         Ok(Self { handle: Arc::new(Handle { shared, writer: Some(writer) }) })
@@ -408,6 +411,14 @@ impl History {
 }
 
 impl History {
+    /// Charges the messages waiting to be written to `budget`; past it, they are dropped and recorded
+    /// as a gap, as when the queue is full. Set once; later calls change nothing.
+    pub fn set_budget(&self, budget: Arc<MemoryBudget>) {
+        let _ = self.shared().budget.set(budget);
+    }
+}
+
+impl History {
     /// Queues `message` as received at `ts_us` (µs since the epoch), to bring in data recorded
     /// elsewhere. Per topic, records must come in time order: one not after the topic's last record
     /// is stored 1 µs after it. Topics outside the filters are ignored (`true`). `false` when the
@@ -420,6 +431,9 @@ impl History {
         let mut pending = shared.lock_pending();
         if pending.items.len() >= shared.config.queue_capacity {
             return false;
+        }
+        if let Some(budget) = shared.budget.get() {
+            budget.charge(message.held_bytes());
         }
         let was_empty = pending.items.is_empty();
         pending.items.push((message.clone(), ts_us));
@@ -440,7 +454,8 @@ impl Tap for History {
         }
         let now = time::now_us();
         let mut pending = shared.lock_pending();
-        if pending.items.len() >= shared.config.queue_capacity {
+        let fits = || shared.budget.get().is_none_or(|b| b.try_charge(message.held_bytes()));
+        if pending.items.len() >= shared.config.queue_capacity || !fits() {
             if pending.dropped == 0 {
                 pending.dropped_since_us = now;
             }

@@ -279,8 +279,17 @@ impl Writer {
                 (std::mem::take(&mut pending.items), dropped, pending.stop)
             };
             let n = items.len() as u64;
+            let held = self
+                .shared
+                .budget
+                .get()
+                .cloned()
+                .map(|b| (b, items.iter().map(|(m, _)| m.held_bytes()).sum()));
             if n > 0 || dropped.is_some() {
                 self.write(items, dropped);
+            }
+            if let Some((budget, bytes)) = held {
+                budget.release(bytes);
             }
             {
                 let mut pending = self.shared.lock_pending();

@@ -265,6 +265,7 @@ pub(crate) struct BrokerParts {
     pub(crate) started: std::time::SystemTime,
     pub(crate) listeners: Vec<(SocketAddr, &'static str)>,
     pub(crate) config: Option<serde_json::Value>,
+    pub(crate) memory: Option<Arc<m2m_session::MemoryBudget>>,
 }
 
 /// The parts of a running node the API reaches.
@@ -300,6 +301,8 @@ pub struct NodeParts {
     pub operators: Arc<Operators>,
     /// The live view: a tap of the router, sampling the node's counters; `None`: no streams.
     pub live: Option<Live>,
+    /// The memory budget of the node's queues, for the metrics; `None`: not shown.
+    pub memory: Option<Arc<m2m_session::MemoryBudget>>,
 }
 
 impl NodeParts {
@@ -327,6 +330,7 @@ impl NodeParts {
             config: None,
             operators,
             live: None,
+            memory: None,
         }
     }
 
@@ -341,6 +345,7 @@ impl NodeParts {
             clients: Some(broker.clients()),
             store: broker.store(),
             listeners: broker.listener_addrs(),
+            memory: Some(broker.memory_budget()),
             ..Self::new(broker.access())
         }
     }
@@ -381,6 +386,7 @@ fn routes(parts: NodeParts, config: &HttpConfig, closing: CancellationToken) -> 
         config: shown_config,
         operators,
         live,
+        memory,
     } = parts;
     let broker = Arc::new(BrokerParts {
         router: mqtt_router,
@@ -391,6 +397,7 @@ fn routes(parts: NodeParts, config: &HttpConfig, closing: CancellationToken) -> 
         started,
         listeners,
         config: shown_config,
+        memory,
     });
     let gate = Arc::new(Gate::new(config.token.as_deref(), config.trust_loopback, operators, access.clone()));
     Router::new()

@@ -199,6 +199,26 @@ async fn render(state: &ApiState) -> String {
         "PUBLISHes and subscription filters refused by the access rules.",
         get(&m.access_denied),
     );
+    if let Some(budget) = &state.broker.memory {
+        e.single(
+            "m2m_memory_budget_bytes",
+            "gauge",
+            "The memory budget of the node's queues (0: no limit).",
+            Int(budget.limit() as u64),
+        );
+        e.single(
+            "m2m_memory_queued_bytes",
+            "gauge",
+            "Bytes of messages waiting in the node's queues, counted against the budget.",
+            Int(budget.used() as u64),
+        );
+        e.single(
+            "m2m_memory_refused_total",
+            "counter",
+            "Messages refused because the memory budget was spent (QoS 0 deliveries, history).",
+            Int(budget.refused()),
+        );
+    }
     let router = router_stats(state).await;
     e.single("m2m_sessions", "gauge", "Sessions known, online and offline.", Int(router.sessions as u64));
     e.single("m2m_subscriptions", "gauge", "Subscriptions.", Int(router.subscriptions as u64));

@@ -2,10 +2,10 @@
 
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Mutex, MutexGuard, PoisonError};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
-use m2m_codec::Packet;
-use m2m_session::Delivery;
+use m2m_codec::{Packet, QoS};
+use m2m_session::{Delivery, MemoryBudget};
 use tokio::sync::Notify;
 
 /// A bounded queue with one producer (the router) and one consumer (the connection).
@@ -23,12 +23,14 @@ pub struct Mailbox {
     capacity: usize,
     ready: Notify,
     closed: AtomicBool,
+    /// The node's memory budget, charged with every delivery waiting here.
+    budget: Option<Arc<MemoryBudget>>,
 }
 
 /// Why [`Mailbox::try_push`] gave the delivery back.
 #[derive(Debug)]
 pub enum PushError {
-    /// The mailbox holds `capacity` deliveries.
+    /// The mailbox holds `capacity` deliveries, or (QoS 0 only) the node's memory budget is spent.
     Full(Delivery),
     /// The connection is ending.
     Closed(Delivery),
@@ -38,16 +40,38 @@ pub enum PushError {
 struct Queues {
     deliveries: VecDeque<Delivery>,
     packets: Vec<Packet>,
+    /// Bytes of `deliveries` charged to the budget.
+    charged: usize,
 }
 
 impl Mailbox {
     /// An empty mailbox holding at most `capacity` deliveries.
     pub fn new(capacity: usize) -> Self {
+        Self::with_budget(capacity, None)
+    }
+
+    /// An empty mailbox holding at most `capacity` deliveries, each charged to `budget` while it
+    /// waits; a QoS 0 delivery that does not fit in the budget is refused as if the mailbox were full.
+    pub fn with_budget(capacity: usize, budget: Option<Arc<MemoryBudget>>) -> Self {
         Self {
             queue: Mutex::new(Queues::default()),
             capacity: capacity.max(1),
             ready: Notify::new(),
             closed: AtomicBool::new(false),
+            budget,
+        }
+    }
+
+    /// Gives back the budget of the deliveries taken out.
+    fn release(&self, queue: &mut Queues, taken: &VecDeque<Delivery>) {
+        if let Some(budget) = &self.budget {
+            let bytes = if queue.deliveries.is_empty() {
+                queue.charged
+            } else {
+                taken.iter().map(|d| d.message.held_bytes()).sum::<usize>().min(queue.charged)
+            };
+            queue.charged -= bytes;
+            budget.release(bytes);
         }
     }
 
@@ -68,6 +92,17 @@ impl Mailbox {
         let mut queue = self.lock();
         if queue.deliveries.len() >= self.capacity {
             return Err(PushError::Full(delivery));
+        }
+        if let Some(budget) = &self.budget {
+            let bytes = delivery.message.held_bytes();
+            if delivery.qos == QoS::AtMostOnce {
+                if !budget.try_charge(bytes) {
+                    return Err(PushError::Full(delivery));
+                }
+            } else {
+                budget.charge(bytes);
+            }
+            queue.charged += bytes;
         }
         let was_empty = queue.deliveries.is_empty();
         queue.deliveries.push_back(delivery);
@@ -117,11 +152,13 @@ impl Mailbox {
     /// Takes up to `max` deliveries, oldest first.
     pub fn take(&self, max: usize) -> VecDeque<Delivery> {
         let mut queue = self.lock();
-        if queue.deliveries.len() <= max {
+        let taken = if queue.deliveries.len() <= max {
             std::mem::take(&mut queue.deliveries)
         } else {
             queue.deliveries.drain(..max).collect()
-        }
+        };
+        self.release(&mut queue, &taken);
+        taken
     }
 
     /// Deliveries waiting.
@@ -142,7 +179,18 @@ impl Mailbox {
     /// Closes the mailbox and takes what is left; later pushes fail with [`PushError::Closed`].
     pub fn close(&self) -> VecDeque<Delivery> {
         self.closed.store(true, Ordering::Release);
-        std::mem::take(&mut self.lock().deliveries)
+        let mut queue = self.lock();
+        let taken = std::mem::take(&mut queue.deliveries);
+        self.release(&mut queue, &taken);
+        taken
+    }
+}
+
+impl Drop for Mailbox {
+    fn drop(&mut self) {
+        if let Some(budget) = &self.budget {
+            budget.release(self.lock().charged);
+        }
     }
 }
 
@@ -180,6 +228,33 @@ mod tests {
         let rest = m.take(10);
         assert_eq!(rest.iter().map(|d| d.message.payload[0]).collect::<Vec<_>>(), [2]);
         assert!(m.is_empty());
+    }
+
+    #[test]
+    fn the_budget_refuses_qos0_deliveries_but_charges_and_keeps_qos1_ones() {
+        let size = delivery(1).message.held_bytes();
+        let budget = Arc::new(MemoryBudget::new(2 * size));
+        let m = Mailbox::with_budget(10, Some(budget.clone()));
+        let qos0 = |n| Delivery { qos: QoS::AtMostOnce, ..delivery(n) };
+        m.try_push(qos0(1)).unwrap();
+        m.try_push(qos0(2)).unwrap();
+        assert!(matches!(m.try_push(qos0(3)), Err(PushError::Full(_))), "the budget is spent");
+        m.try_push(delivery(4)).unwrap();
+        assert_eq!(budget.used(), 3 * size, "QoS 1 is charged even over the budget");
+        assert_eq!(m.take(1).len(), 1);
+        assert_eq!(budget.used(), 2 * size);
+        assert!(matches!(m.try_push(qos0(5)), Err(PushError::Full(_))));
+        assert_eq!(m.take(10).len(), 2);
+        assert_eq!(budget.used(), 0);
+        m.try_push(qos0(6)).unwrap();
+        m.try_push(delivery(7)).unwrap();
+        assert_eq!(m.close().len(), 2);
+        assert_eq!(budget.used(), 0, "closing gives everything back");
+        let kept = Mailbox::with_budget(10, Some(budget.clone()));
+        kept.try_push(delivery(8)).unwrap();
+        drop(kept);
+        assert_eq!(budget.used(), 0, "dropping gives everything back");
+        assert_eq!(budget.refused(), 2);
     }
 
     #[test]

@@ -10,9 +10,11 @@
 //! It does no IO, reads no clock and knows nothing of other sessions: matching and fan-out belong to
 //! `m2m-router`, sockets to `m2m-broker`.
 
+mod budget;
 mod message;
 mod session;
 
+pub use budget::{MemoryBudget, MESSAGE_OVERHEAD};
 pub use message::{expiry_deadline, Delivery, Message};
 pub use session::{
     check_topic_name, Action, DeliveryOutcome, DropReason, Limits, LinkParams, Permit, Persist,

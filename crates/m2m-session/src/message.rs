@@ -71,6 +71,12 @@ impl Message {
         }
     }
 
+    /// What the message counts for in the node's [`crate::MemoryBudget`]: its payload, its topic and
+    /// [`crate::MESSAGE_OVERHEAD`].
+    pub fn held_bytes(&self) -> usize {
+        self.payload.len() + self.topic.as_str().len() + crate::MESSAGE_OVERHEAD
+    }
+
     /// Whether the message has expired at `now`.
     pub fn is_expired(&self, now: Instant) -> bool {
         self.expires_at.is_some_and(|at| at <= now)

@@ -688,6 +688,8 @@ impl Default for StoreSection {
 pub(crate) struct NodeSection {
     /// Where the node keeps its data.
     pub(crate) data_dir: PathBuf,
+    /// Bytes of messages the node's queues may hold at once (`256MiB`; `none`: no limit).
+    pub(crate) memory_budget: String,
 }
 
 /// `[mqtt]`
@@ -698,6 +700,12 @@ pub(crate) struct MqttSection {
     pub(crate) anonymous: String,
     pub(crate) max_connections: usize,
     pub(crate) connect_timeout_secs: u64,
+    pub(crate) packet_timeout_secs: u64,
+    pub(crate) max_connections_per_address: usize,
+    pub(crate) connect_rate_per_address: f64,
+    pub(crate) connect_burst_per_address: f64,
+    pub(crate) max_pending_connects: usize,
+    pub(crate) limit_loopback: bool,
     pub(crate) max_keep_alive: u16,
     pub(crate) max_session_expiry: u32,
     pub(crate) max_packet_size: u32,
@@ -729,7 +737,7 @@ pub(crate) struct LogSection {
 
 impl Default for NodeSection {
     fn default() -> Self {
-        Self { data_dir: PathBuf::from("./m2m-data") }
+        Self { data_dir: PathBuf::from("./m2m-data"), memory_budget: "256MiB".into() }
     }
 }
 
@@ -748,6 +756,12 @@ impl Default for MqttSection {
             anonymous: "loopback".into(),
             max_connections: b.max_connections,
             connect_timeout_secs: b.connect_timeout.as_secs(),
+            packet_timeout_secs: b.packet_timeout.as_secs(),
+            max_connections_per_address: b.admission.max_per_address,
+            connect_rate_per_address: b.admission.rate_per_address,
+            connect_burst_per_address: b.admission.burst_per_address,
+            max_pending_connects: b.admission.max_pending,
+            limit_loopback: !b.admission.exempt_loopback,
             max_keep_alive: b.max_keep_alive,
             max_session_expiry: b.max_session_expiry,
             max_packet_size: l.max_packet_size,
@@ -869,7 +883,7 @@ fn env_value(raw: &str) -> toml::Value {
 impl FileConfig {
     fn validate(&self) -> anyhow::Result<()> {
         let m = &self.mqtt;
-        let checks: [(bool, &str, &str); 10] = [
+        let checks: [(bool, &str, &str); 13] = [
             (m.receive_maximum == 0, "mqtt.receive_maximum", "must be at least 1"),
             (m.max_inflight == 0, "mqtt.max_inflight", "must be at least 1"),
             (m.max_packet_size < 128, "mqtt.max_packet_size", "must be at least 128 bytes"),
@@ -884,6 +898,18 @@ impl FileConfig {
             (m.max_topic_levels == 0, "mqtt.max_topic_levels", "must be at least 1"),
             (m.max_topic_len == 0, "mqtt.max_topic_len", "must be at least 1"),
             (m.connect_timeout_secs == 0, "mqtt.connect_timeout_secs", "must be at least 1"),
+            (m.packet_timeout_secs == 0, "mqtt.packet_timeout_secs", "must be at least 1"),
+            (
+                !m.connect_rate_per_address.is_finite() || m.connect_rate_per_address < 0.0,
+                "mqtt.connect_rate_per_address",
+                "must be 0 (no limit) or a positive number of connections a second",
+            ),
+            (
+                m.connect_rate_per_address > 0.0
+                    && !(m.connect_burst_per_address.is_finite() && m.connect_burst_per_address >= 1.0),
+                "mqtt.connect_burst_per_address",
+                "must be at least 1 when connect_rate_per_address is set",
+            ),
         ];
         for (bad, key, why) in checks {
             if bad {
@@ -942,6 +968,16 @@ impl FileConfig {
                 .collect::<anyhow::Result<_>>()?,
             max_connections: m.max_connections,
             connect_timeout: Duration::from_secs(m.connect_timeout_secs),
+            packet_timeout: Duration::from_secs(m.packet_timeout_secs),
+            memory_budget: parse_bytes("node.memory_budget", &self.node.memory_budget)?
+                .map_or(0, |b| usize::try_from(b).unwrap_or(usize::MAX)),
+            admission: m2m_broker::Admission {
+                max_per_address: m.max_connections_per_address,
+                rate_per_address: m.connect_rate_per_address,
+                burst_per_address: m.connect_burst_per_address,
+                max_pending: m.max_pending_connects,
+                exempt_loopback: !m.limit_loopback,
+            },
             max_keep_alive: m.max_keep_alive,
             max_session_expiry: m.max_session_expiry,
             mailbox_capacity: m.mailbox_capacity,
