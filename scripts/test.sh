@@ -62,18 +62,14 @@ fi
 
 cargo fmt --all --check
 
-# Supply chain (deny.toml). cargo-deny is pinned: deny.toml's schema and the directory name it gives
-# the local advisory database (deny/advisory-db-<hash>) belong to this version.
+# Supply chain (deny.toml, scripts/deny.sh). cargo-deny is pinned: deny.toml's schema and the
+# directory name it gives the local advisory database belong to this version.
 CARGO_DENY_VERSION=0.20.2
 if ! cargo deny --version 2>/dev/null | grep -qx "cargo-deny $CARGO_DENY_VERSION"; then
   echo "installing cargo-deny $CARGO_DENY_VERSION (the supply-chain check: licenses, advisories, duplicates, sources)" >&2
   cargo install cargo-deny --version "$CARGO_DENY_VERSION" --locked
 fi
-# --frozen: the lock file as committed, and no network for cargo-deny, which reads the advisories
-# from deny/advisory-db (scripts/advisories.md). cargo fetch first, so that a fresh machine has the
-# dependencies' manifests and an up-to-date copy of their index entries (for the yanked check).
-cargo fetch --locked --quiet
-cargo deny --frozen check
+scripts/deny.sh
 cargo clippy --workspace --all-targets --locked -- -D warnings
 RUSTDOCFLAGS="-D warnings" cargo doc --workspace --no-deps --locked
 cargo test --workspace --locked
