@@ -1,8 +1,10 @@
 #!/usr/bin/env bash
-# Runs every check and every test: formatting, clippy (-D warnings), rustdoc (-D warnings), and the
+# Runs every check and every test: formatting, the supply-chain check (cargo-deny: licenses,
+# advisories, duplicate versions, sources), clippy (-D warnings), rustdoc (-D warnings), and the
 # whole workspace's tests.
 # Installs what the tests need when it is missing (the mosquitto, mosquitto-clients, openssl and
-# chromium Debian packages, the paho-mqtt Python package, the console tests' npm packages).
+# chromium Debian packages, the paho-mqtt Python package, the console tests' npm packages, and
+# cargo-deny from the registry).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -59,6 +61,15 @@ if [ ! -d crates/m2m/tests/e2e/node_modules/playwright-core ]; then
 fi
 
 cargo fmt --all --check
+
+# Supply chain (deny.toml, scripts/deny.sh). cargo-deny is pinned: deny.toml's schema and the
+# directory name it gives the local advisory database belong to this version.
+CARGO_DENY_VERSION=0.20.2
+if ! cargo deny --version 2>/dev/null | grep -qx "cargo-deny $CARGO_DENY_VERSION"; then
+  echo "installing cargo-deny $CARGO_DENY_VERSION (the supply-chain check: licenses, advisories, duplicates, sources)" >&2
+  cargo install cargo-deny --version "$CARGO_DENY_VERSION" --locked
+fi
+scripts/deny.sh
 cargo clippy --workspace --all-targets --locked -- -D warnings
 RUSTDOCFLAGS="-D warnings" cargo doc --workspace --no-deps --locked
 cargo test --workspace --locked
