@@ -918,6 +918,7 @@ impl FileConfig {
         }
         self.anonymous()?;
         self.store()?;
+        parse_bytes("node.memory_budget", &self.node.memory_budget)?;
         if !matches!(self.log.format.as_str(), "text" | "json") {
             bail!("invalid value for log.format: {:?} (expected \"text\" or \"json\")", self.log.format);
         }
@@ -1064,6 +1065,32 @@ mod tests {
         let err = format!("{:#}", load(Some(&path), env(&[]), &[]).unwrap_err());
         assert!(err.contains("max_queue"), "{err}");
         std::fs::remove_dir_all(dir).unwrap();
+    }
+
+    #[test]
+    fn hardening_limits_reach_the_broker_and_bad_ones_name_the_key() {
+        let overrides = [
+            ("node.memory_budget", toml::Value::String("64MiB".into())),
+            ("mqtt.max_connections_per_address", toml::Value::Integer(10)),
+            ("mqtt.connect_rate_per_address", toml::Value::Float(2.5)),
+            ("mqtt.packet_timeout_secs", toml::Value::Integer(7)),
+            ("mqtt.limit_loopback", toml::Value::Boolean(true)),
+        ];
+        let b = load(None, env(&[]), &overrides).unwrap().broker().unwrap();
+        assert_eq!(b.memory_budget, 64 << 20);
+        assert_eq!((b.admission.max_per_address, b.admission.rate_per_address), (10, 2.5));
+        assert_eq!(b.packet_timeout, Duration::from_secs(7));
+        assert!(!b.admission.exempt_loopback);
+        let none = [("node.memory_budget", toml::Value::String("none".into()))];
+        assert_eq!(load(None, env(&[]), &none).unwrap().broker().unwrap().memory_budget, 0);
+        for (key, value, named) in [
+            ("M2M_NODE_MEMORY_BUDGET", "lots", "node.memory_budget"),
+            ("M2M_MQTT_PACKET_TIMEOUT_SECS", "0", "mqtt.packet_timeout_secs"),
+            ("M2M_MQTT_CONNECT_RATE_PER_ADDRESS", "-1", "mqtt.connect_rate_per_address"),
+        ] {
+            let err = format!("{:#}", load(None, env(&[(key, value)]), &[]).unwrap_err());
+            assert!(err.contains(named), "{key}={value}: {err}");
+        }
     }
 
     #[test]
