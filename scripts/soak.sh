@@ -10,18 +10,18 @@
 # - store size: at most 1.3x + 64 MiB (the history is capped at 256 MiB, so the store must level off).
 #
 # Usage: scripts/soak.sh [MINUTES (30)] [RESTART minutes (10)]. Builds the release binary unless
-# M2M_BIN names one. Prints a Markdown table for BENCHMARKS.md and exits 1 if a check fails.
+# SOAK_BIN names one. Prints a Markdown table for BENCHMARKS.md and exits 1 if a check fails.
 # Everything runs on 127.0.0.1 and stops at the end (or on Ctrl-C).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 minutes=${1:-30}
 restart_every=${2:-10}
-if [ -z "${M2M_BIN:-}" ]; then
+if [ -z "${SOAK_BIN:-}" ]; then
   cargo build --release --locked -p m2m
-  M2M_BIN=target/release/m2m
+  SOAK_BIN=target/release/m2m
 fi
-bin=$(realpath "$M2M_BIN")
+bin=$(realpath "$SOAK_BIN")
 work=$(mktemp -d "${TMPDIR:-/tmp}/m2m-soak.XXXXXX")
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'; }
 port=$(free_port)
@@ -83,11 +83,12 @@ pids+=($!)
 echo "t_s,rss_kib,fds,store_bytes,connections,storm" >"$work/soak.csv"
 sample() { # $1: whether a storm runs
   local rss fds store conns
-  rss=$(awk '/^VmRSS:/ {print $2}' "/proc/$node_pid/status" 2>/dev/null || echo 0)
-  fds=$(ls "/proc/$node_pid/fd" 2>/dev/null | wc -l)
-  store=$(du -sb "$work/data" 2>/dev/null | cut -f1)
-  conns=$(curl -s "http://127.0.0.1:$api/metrics" | awk '$1 == "m2m_connections" {print $2}')
-  echo "$SECONDS,$rss,$fds,${store:-0},${conns:-0},$1" >>"$work/soak.csv"
+  # A sample must not end the run (the node may be restarting): every failure counts as empty.
+  rss=$(awk '/^VmRSS:/ {print $2}' "/proc/$node_pid/status" 2>/dev/null || true)
+  fds=$(ls "/proc/$node_pid/fd" 2>/dev/null | wc -l || true)
+  store=$(du -sb "$work/data" 2>/dev/null | cut -f1 || true)
+  conns=$(curl -s --max-time 5 "http://127.0.0.1:$api/metrics" 2>/dev/null | awk '$1 == "m2m_connections" {print $2}' || true)
+  echo "$SECONDS,${rss:-0},${fds:-0},${store:-0},${conns:-0},$1" >>"$work/soak.csv"
 }
 
 start=$SECONDS
