@@ -209,20 +209,38 @@ fn rss_mib(node: &RunningNode) -> u64 {
     kib / 1024
 }
 
-async fn node(name: &str, mqtt: &str) -> (TempDir, RunningNode) {
+/// One scenario's node (`[mqtt]` settings `mqtt` besides `limit_loopback`; further sections may
+/// follow them), its devices (`id`, `password`; the first is the probe's, if any) and the probe with
+/// its round trips before the attack. Holds the lock that runs scenarios one at a time.
+struct Scenario {
+    node: RunningNode,
+    probe: Probe,
+    before: Vec<Duration>,
+    _dir: TempDir,
+    _serial: tokio::sync::MutexGuard<'static, ()>,
+}
+
+async fn scenario(name: &str, mqtt: &str, devices: &[(&str, &str)]) -> Scenario {
+    let serial = SERIAL.lock().await;
     let dir = TempDir::new(name);
     let node = RunningNode::with_config(dir.path(), &format!("[mqtt]\nlimit_loopback = true\n{mqtt}")).await;
-    (dir, node)
+    for (id, password) in devices {
+        let body = format!(r#"{{"id": "{id}", "password": "{password}", "rules": ["allow both probe/%u"]}}"#);
+        let reply =
+            http(node.api, "POST", "/api/v1/devices", &[], Some(("application/json", body.as_bytes()))).await;
+        assert_eq!(reply.status, 201, "{}", reply.text());
+    }
+    let mut probe = Probe::start(node.mqtt, "probe", devices.first().copied()).await;
+    let before = probe.round_trips(30, Duration::from_millis(10)).await;
+    Scenario { node, probe, before, _dir: dir, _serial: serial }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_connection_flood_from_one_address_is_held_to_its_share_and_rate_while_others_are_served() {
-    let _serial = SERIAL.lock().await;
     let config =
         "max_connections_per_address = 30\nconnect_rate_per_address = 20\nconnect_burst_per_address = 200\n";
-    let (_dir, node) = node("flood-conns", config).await;
-    let mut probe = Probe::start(node.mqtt, "probe", None).await;
-    let before = probe.round_trips(30, Duration::from_millis(10)).await;
+    let mut s = scenario("flood-conns", config, &[]).await;
+    let (node, probe, before) = (&s.node, &mut s.probe, &s.before);
 
     // Phase 1: one address opens connections as fast as it can for 2 s and keeps every one it gets.
     let to = node.mqtt;
@@ -247,7 +265,7 @@ async fn a_connection_flood_from_one_address_is_held_to_its_share_and_rate_while
     eprintln!("held {} connections, {turned} turned away", held.len());
     assert_eq!(held.len(), 30, "the address holds exactly its share of connections");
     assert!(turned > 0);
-    assert_normal(&before, &during, "connection flood");
+    assert_normal(before, &during, "connection flood");
 
     // Phase 2: with its connections closed, it may reconnect only as fast as its rate (20/s, after a
     // burst of 200).
@@ -268,22 +286,15 @@ async fn a_connection_flood_from_one_address_is_held_to_its_share_and_rate_while
     eprintln!("{accepted} of {n} reconnections accepted in {:?} (at most {allowed:.0})", started.elapsed());
     assert!(f64::from(accepted) <= allowed, "{accepted} accepted, more than the rate allows");
     assert!(accepted >= 150, "the burst was not granted: {accepted}");
-    node.stop().await;
+    s.node.stop().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_flood_of_wrong_passwords_from_many_addresses_neither_starves_good_clients_nor_eats_memory() {
-    let _serial = SERIAL.lock().await;
-    let (_dir, node) = node("flood-auth", "").await;
-    for (id, password) in [("probe", "probe-pw"), ("victim", "right"), ("late", "late-pw")] {
-        let body = format!(r#"{{"id": "{id}", "password": "{password}", "rules": ["allow both probe/%u"]}}"#);
-        let reply =
-            http(node.api, "POST", "/api/v1/devices", &[], Some(("application/json", body.as_bytes()))).await;
-        assert_eq!(reply.status, 201, "{}", reply.text());
-    }
-    let mut probe = Probe::start(node.mqtt, "probe", Some(("probe", "probe-pw"))).await;
-    let before = probe.round_trips(30, Duration::from_millis(10)).await;
-    let rss_before = rss_mib(&node);
+    let devices = [("probe", "probe-pw"), ("victim", "right"), ("late", "late-pw")];
+    let mut s = scenario("flood-auth", "", &devices).await;
+    let (node, probe, before) = (&s.node, &mut s.probe, &s.before);
+    let rss_before = rss_mib(node);
 
     // 20 addresses, each with 8 connections at once trying wrong passwords 15 times in all (under
     // the threshold of the detector that bans an address): 300 password verifications of ~20 MiB
@@ -308,7 +319,7 @@ async fn a_flood_of_wrong_passwords_from_many_addresses_neither_starves_good_cli
         }
     }
     let during = probe.round_trips(60, Duration::from_millis(20)).await;
-    let rss_during = rss_mib(&node);
+    let rss_during = rss_mib(node);
     let mut outcomes = Vec::new();
     for a in attackers {
         outcomes.extend(tokio::time::timeout(Duration::from_secs(60), a).await.unwrap().unwrap());
@@ -320,21 +331,19 @@ async fn a_flood_of_wrong_passwords_from_many_addresses_neither_starves_good_cli
     assert_eq!(refused + busy, outcomes.len(), "every guess is refused: {outcomes:?}");
     assert!(refused > 0);
     assert!(rss_during < rss_before + 200, "memory grew from {rss_before} to {rss_during} MiB");
-    assert_normal(&before, &during, "wrong-password flood");
+    assert_normal(before, &during, "wrong-password flood");
 
     // A good client that was never verified before gets in once the flood is over.
     let (late, _kept) = attempt(attacker(1), to, "late", Some(("late", "late-pw"))).await;
     assert_eq!(late, Outcome::Answered(ReasonCode::SUCCESS));
-    node.stop().await;
+    s.node.stop().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn half_sent_packets_cannot_hold_connections_or_handshake_slots() {
-    let _serial = SERIAL.lock().await;
     let config = "connect_timeout_secs = 2\npacket_timeout_secs = 2\nmax_pending_connects = 100\n";
-    let (_dir, node) = node("slowloris", config).await;
-    let mut probe = Probe::start(node.mqtt, "probe", None).await;
-    let before = probe.round_trips(30, Duration::from_millis(10)).await;
+    let mut s = scenario("slowloris", config, &[]).await;
+    let (node, probe, before) = (&s.node, &mut s.probe, &s.before);
     let to = node.mqtt;
 
     // 100 connections send half a CONNECT and stall: they take every handshake slot...
@@ -380,8 +389,8 @@ async fn half_sent_packets_cannot_hold_connections_or_handshake_slots() {
         assert!(closed.is_ok(), "a connection with a half-sent packet was not closed");
     }
     eprintln!("half-sent packets closed {:?} after the probe's round trips", started.elapsed());
-    assert_normal(&before, &during, "half-sent packets");
-    node.stop().await;
+    assert_normal(before, &during, "half-sent packets");
+    s.node.stop().await;
 }
 
 /// A raw MQTT 3.1.1 client that subscribes to `filter` at QoS 1 and then never reads.
@@ -406,18 +415,16 @@ async fn never_reader(from: IpAddr, to: SocketAddr, id: &str, filter: &str) -> T
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn subscribers_that_never_read_hit_their_limits_and_slow_no_one_else() {
-    let _serial = SERIAL.lock().await;
     let config = "write_timeout_secs = 3\nmax_queued = 200\n[node]\nmemory_budget = \"32MiB\"\n";
-    let (_dir, node) = node("never-read", config).await;
-    let mut probe = Probe::start(node.mqtt, "probe", None).await;
-    let before = probe.round_trips(30, Duration::from_millis(10)).await;
+    let mut s = scenario("never-read", config, &[]).await;
+    let (node, probe, before) = (&s.node, &mut s.probe, &s.before);
     let to = node.mqtt;
     let mut stuck = Vec::new();
     for n in 0..20 {
         stuck.push(never_reader(attacker(50), to, &format!("deaf-{n}"), "busy/#").await);
     }
     tokio::time::sleep(Duration::from_millis(300)).await;
-    let rss_before = rss_mib(&node);
+    let rss_before = rss_mib(node);
 
     // A publisher sends 4 KiB messages to them as fast as it can: 20 000 at QoS 0, then 2 000 at
     // QoS 1 (the node throttles it while their queues are full, for at most a second at a time).
@@ -442,7 +449,7 @@ async fn subscribers_that_never_read_hit_their_limits_and_slow_no_one_else() {
     });
     let during = probe.round_trips(60, Duration::from_millis(20)).await;
     tokio::time::timeout(Duration::from_secs(90), publisher).await.unwrap().unwrap();
-    let rss_during = rss_mib(&node);
+    let rss_during = rss_mib(node);
     eprintln!("RSS {rss_before} -> {rss_during} MiB with 20 subscribers not reading");
     assert!(rss_during < rss_before + 100, "memory grew from {rss_before} to {rss_during} MiB");
     // The budget (32 MiB) was reached: QoS 0 deliveries and history records were refused.
@@ -458,7 +465,7 @@ async fn subscribers_that_never_read_hit_their_limits_and_slow_no_one_else() {
     eprintln!("memory budget {budget} bytes, {refused} messages refused");
     assert_eq!(budget, f64::from(32u32 << 20));
     assert!(refused > 0.0, "the budget was never reached");
-    assert_normal(&before, &during, "subscribers that never read");
+    assert_normal(before, &during, "subscribers that never read");
 
     // Their writes block: the node drops them at the write timeout.
     let started = Instant::now();
@@ -476,15 +483,13 @@ async fn subscribers_that_never_read_hit_their_limits_and_slow_no_one_else() {
         assert!(closed.is_ok(), "a subscriber that never reads was not disconnected");
     }
     eprintln!("never-reading subscribers closed within {:?}", started.elapsed());
-    node.stop().await;
+    s.node.stop().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_large_fan_out_to_slow_subscribers_reaches_the_fast_ones_and_keeps_latency() {
-    let _serial = SERIAL.lock().await;
-    let (_dir, node) = node("fan-out", "write_timeout_secs = 5\n").await;
-    let mut probe = Probe::start(node.mqtt, "probe", None).await;
-    let before = probe.round_trips(30, Duration::from_millis(10)).await;
+    let mut s = scenario("fan-out", "write_timeout_secs = 5\n", &[]).await;
+    let (node, probe, before) = (&s.node, &mut s.probe, &s.before);
     let to = node.mqtt;
     // 300 subscribers that never read, and 20 that do (rumqttc, counting what they get).
     let mut stuck = Vec::new();
@@ -546,7 +551,7 @@ async fn a_large_fan_out_to_slow_subscribers_reaches_the_fast_ones_and_keeps_lat
         let got = tokio::time::timeout(Duration::from_secs(30), r).await.unwrap().unwrap();
         assert_eq!(got, 1000, "a subscriber that reads gets every QoS 1 message");
     }
-    assert_normal(&before, &during, "fan-out to slow subscribers");
+    assert_normal(before, &during, "fan-out to slow subscribers");
     drop(stuck);
-    node.stop().await;
+    s.node.stop().await;
 }
