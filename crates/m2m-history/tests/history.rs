@@ -331,6 +331,29 @@ fn a_full_queue_drops_and_records_a_gap_instead_of_blocking() {
 }
 
 #[test]
+fn past_the_memory_budget_messages_are_dropped_as_a_gap_and_the_budget_is_given_back() {
+    let dir = TempDir::new("history-budget");
+    let (_store, h) = open(&dir, HistoryConfig::default());
+    let one = message("big/x", vec![0u8; 4096]).held_bytes();
+    let budget = Arc::new(m2m_session::MemoryBudget::new(10 * one));
+    h.set_budget(budget.clone());
+    for _ in 0..5_000 {
+        h.message(&message("big/x", vec![0u8; 4096]));
+    }
+    assert!(h.flush(Duration::from_secs(10)));
+    let dropped = h.stats().dropped.load(std::sync::atomic::Ordering::Relaxed);
+    let stored = h.query(&all("#")).unwrap().count() as u64;
+    assert!(dropped > 0, "10 messages' worth of budget cannot hold 5 000 sent at once");
+    assert_eq!(stored + dropped, 5_000);
+    assert_eq!(budget.refused(), dropped);
+    assert_eq!(budget.used(), 0, "what was written is given back");
+    // With the budget free again, the next message is kept and the gap is recorded.
+    h.message(&message("big/x", "after"));
+    assert!(h.flush(Duration::from_secs(10)));
+    assert_eq!(h.gaps(0, u64::MAX).iter().map(|g| g.dropped).sum::<u64>(), dropped);
+}
+
+#[test]
 fn bad_queries_are_refused_with_the_reason() {
     let dir = TempDir::new("history-bad");
     let (_store, h) = open(&dir, HistoryConfig::default());
