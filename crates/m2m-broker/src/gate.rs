@@ -4,8 +4,9 @@
 //!   `rate_per_address` a second (a token bucket holding `burst_per_address`). A connection over either
 //!   is closed at once, before any handshake, and counted as rejected.
 //! - Node-wide: at most `max_pending` connections between accept and a complete CONNECT (TLS and
-//!   WebSocket handshakes included). When they are all taken the listeners stop accepting until one
-//!   is done: new connections wait in the kernel's backlog rather than being refused.
+//!   WebSocket handshakes included), and new connections at most at `accept_rate` a second. When the
+//!   slots are taken or the rate is reached the listeners stop accepting for a while: new connections
+//!   wait in the kernel's backlog rather than being refused.
 //!
 //! Loopback addresses are exempt from the per-address limits unless `exempt_loopback` is off: local
 //! tools and bridges on the node itself are trusted as the anonymous policy trusts them.
@@ -32,7 +33,9 @@ pub struct Admission {
     pub burst_per_address: f64,
     /// Connections in their handshake (accepted, CONNECT not yet complete) node-wide; 0: no limit.
     pub max_pending: usize,
-    /// Loopback addresses are not held to the per-address limits.
+    /// New connections accepted a second node-wide, on average; 0: no limit.
+    pub accept_rate: f64,
+    /// Loopback addresses are not held to the per-address limits, nor to the accept rate.
     pub exempt_loopback: bool,
 }
 
@@ -43,6 +46,7 @@ impl Default for Admission {
             rate_per_address: 100.0,
             burst_per_address: 500.0,
             max_pending: 4096,
+            accept_rate: 0.0,
             exempt_loopback: true,
         }
     }
@@ -79,6 +83,8 @@ pub(crate) struct Gate {
     limits: Admission,
     addresses: Mutex<HashMap<IpAddr, Address>>,
     pending: Option<Arc<Semaphore>>,
+    /// The node-wide accept rate: when the next connection may be accepted.
+    next_accept: Mutex<Instant>,
 }
 
 /// An admitted connection: holds its address's slot until dropped, and its handshake slot until
@@ -107,7 +113,12 @@ impl Drop for Ticket {
 impl Gate {
     pub(crate) fn new(limits: Admission) -> Arc<Self> {
         let pending = (limits.max_pending > 0).then(|| Arc::new(Semaphore::new(limits.max_pending)));
-        Arc::new(Self { limits, addresses: Mutex::new(HashMap::new()), pending })
+        Arc::new(Self {
+            limits,
+            addresses: Mutex::new(HashMap::new()),
+            pending,
+            next_accept: Mutex::new(Instant::now()),
+        })
     }
 
     /// Waits for a handshake slot (back-pressure on the listener), then admits or turns away a
@@ -119,12 +130,31 @@ impl Gate {
             None => None,
         };
         let exempt = self.limits.exempt_loopback && ip.is_loopback();
+        if !exempt {
+            if let Some(at) = self.accept_slot(Instant::now()) {
+                tokio::time::sleep_until(at.into()).await;
+            }
+        }
         let limited = self.limits.max_per_address > 0 || self.limits.rate_per_address > 0.0;
         if exempt || !limited {
             return Ok(Ticket { gate: None, pending });
         }
         self.take(ip, Instant::now())?;
         Ok(Ticket { gate: Some((self.clone(), ip)), pending })
+    }
+
+    /// Reserves the next accept of the node-wide rate; when it is in the future, the time to wait
+    /// until (the accept loop waits, so connections queue in the kernel's backlog).
+    fn accept_slot(&self, now: Instant) -> Option<Instant> {
+        if self.limits.accept_rate <= 0.0 {
+            return None;
+        }
+        let gap = Duration::from_secs_f64(1.0 / self.limits.accept_rate);
+        let mut next = self.next_accept.lock().unwrap_or_else(PoisonError::into_inner);
+        // No credit is saved up: a burst after a quiet time is paced too.
+        let at = (*next).max(now);
+        *next = at + gap;
+        (at > now).then_some(at)
     }
 
     /// Counts a new connection of `ip` at `now`, if its limits allow it.
@@ -196,8 +226,24 @@ mod tests {
             rate_per_address: rate,
             burst_per_address: burst,
             max_pending: 0,
+            accept_rate: 0.0,
             exempt_loopback: true,
         }
+    }
+
+    #[test]
+    fn the_node_wide_accept_rate_spaces_accepts_out() {
+        let gate = Gate::new(Admission { accept_rate: 10.0, ..limits(0, 0.0, 0.0) });
+        let t0 = Instant::now() + Duration::from_millis(1);
+        assert_eq!(gate.accept_slot(t0), None, "the first is accepted at once");
+        let second = gate.accept_slot(t0).unwrap();
+        assert_eq!(second.duration_since(t0), Duration::from_millis(100));
+        let third = gate.accept_slot(t0).unwrap();
+        assert_eq!(third.duration_since(t0), Duration::from_millis(200));
+        // After a quiet second, one comes at once and the next waits a gap again.
+        let later = t0 + Duration::from_secs(2);
+        assert_eq!(gate.accept_slot(later), None);
+        assert!(gate.accept_slot(later).is_some());
     }
 
     #[tokio::test]

@@ -705,6 +705,7 @@ pub(crate) struct MqttSection {
     pub(crate) connect_rate_per_address: f64,
     pub(crate) connect_burst_per_address: f64,
     pub(crate) max_pending_connects: usize,
+    pub(crate) accept_rate: f64,
     pub(crate) limit_loopback: bool,
     pub(crate) max_keep_alive: u16,
     pub(crate) max_session_expiry: u32,
@@ -761,6 +762,7 @@ impl Default for MqttSection {
             connect_rate_per_address: b.admission.rate_per_address,
             connect_burst_per_address: b.admission.burst_per_address,
             max_pending_connects: b.admission.max_pending,
+            accept_rate: b.admission.accept_rate,
             limit_loopback: !b.admission.exempt_loopback,
             max_keep_alive: b.max_keep_alive,
             max_session_expiry: b.max_session_expiry,
@@ -883,7 +885,7 @@ fn env_value(raw: &str) -> toml::Value {
 impl FileConfig {
     fn validate(&self) -> anyhow::Result<()> {
         let m = &self.mqtt;
-        let checks: [(bool, &str, &str); 13] = [
+        let checks: [(bool, &str, &str); 14] = [
             (m.receive_maximum == 0, "mqtt.receive_maximum", "must be at least 1"),
             (m.max_inflight == 0, "mqtt.max_inflight", "must be at least 1"),
             (m.max_packet_size < 128, "mqtt.max_packet_size", "must be at least 128 bytes"),
@@ -902,6 +904,11 @@ impl FileConfig {
             (
                 !m.connect_rate_per_address.is_finite() || m.connect_rate_per_address < 0.0,
                 "mqtt.connect_rate_per_address",
+                "must be 0 (no limit) or a positive number of connections a second",
+            ),
+            (
+                !m.accept_rate.is_finite() || m.accept_rate < 0.0,
+                "mqtt.accept_rate",
                 "must be 0 (no limit) or a positive number of connections a second",
             ),
             (
@@ -977,6 +984,7 @@ impl FileConfig {
                 rate_per_address: m.connect_rate_per_address,
                 burst_per_address: m.connect_burst_per_address,
                 max_pending: m.max_pending_connects,
+                accept_rate: m.accept_rate,
                 exempt_loopback: !m.limit_loopback,
             },
             max_keep_alive: m.max_keep_alive,

@@ -290,6 +290,40 @@ async fn a_connection_flood_from_one_address_is_held_to_its_share_and_rate_while
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_node_wide_accept_rate_paces_a_flood_from_many_addresses_without_refusing_it() {
+    let mut s = scenario("accept-rate", "accept_rate = 50\n", &[]).await;
+    let (node, probe, before) = (&s.node, &mut s.probe, &s.before);
+    let to = node.mqtt;
+    // 100 connections from 10 addresses, 10 at a time: each is accepted, but no faster than 50 a second.
+    let started = Instant::now();
+    let flood = tokio::spawn(async move {
+        let mut all = Vec::new();
+        for a in 0..10u8 {
+            all.push(tokio::spawn(async move {
+                let mut answers = Vec::new();
+                for n in 0..10 {
+                    answers.push(attempt(attacker(70 + a), to, &format!("paced-{a}-{n}"), None).await.0);
+                }
+                answers
+            }));
+        }
+        let mut answers = Vec::new();
+        for a in all {
+            answers.extend(a.await.unwrap());
+        }
+        answers
+    });
+    let during = probe.round_trips(60, Duration::from_millis(20)).await;
+    let answers = tokio::time::timeout(Duration::from_secs(30), flood).await.unwrap().unwrap();
+    let took = started.elapsed();
+    eprintln!("100 connections accepted in {took:?} at 50 a second");
+    assert!(answers.iter().all(|a| *a == Outcome::Answered(ReasonCode::SUCCESS)), "{answers:?}");
+    assert!(took >= Duration::from_millis(1900), "100 connections at 50/s took only {took:?}");
+    assert_normal(before, &during, "paced accepts");
+    s.node.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_flood_of_wrong_passwords_from_many_addresses_neither_starves_good_clients_nor_eats_memory() {
     let devices = [("probe", "probe-pw"), ("victim", "right"), ("late", "late-pw")];
     let mut s = scenario("flood-auth", "", &devices).await;
