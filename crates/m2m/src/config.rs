@@ -1193,4 +1193,25 @@ mod tests {
             assert!(err.contains(want), "{vars:?}: {err}");
         }
     }
+
+    /// The committed seeds of the `config` fuzz target (`fuzz/corpus/config/`: a file, a NUL byte,
+    /// then `NAME=value` lines for `M2M_NAME`), without the fuzzer: each loads and makes a broker
+    /// configuration.
+    #[test]
+    fn the_fuzz_seed_corpus_loads() {
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../fuzz/corpus/config");
+        let mut seeds = 0;
+        for file in std::fs::read_dir(dir).expect("the fuzz corpus is in the repository") {
+            let text = std::fs::read_to_string(file.unwrap().path()).unwrap();
+            let (file, vars) = text.split_once('\0').unwrap_or((&text, ""));
+            let vars = vars
+                .lines()
+                .filter_map(|l| l.split_once('='))
+                .map(|(k, v)| (format!("M2M_{k}"), v.to_owned()));
+            let config = load_text(file, vars, &[]).unwrap_or_else(|e| panic!("{file}: {e:#}"));
+            config.broker().unwrap_or_else(|e| panic!("{file}: {e:#}"));
+            seeds += 1;
+        }
+        assert!(seeds >= 4, "only {seeds} seeds");
+    }
 }

@@ -1,0 +1,259 @@
+//! Differential fuzzing: our MQTT 3.1.1 decoder (`m2m-codec`) against an independent one, the
+//! `mqttbytes` v4 codec inside `rumqttc` (a dependency of this fuzz crate only).
+//!
+//! Both decode one packet from the same bytes. What must agree:
+//!
+//! 1. **Framing.** When both decode a packet they consume the same number of bytes, and neither
+//!    may ask for more bytes (`Ok(None)` / `InsufficientBytes`) while the other decodes a packet.
+//! 2. **Acceptance.** A packet accepted by one and refused by the other is a failure, unless the
+//!    difference is one of the known divergences below, each checked by the target from the packet
+//!    itself (not just from the error's name), so a new kind of disagreement still fails.
+//! 3. **Content.** When both accept: the packet type, packet id, topic, payload, QoS, retain and
+//!    DUP of PUBLISH; the filters and requested QoS of SUBSCRIBE; the filters of UNSUBSCRIBE; the
+//!    return codes of SUBACK; session present and return code of CONNACK; client id, keep-alive,
+//!    clean session, will (topic, message, QoS, retain), user name and password of CONNECT.
+//!
+//! # Known divergences (where rumqttc is laxer than the specification)
+//! Each is allowed only when our error names the rule and the bytes really break it:
+//! - Fixed header flags: rumqttc ignores the reserved flag bits of every packet but PUBLISH, which
+//!   MQTT 3.1.1 §2.2.2 fixes (0b0010 for PUBREL, SUBSCRIBE, UNSUBSCRIBE, 0 otherwise), and DUP on
+//!   a QoS 0 PUBLISH (§3.3.1.1: "MUST set the DUP flag to 0").
+//! - U+0000 in a string: §1.5.3 forbids it; rumqttc accepts it.
+//! - Bytes after the last field: rumqttc stops reading PUBACK, PUBREC, PUBREL, PUBCOMP, CONNACK,
+//!   CONNECT, PINGREQ, PINGRESP and DISCONNECT at their last field; §3.4.1 and siblings give their
+//!   exact remaining length, so trailing bytes are malformed.
+//! - Packet id 0 in SUBSCRIBE, UNSUBSCRIBE, PUBACK... (§2.3.1: non-zero), not checked by rumqttc.
+//! - CONNECT: the reserved flag (§3.1.2.3), a password without a user name (§3.1.2.9), will QoS or
+//!   retain without the will flag (§3.1.2.6–7, rumqttc checks only part of it).
+//! - SUBSCRIBE: reserved bits of the options byte (§3.8.3.1); UNSUBSCRIBE without filters
+//!   (§3.10.3-2).
+//! - CONNACK: reserved bits of the acknowledge flags (§3.2.2.1).
+//!
+//! # Known divergences (where rumqttc is stricter or reads another format)
+//! - CONNECT with protocol name `MQIsdp` level 3 (MQTT 3.1), which we also speak; rumqttc only
+//!   knows `MQTT`. Level 5 CONNECT: rumqttc's v4 reader reads it without properties, a different
+//!   wire format, so such CONNECTs are not compared.
+//! - A password that is not UTF-8: §3.1.3.5 makes it binary data, rumqttc reads it as a string.
+//! - A PUBACK/PUBREC/PUBREL/PUBCOMP/SUBACK/UNSUBACK with remaining length 0 is refused by both,
+//!   for different reasons; that is agreement.
+//!
+//! MQTT 5 is not compared here (`decode` round-trips it).
+
+#![no_main]
+
+use bytes::BytesMut;
+use libfuzzer_sys::fuzz_target;
+use m2m_codec::{decode, DecodeError, Packet, ProtocolVersion, QoS};
+use rumqttc::mqttbytes::v4 as theirs;
+use rumqttc::mqttbytes::Error as TheirError;
+
+const MAX: usize = 1 << 20;
+
+fuzz_target!(|data: &[u8]| {
+    let mut ours_buf = BytesMut::from(data);
+    let mut their_buf = BytesMut::from(data);
+    let ours = decode(&mut ours_buf, ProtocolVersion::V311, MAX);
+    let theirs = theirs::Packet::read(&mut their_buf, MAX);
+    match (ours, theirs) {
+        (Ok(Some(ours)), Ok(theirs)) => {
+            if not_comparable(&theirs) {
+                return;
+            }
+            assert_eq!(ours_buf.len(), their_buf.len(), "consumed bytes differ: {ours:?} / {theirs:?}");
+            same_content(&ours, &theirs);
+        }
+        (Ok(None), Ok(theirs)) => panic!("we wait for more bytes, rumqttc decoded {theirs:?}"),
+        (Ok(Some(ours)), Err(TheirError::InsufficientBytes(n))) => {
+            panic!("we decoded {ours:?}, rumqttc waits for {n} more bytes")
+        }
+        (Err(ours), Ok(theirs)) => {
+            if !not_comparable(&theirs) {
+                assert!(
+                    we_are_stricter(data, &ours, &theirs),
+                    "we refuse ({ours:?}), rumqttc accepts {theirs:?}"
+                );
+            }
+        }
+        (Ok(Some(ours)), Err(theirs)) => {
+            assert!(they_are_stricter(&ours, &theirs), "we accept {ours:?}, rumqttc refuses ({theirs:?})")
+        }
+        _ => {}
+    }
+});
+
+/// A level 5 CONNECT, which rumqttc's v4 reader reads without properties.
+fn not_comparable(theirs: &theirs::Packet) -> bool {
+    matches!(theirs, theirs::Packet::Connect(c) if c.protocol == rumqttc::mqttbytes::Protocol::V5)
+}
+
+fn qos(q: QoS) -> u8 {
+    q as u8
+}
+
+fn their_qos(q: rumqttc::mqttbytes::QoS) -> u8 {
+    q as u8
+}
+
+fn same_content(ours: &Packet, theirs: &theirs::Packet) {
+    use theirs::Packet as T;
+    match (ours, theirs) {
+        (Packet::Publish(o), T::Publish(t)) => {
+            assert_eq!(&*o.topic, t.topic.as_str(), "topic");
+            assert_eq!(o.payload, t.payload, "payload");
+            assert_eq!(qos(o.qos), their_qos(t.qos), "qos");
+            assert_eq!((o.retain, o.dup), (t.retain, t.dup), "retain, dup");
+            assert_eq!(o.packet_id.map_or(0, |p| p.get()), t.pkid, "packet id");
+        }
+        (Packet::PubAck(o), T::PubAck(t)) => assert_eq!(o.packet_id.get(), t.pkid),
+        (Packet::PubRec(o), T::PubRec(t)) => assert_eq!(o.packet_id.get(), t.pkid),
+        (Packet::PubRel(o), T::PubRel(t)) => assert_eq!(o.packet_id.get(), t.pkid),
+        (Packet::PubComp(o), T::PubComp(t)) => assert_eq!(o.packet_id.get(), t.pkid),
+        (Packet::Subscribe(o), T::Subscribe(t)) => {
+            assert_eq!(o.packet_id.get(), t.pkid);
+            let ours: Vec<_> = o.filters.iter().map(|(f, opts)| (f.to_string(), qos(opts.qos))).collect();
+            let theirs: Vec<_> = t.filters.iter().map(|f| (f.path.clone(), their_qos(f.qos))).collect();
+            assert_eq!(ours, theirs, "subscription filters");
+        }
+        (Packet::SubAck(o), T::SubAck(t)) => {
+            assert_eq!(o.packet_id.get(), t.pkid);
+            let theirs: Vec<u8> = t
+                .return_codes
+                .iter()
+                .map(|c| match c {
+                    theirs::SubscribeReasonCode::Success(q) => their_qos(*q),
+                    theirs::SubscribeReasonCode::Failure => 0x80,
+                })
+                .collect();
+            let ours: Vec<u8> = o.reason_codes.iter().map(|c| c.0).collect();
+            assert_eq!(ours, theirs, "suback return codes");
+        }
+        (Packet::Unsubscribe(o), T::Unsubscribe(t)) => {
+            assert_eq!(o.packet_id.get(), t.pkid);
+            let ours: Vec<&str> = o.filters.iter().map(|f| &**f).collect();
+            assert_eq!(ours, t.topics, "unsubscribe filters");
+        }
+        (Packet::UnsubAck(o), T::UnsubAck(t)) => assert_eq!(o.packet_id.get(), t.pkid),
+        (Packet::ConnAck(o), T::ConnAck(t)) => {
+            assert_eq!(o.session_present, t.session_present);
+            assert_eq!(o.reason_code.to_v311_connack(), t.code as u8, "connack return code");
+        }
+        (Packet::Connect(o), T::Connect(t)) => {
+            assert_eq!(&*o.client_id, t.client_id.as_str(), "client id");
+            assert_eq!(o.keep_alive, t.keep_alive, "keep alive");
+            assert_eq!(o.clean_start, t.clean_session, "clean session");
+            let ours_will =
+                o.will.as_ref().map(|w| (w.topic.to_string(), w.payload.clone(), qos(w.qos), w.retain));
+            let their_will = t
+                .last_will
+                .as_ref()
+                .map(|w| (w.topic.clone(), w.message.clone(), their_qos(w.qos), w.retain));
+            assert_eq!(ours_will, their_will, "will");
+            // rumqttc keeps no login when both are empty, and reads absent fields as empty.
+            let ours_login = (o.username.as_deref().unwrap_or(""), o.password.as_deref().unwrap_or(b""));
+            let their_login =
+                t.login.as_ref().map_or(("", &b""[..]), |l| (l.username.as_str(), l.password.as_bytes()));
+            assert_eq!(ours_login, their_login, "user name and password");
+        }
+        (Packet::PingReq, T::PingReq)
+        | (Packet::PingResp, T::PingResp)
+        | (Packet::Disconnect(_), T::Disconnect) => {}
+        (ours, theirs) => panic!("different packets: {ours:?} / {theirs:?}"),
+    }
+}
+
+/// Whether our refusal of a packet rumqttc accepts is a documented divergence that these bytes
+/// really show.
+fn we_are_stricter(data: &[u8], ours: &DecodeError, theirs: &theirs::Packet) -> bool {
+    use theirs::Packet as T;
+    let first = data[0];
+    let (packet_type, flags) = (first >> 4, first & 0x0F);
+    match ours {
+        DecodeError::InvalidHeaderFlags { flags: f, .. } => {
+            let expected = if matches!(packet_type, 6 | 8 | 10) { 0b0010 } else { 0 };
+            *f == flags && flags != expected
+        }
+        DecodeError::DupOnQoS0 => packet_type == 3 && flags & 0b0110 == 0 && flags & 0b1000 != 0,
+        DecodeError::NullCharacter => strings(theirs).iter().any(|s| s.contains('\0')),
+        DecodeError::TrailingBytes { .. } => matches!(
+            theirs,
+            T::PubAck(_)
+                | T::PubRec(_)
+                | T::PubRel(_)
+                | T::PubComp(_)
+                | T::ConnAck(_)
+                | T::Connect(_)
+                | T::PingReq
+                | T::PingResp
+                | T::Disconnect
+        ),
+        DecodeError::ZeroPacketId { .. } => match theirs {
+            T::Subscribe(s) => s.pkid == 0,
+            T::Unsubscribe(u) => u.pkid == 0,
+            T::PubAck(a) => a.pkid == 0,
+            T::PubRec(a) => a.pkid == 0,
+            T::PubRel(a) => a.pkid == 0,
+            T::PubComp(a) => a.pkid == 0,
+            T::SubAck(a) => a.pkid == 0,
+            T::UnsubAck(a) => a.pkid == 0,
+            _ => false,
+        },
+        DecodeError::ConnectReservedFlag => connect_flags(data).is_some_and(|f| f & 1 != 0),
+        DecodeError::PasswordWithoutUsername => connect_flags(data).is_some_and(|f| f & 0xC0 == 0x40),
+        DecodeError::WillFlagsWithoutWill => {
+            connect_flags(data).is_some_and(|f| f & 0b100 == 0 && f & 0b11_1000 != 0)
+        }
+        DecodeError::SubscriptionOptionsReserved { .. } => matches!(theirs, T::Subscribe(_)),
+        DecodeError::NoTopicFilters { .. } => matches!(theirs, T::Unsubscribe(u) if u.topics.is_empty()),
+        DecodeError::ConnAckReservedFlags { .. } => {
+            matches!(theirs, T::ConnAck(_))
+                && data.len() > 2
+                && frame_byte(data, 0).is_some_and(|f| f & 0xFE != 0)
+        }
+        _ => false,
+    }
+}
+
+/// Whether rumqttc's refusal of a packet we accept is a documented divergence.
+fn they_are_stricter(ours: &Packet, theirs: &TheirError) -> bool {
+    match (ours, theirs) {
+        (Packet::Connect(c), _) if c.protocol != ProtocolVersion::V311 => true,
+        (Packet::Connect(c), TheirError::TopicNotUtf8) => {
+            c.password.as_ref().is_some_and(|p| std::str::from_utf8(p).is_err())
+        }
+        _ => false,
+    }
+}
+
+/// The strings of a packet rumqttc decoded.
+fn strings(p: &theirs::Packet) -> Vec<&str> {
+    use theirs::Packet as T;
+    match p {
+        T::Publish(p) => vec![&p.topic],
+        T::Subscribe(s) => s.filters.iter().map(|f| f.path.as_str()).collect(),
+        T::Unsubscribe(u) => u.topics.iter().map(String::as_str).collect(),
+        T::Connect(c) => {
+            let mut v = vec![c.client_id.as_str()];
+            if let Some(w) = &c.last_will {
+                v.push(&w.topic);
+            }
+            if let Some(l) = &c.login {
+                v.push(&l.username);
+                v.push(&l.password);
+            }
+            v
+        }
+        _ => Vec::new(),
+    }
+}
+
+/// The byte at `offset` of the variable header (after the fixed header), if there.
+fn frame_byte(data: &[u8], offset: usize) -> Option<u8> {
+    let header_len = 1 + data[1..].iter().position(|b| b & 0x80 == 0)? + 1;
+    data.get(header_len + offset).copied()
+}
+
+/// The connect flags of a CONNECT whose protocol name is `MQTT` (rumqttc accepts no other).
+fn connect_flags(data: &[u8]) -> Option<u8> {
+    // protocol name: 2-byte length + "MQTT", then the level, then the flags.
+    frame_byte(data, 7)
+}
