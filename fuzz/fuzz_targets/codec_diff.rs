@@ -37,19 +37,47 @@
 //! - A PUBACK/PUBREC/PUBREL/PUBCOMP/SUBACK/UNSUBACK with remaining length 0 is refused by both,
 //!   for different reasons; that is agreement.
 //!
-//! MQTT 5 is not compared here (`decode` round-trips it).
+//! # MQTT 5.0
+//! The same bytes are also decoded as MQTT 5.0 by both (rumqttc's `v5` codec). rumqttc's v5 reader
+//! checks far fewer of the specification's rules than ours (it takes duplicate properties, a
+//! topic that is not UTF-8, topic alias 0, reserved option bits…), so there the check is one-way
+//! and on content: a packet rumqttc refuses must be refused by us too, except:
+//! - DISCONNECT with remaining length 0 or 1, which §3.14.2.1 and §3.14.2.2.1 allow (reason code
+//!   0x00 and no properties, or a reason code and no property length); rumqttc refuses the first
+//!   and waits for more bytes on the second (so here, unlike in 3.1.1, framing may differ);
+//! - AUTH (§3.15), which rumqttc's reader does not know (packet type 15 is refused as invalid);
+//! - a CONNECT of MQTT 3.1 or 3.1.1 (it carries its own version, and we read it as such);
+//! - a password that is not UTF-8 (binary data, §3.1.3.5);
+//! - a packet written longer than it needs to be, which we accept and re-encode shorter: a
+//!   variable byte integer not minimally encoded (`m2m-codec` accepts those on purpose, against
+//!   §1.5.5-1; rumqttc reads property identifiers as one byte and refuses one written in two), or
+//!   an acknowledgement with a Success reason code and empty properties written out in full.
+//!
+//! and when both accept, apart from a PUBLISH with three or more subscription identifiers (which
+//! §3.3.2.3.8 allows; rumqttc's property loop stops one property early on them, leaving the rest
+//! in its payload), PUBLISH (topic, payload, QoS, retain, DUP, packet id, message expiry,
+//! topic alias, content type, response topic, correlation data, user properties, subscription
+//! identifiers), SUBSCRIBE (packet id, subscription identifier, user properties, and per filter
+//! the filter, QoS, no local, retain as published, retain handling) and UNSUBSCRIBE (packet id,
+//! filters) must be equal, and every other packet of the same type.
 
 #![no_main]
 
 use bytes::BytesMut;
 use libfuzzer_sys::fuzz_target;
-use m2m_codec::{decode, DecodeError, Packet, ProtocolVersion, QoS};
+use m2m_codec::{decode, encoded_len, DecodeError, Packet, ProtocolVersion, QoS};
 use rumqttc::mqttbytes::v4 as theirs;
 use rumqttc::mqttbytes::Error as TheirError;
+use rumqttc::v5::mqttbytes::v5 as theirs5;
 
 const MAX: usize = 1 << 20;
 
 fuzz_target!(|data: &[u8]| {
+    v311(data);
+    v5(data);
+});
+
+fn v311(data: &[u8]) {
     let mut ours_buf = BytesMut::from(data);
     let mut their_buf = BytesMut::from(data);
     let ours = decode(&mut ours_buf, ProtocolVersion::V311, MAX);
@@ -79,7 +107,125 @@ fuzz_target!(|data: &[u8]| {
         }
         _ => {}
     }
-});
+}
+
+fn v5(data: &[u8]) {
+    let mut ours_buf = BytesMut::from(data);
+    let mut their_buf = BytesMut::from(data);
+    let ours = decode(&mut ours_buf, ProtocolVersion::V5, MAX);
+    let theirs = theirs5::Packet::read(&mut their_buf, Some(MAX as u32));
+    match (ours, theirs) {
+        (Ok(Some(ours)), Ok(theirs)) => {
+            assert_eq!(ours_buf.len(), their_buf.len(), "v5: consumed bytes differ: {ours:?} / {theirs:?}");
+            same_content_v5(&ours, &theirs);
+        }
+        (Ok(None), Ok(theirs)) => panic!("v5: we wait for more bytes, rumqttc decoded {theirs:?}"),
+        (Ok(Some(ours)), Err(theirs)) => {
+            let frame_len = data.len() - ours_buf.len();
+            let allowed = encoded_len(&ours, ProtocolVersion::V5) < frame_len
+                || match &ours {
+                    // A DISCONNECT of remaining length 0 or 1 (no properties); rumqttc refuses the
+                    // first and waits for more bytes on the second.
+                    Packet::Disconnect(_) => matches!(remaining_length(data), Some(0 | 1)),
+                    Packet::Auth(_) => true,
+                    Packet::Connect(c) => {
+                        c.protocol != ProtocolVersion::V5
+                            || c.password.as_ref().is_some_and(|p| std::str::from_utf8(p).is_err())
+                    }
+                    _ => false,
+                };
+            assert!(allowed, "v5: we accept {ours:?}, rumqttc refuses ({theirs:?})");
+        }
+        _ => {}
+    }
+}
+
+fn same_content_v5(ours: &Packet, theirs: &theirs5::Packet) {
+    use theirs5::Packet as T;
+    fn pairs(v: &[m2m_codec::UserProperty]) -> Vec<(String, String)> {
+        v.iter().map(|p| (p.0.to_string(), p.1.to_string())).collect()
+    }
+    let their_name = match theirs {
+        T::Auth(_) => "AUTH",
+        T::Connect(..) => "CONNECT",
+        T::ConnAck(_) => "CONNACK",
+        T::Publish(_) => "PUBLISH",
+        T::PubAck(_) => "PUBACK",
+        T::PingReq(_) => "PINGREQ",
+        T::PingResp(_) => "PINGRESP",
+        T::Subscribe(_) => "SUBSCRIBE",
+        T::SubAck(_) => "SUBACK",
+        T::PubRec(_) => "PUBREC",
+        T::PubRel(_) => "PUBREL",
+        T::PubComp(_) => "PUBCOMP",
+        T::Unsubscribe(_) => "UNSUBSCRIBE",
+        T::UnsubAck(_) => "UNSUBACK",
+        T::Disconnect(_) => "DISCONNECT",
+    };
+    assert_eq!(ours.name(), their_name, "v5 packet type: {ours:?} / {theirs:?}");
+    match (ours, theirs) {
+        (Packet::Publish(o), _) if o.properties.subscription_identifiers.len() >= 3 => {}
+        (Packet::Publish(o), T::Publish(t)) => {
+            assert_eq!(o.topic.as_bytes(), &t.topic[..], "v5 topic");
+            assert_eq!(o.payload, t.payload, "v5 payload");
+            assert_eq!((qos(o.qos), o.retain, o.dup), (t.qos as u8, t.retain, t.dup), "v5 qos, retain, dup");
+            assert_eq!(o.packet_id.map_or(0, |p| p.get()), t.pkid, "v5 packet id");
+            let p = &o.properties;
+            let theirs = t.properties.clone().unwrap_or_default();
+            assert_eq!(p.message_expiry_interval, theirs.message_expiry_interval, "message expiry");
+            assert_eq!(p.topic_alias, theirs.topic_alias, "topic alias");
+            assert_eq!(p.content_type.as_deref(), theirs.content_type.as_deref(), "content type");
+            assert_eq!(p.response_topic.as_deref(), theirs.response_topic.as_deref(), "response topic");
+            assert_eq!(p.correlation_data, theirs.correlation_data, "correlation data");
+            assert_eq!(pairs(&p.user_properties), theirs.user_properties, "user properties");
+            let ids: Vec<usize> = p.subscription_identifiers.iter().map(|&i| i as usize).collect();
+            assert_eq!(ids, theirs.subscription_identifiers, "subscription identifiers");
+            assert_eq!(
+                p.payload_format_indicator.map(u8::from),
+                theirs.payload_format_indicator,
+                "payload format"
+            );
+        }
+        (Packet::Subscribe(o), T::Subscribe(t)) => {
+            assert_eq!(o.packet_id.get(), t.pkid);
+            let (id, user) =
+                t.properties.as_ref().map_or((None, Vec::new()), |p| (p.id, p.user_properties.clone()));
+            assert_eq!(o.subscription_identifier.map(|i| i as usize), id, "subscription identifier");
+            assert_eq!(pairs(&o.user_properties), user, "user properties");
+            let ours: Vec<_> = o
+                .filters
+                .iter()
+                .map(|(f, opts)| {
+                    let rh = opts.retain_handling as u8;
+                    (f.to_string(), qos(opts.qos), opts.no_local, opts.retain_as_published, rh)
+                })
+                .collect();
+            let theirs: Vec<_> = t
+                .filters
+                .iter()
+                .map(|f| {
+                    let rh = match f.retain_forward_rule {
+                        theirs5::RetainForwardRule::OnEverySubscribe => 0,
+                        theirs5::RetainForwardRule::OnNewSubscribe => 1,
+                        theirs5::RetainForwardRule::Never => 2,
+                    };
+                    (f.path.clone(), f.qos as u8, f.nolocal, f.preserve_retain, rh)
+                })
+                .collect();
+            assert_eq!(ours, theirs, "v5 subscription filters");
+        }
+        (Packet::Unsubscribe(o), T::Unsubscribe(t)) => {
+            assert_eq!(o.packet_id.get(), t.pkid);
+            let ours: Vec<&str> = o.filters.iter().map(|f| &**f).collect();
+            assert_eq!(ours, t.filters, "v5 unsubscribe filters");
+        }
+        (Packet::PubAck(o), T::PubAck(t)) => assert_eq!(o.packet_id.get(), t.pkid),
+        (Packet::PubRec(o), T::PubRec(t)) => assert_eq!(o.packet_id.get(), t.pkid),
+        (Packet::PubRel(o), T::PubRel(t)) => assert_eq!(o.packet_id.get(), t.pkid),
+        (Packet::PubComp(o), T::PubComp(t)) => assert_eq!(o.packet_id.get(), t.pkid),
+        _ => {}
+    }
+}
 
 /// A level 5 CONNECT, which rumqttc's v4 reader reads without properties.
 fn not_comparable(theirs: &theirs::Packet) -> bool {
@@ -244,6 +390,19 @@ fn strings(p: &theirs::Packet) -> Vec<&str> {
         }
         _ => Vec::new(),
     }
+}
+
+/// The remaining length of the fixed header at the front of `data` (possibly not minimally
+/// encoded, which both codecs accept).
+fn remaining_length(data: &[u8]) -> Option<usize> {
+    let mut value = 0;
+    for (i, &b) in data.iter().skip(1).take(4).enumerate() {
+        value |= usize::from(b & 0x7F) << (7 * i);
+        if b & 0x80 == 0 {
+            return Some(value);
+        }
+    }
+    None
 }
 
 /// The byte at `offset` of the variable header (after the fixed header), if there.
