@@ -1,5 +1,6 @@
-//! Differential fuzzing: our MQTT 3.1.1 decoder (`m2m-codec`) against an independent one, the
-//! `mqttbytes` v4 codec inside `rumqttc` (a dependency of this fuzz crate only).
+//! Differential fuzzing: our decoder (`m2m-codec`) against an independent one, the `mqttbytes`
+//! codecs inside `rumqttc` (a dependency of this fuzz crate only): in full for MQTT 3.1.1 (v4),
+//! one-way for MQTT 5.0 (see the last section).
 //!
 //! Both decode one packet from the same bytes. What must agree:
 //!
@@ -7,7 +8,9 @@
 //!    may ask for more bytes (`Ok(None)` / `InsufficientBytes`) while the other decodes a packet.
 //! 2. **Acceptance.** A packet accepted by one and refused by the other is a failure, unless the
 //!    difference is one of the known divergences below, each checked by the target from the packet
-//!    itself (not just from the error's name), so a new kind of disagreement still fails.
+//!    itself (not just from the error's name), so a new kind of disagreement still fails. (One
+//!    exception: for reserved bits of a SUBSCRIBE options byte the target only checks that the
+//!    packet is a SUBSCRIBE.)
 //! 3. **Content.** When both accept: the packet type, packet id, topic, payload, QoS, retain and
 //!    DUP of PUBLISH; the filters and requested QoS of SUBSCRIBE; the filters of UNSUBSCRIBE; the
 //!    return codes of SUBACK; session present and return code of CONNACK; client id, keep-alive,
@@ -59,7 +62,8 @@
 //! topic alias, content type, response topic, correlation data, user properties, subscription
 //! identifiers), SUBSCRIBE (packet id, subscription identifier, user properties, and per filter
 //! the filter, QoS, no local, retain as published, retain handling) and UNSUBSCRIBE (packet id,
-//! filters) must be equal, and every other packet of the same type.
+//! filters) must be equal, PUBACK, PUBREC, PUBREL and PUBCOMP carry the same packet id, and every
+//! packet is of the same type.
 
 #![no_main]
 
