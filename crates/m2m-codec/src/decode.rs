@@ -351,6 +351,9 @@ fn suback(r: &mut Reader, v5: bool) -> Result<SubAck, DecodeError> {
     while !r.is_empty() {
         reason_codes.push(reason_code(r, codes)?);
     }
+    if reason_codes.is_empty() {
+        return Err(DecodeError::NoReasonCodes { packet: "SUBACK" });
+    }
     Ok(SubAck { packet_id, properties, reason_codes })
 }
 
@@ -376,6 +379,9 @@ fn unsuback(r: &mut Reader, v5: bool) -> Result<UnsubAck, DecodeError> {
         unsuback.properties = properties::read_ack(r, PropCtx::UnsubAck)?;
         while !r.is_empty() {
             unsuback.reason_codes.push(reason_code(r, UNSUBACK_CODES)?);
+        }
+        if unsuback.reason_codes.is_empty() {
+            return Err(DecodeError::NoReasonCodes { packet: "UNSUBACK" });
         }
     }
     Ok(unsuback)
@@ -1076,6 +1082,16 @@ mod tests {
         assert_eq!(s.reason_codes, [0x8F, 0xA2].map(ReasonCode));
         let expected = DecodeError::InvalidReasonCode { packet: "SUBACK", code: 0x10 };
         assert_refused(&frame(0x90, &[0, 1, 0, 0x10]), V5, expected, ReasonCode::MALFORMED_PACKET);
+    }
+
+    #[test]
+    fn a_suback_or_v5_unsuback_without_reason_codes_is_a_protocol_error() {
+        // Found by the `codec_diff` fuzz target: a 3.1.1 SUBACK of packet id 1 and nothing else.
+        let expected = DecodeError::NoReasonCodes { packet: "SUBACK" };
+        assert_refused(&[0x90, 0x02, 0x00, 0x01], V311, expected.clone(), ReasonCode::PROTOCOL_ERROR);
+        assert_refused(&[0x90, 0x03, 0x00, 0x01, 0x00], V5, expected, ReasonCode::PROTOCOL_ERROR);
+        let expected = DecodeError::NoReasonCodes { packet: "UNSUBACK" };
+        assert_refused(&[0xB0, 0x03, 0x00, 0x01, 0x00], V5, expected, ReasonCode::PROTOCOL_ERROR);
     }
 
     #[test]

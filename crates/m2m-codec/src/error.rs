@@ -150,6 +150,14 @@ pub enum DecodeError {
         /// The packet.
         packet: &'static str,
     },
+    /// SUBACK, or an MQTT 5.0 UNSUBACK, without any reason code: it acknowledges a SUBSCRIBE or
+    /// UNSUBSCRIBE, which has at least one filter and gets one code per filter (MQTT 5.0 §3.9.3,
+    /// §3.11.3; 3.1.1 §3.9.3).
+    #[error("{packet} without reason codes")]
+    NoReasonCodes {
+        /// The packet.
+        packet: &'static str,
+    },
     /// Reserved bits of a subscription options byte are set (MQTT 5.0 §3.8.3.1, 3.1.1 §3.8.3).
     #[error("reserved bits set in subscription options {options:#04x}")]
     SubscriptionOptionsReserved {
@@ -181,6 +189,7 @@ impl DecodeError {
             | Self::DuplicateProperty { .. }
             | Self::InvalidPropertyValue { .. }
             | Self::NoTopicFilters { .. }
+            | Self::NoReasonCodes { .. }
             | Self::SubscriptionQoS3
             | Self::RetainHandling3 => ReasonCode::PROTOCOL_ERROR,
             Self::UnknownPacketType { .. }

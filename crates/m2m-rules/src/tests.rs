@@ -1159,3 +1159,20 @@ fn the_silent_event_is_a_source() {
     let out = rule.evaluate(&Input::event(EventKind::Silent, &f, 0)).unwrap().unwrap();
     assert_eq!(out["key"], serde_json::json!("truck-4"));
 }
+
+/// The committed seeds of the `rules` fuzz target (`fuzz/corpus/rules/`, each a rule, a NUL byte
+/// and a payload), without the fuzzer: each compiles and evaluates on its payload.
+#[test]
+fn the_fuzz_seed_corpus_compiles_and_evaluates() {
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../fuzz/corpus/rules");
+    let mut seeds = 0;
+    for file in std::fs::read_dir(dir).expect("the fuzz corpus is in the repository") {
+        let bytes = std::fs::read(file.expect("a corpus entry").path()).expect("a corpus file");
+        let nul = bytes.iter().position(|&b| b == 0).unwrap_or(bytes.len());
+        let sql = std::str::from_utf8(&bytes[..nul]).expect("a seed's rule is UTF-8");
+        let payload = bytes.get(nul + 1..).unwrap_or_default();
+        rule(sql).evaluate(&message(payload)).unwrap_or_else(|e| panic!("{sql}: {e}"));
+        seeds += 1;
+    }
+    assert!(seeds >= 5, "only {seeds} seeds");
+}

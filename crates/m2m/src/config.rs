@@ -13,74 +13,74 @@ use serde::{Deserialize, Serialize};
 /// The whole file, as written by a user. Unknown keys are refused.
 #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields, default)]
-pub(crate) struct FileConfig {
-    pub(crate) node: NodeSection,
-    pub(crate) mqtt: MqttSection,
-    pub(crate) store: StoreSection,
-    pub(crate) access: AccessSection,
-    pub(crate) detectors: DetectorsSection,
-    pub(crate) http: HttpSection,
-    pub(crate) jwt: JwtSection,
-    pub(crate) history: HistorySection,
-    pub(crate) rules: RulesSection,
-    pub(crate) mesh: MeshSection,
-    pub(crate) log: LogSection,
+pub struct FileConfig {
+    pub node: NodeSection,
+    pub mqtt: MqttSection,
+    pub store: StoreSection,
+    pub access: AccessSection,
+    pub detectors: DetectorsSection,
+    pub http: HttpSection,
+    pub jwt: JwtSection,
+    pub history: HistorySection,
+    pub rules: RulesSection,
+    pub mesh: MeshSection,
+    pub log: LogSection,
     /// More listeners besides `mqtt.listen`: `[[listeners]]` entries.
-    pub(crate) listeners: Vec<ListenerSection>,
+    pub listeners: Vec<ListenerSection>,
     /// Bridges to external MQTT brokers: `[[uplinks]]` entries.
-    pub(crate) uplinks: Vec<UplinkSection>,
+    pub uplinks: Vec<UplinkSection>,
 }
 
 /// `[[uplinks]]`: a bridge to an external MQTT broker.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields)]
-pub(crate) struct UplinkSection {
+pub struct UplinkSection {
     /// Its name (1 to 64 of `A-Z a-z 0-9 - _ .`), in logs, the API and the store.
-    pub(crate) name: String,
+    pub name: String,
     /// `mqtt://host[:port]` or `mqtts://host[:port]`.
-    pub(crate) url: String,
+    pub url: String,
     /// 4 (MQTT 3.1.1, the default) or 5.
     #[serde(default = "default_uplink_protocol")]
-    pub(crate) protocol: u8,
+    pub protocol: u8,
     /// Client id at the remote broker (default `m2m-<name>`).
     #[serde(default)]
-    pub(crate) client_id: String,
+    pub client_id: String,
     /// User name at the remote broker.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub(crate) username: Option<String>,
+    pub username: Option<String>,
     /// Its password.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub(crate) password: Option<String>,
+    pub password: Option<String>,
     /// `mqtts://`: trust only the CAs in this PEM file (default: the public roots).
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub(crate) ca: Option<PathBuf>,
+    pub ca: Option<PathBuf>,
     /// Keep-alive in seconds (default 30).
     #[serde(default = "default_uplink_keep_alive")]
-    pub(crate) keep_alive: u16,
+    pub keep_alive: u16,
     /// QoS towards the remote broker: 0 or 1 (default).
     #[serde(default = "default_uplink_qos")]
-    pub(crate) qos: u8,
+    pub qos: u8,
     /// Messages kept while the remote broker is unreachable, at most (default 1 000 000).
     #[serde(default = "default_uplink_outbox")]
-    pub(crate) outbox_limit: u64,
+    pub outbox_limit: u64,
     /// Local messages sent to the remote broker.
     #[serde(default)]
-    pub(crate) out: Vec<RouteSection>,
+    pub out: Vec<RouteSection>,
     /// Remote messages brought to this node (subscribed on the remote broker).
     #[serde(default, rename = "in")]
-    pub(crate) in_: Vec<RouteSection>,
+    pub in_: Vec<RouteSection>,
 }
 
 /// One route of an uplink: messages matching `filter` (on the side they come from) change their
 /// topic's `local_prefix` into `remote_prefix` going out, and back coming in.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields)]
-pub(crate) struct RouteSection {
-    pub(crate) filter: String,
+pub struct RouteSection {
+    pub filter: String,
     #[serde(default)]
-    pub(crate) local_prefix: String,
+    pub local_prefix: String,
     #[serde(default)]
-    pub(crate) remote_prefix: String,
+    pub remote_prefix: String,
 }
 
 fn default_uplink_protocol() -> u8 {
@@ -98,7 +98,7 @@ fn default_uplink_outbox() -> u64 {
 
 impl UplinkSection {
     /// The uplink, checked.
-    pub(crate) fn uplink(&self) -> anyhow::Result<m2m_mesh::Uplink> {
+    pub fn uplink(&self) -> anyhow::Result<m2m_mesh::Uplink> {
         let route = |r: &RouteSection| m2m_mesh::Route::new(&r.filter, &r.local_prefix, &r.remote_prefix);
         let config = m2m_mesh::UplinkConfig {
             name: self.name.clone(),
@@ -122,23 +122,23 @@ impl UplinkSection {
 /// `[mesh]`: this node in a mesh of nodes. Off while `listen` and `connect` are both empty.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields, default)]
-pub(crate) struct MeshSection {
+pub struct MeshSection {
     /// This node's unique name in the mesh; empty: the machine's host name.
-    pub(crate) node_id: String,
+    pub node_id: String,
     /// Endpoints other nodes connect to, e.g. `tcp/0.0.0.0:7447`.
-    pub(crate) listen: Vec<String>,
+    pub listen: Vec<String>,
     /// Endpoints of other nodes, e.g. `tcp/10.0.0.2:7447`; retried until they answer.
-    pub(crate) connect: Vec<String>,
+    pub connect: Vec<String>,
     /// Messages waiting to go out or come in at most; beyond, QoS 0 is dropped and counted.
-    pub(crate) queue: usize,
+    pub queue: usize,
     /// QoS 1 and 2 messages kept for one unreachable node at most.
-    pub(crate) outbox_limit: u64,
+    pub outbox_limit: u64,
     /// For `tls/` endpoints: the CA that signs the nodes' certificates (PEM); empty: none.
-    pub(crate) tls_ca: String,
+    pub tls_ca: String,
     /// This node's certificate (PEM), also used to connect to other nodes.
-    pub(crate) tls_cert: String,
+    pub tls_cert: String,
     /// Its private key (PEM).
-    pub(crate) tls_key: String,
+    pub tls_key: String,
 }
 
 impl Default for MeshSection {
@@ -159,7 +159,7 @@ impl Default for MeshSection {
 
 impl MeshSection {
     /// This node's name: `node_id`, or the machine's host name when it is empty.
-    pub(crate) fn node_id(&self) -> String {
+    pub fn node_id(&self) -> String {
         if self.node_id.is_empty() {
             host_name()
         } else {
@@ -168,7 +168,7 @@ impl MeshSection {
     }
 
     /// The mesh settings; `None` when the node is on its own.
-    pub(crate) fn config(&self) -> anyhow::Result<Option<m2m_mesh::MeshConfig>> {
+    pub fn config(&self) -> anyhow::Result<Option<m2m_mesh::MeshConfig>> {
         if self.listen.is_empty() && self.connect.is_empty() {
             return Ok(None);
         }
@@ -210,14 +210,14 @@ fn host_name() -> String {
 /// `[rules]`: the rules engine (the rules themselves are kept in the store).
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields, default)]
-pub(crate) struct RulesSection {
-    pub(crate) enabled: bool,
+pub struct RulesSection {
+    pub enabled: bool,
     /// Messages and events waiting for evaluation at most; beyond, they are dropped and counted.
-    pub(crate) queue: usize,
+    pub queue: usize,
     /// A message republished by rules this many times is not given to rules again.
-    pub(crate) max_hops: u8,
+    pub max_hops: u8,
     /// A rule failing this many times in a row is disabled.
-    pub(crate) disable_after: u64,
+    pub disable_after: u64,
 }
 
 impl Default for RulesSection {
@@ -229,7 +229,7 @@ impl Default for RulesSection {
 
 impl RulesSection {
     /// The engine's settings; `None` when it is off.
-    pub(crate) fn config(&self) -> anyhow::Result<Option<m2m_engine::EngineConfig>> {
+    pub fn config(&self) -> anyhow::Result<Option<m2m_engine::EngineConfig>> {
         if !self.enabled {
             return Ok(None);
         }
@@ -247,33 +247,33 @@ impl RulesSection {
 /// `[history]`: which messages the node keeps as time series, and for how long.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields, default)]
-pub(crate) struct HistorySection {
-    pub(crate) enabled: bool,
+pub struct HistorySection {
+    pub enabled: bool,
     /// Topic filters of the messages kept; `#` leaves out `$SYS` (list `$SYS/#` to keep it).
-    pub(crate) filters: Vec<String>,
+    pub filters: Vec<String>,
     /// Messages older than this are deleted (`7d`, `12h`); `none`: kept whatever their age.
-    pub(crate) max_age: String,
+    pub max_age: String,
     /// When the history takes more than this, the oldest go (`1GiB`, `500MB`); `none`: no limit.
-    pub(crate) max_bytes: String,
+    pub max_bytes: String,
     /// Messages waiting to be written at most; past it they are dropped and recorded as a gap.
-    pub(crate) queue: usize,
+    pub queue: usize,
     /// A user property with the publisher's own timestamp; empty: none.
-    pub(crate) timestamp_property: String,
+    pub timestamp_property: String,
     /// A JSON field of the payload with the publisher's own timestamp (`payload.ts`); empty: none.
-    pub(crate) timestamp_field: String,
+    pub timestamp_field: String,
     /// Retention of some topics: `[[history.retention]]` with `filter`, `max_age`, `max_bytes`.
-    pub(crate) retention: Vec<RetentionSection>,
+    pub retention: Vec<RetentionSection>,
 }
 
 /// `[[history.retention]]`
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields)]
-pub(crate) struct RetentionSection {
-    pub(crate) filter: String,
+pub struct RetentionSection {
+    pub filter: String,
     #[serde(default = "none")]
-    pub(crate) max_age: String,
+    pub max_age: String,
     #[serde(default = "none")]
-    pub(crate) max_bytes: String,
+    pub max_bytes: String,
 }
 
 fn none() -> String {
@@ -334,7 +334,7 @@ fn parse_age(key: &str, s: &str) -> anyhow::Result<Option<Duration>> {
 
 impl HistorySection {
     /// The history settings; `None` when it is off.
-    pub(crate) fn config(&self) -> anyhow::Result<Option<m2m_history::HistoryConfig>> {
+    pub fn config(&self) -> anyhow::Result<Option<m2m_history::HistoryConfig>> {
         if !self.enabled {
             return Ok(None);
         }
@@ -367,18 +367,18 @@ impl HistorySection {
 /// `[jwt]`: JSON Web Tokens as the passwords of usernames that are not registered devices.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields, default)]
-pub(crate) struct JwtSection {
-    pub(crate) enabled: bool,
+pub struct JwtSection {
+    pub enabled: bool,
     /// `HS256` (with `secret`) or `RS256` (with `public_key_file`, PEM).
-    pub(crate) algorithm: String,
-    pub(crate) secret: String,
-    pub(crate) public_key_file: String,
+    pub algorithm: String,
+    pub secret: String,
+    pub public_key_file: String,
     /// The claim holding the username.
-    pub(crate) username_claim: String,
+    pub username_claim: String,
     /// A claim that must equal the client id; empty: not checked.
-    pub(crate) client_id_claim: String,
+    pub client_id_claim: String,
     /// A claim holding access rules (an array of rule lines); empty: none.
-    pub(crate) rules_claim: String,
+    pub rules_claim: String,
 }
 
 impl Default for JwtSection {
@@ -430,16 +430,16 @@ impl JwtSection {
 /// `[http]`: the HTTP API (devices, groups, quarantine, audit log).
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields, default)]
-pub(crate) struct HttpSection {
+pub struct HttpSection {
     /// Serve the API.
-    pub(crate) enabled: bool,
+    pub enabled: bool,
     /// Where; loopback by default.
-    pub(crate) listen: SocketAddr,
+    pub listen: SocketAddr,
     /// A bearer token that admits its bearers as admin; with one, loopback clients are not
     /// trusted. Empty: none (users log in; API tokens are made with `m2m token`).
-    pub(crate) token: String,
+    pub token: String,
     /// Admit loopback clients without credentials (not browsers) as admin: the CLI on this machine.
-    pub(crate) trust_loopback: bool,
+    pub trust_loopback: bool,
 }
 
 impl Default for HttpSection {
@@ -450,7 +450,7 @@ impl Default for HttpSection {
 
 impl HttpSection {
     /// The API's settings, if it is enabled.
-    pub(crate) fn config(&self) -> Option<m2m_http::HttpConfig> {
+    pub fn config(&self) -> Option<m2m_http::HttpConfig> {
         self.enabled.then(|| m2m_http::HttpConfig {
             listen: self.listen,
             token: Some(self.token.clone()).filter(|t| !t.is_empty()),
@@ -462,29 +462,29 @@ impl HttpSection {
 /// `[detectors]`: the detectors that quarantine misbehaving clients, one inline table each.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields, default)]
-pub(crate) struct DetectorsSection {
-    pub(crate) auth_failures: DetectorSection,
-    pub(crate) flapping: DetectorSection,
-    pub(crate) takeovers: DetectorSection,
-    pub(crate) malformed: DetectorSection,
-    pub(crate) access_denied: DetectorSection,
-    pub(crate) publish_rate: PublishRateSection,
+pub struct DetectorsSection {
+    pub auth_failures: DetectorSection,
+    pub flapping: DetectorSection,
+    pub takeovers: DetectorSection,
+    pub malformed: DetectorSection,
+    pub access_denied: DetectorSection,
+    pub publish_rate: PublishRateSection,
 }
 
 /// `[detectors.publish_rate]`: each connection's publish budget.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields)]
-pub(crate) struct PublishRateSection {
-    pub(crate) enabled: bool,
+pub struct PublishRateSection {
+    pub enabled: bool,
     /// PUBLISHes a second.
-    pub(crate) rate: u32,
+    pub rate: u32,
     /// PUBLISHes a connection may send at once.
-    pub(crate) burst: u32,
+    pub burst: u32,
     /// Seconds over budget before the quarantine.
-    pub(crate) over_secs: u64,
+    pub over_secs: u64,
     /// `ban` or `isolate`.
-    pub(crate) mode: String,
-    pub(crate) quarantine_secs: u64,
+    pub mode: String,
+    pub quarantine_secs: u64,
 }
 
 impl From<m2m_broker::PublishBudget> for PublishRateSection {
@@ -536,13 +536,13 @@ impl Default for DetectorsSection {
 /// One detector: `{ enabled = true, threshold = 20, window_secs = 60, mode = "ban", quarantine_secs = 900 }`.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields)]
-pub(crate) struct DetectorSection {
-    pub(crate) enabled: bool,
-    pub(crate) threshold: u32,
-    pub(crate) window_secs: u64,
+pub struct DetectorSection {
+    pub enabled: bool,
+    pub threshold: u32,
+    pub window_secs: u64,
     /// `ban` or `isolate`.
-    pub(crate) mode: String,
-    pub(crate) quarantine_secs: u64,
+    pub mode: String,
+    pub quarantine_secs: u64,
 }
 
 impl From<m2m_broker::DetectorConfig> for DetectorSection {
@@ -583,27 +583,27 @@ impl DetectorSection {
 /// `[[listeners]]`: one more listener.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields)]
-pub(crate) struct ListenerSection {
+pub struct ListenerSection {
     /// Address to listen on, e.g. `0.0.0.0:8883`.
-    pub(crate) bind: SocketAddr,
+    pub bind: SocketAddr,
     /// `tcp`, `tls`, `ws` (MQTT over WebSocket) or `wss` (over TLS).
-    pub(crate) transport: String,
+    pub transport: String,
     /// `ws`/`wss`: the HTTP path (default `/mqtt`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub(crate) path: Option<String>,
+    pub path: Option<String>,
     /// TLS: the server certificate chain (PEM).
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub(crate) tls_cert: Option<PathBuf>,
+    pub tls_cert: Option<PathBuf>,
     /// TLS: the server's private key (PEM).
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub(crate) tls_key: Option<PathBuf>,
+    pub tls_key: Option<PathBuf>,
     /// TLS: CA certificates to verify client certificates with (PEM); their common name is the
     /// device id.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub(crate) tls_client_ca: Option<PathBuf>,
+    pub tls_client_ca: Option<PathBuf>,
     /// TLS with `tls_client_ca`: refuse clients without a valid certificate.
     #[serde(default)]
-    pub(crate) require_client_cert: bool,
+    pub require_client_cert: bool,
 }
 
 impl ListenerSection {
@@ -659,21 +659,21 @@ impl ListenerSection {
 /// `[access]`
 #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields, default)]
-pub(crate) struct AccessSection {
+pub struct AccessSection {
     /// Rules for every client, after each device's and its groups' rules, one per line
     /// (`allow subscribe $SYS/#`). They apply once the device registry holds a device or a group.
-    pub(crate) rules: Vec<String>,
+    pub rules: Vec<String>,
 }
 
 /// `[store]`
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields, default)]
-pub(crate) struct StoreSection {
+pub struct StoreSection {
     /// `always` (fsync before acknowledging), `batch` (fsync every `sync_interval_ms`) or `none`
     /// (memory only: nothing survives a restart).
-    pub(crate) sync: String,
+    pub sync: String,
     /// Longest time between two syncs with `sync = "batch"`: what a power cut can lose.
-    pub(crate) sync_interval_ms: u64,
+    pub sync_interval_ms: u64,
 }
 
 impl Default for StoreSection {
@@ -685,55 +685,55 @@ impl Default for StoreSection {
 /// `[node]`
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields, default)]
-pub(crate) struct NodeSection {
+pub struct NodeSection {
     /// Where the node keeps its data.
-    pub(crate) data_dir: PathBuf,
+    pub data_dir: PathBuf,
     /// Bytes of messages the node's queues may hold at once (`256MiB`; `none`: no limit).
-    pub(crate) memory_budget: String,
+    pub memory_budget: String,
 }
 
 /// `[mqtt]`
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields, default)]
-pub(crate) struct MqttSection {
-    pub(crate) listen: SocketAddr,
-    pub(crate) anonymous: String,
-    pub(crate) max_connections: usize,
-    pub(crate) connect_timeout_secs: u64,
-    pub(crate) packet_timeout_secs: u64,
-    pub(crate) max_connections_per_address: usize,
-    pub(crate) connect_rate_per_address: f64,
-    pub(crate) connect_burst_per_address: f64,
-    pub(crate) max_pending_connects: usize,
-    pub(crate) accept_rate: f64,
-    pub(crate) limit_loopback: bool,
-    pub(crate) max_keep_alive: u16,
-    pub(crate) max_session_expiry: u32,
-    pub(crate) max_packet_size: u32,
-    pub(crate) receive_maximum: u16,
-    pub(crate) topic_alias_maximum: u16,
-    pub(crate) max_inflight: u16,
-    pub(crate) max_queued: usize,
-    pub(crate) queue_qos0_offline: bool,
-    pub(crate) max_subscriptions: usize,
-    pub(crate) max_topic_levels: usize,
-    pub(crate) max_topic_len: usize,
-    pub(crate) max_qos: u8,
-    pub(crate) retain_available: bool,
-    pub(crate) mailbox_capacity: usize,
-    pub(crate) write_timeout_secs: u64,
-    pub(crate) sys_interval_secs: u64,
-    pub(crate) response_information: String,
+pub struct MqttSection {
+    pub listen: SocketAddr,
+    pub anonymous: String,
+    pub max_connections: usize,
+    pub connect_timeout_secs: u64,
+    pub packet_timeout_secs: u64,
+    pub max_connections_per_address: usize,
+    pub connect_rate_per_address: f64,
+    pub connect_burst_per_address: f64,
+    pub max_pending_connects: usize,
+    pub accept_rate: f64,
+    pub limit_loopback: bool,
+    pub max_keep_alive: u16,
+    pub max_session_expiry: u32,
+    pub max_packet_size: u32,
+    pub receive_maximum: u16,
+    pub topic_alias_maximum: u16,
+    pub max_inflight: u16,
+    pub max_queued: usize,
+    pub queue_qos0_offline: bool,
+    pub max_subscriptions: usize,
+    pub max_topic_levels: usize,
+    pub max_topic_len: usize,
+    pub max_qos: u8,
+    pub retain_available: bool,
+    pub mailbox_capacity: usize,
+    pub write_timeout_secs: u64,
+    pub sys_interval_secs: u64,
+    pub response_information: String,
 }
 
 /// `[log]`
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields, default)]
-pub(crate) struct LogSection {
+pub struct LogSection {
     /// `error`, `warn`, `info`, `debug`, `trace`, or a full filter such as `m2m_broker=debug`.
-    pub(crate) level: String,
+    pub level: String,
     /// `text` or `json`.
-    pub(crate) format: String,
+    pub format: String,
 }
 
 impl Default for NodeSection {
@@ -795,17 +795,45 @@ const NOT_SETTINGS: [&str; 2] = ["CONFIG", "API"];
 ///
 /// # Errors
 /// A message naming the file, variable or key that is wrong.
-pub(crate) fn load(
+pub fn load(
     file: Option<&std::path::Path>,
     env: impl IntoIterator<Item = (String, String)>,
     overrides: &[(&str, toml::Value)],
 ) -> anyhow::Result<FileConfig> {
+    let from_file = match file {
+        Some(path) => {
+            let text = std::fs::read_to_string(path)
+                .with_context(|| format!("cannot read config file {}", path.display()))?;
+            let table: toml::Table =
+                text.parse().with_context(|| format!("config file {} is not valid TOML", path.display()))?;
+            Some(table)
+        }
+        None => None,
+    };
+    layer(from_file, env, overrides)
+}
+
+/// [`load`] with the file's contents given as `text` instead of read from a path.
+///
+/// # Errors
+/// As [`load`], except that the file cannot be missing.
+pub fn load_text(
+    text: &str,
+    env: impl IntoIterator<Item = (String, String)>,
+    overrides: &[(&str, toml::Value)],
+) -> anyhow::Result<FileConfig> {
+    let table: toml::Table = text.parse().context("config file is not valid TOML")?;
+    layer(Some(table), env, overrides)
+}
+
+/// The defaults, then `from_file`, then `env`, then `overrides`, validated.
+fn layer(
+    from_file: Option<toml::Table>,
+    env: impl IntoIterator<Item = (String, String)>,
+    overrides: &[(&str, toml::Value)],
+) -> anyhow::Result<FileConfig> {
     let mut table = toml::Table::try_from(FileConfig::default()).context("default configuration")?;
-    if let Some(path) = file {
-        let text = std::fs::read_to_string(path)
-            .with_context(|| format!("cannot read config file {}", path.display()))?;
-        let from_file: toml::Table =
-            text.parse().with_context(|| format!("config file {} is not valid TOML", path.display()))?;
+    if let Some(from_file) = from_file {
         merge(&mut table, from_file);
     }
     for (name, value) in env {
@@ -963,7 +991,7 @@ impl FileConfig {
     }
 
     /// The broker settings this configuration describes.
-    pub(crate) fn broker(&self) -> anyhow::Result<m2m_broker::Config> {
+    pub fn broker(&self) -> anyhow::Result<m2m_broker::Config> {
         let m = &self.mqtt;
         let max_qos = QoS::from_u8(m.max_qos).context("invalid value for mqtt.max_qos")?;
         Ok(m2m_broker::Config {
@@ -1235,5 +1263,26 @@ mod tests {
             let err = format!("{:#}", load(None, env(&vars), &[]).unwrap().broker().unwrap_err());
             assert!(err.contains(want), "{vars:?}: {err}");
         }
+    }
+
+    /// The committed seeds of the `config` fuzz target (`fuzz/corpus/config/`: a file, a NUL byte,
+    /// then `NAME=value` lines for `M2M_NAME`), without the fuzzer: each loads and makes a broker
+    /// configuration.
+    #[test]
+    fn the_fuzz_seed_corpus_loads() {
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../fuzz/corpus/config");
+        let mut seeds = 0;
+        for file in std::fs::read_dir(dir).expect("the fuzz corpus is in the repository") {
+            let text = std::fs::read_to_string(file.unwrap().path()).unwrap();
+            let (file, vars) = text.split_once('\0').unwrap_or((&text, ""));
+            let vars = vars
+                .lines()
+                .filter_map(|l| l.split_once('='))
+                .map(|(k, v)| (format!("M2M_{k}"), v.to_owned()));
+            let config = load_text(file, vars, &[]).unwrap_or_else(|e| panic!("{file}: {e:#}"));
+            config.broker().unwrap_or_else(|e| panic!("{file}: {e:#}"));
+            seeds += 1;
+        }
+        assert!(seeds >= 4, "only {seeds} seeds");
     }
 }

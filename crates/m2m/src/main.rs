@@ -10,7 +10,7 @@ use tracing::info;
 
 mod bench;
 mod cert;
-mod config;
+use m2m::config;
 mod demo;
 mod device;
 mod mesh;
