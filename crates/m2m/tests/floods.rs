@@ -447,6 +447,33 @@ async fn never_reader(from: IpAddr, to: SocketAddr, id: &str, filter: &str) -> T
     stream
 }
 
+/// A `rumqttc` publisher (`id`) that sends `messages` as fast as it can (100 in flight) and ends once
+/// every QoS 1 one is acknowledged (within 2 minutes).
+fn publish_all(
+    to: SocketAddr,
+    id: &str,
+    messages: Vec<(String, QoS, Vec<u8>)>,
+) -> tokio::task::JoinHandle<()> {
+    let mut options = MqttOptions::new(id, to.ip().to_string(), to.port());
+    options.set_keep_alive(Duration::from_secs(30)).set_inflight(100);
+    let (client, mut events) = AsyncClient::new(options, 256);
+    let acks = messages.iter().filter(|(_, qos, _)| *qos != QoS::AtMostOnce).count();
+    tokio::spawn(async move {
+        let driver = tokio::spawn(async move {
+            let mut acked = 0;
+            while acked < acks {
+                if let Event::Incoming(RPacket::PubAck(_)) = events.poll().await.unwrap() {
+                    acked += 1;
+                }
+            }
+        });
+        for (topic, qos, payload) in messages {
+            client.publish(topic, qos, false, payload).await.unwrap();
+        }
+        tokio::time::timeout(Duration::from_secs(120), driver).await.unwrap().unwrap();
+    })
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn subscribers_that_never_read_hit_their_limits_and_slow_no_one_else() {
     let config = "write_timeout_secs = 3\nmax_queued = 200\n[node]\nmemory_budget = \"32MiB\"\n";
@@ -462,27 +489,13 @@ async fn subscribers_that_never_read_hit_their_limits_and_slow_no_one_else() {
 
     // A publisher sends 4 KiB messages to them as fast as it can: 20 000 at QoS 0, then 2 000 at
     // QoS 1 (the node throttles it while their queues are full, for at most a second at a time).
-    let publisher = tokio::spawn(async move {
-        let mut options = MqttOptions::new("busy-publisher", to.ip().to_string(), to.port());
-        options.set_keep_alive(Duration::from_secs(30)).set_inflight(100);
-        let (client, mut events) = AsyncClient::new(options, 256);
-        let driver = tokio::spawn(async move {
-            let mut acked = 0u32;
-            while acked < 2000 {
-                if let Event::Incoming(RPacket::PubAck(_)) = events.poll().await.unwrap() {
-                    acked += 1;
-                }
-            }
-        });
-        let payload = vec![b'x'; 4096];
-        for n in 0..22_000u32 {
-            let qos = if n < 20_000 { QoS::AtMostOnce } else { QoS::AtLeastOnce };
-            client.publish(format!("busy/{}", n % 10), qos, false, payload.clone()).await.unwrap();
-        }
-        tokio::time::timeout(Duration::from_secs(60), driver).await.unwrap().unwrap();
+    let messages = (0..22_000u32).map(|n| {
+        let qos = if n < 20_000 { QoS::AtMostOnce } else { QoS::AtLeastOnce };
+        (format!("busy/{}", n % 10), qos, vec![b'x'; 4096])
     });
+    let publisher = publish_all(to, "busy-publisher", messages.collect());
     let during = probe.round_trips(60, Duration::from_millis(20)).await;
-    tokio::time::timeout(Duration::from_secs(90), publisher).await.unwrap().unwrap();
+    tokio::time::timeout(Duration::from_secs(150), publisher).await.unwrap().unwrap();
     let rss_during = rss_mib(node);
     eprintln!("RSS {rss_before} -> {rss_during} MiB with 20 subscribers not reading");
     assert!(rss_during < rss_before + 100, "memory grew from {rss_before} to {rss_during} MiB");
@@ -559,26 +572,8 @@ async fn a_large_fan_out_to_slow_subscribers_reaches_the_fast_ones_and_keeps_lat
         tokio::time::timeout(Duration::from_secs(10), counts.recv()).await.unwrap();
     }
     // 1 000 QoS 1 messages of 1 KiB to 320 subscribers.
-    let publisher = tokio::spawn(async move {
-        let mut options = MqttOptions::new("fan-publisher", to.ip().to_string(), to.port());
-        options.set_keep_alive(Duration::from_secs(30));
-        let (client, mut events) = AsyncClient::new(options, 256);
-        let driver = tokio::spawn(async move {
-            let mut acked = 0u32;
-            while acked < 1000 {
-                if let Event::Incoming(RPacket::PubAck(_)) = events.poll().await.unwrap() {
-                    acked += 1;
-                }
-            }
-        });
-        for n in 0..1000u32 {
-            client
-                .publish(format!("fan/{}", n % 7), QoS::AtLeastOnce, false, vec![b'f'; 1024])
-                .await
-                .unwrap();
-        }
-        tokio::time::timeout(Duration::from_secs(120), driver).await.unwrap().unwrap();
-    });
+    let messages = (0..1000u32).map(|n| (format!("fan/{}", n % 7), QoS::AtLeastOnce, vec![b'f'; 1024]));
+    let publisher = publish_all(to, "fan-publisher", messages.collect());
     let during = probe.round_trips(60, Duration::from_millis(20)).await;
     tokio::time::timeout(Duration::from_secs(150), publisher).await.unwrap().unwrap();
     for r in readers {
