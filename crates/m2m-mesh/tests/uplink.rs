@@ -10,7 +10,6 @@
 
 use std::collections::HashSet;
 use std::path::Path;
-use std::process::Stdio;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -23,64 +22,17 @@ use m2m_codec::{
 use m2m_mesh::{Route, Uplink, UplinkConfig, UplinkStatus};
 use m2m_store::StoreConfig;
 use m2m_test::{
-    expect_raw_publish, pid, raw_connect_ok, raw_publish, raw_subscribe, v5_connect, within, RawClient,
-    TempDir, TestBroker,
+    expect_raw_publish, pid, raw_connect_ok, raw_publish, raw_subscribe, v5_connect, within, Mosquitto,
+    RawClient, TempDir, TestBroker,
 };
 use rumqttc::v5::mqttbytes::v5::{Packet as RPacket, Publish as RPublish, PublishProperties as RProps};
 use rumqttc::v5::mqttbytes::QoS as RQoS;
 use rumqttc::v5::{AsyncClient, Event, MqttOptions};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::process::{Child, Command};
+use tokio::process::Command;
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
-
-/// A Mosquitto broker on a loopback port, with persistence in its directory; killed on drop.
-struct Mosquitto {
-    port: u16,
-    child: Child,
-}
-
-impl Mosquitto {
-    /// Starts Mosquitto with `extra` appended to a configuration of one anonymous listener on `port`
-    /// (0: a free one) with persistence in `dir`, and waits until it accepts connections.
-    async fn start(dir: &Path, port: u16, extra: &str) -> Mosquitto {
-        let port = if port == 0 { free_port() } else { port };
-        let conf = dir.join("mosquitto.conf");
-        let text = format!(
-            "per_listener_settings true\nlistener {port} 127.0.0.1\nallow_anonymous true\npersistence true\n\
-             persistence_location {}/\nmax_queued_messages 0\nlog_dest file {}\n\
-             # Run as root (a container), it would otherwise switch to the user mosquitto.\nuser root\n{extra}",
-            dir.display(),
-            dir.join("mosquitto.log").display(),
-        );
-        std::fs::write(&conf, text).unwrap();
-        let child = Command::new("/usr/sbin/mosquitto")
-            .arg("-c")
-            .arg(&conf)
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .kill_on_drop(true)
-            .spawn()
-            .expect("start /usr/sbin/mosquitto (Debian package mosquitto)");
-        within(async {
-            while tokio::net::TcpStream::connect(("127.0.0.1", port)).await.is_err() {
-                tokio::time::sleep(Duration::from_millis(20)).await;
-            }
-        })
-        .await;
-        Mosquitto { port, child }
-    }
-
-    /// Stops it with SIGTERM, so that it saves its sessions (persistence), and waits for the end.
-    async fn stop(mut self) {
-        let pid = self.child.id().expect("mosquitto runs").to_string();
-        let status = Command::new("kill").args(["-TERM", &pid]).status().await.unwrap();
-        assert!(status.success(), "kill -TERM {pid}");
-        within(self.child.wait()).await.unwrap();
-    }
-}
 
 fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()

@@ -20,8 +20,10 @@ use tokio_util::sync::CancellationToken;
 
 mod disk;
 mod http;
+mod mosquitto;
 pub use disk::{fill_disk, noise, Tmpfs};
 pub use http::{http, sse, HttpReply, SseStream};
+pub use mosquitto::Mosquitto;
 
 /// The longest any single test step may take.
 pub const STEP_LIMIT: Duration = Duration::from_secs(10);

@@ -561,22 +561,8 @@ async fn a_history_query_with_scope_mesh_is_answered_by_every_node_and_merged_in
 async fn an_uplink_in_the_config_file_carries_the_messages_of_the_whole_mesh_to_mosquitto() {
     let dir = TempDir::new("mesh-uplink");
     // A real Mosquitto, the "cloud".
-    let port = free_port();
-    let conf = dir.path().join("mosquitto.conf");
-    std::fs::write(&conf, format!("listener {port} 127.0.0.1\nallow_anonymous true\nuser root\n")).unwrap();
-    let _mosquitto = tokio::process::Command::new("/usr/sbin/mosquitto")
-        .arg("-c")
-        .arg(&conf)
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .kill_on_drop(true)
-        .spawn()
-        .expect("start /usr/sbin/mosquitto");
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while tokio::net::TcpStream::connect(("127.0.0.1", port)).await.is_err() {
-        assert!(Instant::now() < deadline, "mosquitto did not start");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    let mosquitto = m2m_test::Mosquitto::start(dir.path(), 0, "").await;
+    let port = mosquitto.port;
     let mut cloud = m2m_test::RawClient::connect(
         format!("127.0.0.1:{port}").parse().unwrap(),
         m2m_codec::ProtocolVersion::V5,

@@ -17,7 +17,8 @@ use std::path::Path;
 use std::process::{ExitStatus, Stdio};
 use std::time::Duration;
 
-use common::{free_port, m2m, text, Mosquitto, RunningNode, EXIT_LIMIT};
+use common::{free_port, m2m, text, RunningNode, EXIT_LIMIT};
+use m2m_test::Mosquitto;
 use m2m_test::TempDir;
 use serde_json::{json, Value};
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
@@ -235,7 +236,7 @@ async fn qos_0_1_2_retain_and_both_versions_through_a_node() {
 #[tokio::test]
 async fn qos_0_1_2_retain_and_both_versions_through_mosquitto() {
     let dir = TempDir::new("pubsub-mosquitto");
-    let broker = Mosquitto::start(dir.path()).await;
+    let broker = Mosquitto::start(dir.path(), 0, "").await;
     qos_versions_and_retain(&broker.port.to_string()).await;
 }
 
@@ -303,7 +304,7 @@ async fn mqtt5_properties_round_trip_through_a_node_and_mosquitto() {
     let dir = TempDir::new("pubsub-props");
     let node = RunningNode::with_config(dir.path(), "").await;
     properties_round_trip(&node.mqtt_port()).await;
-    let broker = Mosquitto::start(dir.path()).await;
+    let broker = Mosquitto::start(dir.path(), 0, "").await;
     properties_round_trip(&broker.port.to_string()).await;
 }
 
@@ -562,7 +563,7 @@ async fn tls_with_a_client_certificate_and_websocket_plain_and_secure() {
 #[tokio::test]
 async fn mosquitto_clients_and_ours_understand_each_other() {
     let dir = TempDir::new("pubsub-interop");
-    let broker = Mosquitto::start(dir.path()).await;
+    let broker = Mosquitto::start(dir.path(), 0, "").await;
     let port = broker.port.to_string();
     // mosquitto_pub → m2m sub, MQTT 5 properties included.
     let sub = Subscriber::m2m(&["-p", &port, "-t", "i/#", "--format", "json", "-C", "2", "-q", "2"]).await;

@@ -12,7 +12,8 @@ mod common;
 use std::process::Output;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use common::{m2m, text, Mosquitto, RunningNode};
+use common::{m2m, text, RunningNode};
+use m2m_test::Mosquitto;
 use m2m_test::TempDir;
 use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS};
 use serde_json::Value;
@@ -424,7 +425,7 @@ async fn machines_reconnect_when_the_broker_comes_back_and_stop_after_their_dura
 #[tokio::test]
 async fn simulated_machines_work_against_mosquitto() {
     let dir = TempDir::new("sim-mosquitto");
-    let mosquitto = Mosquitto::start(dir.path()).await;
+    let mosquitto = Mosquitto::start(dir.path(), 0, "").await;
     let port = mosquitto.port;
     let mut watch = Watch::start(port, "plant-watch", "factory/#").await;
     let child = sim(port, &["factory", "--machines", "1", "--rate", "5", "--qos", "2", "--protocol", "4"]);

@@ -183,34 +183,3 @@ impl RunningNode {
         assert!(exit.expect("the node stops within 10 s").expect("wait").success());
     }
 }
-
-/// A Mosquitto broker (the Debian package's `/usr/sbin/mosquitto`) with one anonymous listener on a
-/// loopback port, configured and logging in `dir`; killed on drop.
-pub(crate) struct Mosquitto {
-    pub(crate) port: u16,
-    _child: Child,
-}
-
-impl Mosquitto {
-    pub(crate) async fn start(dir: &std::path::Path) -> Mosquitto {
-        let port = free_port();
-        let conf = dir.join("mosquitto.conf");
-        let text = format!(
-            "listener {port} 127.0.0.1\nallow_anonymous true\nlog_dest file {}\n\
-             # Run as root (a container), it would otherwise switch to the user mosquitto.\nuser root\n",
-            dir.join("mosquitto.log").display(),
-        );
-        std::fs::write(&conf, text).expect("write mosquitto.conf");
-        let mut child = Command::new("/usr/sbin/mosquitto")
-            .arg("-c")
-            .arg(&conf)
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .kill_on_drop(true)
-            .spawn()
-            .expect("start /usr/sbin/mosquitto (Debian package mosquitto)");
-        wait_until_listening(&mut child, SocketAddr::from(([127, 0, 0, 1], port))).await;
-        Mosquitto { port, _child: child }
-    }
-}
