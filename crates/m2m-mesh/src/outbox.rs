@@ -10,8 +10,11 @@
 //! ```
 //!
 //! - Each node announces the filters its sessions subscribe to (`m2m/i/<node>`, also answered as a
-//!   query); every node keeps the filters of the others in its store, so that a message for a node
-//!   that is down now still goes into that node's outbox.
+//!   query), stamped with its run and a version that grows with each change: an announcement older
+//!   than the one held (a query's answer overtaken by a later put) is dropped. Every few seconds a
+//!   node puts the stamp alone (`m2m/iv/<node>`); a node holding another stamp asks again, so a lost
+//!   announcement is made good. Every node keeps the filters of the others in its store, so that a
+//!   message for a node that is down now still goes into that node's outbox.
 //! - A message enters the outbox while the router handles the publish, before the publisher's
 //!   acknowledgement: once acknowledged, it is kept. Frames are numbered per destination and run of
 //!   the origin, from 1.
@@ -47,6 +50,10 @@ pub const OUT_PREFIX: &str = "m2m/o";
 pub const ACK_PREFIX: &str = "m2m/a";
 /// The filters a node's sessions subscribe to: `m2m/i/<node>`.
 pub const INTEREST_PREFIX: &str = "m2m/i";
+/// The stamp (run, version) of a node's filters, put every [`STAMP_EVERY`]: `m2m/iv/<node>`.
+pub const STAMP_PREFIX: &str = "m2m/iv";
+/// How often a node puts the stamp of its filters.
+pub(crate) const STAMP_EVERY: Duration = Duration::from_secs(5);
 
 /// Unacknowledged messages per destination at most.
 pub const WINDOW: usize = 8192;
@@ -85,28 +92,54 @@ struct Dest {
     wake: Notify,
 }
 
+/// A node's filters as it announces them: the run of the node (its start time) and the version of
+/// the set within that run, which grows with each change.
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub(crate) struct Announcement {
+    pub(crate) run: u64,
+    pub(crate) version: u64,
+    pub(crate) filters: Vec<String>,
+}
+
+impl Announcement {
+    /// Reads an announcement: the stamped form, or a bare list of filters (run and version 0).
+    fn parse(bytes: &[u8]) -> Option<Announcement> {
+        if let Ok(a) = serde_json::from_slice::<Announcement>(bytes) {
+            return Some(a);
+        }
+        let filters = serde_json::from_slice::<Vec<String>>(bytes).ok()?;
+        Some(Announcement { run: 0, version: 0, filters })
+    }
+
+    /// Whether it is to replace `held`: a later version of the same run, or another run (a node's
+    /// runs are told apart, not ordered: its clock may have been set back between them).
+    fn supersedes(&self, held: Option<&Announcement>) -> bool {
+        held.is_none_or(|h| h.run != self.run || h.version < self.version)
+    }
+}
+
 /// What the mesh knows of the other nodes' filters.
 #[derive(Default)]
 struct Peers {
-    filters: BTreeMap<String, Vec<String>>,
+    held: BTreeMap<String, Announcement>,
     ids: Vec<Arc<str>>,
     trie: SubscriptionTrie<usize, ()>,
 }
 
 impl Peers {
-    fn build(filters: BTreeMap<String, Vec<String>>) -> Peers {
+    fn build(held: BTreeMap<String, Announcement>) -> Peers {
         let mut trie = SubscriptionTrie::new();
         let mut ids = Vec::new();
-        for (node, list) in &filters {
+        for (node, a) in &held {
             let index = ids.len();
             ids.push(Arc::from(node.as_str()));
-            for f in list {
+            for f in &a.filters {
                 if let Ok(filter) = TopicFilter::try_from(f.as_str()) {
                     trie.insert(&Subscription::Plain(filter), index, ());
                 }
             }
         }
-        Peers { filters, ids, trie }
+        Peers { held, ids, trie }
     }
 
     fn matching(&self, topic: &m2m_topic::TopicName) -> Vec<Arc<str>> {
@@ -140,8 +173,10 @@ pub(crate) struct Reliable {
     /// The last number taken per (origin, run).
     inbox: Mutex<HashMap<(Arc<str>, u64), u64>>,
     inbound: mpsc::Sender<Inbound>,
-    peer_updates: mpsc::Sender<(String, Vec<String>)>,
-    my_filters: Mutex<Vec<String>>,
+    peer_updates: mpsc::Sender<(String, Announcement)>,
+    mine: Mutex<Announcement>,
+    /// The nodes being asked for their filters now.
+    asking: Mutex<HashSet<String>>,
     pub(crate) stats: OutboxStats,
     mesh_stats: Arc<MeshStats>,
 }
@@ -209,7 +244,8 @@ impl Reliable {
             inbox: Mutex::new(inbox),
             inbound: inbound_tx,
             peer_updates: peer_tx,
-            my_filters: Mutex::new(Vec::new()),
+            mine: Mutex::new(Announcement { run: boot, version: 0, filters: Vec::new() }),
+            asking: Mutex::new(HashSet::new()),
             stats: OutboxStats::default(),
             mesh_stats,
         });
@@ -245,12 +281,18 @@ impl Reliable {
             .declare_queryable(format!("{INTEREST_PREFIX}/{me}"))
             .callback(move |q| {
                 guarded(&r.mesh_stats, || {
-                    let filters = r.my_filters.lock().unwrap_or_else(PoisonError::into_inner).clone();
-                    let body = serde_json::to_vec(&filters).unwrap_or_default();
+                    let body = serde_json::to_vec(&*r.mine.lock().unwrap_or_else(PoisonError::into_inner))
+                        .unwrap_or_default();
                     let key = format!("{INTEREST_PREFIX}/{}", r.node_id);
                     let _ = zenoh::Wait::wait(q.reply(key, body));
                 });
             })
+            .background()
+            .await;
+        let r = rel.clone();
+        let stamps = session
+            .declare_subscriber(format!("{STAMP_PREFIX}/*"))
+            .callback(move |s| guarded(&r.mesh_stats, || r.on_stamp(&s)))
             .background()
             .await;
         let r = rel.clone();
@@ -261,9 +303,10 @@ impl Reliable {
             .callback(move |s| guarded(&r.mesh_stats, || r.on_liveliness(&s)))
             .background()
             .await;
-        for result in [out, acks, interest, queryable, nodes] {
+        for result in [out, acks, interest, queryable, stamps, nodes] {
             result.map_err(|e| e.to_string())?;
         }
+        tokio::spawn(stamp_loop(Arc::downgrade(&rel)));
         Ok(rel)
     }
 
@@ -324,12 +367,59 @@ impl Reliable {
         }
     }
 
-    /// Announces this node's filters to the others.
+    /// Announces this node's filters to the others (a new version if they changed).
     pub(crate) async fn announce(&self, filters: &[String]) {
-        *self.my_filters.lock().unwrap_or_else(PoisonError::into_inner) = filters.to_vec();
-        let body = serde_json::to_vec(filters).unwrap_or_default();
+        let body = {
+            let mut mine = self.mine.lock().unwrap_or_else(PoisonError::into_inner);
+            if mine.filters != filters {
+                mine.filters = filters.to_vec();
+                mine.version += 1;
+            }
+            serde_json::to_vec(&*mine).unwrap_or_default()
+        };
         if let Err(e) = self.session.put(format!("{INTEREST_PREFIX}/{}", self.node_id), body).await {
             warn!(error = %e, "mesh interest not announced");
+        }
+    }
+
+    /// Puts the stamp (run, version) of this node's filters.
+    async fn put_stamp(&self) {
+        let mut body = Vec::with_capacity(16);
+        {
+            let mine = self.mine.lock().unwrap_or_else(PoisonError::into_inner);
+            body.put_u64(mine.run);
+            body.put_u64(mine.version);
+        }
+        if let Err(e) = self.session.put(format!("{STAMP_PREFIX}/{}", self.node_id), body).await {
+            debug!(error = %e, "mesh interest stamp not put");
+        }
+    }
+
+    /// Another node's stamp: if the filters held for it are of another run or an older version, asks
+    /// it for them.
+    fn on_stamp(self: &Arc<Self>, sample: &Sample) {
+        let Some(node) =
+            sample.key_expr().as_str().strip_prefix(STAMP_PREFIX).and_then(|r| r.strip_prefix('/'))
+        else {
+            return;
+        };
+        let bytes = sample.payload().to_bytes();
+        let (Some(run), Some(version)) = (
+            bytes.get(..8).and_then(|b| b.try_into().ok()).map(u64::from_be_bytes),
+            bytes.get(8..16).and_then(|b| b.try_into().ok()).map(u64::from_be_bytes),
+        ) else {
+            self.mesh_stats.malformed.fetch_add(1, Ordering::Relaxed);
+            return;
+        };
+        if *node == *self.node_id {
+            return;
+        }
+        let peers = self.peers.read().unwrap_or_else(PoisonError::into_inner).clone();
+        let stamped = Announcement { run, version, filters: Vec::new() };
+        if stamped.supersedes(peers.held.get(node)) {
+            debug!(node, run, version, "mesh node's filters behind its stamp: asking again");
+            let (r, node) = (self.clone(), node.to_owned());
+            self.runtime.spawn(async move { r.fetch_interest(&node).await });
         }
     }
 
@@ -364,13 +454,38 @@ impl Reliable {
         }
     }
 
+    /// Asks `node` for its filters, again a few times while it is reachable and gives no answer
+    /// (its queryable may not be known here yet when its liveliness token is); once at a time.
     async fn fetch_interest(&self, node: &str) {
-        let Ok(replies) = self.session.get(format!("{INTEREST_PREFIX}/{node}")).await else { return };
-        while let Ok(reply) = replies.recv_async().await {
-            if let Ok(sample) = reply.result() {
-                self.interest_sample(sample);
+        if !self.asking.lock().unwrap_or_else(PoisonError::into_inner).insert(node.to_owned()) {
+            return;
+        }
+        self.ask(node).await;
+        self.asking.lock().unwrap_or_else(PoisonError::into_inner).remove(node);
+    }
+
+    async fn ask(&self, node: &str) {
+        let mut wait = Duration::from_millis(100);
+        for _ in 0..8 {
+            if let Ok(replies) = self.session.get(format!("{INTEREST_PREFIX}/{node}")).await {
+                let mut answered = false;
+                while let Ok(reply) = replies.recv_async().await {
+                    if let Ok(sample) = reply.result() {
+                        answered = true;
+                        self.interest_sample(sample);
+                    }
+                }
+                if answered {
+                    return;
+                }
+            }
+            tokio::time::sleep(wait).await;
+            wait = (wait * 2).min(STAMP_EVERY);
+            if !self.is_alive(node) {
+                return;
             }
         }
+        debug!(node, "mesh node did not answer for its filters");
     }
 
     fn interest_sample(&self, sample: &Sample) {
@@ -382,11 +497,11 @@ impl Reliable {
         if *node == *self.node_id {
             return;
         }
-        let Ok(filters) = serde_json::from_slice::<Vec<String>>(&sample.payload().to_bytes()) else {
+        let Some(announcement) = Announcement::parse(&sample.payload().to_bytes()) else {
             self.mesh_stats.malformed.fetch_add(1, Ordering::Relaxed);
             return;
         };
-        if self.peer_updates.try_send((node.to_owned(), filters)).is_err() {
+        if self.peer_updates.try_send((node.to_owned(), announcement)).is_err() {
             warn!(node, "mesh interest update dropped: too many at once");
         }
     }
@@ -480,21 +595,20 @@ impl Reliable {
 
     /// The filters of the other nodes, as last heard.
     pub(crate) fn peer_filters(&self) -> BTreeMap<String, Vec<String>> {
-        self.peers.read().unwrap_or_else(PoisonError::into_inner).filters.clone()
+        let peers = self.peers.read().unwrap_or_else(PoisonError::into_inner).clone();
+        peers.held.iter().map(|(node, a)| (node.clone(), a.filters.clone())).collect()
     }
 }
 
-type Loaded = (BTreeMap<String, Vec<String>>, HashMap<(Arc<str>, u64), u64>, Vec<(String, u64)>);
+type Loaded = (BTreeMap<String, Announcement>, HashMap<(Arc<str>, u64), u64>, Vec<(String, u64)>);
 
 fn load(store: &Store) -> Result<Loaded, String> {
     let mut peers = BTreeMap::new();
     let mut inbox = HashMap::new();
     for (k, v) in store.records(Table::Mesh).map_err(|e| e.to_string())? {
         if let Some(node) = k.strip_prefix(b"peer\0") {
-            if let (Ok(node), Ok(filters)) =
-                (std::str::from_utf8(node), serde_json::from_slice::<Vec<String>>(&v))
-            {
-                peers.insert(node.to_owned(), filters);
+            if let (Ok(node), Some(a)) = (std::str::from_utf8(node), Announcement::parse(&v)) {
+                peers.insert(node.to_owned(), a);
             }
         } else if let Some(rest) = k.strip_prefix(b"in\0") {
             if rest.len() > 9 && v.len() == 8 {
@@ -527,21 +641,32 @@ fn load(store: &Store) -> Result<Loaded, String> {
     Ok((peers, inbox, backlogs))
 }
 
-/// Applies other nodes' filter announcements, keeping them in the store.
-async fn peer_loop(rel: Arc<Reliable>, mut rx: mpsc::Receiver<(String, Vec<String>)>) {
-    while let Some((node, filters)) = rx.recv().await {
-        let mut all = rel.peer_filters();
-        if all.get(&node) == Some(&filters) {
+/// Applies other nodes' filter announcements, newer than those held, keeping them in the store.
+async fn peer_loop(rel: Arc<Reliable>, mut rx: mpsc::Receiver<(String, Announcement)>) {
+    while let Some((node, a)) = rx.recv().await {
+        let mut all = rel.peers.read().unwrap_or_else(PoisonError::into_inner).held.clone();
+        if !a.supersedes(all.get(&node)) {
             continue;
         }
-        debug!(%node, filters = filters.len(), "mesh node's filters updated");
+        debug!(%node, run = a.run, version = a.version, filters = a.filters.len(), "mesh node's filters updated");
         let mut batch = rel.store.batch();
-        batch.put_record(Table::Mesh, &peer_key(&node), serde_json::to_vec(&filters).unwrap_or_default());
+        batch.put_record(Table::Mesh, &peer_key(&node), serde_json::to_vec(&a).unwrap_or_default());
         if let Err(e) = batch.commit() {
             warn!(error = %e, "mesh peer filters not kept");
         }
-        all.insert(node, filters);
+        all.insert(node, a);
         *rel.peers.write().unwrap_or_else(PoisonError::into_inner) = Arc::new(Peers::build(all));
+    }
+}
+
+/// Puts this node's stamp every [`STAMP_EVERY`] while the mesh runs.
+async fn stamp_loop(rel: std::sync::Weak<Reliable>) {
+    let mut tick = tokio::time::interval(STAMP_EVERY);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        let Some(rel) = rel.upgrade() else { return };
+        rel.put_stamp().await;
     }
 }
 
@@ -800,5 +925,31 @@ mod tests {
         ack.put_u64(2);
         assert_eq!(read_ack(&ack), Some(("c", 5, 2)));
         assert_eq!(read_ack(&ack[..ack.len() - 1]), None);
+    }
+
+    #[test]
+    fn an_announcement_replaces_only_an_older_version_of_the_same_run_or_another_run() {
+        let a = |run, version, filters: &[&str]| Announcement {
+            run,
+            version,
+            filters: filters.iter().map(|f| (*f).to_owned()).collect(),
+        };
+        let held = a(7, 3, &["plant/#"]);
+        assert!(a(7, 4, &[]).supersedes(Some(&held)));
+        // A query's answer overtaken by a later put: older, dropped; the same again: nothing new.
+        assert!(!a(7, 2, &[]).supersedes(Some(&held)));
+        assert!(!a(7, 3, &["plant/#"]).supersedes(Some(&held)));
+        // A restart, whatever its clock says.
+        assert!(a(6, 0, &[]).supersedes(Some(&held)));
+        assert!(a(8, 1, &[]).supersedes(Some(&held)));
+        assert!(a(0, 0, &[]).supersedes(None));
+
+        let text = serde_json::to_vec(&held).unwrap();
+        assert_eq!(Announcement::parse(&text), Some(held));
+        // The bare list of filters kept or sent before announcements were stamped.
+        assert_eq!(Announcement::parse(br#"["a/+","b"]"#), Some(a(0, 0, &["a/+", "b"])));
+        for bad in [&b""[..], b"{}", b"[1]", br#"{"run":1,"version":-1,"filters":[]}"#] {
+            assert_eq!(Announcement::parse(bad), None, "{}", String::from_utf8_lossy(bad));
+        }
     }
 }

@@ -22,8 +22,8 @@ use m2m_codec::{
 use m2m_mesh::{Route, Uplink, UplinkConfig, UplinkStatus};
 use m2m_store::StoreConfig;
 use m2m_test::{
-    expect_raw_publish, pid, raw_connect_ok, raw_publish, raw_subscribe, v5_connect, within, Mosquitto,
-    RawClient, TempDir, TestBroker,
+    expect_raw_publish, free_port, pid, raw_connect_ok, raw_publish, raw_subscribe, v5_connect, within,
+    Mosquitto, RawClient, TempDir, TestBroker,
 };
 use rumqttc::v5::mqttbytes::v5::{Packet as RPacket, Publish as RPublish, PublishProperties as RProps};
 use rumqttc::v5::mqttbytes::QoS as RQoS;
@@ -33,10 +33,6 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::process::Command;
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
-}
 
 /// A node with a store whose tap is `uplink`, the uplink started on it.
 async fn node(dir: &TempDir, uplink: &Uplink) -> TestBroker {

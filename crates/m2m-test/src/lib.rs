@@ -25,6 +25,34 @@ pub use disk::{fill_disk, noise, Tmpfs};
 pub use http::{http, sse, HttpReply, SseStream};
 pub use mosquitto::Mosquitto;
 
+/// A loopback port that was free a moment ago, for a process that must be told its port before it
+/// starts (or come back on the same one after a restart).
+///
+/// The port is taken below the kernel's ephemeral range, so the local end of some outgoing connection
+/// cannot take it between this call and the bind, nor while a node that used it restarts; and from a
+/// sequence of its own per test process, so two tests of one run never get the same one.
+pub fn free_port() -> u16 {
+    use std::sync::atomic::{AtomicU32, Ordering};
+    const LOWEST: u32 = 10_000;
+    static NEXT: AtomicU32 = AtomicU32::new(0);
+    let ephemeral_low = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|range| range.split_whitespace().next()?.parse::<u32>().ok())
+        .filter(|low| *low > LOWEST + 1_000)
+        .unwrap_or(32_768);
+    let span = ephemeral_low - LOWEST;
+    // Test processes running side by side start at different places.
+    let start = std::process::id().wrapping_mul(7_919) % span;
+    for _ in 0..span {
+        let n = NEXT.fetch_add(1, Ordering::Relaxed);
+        let Ok(port) = u16::try_from(LOWEST + start.wrapping_add(n) % span) else { continue };
+        if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
+    panic!("no free loopback port below {ephemeral_low}");
+}
+
 /// The longest any single test step may take.
 pub const STEP_LIMIT: Duration = Duration::from_secs(10);
 

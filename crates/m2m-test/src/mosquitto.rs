@@ -22,7 +22,7 @@ impl Mosquitto {
     /// # Panics
     /// When it cannot be started or does not listen within [`crate::STEP_LIMIT`].
     pub async fn start(dir: &Path, port: u16, extra: &str) -> Mosquitto {
-        let port = if port == 0 { free_port() } else { port };
+        let port = if port == 0 { crate::free_port() } else { port };
         let conf = dir.join("mosquitto.conf");
         let text = format!(
             "per_listener_settings true\nlistener {port} 127.0.0.1\nallow_anonymous true\npersistence true\n\
@@ -63,10 +63,4 @@ impl Mosquitto {
         assert!(status.success(), "kill -TERM {pid}");
         crate::within(self.child.wait()).await.expect("wait for mosquitto");
     }
-}
-
-/// A loopback port that was free a moment ago.
-fn free_port() -> u16 {
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind a probe listener");
-    listener.local_addr().expect("probe address").port()
 }

@@ -8,10 +8,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use m2m_codec::{ConnAck, Connect, ConnectProperties, Disconnect, Packet, ProtocolVersion, ReasonCode};
-use m2m_test::{within, RawClient, TempDir};
+use m2m_test::{free_port, within, RawClient, TempDir};
 
 mod common;
-use common::{free_port, m2m, run, text, wait_until_listening};
+use common::{m2m, run, text, wait_until_listening};
 use rumqttc::{AsyncClient, Event, MqttOptions, Packet as RPacket, QoS};
 
 #[tokio::test]

@@ -16,12 +16,12 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use m2m_codec::{Ack, Packet, ProtocolVersion, QoS as MqttQoS};
-use m2m_test::{persistent_connect, raw_connect, raw_subscribe, RawClient, TempDir};
+use m2m_test::{free_port, persistent_connect, raw_connect, raw_subscribe, RawClient, TempDir};
 use rumqttc::{AsyncClient, Event, MqttOptions, Outgoing, Packet as RPacket, QoS};
 use tokio::process::Child;
 
 mod common;
-use common::{free_port, m2m, wait_until_listening};
+use common::{m2m, wait_until_listening};
 
 const PUBLISHERS: [(&str, QoS); 4] =
     [("p1", QoS::AtLeastOnce), ("p2", QoS::AtLeastOnce), ("p3", QoS::ExactlyOnce), ("p4", QoS::ExactlyOnce)];

@@ -9,8 +9,8 @@ use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use common::{free_port, m2m};
-use m2m_test::{http, within};
+use common::m2m;
+use m2m_test::{free_port, http, within};
 use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS};
 use serde_json::{json, Value};
 use tokio::io::{AsyncBufReadExt, BufReader};

@@ -92,7 +92,7 @@ async fn devices_added_with_the_cli_log_in_to_a_node_started_on_that_data_direct
     assert!(fails(&["device", "--data-dir", d, "add", "lamp-1"]).await.contains("exists already"));
     assert!(fails(&["device", "--data-dir", d, "rm", "ghost"]).await.contains("no device \"ghost\""));
 
-    let port = common::free_port();
+    let port = m2m_test::free_port();
     let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
     let listen = addr.to_string();
     let mut node =
@@ -180,7 +180,7 @@ async fn a_client_banned_with_the_cli_is_refused_by_the_node_and_released_with_i
     .await
     .contains("a number and a unit"));
 
-    let port = common::free_port();
+    let port = m2m_test::free_port();
     let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
     let listen = addr.to_string();
     let start =
@@ -232,7 +232,7 @@ async fn http(addr: SocketAddr, method: &str, path: &str, body: &str) -> (u16, S
 #[tokio::test]
 async fn a_running_node_is_managed_over_its_http_api() {
     let dir = TempDir::new("cli-http");
-    let (mqtt, api) = (common::free_port(), common::free_port());
+    let (mqtt, api) = (m2m_test::free_port(), m2m_test::free_port());
     let addr: SocketAddr = format!("127.0.0.1:{mqtt}").parse().unwrap();
     let api: SocketAddr = format!("127.0.0.1:{api}").parse().unwrap();
     let mut node =
@@ -486,7 +486,7 @@ async fn a_client_banned_with_the_cli_on_a_running_node_is_disconnected_at_once(
 async fn with_the_store_in_use_the_cli_falls_back_to_the_configured_api_of_the_running_node() {
     let dir = TempDir::new("cli-fallback");
     let d = dir.as_str();
-    let listen = format!("127.0.0.1:{}", common::free_port());
+    let listen = format!("127.0.0.1:{}", m2m_test::free_port());
     let env = [("M2M_HTTP_LISTEN", listen.as_str())];
     let node = RunningNode::start(d, &env).await;
     assert_eq!(node.api.to_string(), listen);
@@ -516,7 +516,7 @@ async fn with_the_store_in_use_the_cli_falls_back_to_the_configured_api_of_the_r
     );
 
     // No API where the configuration says: both problems named.
-    let elsewhere = format!("127.0.0.1:{}", common::free_port());
+    let elsewhere = format!("127.0.0.1:{}", m2m_test::free_port());
     let err = fails_env(&["device", "--data-dir", d, "list"], &[("M2M_HTTP_LISTEN", &elsewhere)]).await;
     assert!(
         err.contains(&format!("the store in {d}")) && err.contains("is in use by a running node"),
@@ -532,7 +532,7 @@ async fn with_the_store_in_use_the_cli_falls_back_to_the_configured_api_of_the_r
 async fn a_node_with_an_api_token_serves_the_cli_only_with_that_token() {
     let dir = TempDir::new("cli-token");
     let d = dir.as_str();
-    let listen = format!("127.0.0.1:{}", common::free_port());
+    let listen = format!("127.0.0.1:{}", m2m_test::free_port());
     let node =
         RunningNode::start(d, &[("M2M_HTTP_LISTEN", &listen), ("M2M_HTTP_TOKEN", "s3cret-token")]).await;
     let url = node.url();
@@ -566,7 +566,7 @@ async fn the_api_address_must_be_plain_http_and_reachable() {
     assert!(err.contains("invalid API URL \"https://127.0.0.1:8443\": https is not supported"), "{err}");
     let err = fails(&["device", "--api", "127.0.0.1:8080", "list"]).await;
     assert!(err.contains("expected an http:// URL"), "{err}");
-    let nobody = format!("http://127.0.0.1:{}", common::free_port());
+    let nobody = format!("http://127.0.0.1:{}", m2m_test::free_port());
     let err = fails(&["group", "--api", &nobody, "list"]).await;
     assert!(err.contains(&format!("cannot connect to the HTTP API at {nobody}: ")), "{err}");
     // M2M_API is the CLI's, not a setting of the node's configuration.

@@ -9,11 +9,11 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use m2m_codec::{Packet, PublishProperties, QoS};
-use m2m_test::{raw_connect_ok, raw_publish, raw_subscribe, v5_connect, RawClient, TempDir};
+use m2m_test::{free_port, raw_connect_ok, raw_publish, raw_subscribe, v5_connect, RawClient, TempDir};
 use tokio::process::Child;
 
 mod common;
-use common::{free_port, m2m, wait_until_listening};
+use common::{m2m, wait_until_listening};
 
 /// A node of the test mesh: its process, MQTT address and HTTP API.
 struct Node {
@@ -198,10 +198,13 @@ async fn in_a_triangle_no_message_loops_or_arrives_twice() {
     }
     let mut pub_a = client(&a, "pub-a").await;
     let mut pub_c = client(&c, "pub-c").await;
+    // Every way a message goes below: A to B and C, C to A and B.
     for (i, name) in ["b", "c"].into_iter().enumerate() {
         until_routed(&mut pub_a, &mut subs[i + 1], &format!("probe/{name}")).await;
     }
-    until_routed(&mut pub_c, &mut subs[0], "probe/a").await;
+    for (i, name) in ["a", "b"].into_iter().enumerate() {
+        until_routed(&mut pub_c, &mut subs[i], &format!("probe/{name}")).await;
+    }
 
     for i in 0..20u16 {
         publish(
@@ -260,6 +263,51 @@ async fn garbage_on_the_mesh_key_space_is_dropped_and_the_link_keeps_working() {
     assert_eq!(&p.payload[..], b"real", "only the real message arrives");
     assert!(next(&mut sub_b, Duration::from_millis(300)).await.is_none());
     rogue.close().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_false_announcement_of_a_nodes_filters_is_set_right_by_that_nodes_stamp() {
+    let dir = TempDir::new("mesh-stamp");
+    let pa = free_port();
+    let a = node(&dir, "a", pa, &[]).await;
+    let b = node(&dir, "b", free_port(), &[pa]).await;
+    let mut sub_b = client(&b, "sub-b").await;
+    raw_subscribe(&mut sub_b, 1, &[("plant/#", QoS::AtLeastOnce), ("probe/b", QoS::AtMostOnce)]).await;
+    let mut pub_a = client(&a, "pub-a").await;
+    until_routed(&mut pub_a, &mut sub_b, "probe/b").await;
+
+    // A foreign peer tells A, in B's name, that B wants nothing: A stops keeping QoS 1 for B.
+    let config = format!(
+        r#"{{"mode": "peer", "connect": {{"endpoints": ["tcp/127.0.0.1:{pa}"]}}, "listen": {{"endpoints": []}},
+            "scouting": {{"multicast": {{"enabled": false}}, "gossip": {{"enabled": false}}}}}}"#
+    );
+    let rogue = zenoh::open(zenoh::Config::from_json5(&config).unwrap()).await.unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let false_at = loop {
+        rogue.put("m2m/i/b", r#"{"run":1,"version":1000,"filters":[]}"#).await.unwrap();
+        let held = status(&a).await;
+        if node_entry(&held, "b")["filters"] == serde_json::json!([]) {
+            break Instant::now();
+        }
+        assert!(Instant::now() < deadline, "A never took the false announcement: {held}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    rogue.close().await.unwrap();
+
+    // B's next stamp (every 5 s) does not match what A holds: A asks B again and sends B what it
+    // wants.
+    let deadline = false_at + Duration::from_secs(10);
+    loop {
+        let held = status(&a).await;
+        if node_entry(&held, "b")["filters"] == serde_json::json!(["plant/#", "probe/b"]) {
+            break;
+        }
+        assert!(Instant::now() < deadline, "A never got B's filters back: {held}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    publish(&mut pub_a, "plant/1/temp", QoS::AtLeastOnce, 1, "kept", PublishProperties::default()).await;
+    let p = next(&mut sub_b, Duration::from_secs(5)).await.expect("B gets its QoS 1 message");
+    assert_eq!((&p.payload[..], p.qos), (&b"kept"[..], QoS::AtLeastOnce));
 }
 
 /// Publishes `count` messages `<tag>-<n>` on `topic` at `rate` per second; returns how many the node

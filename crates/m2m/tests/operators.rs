@@ -10,8 +10,8 @@ use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use common::{free_port, m2m, run, text, wait_until_listening};
-use m2m_test::{http, within, TempDir};
+use common::{m2m, run, text, wait_until_listening};
+use m2m_test::{free_port, http, within, TempDir};
 use serde_json::json;
 use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::process::Child;

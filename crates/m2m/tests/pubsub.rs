@@ -17,7 +17,8 @@ use std::path::Path;
 use std::process::{ExitStatus, Stdio};
 use std::time::Duration;
 
-use common::{free_port, m2m, text, RunningNode, EXIT_LIMIT};
+use common::{m2m, text, RunningNode, EXIT_LIMIT};
+use m2m_test::free_port;
 use m2m_test::Mosquitto;
 use m2m_test::TempDir;
 use serde_json::{json, Value};

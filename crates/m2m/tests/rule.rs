@@ -317,7 +317,7 @@ async fn rules_added_on_a_stopped_node_are_loaded_and_run_when_it_starts() {
     );
 
     // The node loads them; with its store in use, the CLI finds its API from the configuration.
-    let listen = format!("127.0.0.1:{}", common::free_port());
+    let listen = format!("127.0.0.1:{}", m2m_test::free_port());
     let env = [("M2M_HTTP_LISTEN", listen.as_str())];
     let node = RunningNode::start(d, &env).await;
     let rows = table(&ok_env(&["rule", "--data-dir", d, "list"], &env).await);

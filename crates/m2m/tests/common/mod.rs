@@ -1,7 +1,7 @@
 //! Helpers shared by the tests that run the built `m2m` binary as a child process.
 #![allow(dead_code)]
 
-use std::net::{SocketAddr, TcpListener};
+use std::net::SocketAddr;
 use std::process::{Output, Stdio};
 use std::time::{Duration, Instant};
 
@@ -40,12 +40,6 @@ pub(crate) async fn run(mut cmd: Command) -> Output {
 
 pub(crate) fn text(bytes: &[u8]) -> String {
     String::from_utf8_lossy(bytes).into_owned()
-}
-
-/// A port that was free a moment ago (the node does not report the port it bound yet).
-pub(crate) fn free_port() -> u16 {
-    let listener = TcpListener::bind("127.0.0.1:0").expect("bind a probe listener");
-    listener.local_addr().expect("probe address").port()
 }
 
 /// Waits until the node accepts TCP connections, failing early if it exits.
