@@ -16,7 +16,9 @@ pub use mesh::{
     guarded, Mesh, MeshAnswers, MeshConfig, MeshError, MeshStats, MeshStatus, MeshTls, NodeStatus,
     QueryHandler, DATA_PREFIX, NODE_PREFIX, PING_PREFIX, QUERY_PREFIX, RETAINED_PREFIX,
 };
-pub use outbox::{OutboxStats, ACK_PREFIX, INTEREST_PREFIX, OUT_PREFIX, RESEND_AFTER, STAMP_PREFIX, WINDOW};
+pub use outbox::{
+    OutboxStats, ACK_PREFIX, INTEREST_PREFIX, OUT_PREFIX, RESEND_AFTER, STAMP_EVERY, STAMP_PREFIX, WINDOW,
+};
 pub use uplink::{
     tls_client, Route, Uplink, UplinkConfig, UplinkError, UplinkStatus, SESSION_EXPIRY, STABLE_AFTER,
 };

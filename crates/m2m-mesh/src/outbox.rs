@@ -53,7 +53,7 @@ pub const INTEREST_PREFIX: &str = "m2m/i";
 /// The stamp (run, version) of a node's filters, put every [`STAMP_EVERY`]: `m2m/iv/<node>`.
 pub const STAMP_PREFIX: &str = "m2m/iv";
 /// How often a node puts the stamp of its filters.
-pub(crate) const STAMP_EVERY: Duration = Duration::from_secs(5);
+pub const STAMP_EVERY: Duration = Duration::from_secs(5);
 
 /// Unacknowledged messages per destination at most.
 pub const WINDOW: usize = 8192;
