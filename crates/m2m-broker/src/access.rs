@@ -17,8 +17,11 @@ use crate::detect::{Detectors, DetectorsConfig};
 
 /// Credentials remembered after a successful argon2 verification.
 const VERIFIED_CACHE: usize = 100_000;
-/// How long a CONNECT waits for a password verification slot before it is refused as busy.
-const VERIFY_WAIT: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// Half the cores, at least one.
+fn half_the_cores() -> usize {
+    (std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get) / 2).max(1)
+}
 
 /// The node's identity and access control: the device registry, behind a lock held only for
 /// lookups and changes (never across an await or a password verification).
@@ -37,10 +40,13 @@ pub struct AccessControl {
     /// Audit events to publish on `$SYS`, in order, by one task.
     announce: tokio::sync::mpsc::Sender<Arc<m2m_session::Message>>,
     cache: VerifiedCache,
-    /// Password hashes verified at once: half the cores (at least one). Each costs tens of milliseconds and megabytes,
-    /// so a flood of CONNECTs with wrong passwords waits here instead of taking every thread and the
-    /// memory they need; passwords verified before are answered from the cache without waiting.
+    /// Password hashes verified at once (half the cores unless set). Each costs tens of milliseconds
+    /// and megabytes, so a flood of CONNECTs with wrong passwords waits here instead of taking every
+    /// thread and the memory they need; passwords verified before are answered from the cache
+    /// without waiting.
     verifying: tokio::sync::Semaphore,
+    /// How long a CONNECT waits for a verification before it is refused as busy.
+    verify_wait: std::time::Duration,
     metrics: Arc<Metrics>,
     /// Parts of the node told of quarantines and releases (the rules engine).
     taps: Vec<Arc<dyn m2m_router::Tap>>,
@@ -151,12 +157,20 @@ impl AccessControl {
             router,
             runtime: tokio::runtime::Handle::current(),
             cache: VerifiedCache::new(VERIFIED_CACHE),
-            verifying: tokio::sync::Semaphore::new(
-                (std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get) / 2).max(1),
-            ),
+            verifying: tokio::sync::Semaphore::new(half_the_cores()),
+            verify_wait: std::time::Duration::from_secs(5),
             metrics,
             taps,
         }
+    }
+
+    /// Verifies at most `at_once` passwords at a time (0: half the cores, at least one); a CONNECT
+    /// that waits `wait` for a turn is refused as busy.
+    #[must_use]
+    pub fn with_password_checks(mut self, at_once: usize, wait: std::time::Duration) -> Self {
+        self.verifying = tokio::sync::Semaphore::new(if at_once == 0 { half_the_cores() } else { at_once });
+        self.verify_wait = wait;
+        self
     }
 
     /// The quarantine list, to read.
@@ -510,7 +524,7 @@ impl AccessControl {
         let (Some(phc), Some(password)) = (phc, password) else { return Err(Refused::BadCredentials) };
         let ok = self.cache.contains(username, password, &phc) || {
             // The semaphore is never closed; a CONNECT that cannot have a slot in time is refused.
-            let Ok(Ok(_slot)) = tokio::time::timeout(VERIFY_WAIT, self.verifying.acquire()).await else {
+            let Ok(Ok(_slot)) = tokio::time::timeout(self.verify_wait, self.verifying.acquire()).await else {
                 return Err(Refused::Busy);
             };
             let (owned, hash) = (password.to_vec(), phc.clone());

@@ -68,6 +68,12 @@ pub struct Config {
     pub packet_timeout: Duration,
     /// Limits on new connections per address and on handshakes in progress.
     pub admission: crate::gate::Admission,
+    /// Password verifications (argon2: tens of milliseconds and megabytes each) run at once; 0: half
+    /// the cores (at least one).
+    pub password_checks: usize,
+    /// How long a CONNECT waits for a password verification to be free; past it, CONNACK 0x89
+    /// (Server busy).
+    pub password_check_wait: Duration,
     /// Bytes of messages the node's queues may hold at once (connections' mailboxes, the history's
     /// write queue); past it QoS 0 deliveries are dropped and the history records a gap. 0: no limit.
     pub memory_budget: usize,
@@ -114,6 +120,8 @@ impl Default for Config {
             connect_timeout: Duration::from_secs(10),
             packet_timeout: Duration::from_secs(30),
             admission: crate::gate::Admission::default(),
+            password_checks: 0,
+            password_check_wait: Duration::from_secs(5),
             memory_budget: 256 << 20,
             max_keep_alive: 0,
             max_session_expiry: u32::MAX,

@@ -158,15 +158,18 @@ impl Broker {
         }
         let quarantine = Quarantine::open(store.clone())?;
         let audit = AuditLog::new(store.clone());
-        let access = Arc::new(AccessControl::new(
-            registry,
-            quarantine,
-            audit,
-            config.detectors,
-            metrics.clone(),
-            handle.clone(),
-            config.taps.clone(),
-        ));
+        let access = Arc::new(
+            AccessControl::new(
+                registry,
+                quarantine,
+                audit,
+                config.detectors,
+                metrics.clone(),
+                handle.clone(),
+                config.taps.clone(),
+            )
+            .with_password_checks(config.password_checks, config.password_check_wait),
+        );
         access.spawn_expiry();
         let started = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
         let shared = Shared {

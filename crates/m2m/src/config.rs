@@ -707,6 +707,8 @@ pub struct MqttSection {
     pub max_pending_connects: usize,
     pub accept_rate: f64,
     pub limit_loopback: bool,
+    pub password_checks: usize,
+    pub password_check_wait_ms: u64,
     pub max_keep_alive: u16,
     pub max_session_expiry: u32,
     pub max_packet_size: u32,
@@ -764,6 +766,8 @@ impl Default for MqttSection {
             max_pending_connects: b.admission.max_pending,
             accept_rate: b.admission.accept_rate,
             limit_loopback: !b.admission.exempt_loopback,
+            password_checks: b.password_checks,
+            password_check_wait_ms: u64::try_from(b.password_check_wait.as_millis()).unwrap_or(u64::MAX),
             max_keep_alive: b.max_keep_alive,
             max_session_expiry: b.max_session_expiry,
             max_packet_size: l.max_packet_size,
@@ -913,7 +917,7 @@ fn env_value(raw: &str) -> toml::Value {
 impl FileConfig {
     fn validate(&self) -> anyhow::Result<()> {
         let m = &self.mqtt;
-        let checks: [(bool, &str, &str); 14] = [
+        let checks: [(bool, &str, &str); 15] = [
             (m.receive_maximum == 0, "mqtt.receive_maximum", "must be at least 1"),
             (m.max_inflight == 0, "mqtt.max_inflight", "must be at least 1"),
             (m.max_packet_size < 128, "mqtt.max_packet_size", "must be at least 128 bytes"),
@@ -929,6 +933,7 @@ impl FileConfig {
             (m.max_topic_len == 0, "mqtt.max_topic_len", "must be at least 1"),
             (m.connect_timeout_secs == 0, "mqtt.connect_timeout_secs", "must be at least 1"),
             (m.packet_timeout_secs == 0, "mqtt.packet_timeout_secs", "must be at least 1"),
+            (m.password_check_wait_ms == 0, "mqtt.password_check_wait_ms", "must be at least 1"),
             (
                 !m.connect_rate_per_address.is_finite() || m.connect_rate_per_address < 0.0,
                 "mqtt.connect_rate_per_address",
@@ -1015,6 +1020,8 @@ impl FileConfig {
                 accept_rate: m.accept_rate,
                 exempt_loopback: !m.limit_loopback,
             },
+            password_checks: m.password_checks,
+            password_check_wait: Duration::from_millis(m.password_check_wait_ms),
             max_keep_alive: m.max_keep_alive,
             max_session_expiry: m.max_session_expiry,
             mailbox_capacity: m.mailbox_capacity,
@@ -1111,17 +1118,21 @@ mod tests {
             ("mqtt.connect_rate_per_address", toml::Value::Float(2.5)),
             ("mqtt.packet_timeout_secs", toml::Value::Integer(7)),
             ("mqtt.limit_loopback", toml::Value::Boolean(true)),
+            ("mqtt.password_checks", toml::Value::Integer(3)),
+            ("mqtt.password_check_wait_ms", toml::Value::Integer(250)),
         ];
         let b = load(None, env(&[]), &overrides).unwrap().broker().unwrap();
         assert_eq!(b.memory_budget, 64 << 20);
         assert_eq!((b.admission.max_per_address, b.admission.rate_per_address), (10, 2.5));
         assert_eq!(b.packet_timeout, Duration::from_secs(7));
         assert!(!b.admission.exempt_loopback);
+        assert_eq!((b.password_checks, b.password_check_wait), (3, Duration::from_millis(250)));
         let none = [("node.memory_budget", toml::Value::String("none".into()))];
         assert_eq!(load(None, env(&[]), &none).unwrap().broker().unwrap().memory_budget, 0);
         for (key, value, named) in [
             ("M2M_NODE_MEMORY_BUDGET", "lots", "node.memory_budget"),
             ("M2M_MQTT_PACKET_TIMEOUT_SECS", "0", "mqtt.packet_timeout_secs"),
+            ("M2M_MQTT_PASSWORD_CHECK_WAIT_MS", "0", "mqtt.password_check_wait_ms"),
             ("M2M_MQTT_CONNECT_RATE_PER_ADDRESS", "-1", "mqtt.connect_rate_per_address"),
         ] {
             let err = format!("{:#}", load(None, env(&[(key, value)]), &[]).unwrap_err());

@@ -197,6 +197,14 @@ fn assert_normal(before: &[Duration], during: &[Duration], what: &str) {
 }
 
 /// The node's resident memory, in MiB.
+/// The value of an unlabelled metric on the node's `/metrics`.
+async fn metric(node: &RunningNode, name: &str) -> f64 {
+    let metrics = http(node.api, "GET", "/metrics", &[], None).await.text();
+    let line =
+        metrics.lines().find(|l| l.starts_with(&format!("{name} "))).unwrap_or_else(|| panic!("no {name}"));
+    line.split_whitespace().nth(1).unwrap().parse().unwrap()
+}
+
 fn rss_mib(node: &RunningNode) -> u64 {
     let pid = node.child.id().unwrap();
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
@@ -374,6 +382,58 @@ async fn a_flood_of_wrong_passwords_from_many_addresses_neither_starves_good_cli
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connects_that_wait_too_long_for_a_password_check_are_told_the_server_is_busy() {
+    // One check at a time, a CONNECT waits 200 ms for its turn at most.
+    let config = "password_checks = 1\npassword_check_wait_ms = 200\n";
+    let devices = [("probe", "probe-pw"), ("victim", "right"), ("late", "late-pw")];
+    let mut s = scenario("busy-auth", config, &devices).await;
+    let (node, probe, before) = (&s.node, &mut s.probe, &s.before);
+    let to = node.mqtt;
+    let rejected_before = metric(node, "m2m_connections_rejected_total").await;
+
+    // 80 wrong passwords at once from 8 addresses (10 each, under the ban threshold): about 20 ms
+    // of argon2 each, one at a time, so most cannot have their turn within 200 ms.
+    let mut guesses = Vec::new();
+    for a in 0..8u8 {
+        for k in 0..10u32 {
+            guesses.push(tokio::spawn(async move {
+                let started = Instant::now();
+                let id = format!("guess-{a}-{k}");
+                let (outcome, _) = attempt(attacker(50 + a), to, &id, Some(("victim", "wrong"))).await;
+                (outcome, started.elapsed())
+            }));
+        }
+    }
+    let during = probe.round_trips(30, Duration::from_millis(10)).await;
+    let mut outcomes = Vec::new();
+    for g in guesses {
+        outcomes.push(tokio::time::timeout(Duration::from_secs(30), g).await.unwrap().unwrap());
+    }
+    let answered = |code| outcomes.iter().filter(|(o, _)| *o == Outcome::Answered(code)).count();
+    let (wrong, busy) =
+        (answered(ReasonCode::BAD_USER_NAME_OR_PASSWORD), answered(ReasonCode::SERVER_UNAVAILABLE));
+    let slowest_busy = outcomes
+        .iter()
+        .filter(|(o, _)| *o == Outcome::Answered(ReasonCode::SERVER_UNAVAILABLE))
+        .map(|(_, took)| *took)
+        .max();
+    eprintln!("80 wrong passwords: {wrong} checked and refused, {busy} told busy (slowest {slowest_busy:?})");
+    assert_eq!(wrong + busy, 80, "each is refused one way or the other: {outcomes:?}");
+    assert!(wrong >= 1 && busy >= 40, "{wrong} checked, {busy} busy");
+    // Told busy after the wait, not kept for the queue's length (80 x 20 ms).
+    assert!(slowest_busy.is_some_and(|t| t < Duration::from_millis(1500)), "{slowest_busy:?}");
+    // Refusals are counted; the probe, whose password was verified before, never queued.
+    let rejected = metric(node, "m2m_connections_rejected_total").await - rejected_before;
+    assert!(rejected >= 80.0, "{rejected} rejections counted");
+    assert_normal(before, &during, "busy password checks");
+
+    // Once the guesses are over, a device never verified before gets its turn.
+    let (late, _kept) = attempt(attacker(1), to, "late", Some(("late", "late-pw"))).await;
+    assert_eq!(late, Outcome::Answered(ReasonCode::SUCCESS));
+    s.node.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn half_sent_packets_cannot_hold_connections_or_handshake_slots() {
     let config = "connect_timeout_secs = 2\npacket_timeout_secs = 2\nmax_pending_connects = 100\n";
     let mut s = scenario("slowloris", config, &[]).await;
@@ -500,15 +560,8 @@ async fn subscribers_that_never_read_hit_their_limits_and_slow_no_one_else() {
     eprintln!("RSS {rss_before} -> {rss_during} MiB with 20 subscribers not reading");
     assert!(rss_during < rss_before + 100, "memory grew from {rss_before} to {rss_during} MiB");
     // The budget (32 MiB) was reached: QoS 0 deliveries and history records were refused.
-    let metrics = http(node.api, "GET", "/metrics", &[], None).await.text();
-    let value = |name: &str| -> f64 {
-        let line = metrics
-            .lines()
-            .find(|l| l.starts_with(&format!("{name} ")))
-            .unwrap_or_else(|| panic!("no {name}"));
-        line.split_whitespace().nth(1).unwrap().parse().unwrap()
-    };
-    let (refused, budget) = (value("m2m_memory_refused_total"), value("m2m_memory_budget_bytes"));
+    let refused = metric(node, "m2m_memory_refused_total").await;
+    let budget = metric(node, "m2m_memory_budget_bytes").await;
     eprintln!("memory budget {budget} bytes, {refused} messages refused");
     assert_eq!(budget, f64::from(32u32 << 20));
     assert!(refused > 0.0, "the budget was never reached");
