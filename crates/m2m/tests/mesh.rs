@@ -13,7 +13,7 @@ use m2m_test::{free_port, raw_connect_ok, raw_publish, raw_subscribe, v5_connect
 use tokio::process::Child;
 
 mod common;
-use common::{m2m, wait_until_listening};
+use common::{m2m, spawn_drained, wait_until_listening};
 
 /// A node of the test mesh: its process, MQTT address and HTTP API.
 struct Node {
@@ -45,7 +45,7 @@ async fn node_at(
     for c in &connects {
         args.extend(["--mesh-connect", c.as_str()]);
     }
-    let mut process = m2m(&args).env("M2M_HTTP_LISTEN", &api).spawn().expect("start m2m");
+    let mut process = spawn_drained(m2m(&args).env("M2M_HTTP_LISTEN", &api));
     wait_until_listening(&mut process, mqtt).await;
     wait_until_listening(&mut process, api.parse().unwrap()).await;
     Node { _process: process, mqtt, api: format!("http://{api}") }
@@ -638,11 +638,11 @@ async fn an_uplink_in_the_config_file_carries_the_messages_of_the_whole_mesh_to_
     let config = dir.path().join("b.toml").to_str().unwrap().to_owned();
     let mesh_connect = format!("tcp/127.0.0.1:{pa}");
     let args = ["node", "--config", &config, "--listen", &listen, "--data-dir", &data, "--node-id", "b"];
-    let mut b = m2m(&args)
-        .args(["--mesh-connect", &mesh_connect, "--log-level", "warn"])
-        .env("M2M_HTTP_LISTEN", &b_api)
-        .spawn()
-        .unwrap();
+    let mut b = spawn_drained(
+        m2m(&args)
+            .args(["--mesh-connect", &mesh_connect, "--log-level", "warn"])
+            .env("M2M_HTTP_LISTEN", &b_api),
+    );
     wait_until_listening(&mut b, b_mqtt).await;
     let mut pub_a = client(&a, "pub-a").await;
     let deadline = Instant::now() + Duration::from_secs(20);
@@ -723,13 +723,13 @@ async fn tls_links_join_nodes_whose_certificates_the_site_ca_signed_and_no_other
                 args.extend(["--mesh-connect".to_owned(), format!("tls/localhost:{p}")]);
             }
             let args: Vec<&str> = args.iter().map(String::as_str).collect();
-            let mut process = m2m(&args)
-                .env("M2M_HTTP_LISTEN", &api)
-                .env("M2M_MESH_TLS_CA", file("ca.pem"))
-                .env("M2M_MESH_TLS_CERT", file("server.pem"))
-                .env("M2M_MESH_TLS_KEY", file("server.key"))
-                .spawn()
-                .unwrap();
+            let mut process = spawn_drained(
+                m2m(&args)
+                    .env("M2M_HTTP_LISTEN", &api)
+                    .env("M2M_MESH_TLS_CA", file("ca.pem"))
+                    .env("M2M_MESH_TLS_CERT", file("server.pem"))
+                    .env("M2M_MESH_TLS_KEY", file("server.key")),
+            );
             wait_until_listening(&mut process, mqtt).await;
             Node { _process: process, mqtt, api: format!("http://{api}") }
         }
@@ -764,12 +764,12 @@ async fn an_outbox_holds_at_most_its_limit_and_counts_what_it_drops() {
     let a_api = format!("127.0.0.1:{}", free_port());
     let (listen, data) = (a_mqtt.to_string(), dir.path().join("a").to_str().unwrap().to_owned());
     let mesh_listen = format!("tcp/127.0.0.1:{pa}");
-    let mut process = m2m(&["node", "--listen", &listen, "--data-dir", &data, "--node-id", "a"])
-        .args(["--mesh-listen", &mesh_listen, "--log-level", "warn"])
-        .env("M2M_HTTP_LISTEN", &a_api)
-        .env("M2M_MESH_OUTBOX_LIMIT", "10")
-        .spawn()
-        .unwrap();
+    let mut process = spawn_drained(
+        m2m(&["node", "--listen", &listen, "--data-dir", &data, "--node-id", "a"])
+            .args(["--mesh-listen", &mesh_listen, "--log-level", "warn"])
+            .env("M2M_HTTP_LISTEN", &a_api)
+            .env("M2M_MESH_OUTBOX_LIMIT", "10"),
+    );
     wait_until_listening(&mut process, a_mqtt).await;
     let a = Node { _process: process, mqtt: a_mqtt, api: format!("http://{a_api}") };
     let mut c = node(&dir, "c", pc, &[pa]).await;

@@ -42,6 +42,19 @@ pub(crate) fn text(bytes: &[u8]) -> String {
     String::from_utf8_lossy(bytes).into_owned()
 }
 
+/// Starts `cmd` and reads whatever the process writes to its standard output and error, so that a
+/// node that logs a lot (a mesh node whose peer is down, say) never waits on a full pipe.
+pub(crate) fn spawn_drained(cmd: &mut Command) -> Child {
+    let mut child = cmd.spawn().expect("start m2m");
+    if let Some(mut out) = child.stdout.take() {
+        tokio::spawn(async move { tokio::io::copy(&mut out, &mut tokio::io::sink()).await });
+    }
+    if let Some(mut err) = child.stderr.take() {
+        tokio::spawn(async move { tokio::io::copy(&mut err, &mut tokio::io::sink()).await });
+    }
+    child
+}
+
 /// Waits until the node accepts TCP connections, failing early if it exits.
 pub(crate) async fn wait_until_listening(node: &mut Child, addr: SocketAddr) {
     let deadline = Instant::now() + Duration::from_secs(10);
