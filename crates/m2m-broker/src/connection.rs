@@ -85,6 +85,17 @@ struct Conn<S> {
     last_read: Instant,
     /// How long a packet may take to arrive once it has begun.
     packet_timeout: std::time::Duration,
+    /// The node's memory budget, charged with the bytes of a packet being read beyond [`MAX_READ`]:
+    /// a large packet must fit in what is left of it as it arrives.
+    budget: Arc<m2m_session::MemoryBudget>,
+    /// Bytes of the read buffer charged to the budget now.
+    charged: usize,
+}
+
+impl<S> Drop for Conn<S> {
+    fn drop(&mut self) {
+        self.budget.release(self.charged);
+    }
 }
 
 impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
@@ -104,6 +115,8 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
             if self.read_buf.capacity() - self.read_buf.len() < self.read_hint {
                 self.read_buf.reserve(self.read_hint);
             }
+            // What the buffer holds now is one packet, incomplete.
+            self.charge_read_buffer()?;
             let spare = self.read_buf.capacity() - self.read_buf.len();
             let read = self.stream.read_buf(&mut self.read_buf);
             let n = match self.partial_since {
@@ -135,6 +148,23 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
             Metrics::add(&self.metrics.bytes_received, n as u64);
             Counters::add(&self.counters.bytes_in, n as u64);
         }
+    }
+
+    /// Charges the bytes in the read buffer beyond [`MAX_READ`] to the memory budget (or gives back
+    /// what it no longer holds). Called while the buffer holds one incomplete packet: only a packet
+    /// larger than that holds more, as its bytes arrive (the room reserved for the rest is not touched
+    /// until they do); one that does not fit in what is left of the budget ends the connection.
+    fn charge_read_buffer(&mut self) -> Result<(), ConnectionError> {
+        let wanted = self.read_buf.len().saturating_sub(MAX_READ);
+        if wanted > self.charged {
+            if !self.budget.try_charge(wanted - self.charged) {
+                return Err(ConnectionError::OverBudget);
+            }
+        } else {
+            self.budget.release(self.charged - wanted);
+        }
+        self.charged = wanted;
+        Ok(())
     }
 
     /// The next packet if it is already in the read buffer, without reading from the socket.
@@ -251,6 +281,8 @@ pub(crate) async fn serve<S: AsyncRead + AsyncWrite + Unpin>(
         partial_since: None,
         last_read: Instant::now(),
         packet_timeout: shared.config.packet_timeout,
+        budget: shared.budget.clone(),
+        charged: 0,
     };
     let Some(connect) = Box::pin(read_connect(&mut conn, &shared)).await else { return };
     ticket.connected();
@@ -986,6 +1018,11 @@ async fn serve_session<S: AsyncRead + AsyncWrite + Unpin>(
                             info!(%client_id, peer = %conn.peer, "a packet took too long to arrive");
                             Metrics::add(&shared.metrics.protocol_errors, 1);
                             closing = Some((ReasonCode::KEEP_ALIVE_TIMEOUT, Some("a packet took too long to arrive")));
+                            end = Some(End::Abnormal);
+                        }
+                        Err(ConnectionError::OverBudget) => {
+                            info!(%client_id, peer = %conn.peer, "no room in the memory budget for a large packet");
+                            closing = Some((ReasonCode::QUOTA_EXCEEDED, Some("the node's memory budget is spent")));
                             end = Some(End::Abnormal);
                         }
                         Err(ConnectionError::Decode(e)) => {

@@ -53,6 +53,8 @@ pub(crate) enum ConnectionError {
     WriteTimeout,
     #[error("a packet took too long to arrive")]
     PacketTimeout,
+    #[error("no room left in the memory budget for the packet being read")]
+    OverBudget,
 }
 
 /// Result of the broker layer.

@@ -203,19 +203,19 @@ async fn render(state: &ApiState) -> String {
         e.single(
             "m2m_memory_budget_bytes",
             "gauge",
-            "The memory budget of the node's queues (0: no limit).",
+            "The memory budget of the node's queues and large packets being read (0: no limit).",
             Int(budget.limit() as u64),
         );
         e.single(
             "m2m_memory_queued_bytes",
             "gauge",
-            "Bytes of messages waiting in the node's queues, counted against the budget.",
+            "Bytes of messages waiting in the node's queues and of large packets being read, counted against the budget.",
             Int(budget.used() as u64),
         );
         e.single(
             "m2m_memory_refused_total",
             "counter",
-            "Messages refused because the memory budget was spent (QoS 0 deliveries, history).",
+            "Charges refused because the memory budget was spent (QoS 0 deliveries, history records, large packets being read).",
             Int(budget.refused()),
         );
     }

@@ -1,11 +1,12 @@
 //! The node's memory budget: bytes of messages waiting in the queues between the parts of a node
 //! (connections' mailboxes, the history's write queue), charged when a message enters one and released
-//! when it leaves.
+//! when it leaves; and the bytes of a large packet (over 64 KiB) being read, as they arrive.
 //!
-//! What happens at the limit is each queue's choice, and always a defined, counted outcome: a QoS 0
-//! delivery is dropped (`messages_dropped`), the history records a gap. QoS 1/2 deliveries are charged
-//! but never refused for the budget: each session bounds them (`max_queued`) and holds back their
-//! publishers instead.
+//! What happens at the limit is each part's choice, and always a defined, counted outcome: a QoS 0
+//! delivery is dropped (`messages_dropped`), the history records a gap, a connection reading a large
+//! packet is ended (DISCONNECT 0x97; the packet was not acknowledged, so a QoS 1/2 one is sent again).
+//! QoS 1/2 deliveries are charged but never refused for the budget: each session bounds them
+//! (`max_queued`) and holds back their publishers instead.
 
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 

@@ -487,6 +487,70 @@ async fn half_sent_packets_cannot_hold_connections_or_handshake_slots() {
     s.node.stop().await;
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn large_packets_left_half_sent_are_held_to_the_memory_budget() {
+    let config = "packet_timeout_secs = 5\nmax_packet_size = 4194304\n[node]\nmemory_budget = \"8MiB\"\n";
+    let mut s = scenario("big-slowloris", config, &[]).await;
+    let (node, probe, before) = (&s.node, &mut s.probe, &s.before);
+    let to = node.mqtt;
+
+    // 16 connections each begin a 3 MiB PUBLISH, send 1 MiB of it and stall: 16 MiB of buffers
+    // wanted, 8 MiB of budget.
+    let mut header = BytesMut::new();
+    encode(
+        &Packet::Publish(m2m_test::raw_publish("big", CQoS::AtLeastOnce, Some(1), &[0; 3 << 20])),
+        ProtocolVersion::V311,
+        &mut header,
+    )
+    .unwrap();
+    let part = header[..1 << 20].to_vec();
+    let mut stalled = Vec::new();
+    for n in 0..16u8 {
+        let (outcome, stream) = attempt(attacker(60 + n % 4), to, &format!("big-{n}"), None).await;
+        assert_eq!(outcome, Outcome::Answered(ReasonCode::SUCCESS));
+        let mut stream = stream.unwrap();
+        // A connection the node has closed may refuse the rest of the bytes: that is the point.
+        let _ = stream.write_all(&part).await;
+        stalled.push(stream);
+    }
+    let during = probe.round_trips(30, Duration::from_millis(10)).await;
+    let (queued, refused) =
+        (metric(node, "m2m_memory_queued_bytes").await, metric(node, "m2m_memory_refused_total").await);
+    // Those that found no room were closed at once, the others are held until the packet deadline.
+    let mut closed_at_once = 0;
+    let mut held = Vec::new();
+    for mut stream in stalled {
+        if connack(&mut stream, Duration::from_millis(100)).await == Outcome::Closed {
+            closed_at_once += 1;
+        } else {
+            held.push(stream);
+        }
+    }
+    eprintln!("16 half-sent 3 MiB packets: {closed_at_once} closed at once, {} held; {queued} bytes charged, {refused} charges refused", held.len());
+    assert!(queued <= f64::from(8u32 << 20), "{queued} bytes charged, over the budget");
+    assert!(
+        refused > 0.0 && closed_at_once >= 6 && !held.is_empty(),
+        "{closed_at_once} closed, {} held",
+        held.len()
+    );
+    assert_normal(before, &during, "large half-sent packets");
+
+    // At the deadline the rest are closed and their buffers given back: a large packet fits again.
+    for mut stream in held {
+        assert_eq!(connack(&mut stream, Duration::from_secs(8)).await, Outcome::Closed);
+    }
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while metric(node, "m2m_memory_queued_bytes").await > f64::from(1u32 << 20) {
+        assert!(Instant::now() < deadline, "the buffers' charges were not given back");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let mut good = m2m_test::raw_connect_ok(to, m2m_test::v5_connect("good-big")).await;
+    good.send(&Packet::Publish(m2m_test::raw_publish("big", CQoS::AtLeastOnce, Some(7), &[1; 3 << 20])))
+        .await;
+    assert!(matches!(good.recv().await, Some(Packet::PubAck(ack)) if ack.reason_code == ReasonCode::SUCCESS));
+    s.node.stop().await;
+}
+
 /// A raw MQTT 3.1.1 client that subscribes to `filter` at QoS 1 and then never reads.
 async fn never_reader(from: IpAddr, to: SocketAddr, id: &str, filter: &str) -> TcpStream {
     let (outcome, stream) = attempt(from, to, id, None).await;
