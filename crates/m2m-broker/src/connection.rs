@@ -156,6 +156,10 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
     /// until they do); one that does not fit in what is left of the budget ends the connection.
     fn charge_read_buffer(&mut self) -> Result<(), ConnectionError> {
         let wanted = self.read_buf.len().saturating_sub(MAX_READ);
+        if wanted == self.charged {
+            // The common case, small packets: no shared counter touched.
+            return Ok(());
+        }
         if wanted > self.charged {
             if !self.budget.try_charge(wanted - self.charged) {
                 return Err(ConnectionError::OverBudget);
