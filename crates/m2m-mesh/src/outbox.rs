@@ -927,6 +927,33 @@ mod tests {
         assert_eq!(read_ack(&ack[..ack.len() - 1]), None);
     }
 
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig { cases: 2000, ..Default::default() })]
+
+        /// What other nodes put on the mesh's keys is read without a panic, whatever the bytes: a
+        /// batch, an acknowledgement, an announcement, a message frame (and its ageing).
+        #[test]
+        fn any_bytes_from_the_mesh_are_read_or_refused(
+            bytes in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..512),
+            head in 0u8..3,
+        ) {
+            let mut data = bytes;
+            // Often a valid start, so that the readers get past their first checks.
+            if head > 0 && !data.is_empty() {
+                data[0] = if head == 1 { VERSION } else { crate::wire::VERSION };
+            }
+            if let Some((_, entries)) = read_batch(&data) {
+                for (_, _, frame) in entries {
+                    let _ = wire::decode(frame, Instant::now());
+                }
+            }
+            let _ = read_ack(&data);
+            let _ = Announcement::parse(&data);
+            let _ = wire::decode(&data, Instant::now());
+            let _ = wire::age(&data, Duration::from_secs(1));
+        }
+    }
+
     #[test]
     fn an_announcement_replaces_only_an_older_version_of_the_same_run_or_another_run() {
         let a = |run, version, filters: &[&str]| Announcement {

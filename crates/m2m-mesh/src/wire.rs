@@ -20,7 +20,7 @@ use m2m_codec::{PublishProperties, QoS};
 use m2m_session::{expiry_deadline, Message};
 use m2m_topic::TopicName;
 
-const VERSION: u8 = 1;
+pub(crate) const VERSION: u8 = 1;
 const RETAIN: u8 = 1 << 2;
 const EXPIRY: u8 = 1 << 3;
 const PUBLISHER: u8 = 1 << 4;
