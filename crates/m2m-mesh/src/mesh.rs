@@ -632,9 +632,7 @@ impl Mesh {
         if let Ok(replies) = session.liveliness().get(format!("{NODE_PREFIX}/*")).await {
             while let Ok(reply) = replies.recv_async().await {
                 if let Ok(sample) = reply.result() {
-                    if let Some(id) =
-                        sample.key_expr().as_str().strip_prefix(NODE_PREFIX).and_then(|r| r.strip_prefix('/'))
-                    {
+                    if let Some(id) = node_of(sample, NODE_PREFIX) {
                         nodes.push(id.to_owned());
                     }
                 }
@@ -812,6 +810,11 @@ async fn sync_retained(inner: &Inner, session: &Session, router: &RouterHandle) 
     if !kept.is_empty() {
         debug!(count = kept.len(), "retained messages of other nodes kept");
     }
+}
+
+/// The node id at the end of a sample's key `<prefix>/<node>`.
+pub(crate) fn node_of<'a>(sample: &'a Sample, prefix: &str) -> Option<&'a str> {
+    sample.key_expr().as_str().strip_prefix(prefix)?.strip_prefix('/')
 }
 
 /// Runs `f`, catching a panic (counted in `stats.panics` and logged) so that it never unwinds into

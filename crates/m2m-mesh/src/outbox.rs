@@ -41,7 +41,7 @@ use zenoh::qos::CongestionControl;
 use zenoh::sample::{Sample, SampleKind};
 use zenoh::Session;
 
-use crate::mesh::{guarded, MeshStats, NODE_PREFIX};
+use crate::mesh::{guarded, node_of, MeshStats, NODE_PREFIX};
 use crate::wire::{self, Stamp};
 
 /// Batches of frames for a node: `m2m/o/<destination>`.
@@ -94,7 +94,7 @@ struct Dest {
 
 /// A node's filters as it announces them: the run of the node (its start time) and the version of
 /// the set within that run, which grows with each change.
-#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub(crate) struct Announcement {
     pub(crate) run: u64,
     pub(crate) version: u64,
@@ -111,11 +111,17 @@ impl Announcement {
         Some(Announcement { run: 0, version: 0, filters })
     }
 
-    /// Whether it is to replace `held`: a later version of the same run, or another run (a node's
-    /// runs are told apart, not ordered: its clock may have been set back between them).
+    /// Whether it is to replace `held` (see [`newer`]).
     fn supersedes(&self, held: Option<&Announcement>) -> bool {
-        held.is_none_or(|h| h.run != self.run || h.version < self.version)
+        newer(self.run, self.version, held)
     }
+}
+
+/// Whether the filters of `run` at `version` are newer than `held`: a later version of the same run,
+/// or another run (a node's runs are told apart, not ordered: its clock may have been set back
+/// between them).
+fn newer(run: u64, version: u64, held: Option<&Announcement>) -> bool {
+    held.is_none_or(|h| h.run != run || h.version < version)
 }
 
 /// What the mesh knows of the other nodes' filters.
@@ -398,16 +404,8 @@ impl Reliable {
     /// Another node's stamp: if the filters held for it are of another run or an older version, asks
     /// it for them.
     fn on_stamp(self: &Arc<Self>, sample: &Sample) {
-        let Some(node) =
-            sample.key_expr().as_str().strip_prefix(STAMP_PREFIX).and_then(|r| r.strip_prefix('/'))
-        else {
-            return;
-        };
-        let bytes = sample.payload().to_bytes();
-        let (Some(run), Some(version)) = (
-            bytes.get(..8).and_then(|b| b.try_into().ok()).map(u64::from_be_bytes),
-            bytes.get(8..16).and_then(|b| b.try_into().ok()).map(u64::from_be_bytes),
-        ) else {
+        let Some(node) = node_of(sample, STAMP_PREFIX) else { return };
+        let Some((run, version)) = read_stamp(&sample.payload().to_bytes()) else {
             self.mesh_stats.malformed.fetch_add(1, Ordering::Relaxed);
             return;
         };
@@ -415,8 +413,7 @@ impl Reliable {
             return;
         }
         let peers = self.peers.read().unwrap_or_else(PoisonError::into_inner).clone();
-        let stamped = Announcement { run, version, filters: Vec::new() };
-        if stamped.supersedes(peers.held.get(node)) {
+        if newer(run, version, peers.held.get(node)) {
             debug!(node, run, version, "mesh node's filters behind its stamp: asking again");
             let (r, node) = (self.clone(), node.to_owned());
             self.runtime.spawn(async move { r.fetch_interest(&node).await });
@@ -428,10 +425,7 @@ impl Reliable {
     }
 
     fn on_liveliness(self: &Arc<Self>, sample: &Sample) {
-        let Some(id) = sample.key_expr().as_str().strip_prefix(NODE_PREFIX).and_then(|r| r.strip_prefix('/'))
-        else {
-            return;
-        };
+        let Some(id) = node_of(sample, NODE_PREFIX) else { return };
         if *id == *self.node_id {
             return;
         }
@@ -466,7 +460,14 @@ impl Reliable {
 
     async fn ask(&self, node: &str) {
         let mut wait = Duration::from_millis(100);
-        for _ in 0..8 {
+        for attempt in 0..8 {
+            if attempt > 0 {
+                tokio::time::sleep(wait).await;
+                wait = (wait * 2).min(STAMP_EVERY);
+                if !self.is_alive(node) {
+                    return;
+                }
+            }
             if let Ok(replies) = self.session.get(format!("{INTEREST_PREFIX}/{node}")).await {
                 let mut answered = false;
                 while let Ok(reply) = replies.recv_async().await {
@@ -479,21 +480,12 @@ impl Reliable {
                     return;
                 }
             }
-            tokio::time::sleep(wait).await;
-            wait = (wait * 2).min(STAMP_EVERY);
-            if !self.is_alive(node) {
-                return;
-            }
         }
         debug!(node, "mesh node did not answer for its filters");
     }
 
     fn interest_sample(&self, sample: &Sample) {
-        let Some(node) =
-            sample.key_expr().as_str().strip_prefix(INTEREST_PREFIX).and_then(|r| r.strip_prefix('/'))
-        else {
-            return;
-        };
+        let Some(node) = node_of(sample, INTEREST_PREFIX) else { return };
         if *node == *self.node_id {
             return;
         }
@@ -880,6 +872,11 @@ fn read_batch(mut b: &[u8]) -> Option<(&str, Entries<'_>)> {
     Some((origin, entries))
 }
 
+/// A stamp (`m2m/iv/<node>`): run and version.
+fn read_stamp(mut b: &[u8]) -> Option<(u64, u64)> {
+    Some((take_u64(&mut b)?, take_u64(&mut b)?))
+}
+
 fn read_ack(mut b: &[u8]) -> Option<(&str, u64, u64)> {
     if take(&mut b, 1)? != [VERSION] {
         return None;
@@ -948,6 +945,7 @@ mod tests {
                 }
             }
             let _ = read_ack(&data);
+            let _ = read_stamp(&data);
             let _ = Announcement::parse(&data);
             let _ = wire::decode(&data, Instant::now());
             let _ = wire::age(&data, Duration::from_secs(1));
