@@ -17,6 +17,8 @@ use crate::detect::{Detectors, DetectorsConfig};
 
 /// Credentials remembered after a successful argon2 verification.
 const VERIFIED_CACHE: usize = 100_000;
+/// How long a CONNECT waits for a password verification unless set otherwise.
+pub(crate) const PASSWORD_CHECK_WAIT: std::time::Duration = std::time::Duration::from_secs(5);
 
 /// Half the cores, at least one.
 fn half_the_cores() -> usize {
@@ -158,7 +160,7 @@ impl AccessControl {
             runtime: tokio::runtime::Handle::current(),
             cache: VerifiedCache::new(VERIFIED_CACHE),
             verifying: tokio::sync::Semaphore::new(half_the_cores()),
-            verify_wait: std::time::Duration::from_secs(5),
+            verify_wait: PASSWORD_CHECK_WAIT,
             metrics,
             taps,
         }

@@ -121,7 +121,7 @@ impl Default for Config {
             packet_timeout: Duration::from_secs(30),
             admission: crate::gate::Admission::default(),
             password_checks: 0,
-            password_check_wait: Duration::from_secs(5),
+            password_check_wait: crate::access::PASSWORD_CHECK_WAIT,
             memory_budget: 256 << 20,
             max_keep_alive: 0,
             max_session_expiry: u32::MAX,
