@@ -196,7 +196,6 @@ fn assert_normal(before: &[Duration], during: &[Duration], what: &str) {
     assert!(worst <= WORST, "{what}: a message took {worst:?} during the attack");
 }
 
-/// The node's resident memory, in MiB.
 /// The value of an unlabelled metric on the node's `/metrics`.
 async fn metric(node: &RunningNode, name: &str) -> f64 {
     let metrics = http(node.api, "GET", "/metrics", &[], None).await.text();
@@ -205,6 +204,7 @@ async fn metric(node: &RunningNode, name: &str) -> f64 {
     line.split_whitespace().nth(1).unwrap().parse().unwrap()
 }
 
+/// The node's resident memory, in MiB.
 fn rss_mib(node: &RunningNode) -> u64 {
     let pid = node.child.id().unwrap();
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
@@ -409,14 +409,11 @@ async fn connects_that_wait_too_long_for_a_password_check_are_told_the_server_is
     for g in guesses {
         outcomes.push(tokio::time::timeout(Duration::from_secs(30), g).await.unwrap().unwrap());
     }
-    let answered = |code| outcomes.iter().filter(|(o, _)| *o == Outcome::Answered(code)).count();
-    let (wrong, busy) =
-        (answered(ReasonCode::BAD_USER_NAME_OR_PASSWORD), answered(ReasonCode::SERVER_UNAVAILABLE));
-    let slowest_busy = outcomes
-        .iter()
-        .filter(|(o, _)| *o == Outcome::Answered(ReasonCode::SERVER_UNAVAILABLE))
-        .map(|(_, took)| *took)
-        .max();
+    let took = |code| -> Vec<Duration> {
+        outcomes.iter().filter(|(o, _)| *o == Outcome::Answered(code)).map(|(_, t)| *t).collect()
+    };
+    let (wrong, busy) = (took(ReasonCode::BAD_USER_NAME_OR_PASSWORD), took(ReasonCode::SERVER_UNAVAILABLE));
+    let (slowest_busy, wrong, busy) = (busy.iter().max().copied(), wrong.len(), busy.len());
     eprintln!("80 wrong passwords: {wrong} checked and refused, {busy} told busy (slowest {slowest_busy:?})");
     assert_eq!(wrong + busy, 80, "each is refused one way or the other: {outcomes:?}");
     assert!(wrong >= 1 && busy >= 40, "{wrong} checked, {busy} busy");

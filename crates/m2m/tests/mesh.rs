@@ -58,6 +58,18 @@ async fn status(node: &Node) -> serde_json::Value {
     serde_json::from_slice(&out.stdout).unwrap()
 }
 
+/// Whether `node` holds `filters` for node `of` now (after a short pause if it does not), failing
+/// the test past `deadline`.
+async fn holds(node: &Node, of: &str, filters: serde_json::Value, deadline: Instant, failure: &str) -> bool {
+    let held = status(node).await;
+    if node_entry(&held, of)["filters"] == filters {
+        return true;
+    }
+    assert!(Instant::now() < deadline, "{failure}: {held}");
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    false
+}
+
 fn node_entry<'a>(status: &'a serde_json::Value, id: &str) -> &'a serde_json::Value {
     status["nodes"].as_array().unwrap().iter().find(|n| n["id"] == id).unwrap_or(&serde_json::Value::Null)
 }
@@ -238,6 +250,15 @@ async fn in_a_triangle_no_message_loops_or_arrives_twice() {
     }
 }
 
+/// A zenoh peer of no node, connected to the mesh endpoint on `port`.
+async fn foreign_peer(port: u16) -> zenoh::Session {
+    let config = format!(
+        r#"{{"mode": "peer", "connect": {{"endpoints": ["tcp/127.0.0.1:{port}"]}}, "listen": {{"endpoints": []}},
+            "scouting": {{"multicast": {{"enabled": false}}, "gossip": {{"enabled": false}}}}}}"#
+    );
+    zenoh::open(zenoh::Config::from_json5(&config).unwrap()).await.unwrap()
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn garbage_on_the_mesh_key_space_is_dropped_and_the_link_keeps_working() {
     let dir = TempDir::new("mesh-garbage");
@@ -250,11 +271,7 @@ async fn garbage_on_the_mesh_key_space_is_dropped_and_the_link_keeps_working() {
     until_routed(&mut pub_a, &mut sub_b, "probe/b").await;
 
     // A foreign zenoh peer puts frames that are not ours on the keys B subscribes to.
-    let config = format!(
-        r#"{{"mode": "peer", "connect": {{"endpoints": ["tcp/127.0.0.1:{pa}"]}}, "listen": {{"endpoints": []}},
-            "scouting": {{"multicast": {{"enabled": false}}, "gossip": {{"enabled": false}}}}}}"#
-    );
-    let rogue = zenoh::open(zenoh::Config::from_json5(&config).unwrap()).await.unwrap();
+    let rogue = foreign_peer(pa).await;
     for garbage in [&b""[..], b"\x01", b"\x09garbage", &[1, 3, 0, 200][..]] {
         rogue.put("m2m/t/plant/1/temp", garbage.to_vec()).await.unwrap();
     }
@@ -277,34 +294,19 @@ async fn a_false_announcement_of_a_nodes_filters_is_set_right_by_that_nodes_stam
     until_routed(&mut pub_a, &mut sub_b, "probe/b").await;
 
     // A foreign peer tells A, in B's name, that B wants nothing: A stops keeping QoS 1 for B.
-    let config = format!(
-        r#"{{"mode": "peer", "connect": {{"endpoints": ["tcp/127.0.0.1:{pa}"]}}, "listen": {{"endpoints": []}},
-            "scouting": {{"multicast": {{"enabled": false}}, "gossip": {{"enabled": false}}}}}}"#
-    );
-    let rogue = zenoh::open(zenoh::Config::from_json5(&config).unwrap()).await.unwrap();
-    let deadline = Instant::now() + Duration::from_secs(10);
-    let false_at = loop {
+    let rogue = foreign_peer(pa).await;
+    let taken = Instant::now() + Duration::from_secs(10);
+    while !holds(&a, "b", serde_json::json!([]), taken, "A never took the false announcement").await {
         rogue.put("m2m/i/b", r#"{"run":1,"version":1000,"filters":[]}"#).await.unwrap();
-        let held = status(&a).await;
-        if node_entry(&held, "b")["filters"] == serde_json::json!([]) {
-            break Instant::now();
-        }
-        assert!(Instant::now() < deadline, "A never took the false announcement: {held}");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    };
+    }
+    let false_at = Instant::now();
     rogue.close().await.unwrap();
 
     // B's next stamp (every 5 s) does not match what A holds: A asks B again and sends B what it
     // wants.
-    let deadline = false_at + Duration::from_secs(10);
-    loop {
-        let held = status(&a).await;
-        if node_entry(&held, "b")["filters"] == serde_json::json!(["plant/#", "probe/b"]) {
-            break;
-        }
-        assert!(Instant::now() < deadline, "A never got B's filters back: {held}");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    let back = false_at + Duration::from_secs(10);
+    let filters = serde_json::json!(["plant/#", "probe/b"]);
+    while !holds(&a, "b", filters.clone(), back, "A never got B's filters back").await {}
     publish(&mut pub_a, "plant/1/temp", QoS::AtLeastOnce, 1, "kept", PublishProperties::default()).await;
     let p = next(&mut sub_b, Duration::from_secs(5)).await.expect("B gets its QoS 1 message");
     assert_eq!((&p.payload[..], p.qos), (&b"kept"[..], QoS::AtLeastOnce));
