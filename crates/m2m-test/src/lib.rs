@@ -211,9 +211,18 @@ impl RawClient {
     /// # Panics
     /// When encoding or the write fails.
     pub async fn send(&mut self, packet: &Packet) {
+        self.try_send(packet).await.expect("write");
+    }
+
+    /// Encodes and writes a packet; the write's error if the connection is gone (a node killed
+    /// while the client writes resets it).
+    ///
+    /// # Panics
+    /// When encoding fails or the write takes longer than [`STEP_LIMIT`].
+    pub async fn try_send(&mut self, packet: &Packet) -> std::io::Result<()> {
         let mut out = BytesMut::new();
         encode(packet, self.version, &mut out).expect("encode");
-        self.write_raw(&out).await;
+        within(self.stream.write_all(&out)).await
     }
 
     /// Reads the next packet; `None` when the node closed the connection.

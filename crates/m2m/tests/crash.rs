@@ -116,7 +116,10 @@ async fn consume(sub: &mut RawClient, received: &Mutex<Received>, idle: Duration
                 other => panic!("unexpected packet {other:?}"),
             }
         };
-        sub.send(&reply).await;
+        // A node killed meanwhile resets the connection: the end, as when the read ends.
+        if sub.try_send(&reply).await.is_err() {
+            return;
+        }
     }
 }
 
